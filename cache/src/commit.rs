@@ -1,0 +1,167 @@
+//! Publishing and reading cached shards.
+//!
+//! The commit protocol, per shard:
+//!
+//! 1. if the shard has rejects, write `<shard>.rejects.jsonl` (plain put: its content is a function of
+//!    the shard's content, so concurrent writers write the same bytes);
+//! 2. publish the complete Parquet file with one conditional put (`PutMode::Create`). That put *is* the
+//!    commit: it either makes the whole file visible or nothing. If another writer committed first, the
+//!    store answers "already exists" and this writer's work is dropped — both produced the same labels
+//!    for the same content, so the cache holds exactly one copy.
+//!
+//! A writer killed at any point leaves either no shard file or a complete one; never a part. (A rejects
+//! record without its shard file is not a result: readers only look at shard files.)
+
+use crate::corpus::Reject;
+use crate::format::{self, ShardData, ShardMeta};
+use crate::layout::ShardKey;
+use crate::store::{describe_store_error, Location};
+use crate::{CacheError, Result};
+use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
+
+/// What a commit did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// This writer's file is the shard; `bytes` were written.
+    Committed { bytes: u64 },
+    /// Another writer had committed the same shard first; nothing was written.
+    AlreadyPresent,
+}
+
+fn store_err(loc: &Location, path: &object_store::path::Path, e: object_store::Error) -> CacheError {
+    CacheError::Store { url: loc.display(path), reason: describe_store_error(&e) }
+}
+
+/// Writes `bytes` at `rel` unless something is there already. Returns whether this call wrote it.
+pub async fn put_if_absent(loc: &Location, rel: &str, bytes: bytes::Bytes) -> Result<bool> {
+    let path = loc.child(rel);
+    let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+    match loc.store.put_opts(&path, PutPayload::from(bytes), opts).await {
+        Ok(_) => Ok(true),
+        Err(object_store::Error::AlreadyExists { .. }) | Err(object_store::Error::Precondition { .. }) => Ok(false),
+        Err(e) => Err(store_err(loc, &path, e)),
+    }
+}
+
+/// Commits one shard: its rejects record (if any), then the Parquet file, atomically.
+pub async fn commit_shard(loc: &Location, key: &ShardKey, meta: &ShardMeta, data: &ShardData, rejects: &[Reject]) -> Result<CommitOutcome> {
+    debug_assert_eq!(meta.shard_fingerprint, key.shard);
+    let parquet = format::encode(meta, data)?;
+    if !rejects.is_empty() {
+        let mut jsonl = Vec::new();
+        for r in rejects {
+            serde_json::to_writer(&mut jsonl, r).expect("serialisable");
+            jsonl.push(b'\n');
+        }
+        let path = loc.child(&key.rejects_path());
+        loc.store.put(&path, PutPayload::from(jsonl)).await.map_err(|e| store_err(loc, &path, e))?;
+    }
+    let bytes = parquet.len() as u64;
+    Ok(if put_if_absent(loc, &key.data_path(), parquet).await? {
+        CommitOutcome::Committed { bytes }
+    } else {
+        CommitOutcome::AlreadyPresent
+    })
+}
+
+/// The metadata of a committed shard, read from its footer only; `None` if it is not committed.
+pub async fn shard_meta(loc: &Location, key: &ShardKey) -> Result<Option<(ShardMeta, u64)>> {
+    let path = loc.child(&key.data_path());
+    let size = match loc.store.head(&path).await {
+        Ok(m) => m.size,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(store_err(loc, &path, e)),
+    };
+    let meta = read_meta_at(loc, &path, size).await?;
+    // The address must agree with the content: a file copied to the wrong place is not a hit.
+    if meta.shard_fingerprint != key.shard || meta.output_fingerprint != key.output || meta.teacher.fingerprint != key.teacher {
+        return Err(CacheError::Shard {
+            path: loc.display(&path),
+            reason: "fingerprints in the file do not match its path: the cache was tampered with; delete this file".into(),
+        });
+    }
+    Ok(Some((meta, size)))
+}
+
+/// Reads the footer metadata of a shard file of known size.
+pub async fn read_meta_at(loc: &Location, path: &object_store::path::Path, size: u64) -> Result<ShardMeta> {
+    let name = loc.display(path);
+    let reader = crate::parquet_io::ObjectReader::new(loc.store.clone(), path.clone(), size);
+    let builder = parquet::arrow::ParquetRecordBatchStreamBuilder::new(reader)
+        .await
+        .map_err(|source| CacheError::Parquet { path: name.clone(), source })?;
+    format::decode_meta(&name, builder.metadata().file_metadata().key_value_metadata())
+}
+
+/// Reads a whole committed shard.
+pub async fn read_shard(loc: &Location, key: &ShardKey) -> Result<(ShardMeta, ShardData)> {
+    let path = loc.child(&key.data_path());
+    let get = loc.store.get(&path).await.map_err(|e| store_err(loc, &path, e))?;
+    let bytes = get.bytes().await.map_err(|e| store_err(loc, &path, e))?;
+    format::decode(&loc.display(&path), bytes)
+}
+
+/// Reads the rejects record of a shard (empty if it has none).
+pub async fn read_rejects(loc: &Location, key: &ShardKey) -> Result<Vec<Reject>> {
+    let path = loc.child(&key.rejects_path());
+    let bytes = match loc.store.get(&path).await {
+        Ok(g) => g.bytes().await.map_err(|e| store_err(loc, &path, e))?,
+        Err(object_store::Error::NotFound { .. }) => return Ok(vec![]),
+        Err(e) => return Err(store_err(loc, &path, e)),
+    };
+    bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).map_err(|e| CacheError::Shard { path: loc.display(&path), reason: e.to_string() }))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fingerprint::Hasher;
+    use crate::format::Dtype;
+
+    fn key() -> ShardKey {
+        let meta = crate::format::tests_support::meta(Dtype::F32, 1);
+        ShardKey { teacher: meta.teacher.fingerprint.clone(), output: meta.output_fingerprint.clone(), shard: meta.shard_fingerprint.clone() }
+    }
+
+    #[tokio::test]
+    async fn second_commit_finds_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let loc = crate::store::open(dir.path().to_str().unwrap(), true).unwrap();
+        let meta = crate::format::tests_support::meta(Dtype::F32, 1);
+        let data = crate::format::tests_support::data(1);
+        let k = key();
+        assert!(shard_meta(&loc, &k).await.unwrap().is_none());
+        let rejects = vec![Reject { line: 3, id: None, reason: "empty text".into() }];
+        assert!(matches!(commit_shard(&loc, &k, &meta, &data, &rejects).await.unwrap(), CommitOutcome::Committed { .. }));
+        assert_eq!(commit_shard(&loc, &k, &meta, &data, &rejects).await.unwrap(), CommitOutcome::AlreadyPresent);
+        let (m, _) = shard_meta(&loc, &k).await.unwrap().unwrap();
+        assert_eq!(m, meta);
+        assert_eq!(read_rejects(&loc, &k).await.unwrap(), rejects);
+        let (_, d) = read_shard(&loc, &k).await.unwrap();
+        assert_eq!(d, data);
+    }
+
+    #[tokio::test]
+    async fn a_file_at_the_wrong_address_is_refused() {
+        let loc = crate::store::open("memory://commit-wrong-address", true).unwrap();
+        let meta = crate::format::tests_support::meta(Dtype::F32, 1);
+        let data = crate::format::tests_support::data(1);
+        let mut k = key();
+        k.shard = Hasher::new("other").finish();
+        let mut m = meta.clone();
+        m.shard_fingerprint = k.shard.clone();
+        commit_shard(&loc, &k, &m, &data, &[]).await.unwrap();
+        let mut wrong = key();
+        wrong.shard = k.shard.clone();
+        wrong.output = Hasher::new("x").finish();
+        // Copy the file to another output's address.
+        let bytes = loc.store.get(&loc.child(&k.data_path())).await.unwrap().bytes().await.unwrap();
+        loc.store.put(&loc.child(&wrong.data_path()), bytes.into()).await.unwrap();
+        let err = shard_meta(&loc, &wrong).await.unwrap_err().to_string();
+        assert!(err.contains("do not match"), "{err}");
+    }
+}

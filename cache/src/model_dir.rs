@@ -1,0 +1,373 @@
+//! HF-layout model directories: what a teacher is, and its fingerprint, without loading any weights.
+//!
+//! A model is a directory (local path, `file://`, or any object-store URL) in the Hugging Face layout:
+//! `config.json`, `tokenizer.json`, `model.safetensors` (or a sharded `model.safetensors.index.json`),
+//! and for sentence-transformers models `modules.json`, `sentence_bert_config.json` and the pooling
+//! module's `config.json`. Remote directories are downloaded once into a local model cache
+//! (`DISTILL_MODEL_CACHE`, default `~/.cache/distill/models`).
+//!
+//! The planner needs the teacher fingerprint to find cache hits, and it must not need a GPU for that;
+//! so the fingerprint is computed here, from the files, and the worker loads the same files.
+
+use crate::fingerprint::{Fingerprint, Hasher};
+use crate::{CacheError, Result};
+use object_store::ObjectStoreExt;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// How token states become one embedding (sentence-transformers `Pooling`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    Mean,
+    Cls,
+    Max,
+}
+
+/// What the teacher computes per example.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Head {
+    /// A sentence encoder: pooled (and optionally L2-normalised) token states.
+    Embedding { pooling: Pooling, normalize: bool, dim: usize },
+    /// A sequence classifier (`BertForSequenceClassification`): class logits, labels in id order.
+    Classifier { labels: Vec<String> },
+}
+
+/// The parts of `config.json` distill reads. Unknown fields are ignored.
+#[derive(Clone, Debug, Deserialize)]
+struct HfConfig {
+    #[serde(default)]
+    architectures: Vec<String>,
+    #[serde(default)]
+    model_type: Option<String>,
+    hidden_size: Option<usize>,
+    vocab_size: Option<usize>,
+    max_position_embeddings: Option<usize>,
+    #[serde(default)]
+    id2label: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// An inspected model directory.
+#[derive(Clone, Debug)]
+pub struct ModelDir {
+    /// Where the user said the model is.
+    pub location: String,
+    /// The local directory holding its files.
+    pub dir: PathBuf,
+    pub architecture: String,
+    pub head: Head,
+    /// Inputs are truncated to this many tokens (special tokens included).
+    pub max_seq_length: usize,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub weights: Vec<PathBuf>,
+    pub tokenizer: PathBuf,
+    pub config: PathBuf,
+}
+
+/// The teacher's description stored with every cache entry (JSON in the shard metadata and in
+/// `teacher.json`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TeacherInfo {
+    pub fingerprint: Fingerprint,
+    /// Where it was loaded from the first time (informational; the fingerprint is the identity).
+    pub source: String,
+    pub architecture: String,
+    pub head: Head,
+    pub max_seq_length: usize,
+    pub dtype: String,
+}
+
+fn model_err(location: &str, reason: impl Into<String>) -> CacheError {
+    CacheError::Model { location: location.to_owned(), reason: reason.into() }
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(location: &str, path: &Path) -> Result<T> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let bytes = std::fs::read(path).map_err(|e| model_err(location, format!("cannot read {name}: {e}")))?;
+    serde_json::from_slice(&bytes).map_err(|e| model_err(location, format!("{}: invalid JSON: {e}", path.display())))
+}
+
+#[derive(Deserialize)]
+struct StModule {
+    #[serde(default)]
+    path: String,
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+#[derive(Deserialize)]
+struct StPooling {
+    #[serde(default)]
+    pooling_mode_cls_token: bool,
+    #[serde(default)]
+    pooling_mode_mean_tokens: bool,
+    #[serde(default)]
+    pooling_mode_max_tokens: bool,
+    #[serde(default)]
+    pooling_mode_mean_sqrt_len_tokens: bool,
+}
+
+#[derive(Deserialize)]
+struct StConfig {
+    max_seq_length: Option<usize>,
+}
+
+impl ModelDir {
+    /// Finds and inspects a model directory. Remote directories are downloaded first.
+    pub async fn resolve(location: &str) -> Result<Self> {
+        let dir = if location.contains("://") && !location.starts_with("file://") {
+            download(location).await?
+        } else {
+            PathBuf::from(location.strip_prefix("file://").unwrap_or(location))
+        };
+        Self::inspect(location, &dir)
+    }
+
+    /// Inspects a local model directory.
+    pub fn inspect(location: &str, dir: &Path) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(model_err(location, "not a directory (expected an HF-layout model directory)"));
+        }
+        let config_path = dir.join("config.json");
+        if !config_path.is_file() {
+            return Err(model_err(location, "no config.json: not an HF-layout model directory"));
+        }
+        let cfg: HfConfig = read_json(location, &config_path)?;
+        let model_type = cfg.model_type.clone().unwrap_or_default();
+        if !matches!(model_type.as_str(), "bert" | "") {
+            return Err(model_err(location, format!("config.json model_type {model_type:?} is not supported (BERT family only)")));
+        }
+        let hidden_size = cfg.hidden_size.ok_or_else(|| model_err(location, "config.json has no hidden_size"))?;
+        let vocab_size = cfg.vocab_size.ok_or_else(|| model_err(location, "config.json has no vocab_size"))?;
+        let max_pos = cfg.max_position_embeddings.unwrap_or(512);
+        let architecture = cfg.architectures.first().cloned().unwrap_or_else(|| "BertModel".into());
+
+        let tokenizer = dir.join("tokenizer.json");
+        if !tokenizer.is_file() {
+            return Err(model_err(location, "no tokenizer.json (a fast-tokenizer file is required)"));
+        }
+        let weights = weight_files(location, dir)?;
+
+        let modules_path = dir.join("modules.json");
+        let (head, st_max) = if architecture.ends_with("ForSequenceClassification") {
+            let map = cfg.id2label.clone().unwrap_or_default();
+            let mut labels: Vec<(usize, String)> = Vec::new();
+            for (k, v) in map {
+                let i = k.parse().map_err(|_| model_err(location, format!("config.json id2label key {k:?} is not an integer")))?;
+                labels.push((i, v));
+            }
+            labels.sort();
+            if labels.is_empty() || labels.iter().enumerate().any(|(i, (j, _))| i != *j) {
+                return Err(model_err(location, "config.json id2label must map 0..N-1 to label names"));
+            }
+            (Head::Classifier { labels: labels.into_iter().map(|(_, l)| l).collect() }, None)
+        } else if modules_path.is_file() {
+            sentence_transformer(location, dir, &modules_path, hidden_size)?
+        } else {
+            // A bare encoder: mean pooling is the common default; recorded in the fingerprint.
+            (Head::Embedding { pooling: Pooling::Mean, normalize: false, dim: hidden_size }, None)
+        };
+        let max_seq_length = st_max.unwrap_or(max_pos).min(max_pos);
+        Ok(Self {
+            location: location.to_owned(),
+            dir: dir.to_owned(),
+            architecture,
+            head,
+            max_seq_length,
+            vocab_size,
+            hidden_size,
+            weights,
+            tokenizer,
+            config: config_path,
+        })
+    }
+
+    /// The teacher fingerprint: weights, config, tokenizer, head (pooling / normalisation / labels),
+    /// truncation length and compute dtype. Reads every weight byte (about 0.3 s per 100 MB).
+    pub fn fingerprint(&self, dtype: &str) -> Result<Fingerprint> {
+        let mut h = Hasher::new("distill.teacher.v1");
+        for p in [&self.config, &self.tokenizer] {
+            let bytes = std::fs::read(p).map_err(|source| CacheError::Io { path: p.clone(), source })?;
+            h.field(&bytes);
+        }
+        for w in &self.weights {
+            hash_file(&mut h, w)?;
+        }
+        h.str(&serde_json::to_string(&self.head).expect("serialisable"));
+        h.u64(self.max_seq_length as u64);
+        h.str(dtype);
+        Ok(h.finish())
+    }
+
+    /// The description stored with the cache.
+    pub fn info(&self, fingerprint: Fingerprint, dtype: &str) -> TeacherInfo {
+        TeacherInfo {
+            fingerprint,
+            source: self.location.clone(),
+            architecture: self.architecture.clone(),
+            head: self.head.clone(),
+            max_seq_length: self.max_seq_length,
+            dtype: dtype.to_owned(),
+        }
+    }
+}
+
+fn hash_file(h: &mut Hasher, path: &Path) -> Result<()> {
+    use std::io::Read;
+    let io = |source| CacheError::Io { path: path.to_owned(), source };
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let len = f.metadata().map_err(io)?.len();
+    h.begin_stream(len);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        h.stream_chunk(&buf[..n]);
+    }
+    Ok(())
+}
+
+fn weight_files(location: &str, dir: &Path) -> Result<Vec<PathBuf>> {
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let index = dir.join("model.safetensors.index.json");
+    if index.is_file() {
+        #[derive(Deserialize)]
+        struct Index {
+            weight_map: std::collections::BTreeMap<String, String>,
+        }
+        let idx: Index = read_json(location, &index)?;
+        let mut files: Vec<String> = idx.weight_map.into_values().collect();
+        files.sort();
+        files.dedup();
+        let paths: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();
+        if let Some(missing) = paths.iter().find(|p| !p.is_file()) {
+            return Err(model_err(location, format!("{} is listed in model.safetensors.index.json but missing", missing.display())));
+        }
+        return Ok(paths);
+    }
+    if dir.join("pytorch_model.bin").is_file() {
+        return Err(model_err(location, "only safetensors weights are supported: convert pytorch_model.bin to model.safetensors"));
+    }
+    Err(model_err(location, "no model.safetensors"))
+}
+
+fn sentence_transformer(location: &str, dir: &Path, modules_path: &Path, hidden: usize) -> Result<(Head, Option<usize>)> {
+    let modules: Vec<StModule> = read_json(location, modules_path)?;
+    let mut pooling = None;
+    let mut normalize = false;
+    let mut max_len = None;
+    for m in &modules {
+        let kind = m.kind.rsplit('.').next().unwrap_or(&m.kind);
+        let mdir = dir.join(&m.path);
+        match kind {
+            "Transformer" => {
+                let st = mdir.join("sentence_bert_config.json");
+                if st.is_file() {
+                    max_len = read_json::<StConfig>(location, &st)?.max_seq_length;
+                }
+            }
+            "Pooling" => {
+                let p: StPooling = read_json(location, &mdir.join("config.json"))?;
+                let modes = [
+                    (p.pooling_mode_mean_tokens, Pooling::Mean),
+                    (p.pooling_mode_cls_token, Pooling::Cls),
+                    (p.pooling_mode_max_tokens, Pooling::Max),
+                ];
+                let on: Vec<Pooling> = modes.iter().filter(|(b, _)| *b).map(|(_, m)| *m).collect();
+                if p.pooling_mode_mean_sqrt_len_tokens || on.len() != 1 {
+                    return Err(model_err(location, format!("{}/config.json: exactly one of mean, cls or max pooling must be on", m.path)));
+                }
+                pooling = Some(on[0]);
+            }
+            // The folder is often absent: the module has no parameters.
+            "Normalize" => normalize = true,
+            other => {
+                return Err(model_err(location, format!("modules.json: module {other} is not supported (Transformer, Pooling, Normalize)")));
+            }
+        }
+    }
+    let pooling = pooling.ok_or_else(|| model_err(location, "modules.json has no Pooling module"))?;
+    Ok((Head::Embedding { pooling, normalize, dim: hidden }, max_len))
+}
+
+/// Where remote model directories are kept locally.
+pub fn model_cache_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("DISTILL_MODEL_CACHE") {
+        return PathBuf::from(d);
+    }
+    let base = std::env::var("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/tmp".into())).join(".cache"));
+    base.join("distill").join("models")
+}
+
+/// Downloads the files of a remote model directory (those distill reads) into the model cache.
+/// A file already there with the remote size is kept. Files are written aside, then renamed.
+async fn download(url: &str) -> Result<PathBuf> {
+    let loc = crate::store::open(url, false)?;
+    let key = Hasher::new("distill.model-url").str(url).clone().finish();
+    let local = model_cache_dir().join(key.short());
+    let io = |path: &Path, source| CacheError::Io { path: path.to_owned(), source };
+    std::fs::create_dir_all(&local).map_err(|e| io(&local, e))?;
+
+    let fetch = |rel: String, required: bool| {
+        let loc = loc.clone();
+        let local = local.clone();
+        async move {
+            let path = loc.child(&rel);
+            let dest = local.join(&rel);
+            let meta = match loc.store.head(&path).await {
+                Ok(m) => m,
+                Err(object_store::Error::NotFound { .. }) if !required => return Ok(false),
+                Err(object_store::Error::NotFound { .. }) => return Err(model_err(url, format!("no {rel}"))),
+                Err(e) => return Err(model_err(url, format!("{rel}: {}", crate::store::describe_store_error(&e)))),
+            };
+            if std::fs::metadata(&dest).map(|m| m.len() == meta.size).unwrap_or(false) {
+                return Ok(true);
+            }
+            let bytes = loc.store.get(&path).await.and_then(|g| Ok(g)).map_err(|e| model_err(url, format!("{rel}: {e}")))?;
+            let bytes = bytes.bytes().await.map_err(|e| model_err(url, format!("{rel}: {e}")))?;
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
+            }
+            let tmp = dest.with_extension("partial");
+            std::fs::write(&tmp, &bytes).map_err(|e| io(&tmp, e))?;
+            std::fs::rename(&tmp, &dest).map_err(|e| io(&dest, e))?;
+            Ok::<bool, CacheError>(true)
+        }
+    };
+    fetch("config.json".into(), true).await?;
+    fetch("tokenizer.json".into(), true).await?;
+    if fetch("modules.json".into(), false).await? {
+        let modules: Vec<StModule> = read_json(url, &local.join("modules.json"))?;
+        for m in modules {
+            if m.path.is_empty() {
+                fetch("sentence_bert_config.json".into(), false).await?;
+            } else {
+                fetch(format!("{}/config.json", m.path), false).await?;
+            }
+        }
+    }
+    if !fetch("model.safetensors".into(), false).await? {
+        fetch("model.safetensors.index.json".into(), true).await?;
+        #[derive(Deserialize)]
+        struct Index {
+            weight_map: std::collections::BTreeMap<String, String>,
+        }
+        let idx: Index = read_json(url, &local.join("model.safetensors.index.json"))?;
+        let mut files: Vec<String> = idx.weight_map.into_values().collect();
+        files.sort();
+        files.dedup();
+        for f in files {
+            fetch(f, true).await?;
+        }
+    }
+    Ok(local)
+}

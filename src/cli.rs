@@ -1,0 +1,61 @@
+//! Argument parsing and dispatch. Every flag has an environment-variable fallback (`DISTILL_*`).
+
+use clap::{Parser, Subcommand};
+
+/// distill: pay for the teacher once, reuse its soft labels for every task and student.
+#[derive(Debug, Parser)]
+#[command(name = "distill", version, about, long_about = None)]
+pub struct Cli {
+    /// Log filter (tracing env-filter syntax), e.g. `info` or `distill_coordinator=debug`.
+    #[arg(long, global = true, env = "DISTILL_LOG", default_value = "warn")]
+    pub log: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a teacher over a corpus and cache its soft labels (shards already cached are skipped).
+    Label(crate::label::LabelArgs),
+    /// Inspect a cache store.
+    #[command(subcommand)]
+    Cache(CacheCommand),
+    /// Measure teacher throughput (figures for the README's performance section).
+    #[command(subcommand)]
+    Bench(crate::bench::BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// List what a cache holds: teacher, corpora, output, shards, rows, bytes, device-seconds.
+    Ls(crate::cache_cmd::LsArgs),
+}
+
+/// Parses the command line, runs the command, prints errors as one line. Exit code 1 on failure.
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Label(args) => crate::label::run(args).await,
+            Command::Cache(CacheCommand::Ls(args)) => crate::cache_cmd::ls(args).await,
+            Command::Bench(cmd) => crate::bench::run(cmd).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

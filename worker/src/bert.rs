@@ -1,0 +1,284 @@
+//! The BERT encoder, written for inference throughput on length-sorted batches.
+//!
+//! Same numerics as Hugging Face `BertModel` (and candle-transformers' port), organised for speed:
+//! every linear layer runs on the flattened `[batch × tokens, hidden]` matrix (one large GEMM instead of
+//! a batch of small ones), Q, K and V come from one fused projection, weights are stored transposed and
+//! contiguous, and layer norm / softmax use candle's fused kernels. Dropout is absent (inference only).
+//! Tensor names follow HF checkpoints, with or without the `bert.` prefix.
+
+use crate::{Result, WorkerError};
+use candle_core::{DType, Device, IndexOp, Tensor, D};
+use candle_nn::VarBuilder;
+use serde::Deserialize;
+
+/// The fields of `config.json` the encoder needs.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Config {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    #[serde(default = "default_max_pos")]
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_type_vocab")]
+    pub type_vocab_size: usize,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default = "default_pos_type")]
+    pub position_embedding_type: String,
+}
+
+fn default_act() -> String {
+    "gelu".into()
+}
+fn default_max_pos() -> usize {
+    512
+}
+fn default_type_vocab() -> usize {
+    2
+}
+fn default_eps() -> f64 {
+    1e-12
+}
+fn default_pos_type() -> String {
+    "absolute".into()
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Act {
+    GeluErf,
+    GeluTanh,
+    Relu,
+}
+
+impl Config {
+    fn act(&self) -> std::result::Result<Act, String> {
+        match self.hidden_act.as_str() {
+            "gelu" => Ok(Act::GeluErf),
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(Act::GeluTanh),
+            "relu" => Ok(Act::Relu),
+            other => Err(format!("config.json hidden_act {other:?} is not supported (gelu, gelu_new, relu)")),
+        }
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+            return Err(format!(
+                "config.json hidden_size {} is not a multiple of num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        if self.position_embedding_type != "absolute" {
+            return Err(format!("config.json position_embedding_type {:?} is not supported (absolute)", self.position_embedding_type));
+        }
+        self.act().map(|_| ())
+    }
+}
+
+/// `y = x · Wᵀ + b` with `Wᵀ` stored contiguous.
+#[derive(Clone, Debug)]
+struct Dense {
+    wt: Tensor,
+    b: Tensor,
+}
+
+impl Dense {
+    fn load(vb: &VarBuilder, inp: usize, out: usize) -> candle_core::Result<Self> {
+        let w = vb.get((out, inp), "weight")?;
+        let b = vb.get(out, "bias")?;
+        Ok(Self { wt: w.t()?.contiguous()?, b })
+    }
+
+    fn fused(parts: &[Dense]) -> candle_core::Result<Self> {
+        let wt = Tensor::cat(&parts.iter().map(|p| &p.wt).collect::<Vec<_>>(), 1)?;
+        let b = Tensor::cat(&parts.iter().map(|p| &p.b).collect::<Vec<_>>(), 0)?;
+        Ok(Self { wt, b })
+    }
+
+    /// `x`: `[n, in]` → `[n, out]`.
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        x.matmul(&self.wt)?.broadcast_add(&self.b)
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Norm {
+    gamma: Tensor,
+    beta: Tensor,
+    eps: f32,
+}
+
+impl Norm {
+    fn load(vb: &VarBuilder, size: usize, eps: f64) -> candle_core::Result<Self> {
+        Ok(Self { gamma: vb.get(size, "weight")?, beta: vb.get(size, "bias")?, eps: eps as f32 })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        candle_nn::ops::layer_norm(x, &self.gamma, &self.beta, self.eps)
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Layer {
+    qkv: Dense,
+    attn_out: Dense,
+    attn_norm: Norm,
+    ff_in: Dense,
+    ff_out: Dense,
+    ff_norm: Norm,
+}
+
+/// A BERT encoder with its weights loaded.
+#[derive(Clone, Debug)]
+pub struct Bert {
+    word: Tensor,
+    position: Tensor,
+    token_type0: Tensor,
+    emb_norm: Norm,
+    layers: Vec<Layer>,
+    heads: usize,
+    act: Act,
+    pub config: Config,
+    /// Weights of the sequence-classification head, when loaded with one.
+    classifier: Option<(Dense, Dense)>,
+}
+
+/// Loads every tensor of the given safetensors files.
+pub fn load_tensors(files: &[std::path::PathBuf], device: &Device) -> candle_core::Result<std::collections::HashMap<String, Tensor>> {
+    let mut all = std::collections::HashMap::new();
+    for f in files {
+        all.extend(candle_core::safetensors::load(f, device)?);
+    }
+    Ok(all)
+}
+
+impl Bert {
+    /// Loads the encoder (and with `num_labels`, the pooler and classifier) from named tensors.
+    pub fn load(
+        location: &str,
+        config: Config,
+        tensors: std::collections::HashMap<String, Tensor>,
+        num_labels: Option<usize>,
+        device: &Device,
+    ) -> Result<Self> {
+        let model_err = |reason: String| WorkerError::Model { location: location.to_owned(), reason };
+        config.validate().map_err(model_err)?;
+        let root = VarBuilder::from_tensors(tensors, DType::F32, device);
+        let vb = if root.contains_tensor("bert.embeddings.word_embeddings.weight") {
+            root.pp("bert")
+        } else if root.contains_tensor("embeddings.word_embeddings.weight") {
+            root.clone()
+        } else {
+            return Err(model_err("weights have no embeddings.word_embeddings.weight (with or without a bert. prefix): not a BERT checkpoint".into()));
+        };
+        let misfit = |e: candle_core::Error| model_err(format!("weights do not fit config.json: {e}"));
+        let h = config.hidden_size;
+        let e = vb.pp("embeddings");
+        let word = e.get((config.vocab_size, h), "word_embeddings.weight").map_err(misfit)?;
+        let position = e.get((config.max_position_embeddings, h), "position_embeddings.weight").map_err(misfit)?;
+        let token_type = e.get((config.type_vocab_size, h), "token_type_embeddings.weight").map_err(misfit)?;
+        let emb_norm = Norm::load(&e.pp("LayerNorm"), h, config.layer_norm_eps).map_err(misfit)?;
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for i in 0..config.num_hidden_layers {
+            let l = vb.pp(format!("encoder.layer.{i}"));
+            let a = l.pp("attention");
+            let q = Dense::load(&a.pp("self.query"), h, h).map_err(misfit)?;
+            let k = Dense::load(&a.pp("self.key"), h, h).map_err(misfit)?;
+            let v = Dense::load(&a.pp("self.value"), h, h).map_err(misfit)?;
+            layers.push(Layer {
+                qkv: Dense::fused(&[q, k, v]).map_err(misfit)?,
+                attn_out: Dense::load(&a.pp("output.dense"), h, h).map_err(misfit)?,
+                attn_norm: Norm::load(&a.pp("output.LayerNorm"), h, config.layer_norm_eps).map_err(misfit)?,
+                ff_in: Dense::load(&l.pp("intermediate.dense"), h, config.intermediate_size).map_err(misfit)?,
+                ff_out: Dense::load(&l.pp("output.dense"), config.intermediate_size, h).map_err(misfit)?,
+                ff_norm: Norm::load(&l.pp("output.LayerNorm"), h, config.layer_norm_eps).map_err(misfit)?,
+            });
+        }
+        let classifier = match num_labels {
+            None => None,
+            Some(n) => Some((
+                Dense::load(&vb.pp("pooler.dense"), h, h).map_err(misfit)?,
+                Dense::load(&root.pp("classifier"), h, n).map_err(misfit)?,
+            )),
+        };
+        Ok(Self {
+            word,
+            position,
+            token_type0: token_type.i(0).map_err(misfit)?,
+            emb_norm,
+            layers,
+            heads: config.num_attention_heads,
+            act: config.act().map_err(model_err)?,
+            config,
+            classifier,
+        })
+    }
+
+    /// Encodes a padded batch. `ids`: `[b, t]` u32; `mask`: `[b, t]` f32 (1 real, 0 padding).
+    /// Returns token states `[b, t, hidden]`.
+    pub fn forward(&self, ids: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let h = self.config.hidden_size;
+        let hd = h / self.heads;
+        let n = b * t;
+        let x = self.word.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, h))?;
+        let pos = self.position.narrow(0, 0, t)?.broadcast_add(&self.token_type0)?;
+        let x = x.broadcast_add(&pos)?.reshape((n, h))?;
+        let mut x = self.emb_norm.forward(&x)?;
+        // Additive attention bias: 0 for real tokens, a large negative for padding.
+        let bias = ((mask.ones_like()? - mask)? * -1e9f64)?.reshape((b, 1, 1, t))?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        for l in &self.layers {
+            let qkv = l.qkv.forward(&x)?.reshape((b, t, 3, self.heads, hd))?.permute((2, 0, 3, 1, 4))?.contiguous()?;
+            let q = (qkv.i(0)? * scale)?;
+            let k = qkv.i(1)?;
+            let v = qkv.i(2)?;
+            let scores = q.matmul(&k.t()?)?.broadcast_add(&bias)?;
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            let ctx = probs.matmul(&v)?.permute((0, 2, 1, 3))?.contiguous()?.reshape((n, h))?;
+            x = l.attn_norm.forward(&(l.attn_out.forward(&ctx)? + &x)?)?;
+            let inner = l.ff_in.forward(&x)?;
+            let inner = match self.act {
+                Act::GeluErf => inner.gelu_erf()?,
+                Act::GeluTanh => inner.gelu()?,
+                Act::Relu => inner.relu()?,
+            };
+            x = l.ff_norm.forward(&(l.ff_out.forward(&inner)? + &x)?)?;
+        }
+        x.reshape((b, t, h))
+    }
+
+    /// Class logits from token states (`[b, t, hidden]` → `[b, labels]`): pooler (tanh) on the first
+    /// token, then the classifier.
+    pub fn classify(&self, states: &Tensor) -> candle_core::Result<Tensor> {
+        let (pooler, classifier) = self.classifier.as_ref().expect("loaded with a classification head");
+        let cls = states.i((.., 0))?.contiguous()?;
+        classifier.forward(&pooler.forward(&cls)?.tanh()?)
+    }
+}
+
+/// Pools token states `[b, t, h]` with `mask` `[b, t]` into `[b, h]`.
+pub fn pool(states: &Tensor, mask: &Tensor, pooling: distill_cache::model_dir::Pooling) -> candle_core::Result<Tensor> {
+    use distill_cache::model_dir::Pooling;
+    match pooling {
+        Pooling::Cls => states.i((.., 0))?.contiguous(),
+        Pooling::Mean => {
+            let m = mask.unsqueeze(2)?;
+            let sum = states.broadcast_mul(&m)?.sum(1)?;
+            sum.broadcast_div(&mask.sum_keepdim(1)?)
+        }
+        Pooling::Max => {
+            let neg = ((mask.ones_like()? - mask)? * -1e9f64)?.unsqueeze(2)?;
+            states.broadcast_add(&neg)?.max(1)
+        }
+    }
+}
+
+/// L2-normalises rows of `[b, h]`.
+pub fn l2_normalize(x: &Tensor) -> candle_core::Result<Tensor> {
+    let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12f32, f32::MAX)?;
+    x.broadcast_div(&norm)
+}
