@@ -88,58 +88,70 @@ fn gemm_gflops() -> anyhow::Result<f64> {
 async fn teacher(args: TeacherBenchArgs) -> anyhow::Result<()> {
     let gemm = tokio::task::spawn_blocking(gemm_gflops).await??;
     let mut reader = CorpusReader::open(&args.corpus.spec()).await?;
-    let shard = reader.next_shard(args.limit).await?.ok_or_else(|| anyhow::anyhow!("the corpus is empty"))?;
+    let shard = reader
+        .next_shard(args.limit)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the corpus is empty"))?;
     let texts: Vec<String> = shard.rows.iter().map(|r| r.text.clone()).collect();
     let teacher = std::sync::Arc::new(args.teacher.load().await?);
     let cfg = teacher.model_config().clone();
     let budget = args.teacher.max_batch_tokens;
     let unsorted_batch = args.unsorted_batch;
     let t2 = teacher.clone();
-    let (tokenize_seconds, sorted, unsorted) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        let s = Instant::now();
-        let encoded = t2.tokenize(&refs)?;
-        let tokenize_seconds = s.elapsed().as_secs_f64();
-        let lengths: Vec<u64> = encoded.iter().map(|e| e.ids.len() as u64).collect();
-        let real: u64 = lengths.iter().sum();
-        let (h, i, layers) = (cfg.hidden_size as f64, cfg.intermediate_size as f64, cfg.num_hidden_layers as f64);
-        // Useful work: the linear layers per real token, attention over each row's own length.
-        let flops: f64 = lengths.iter().map(|&l| {
-            let l = l as f64;
-            layers * (l * 2.0 * (3.0 * h * h + h * h + 2.0 * h * i) + 4.0 * l * l * h)
-        }).sum();
-        let pass = |seconds: f64, padded: u64| Pass {
-            seconds,
-            texts_per_second: encoded.len() as f64 / seconds,
-            real_tokens_per_second: real as f64 / seconds,
-            padding_efficiency: real as f64 / padded as f64,
-            gflops: flops / seconds / 1e9,
-            gemm_ratio: flops / seconds / 1e9 / gemm,
-        };
-        let mut padded = 0;
-        let secs = median_seconds(3, || {
-            padded = t2.label_encoded(&encoded, budget)?.padded_tokens;
-            Ok(())
-        })?;
-        let sorted = pass(secs, padded);
-        let unsorted = if unsorted_batch > 0 {
-            let mut padded = 0u64;
-            let secs = median_seconds(1, || {
-                padded = 0;
-                for chunk in encoded.chunks(unsorted_batch) {
-                    let rows: Vec<_> = chunk.iter().collect();
-                    padded += (rows.len() * rows.iter().map(|r| r.ids.len()).max().unwrap_or(0)) as u64;
-                    t2.forward(&rows)?;
-                }
+    let (tokenize_seconds, sorted, unsorted) =
+        tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            let s = Instant::now();
+            let encoded = t2.tokenize(&refs)?;
+            let tokenize_seconds = s.elapsed().as_secs_f64();
+            let lengths: Vec<u64> = encoded.iter().map(|e| e.ids.len() as u64).collect();
+            let real: u64 = lengths.iter().sum();
+            let (h, i, layers) = (
+                cfg.hidden_size as f64,
+                cfg.intermediate_size as f64,
+                cfg.num_hidden_layers as f64,
+            );
+            // Useful work: the linear layers per real token, attention over each row's own length.
+            let flops: f64 = lengths
+                .iter()
+                .map(|&l| {
+                    let l = l as f64;
+                    layers * (l * 2.0 * (3.0 * h * h + h * h + 2.0 * h * i) + 4.0 * l * l * h)
+                })
+                .sum();
+            let pass = |seconds: f64, padded: u64| Pass {
+                seconds,
+                texts_per_second: encoded.len() as f64 / seconds,
+                real_tokens_per_second: real as f64 / seconds,
+                padding_efficiency: real as f64 / padded as f64,
+                gflops: flops / seconds / 1e9,
+                gemm_ratio: flops / seconds / 1e9 / gemm,
+            };
+            let mut padded = 0;
+            let secs = median_seconds(3, || {
+                padded = t2.label_encoded(&encoded, budget)?.padded_tokens;
                 Ok(())
             })?;
-            Some(pass(secs, padded))
-        } else {
-            None
-        };
-        Ok((tokenize_seconds, sorted, unsorted))
-    })
-    .await??;
+            let sorted = pass(secs, padded);
+            let unsorted = if unsorted_batch > 0 {
+                let mut padded = 0u64;
+                let secs = median_seconds(1, || {
+                    padded = 0;
+                    for chunk in encoded.chunks(unsorted_batch) {
+                        let rows: Vec<_> = chunk.iter().collect();
+                        padded += (rows.len() * rows.iter().map(|r| r.ids.len()).max().unwrap_or(0))
+                            as u64;
+                        t2.forward(&rows)?;
+                    }
+                    Ok(())
+                })?;
+                Some(pass(secs, padded))
+            } else {
+                None
+            };
+            Ok((tokenize_seconds, sorted, unsorted))
+        })
+        .await??;
     drop(teacher);
 
     // End to end: the same rows through `distill label` into a fresh local store.
@@ -147,12 +159,19 @@ async fn teacher(args: TeacherBenchArgs) -> anyhow::Result<()> {
     let corpus_path = dir.join("bench.jsonl");
     let mut body = String::new();
     for r in &shard.rows {
-        body.push_str(&serde_json::to_string(&serde_json::json!({"id": r.id, "text": r.text}))?);
+        body.push_str(&serde_json::to_string(
+            &serde_json::json!({"id": r.id, "text": r.text}),
+        )?);
         body.push('\n');
     }
     std::fs::write(&corpus_path, body)?;
     let label_args = LabelArgs {
-        corpus: CorpusArgs { corpus: corpus_path.display().to_string(), format: None, text_field: "text".into(), id_field: "id".into() },
+        corpus: CorpusArgs {
+            corpus: corpus_path.display().to_string(),
+            format: None,
+            text_field: "text".into(),
+            id_field: "id".into(),
+        },
         teacher: args.teacher.clone(),
         store: dir.join("store").display().to_string(),
         output: OutputKind::Embeddings,
@@ -166,7 +185,9 @@ async fn teacher(args: TeacherBenchArgs) -> anyhow::Result<()> {
     let e2e = summary.rows as f64 / summary.wall_seconds;
     let figures = Figures {
         rows: shard.rows.len(),
-        threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        threads: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
         gemm_gflops: gemm,
         tokenize_seconds,
         end_to_end_over_forward: e2e / sorted.texts_per_second,
@@ -178,19 +199,32 @@ async fn teacher(args: TeacherBenchArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&figures)?);
     } else {
         let f = &figures;
-        println!("teacher bench: {} rows, {} threads, f32 GEMM peak (candle 2048³) {:.0} GFLOP/s", f.rows, f.threads, f.gemm_gflops);
-        println!("{:<28} {:>9} {:>12} {:>9} {:>9} {:>8}", "pass", "texts/s", "real tok/s", "padding", "GFLOP/s", "of peak");
+        println!(
+            "teacher bench: {} rows, {} threads, f32 GEMM peak (candle 2048³) {:.0} GFLOP/s",
+            f.rows, f.threads, f.gemm_gflops
+        );
+        println!(
+            "{:<28} {:>9} {:>12} {:>9} {:>9} {:>8}",
+            "pass", "texts/s", "real tok/s", "padding", "GFLOP/s", "of peak"
+        );
         let line = |name: &str, p: &Pass| {
             println!(
                 "{name:<28} {:>9.1} {:>12.0} {:>9.3} {:>9.1} {:>7.1}%",
-                p.texts_per_second, p.real_tokens_per_second, p.padding_efficiency, p.gflops, 100.0 * p.gemm_ratio
+                p.texts_per_second,
+                p.real_tokens_per_second,
+                p.padding_efficiency,
+                p.gflops,
+                100.0 * p.gemm_ratio
             )
         };
         line("sorted, token budget", &f.sorted);
         if let Some(u) = &f.unsorted {
             line("corpus order, fixed batch", u);
         }
-        println!("tokenize: {:.2} s; end to end `distill label`: {:.1} rows/s = {:.2} × bare forward", f.tokenize_seconds, f.end_to_end_rows_per_second, f.end_to_end_over_forward);
+        println!(
+            "tokenize: {:.2} s; end to end `distill label`: {:.1} rows/s = {:.2} × bare forward",
+            f.tokenize_seconds, f.end_to_end_rows_per_second, f.end_to_end_over_forward
+        );
     }
     Ok(())
 }

@@ -25,11 +25,25 @@ pub async fn ls(args: LsArgs) -> anyhow::Result<()> {
         println!("{}: empty cache", args.store);
         return Ok(());
     }
-    println!("{:<14} {:<28} {:<16} {:>7} {:>10} {:>10} {:>10}  corpora", "teacher", "source", "output", "shards", "rows", "bytes", "device-s");
+    println!(
+        "{:<14} {:<28} {:<16} {:>7} {:>10} {:>10} {:>10}  corpora",
+        "teacher", "source", "output", "shards", "rows", "bytes", "device-s"
+    );
     for e in entries {
-        let source = e.teacher.as_ref().map(|t| t.source.clone()).unwrap_or_else(|| "?".into());
-        let source = if source.len() > 28 { format!("…{}", &source[source.len() - 27..]) } else { source };
-        let output = e.output.map(|o| format!("{:?}/{:?}", o.kind, o.dtype).to_lowercase()).unwrap_or_else(|| "?".into());
+        let source = e
+            .teacher
+            .as_ref()
+            .map(|t| t.source.clone())
+            .unwrap_or_else(|| "?".into());
+        let source = if source.len() > 28 {
+            format!("…{}", &source[source.len() - 27..])
+        } else {
+            source
+        };
+        let output = e
+            .output
+            .map(|o| format!("{:?}/{:?}", o.kind, o.dtype).to_lowercase())
+            .unwrap_or_else(|| "?".into());
         println!(
             "{:<14} {:<28} {:<16} {:>7} {:>10} {:>10} {:>10.1}  {}",
             e.teacher_fingerprint.short(),

@@ -30,7 +30,12 @@ pub struct CorpusArgs {
 
 impl CorpusArgs {
     pub fn spec(&self) -> CorpusSpec {
-        CorpusSpec { url: self.corpus.clone(), format: self.format, text_field: self.text_field.clone(), id_field: self.id_field.clone() }
+        CorpusSpec {
+            url: self.corpus.clone(),
+            format: self.format,
+            text_field: self.text_field.clone(),
+            id_field: self.id_field.clone(),
+        }
     }
 }
 
@@ -98,7 +103,11 @@ impl Executor for TeacherExecutor {
 
     fn label(&self, shard: &Shard, spec: OutputSpec, corpus: &str) -> Result<Labeled, String> {
         distill_worker::pass::label_shard(&self.teacher, shard, spec, corpus, self.max_batch_tokens)
-            .map(|l| Labeled { meta: l.meta, data: l.data, padded_tokens: l.padded_tokens })
+            .map(|l| Labeled {
+                meta: l.meta,
+                data: l.data,
+                padded_tokens: l.padded_tokens,
+            })
             .map_err(|e| e.to_string())
     }
 }
@@ -113,12 +122,20 @@ struct Bar {
 
 impl Bar {
     fn new() -> Self {
-        let bar = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+        let bar =
+            indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {percent:>3}% {msg} ETA {eta}")
-                .expect("valid template"),
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {wide_bar} {percent:>3}% {msg} ETA {eta}",
+            )
+            .expect("valid template"),
         );
-        Self { bar, rows: Default::default(), hits: Default::default(), started: std::time::Instant::now() }
+        Self {
+            bar,
+            rows: Default::default(),
+            hits: Default::default(),
+            started: std::time::Instant::now(),
+        }
     }
 }
 
@@ -133,7 +150,10 @@ impl Progress for Bar {
         let hits = self.hits.fetch_add(hit as u64, Relaxed) + hit as u64;
         let rate = done as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
         self.bar.set_position(position);
-        self.bar.set_message(format!("{} rows, {rate:.0} rows/s, {hits} cache hits", count(done)));
+        self.bar.set_message(format!(
+            "{} rows, {rate:.0} rows/s, {hits} cache hits",
+            count(done)
+        ));
     }
 }
 
@@ -148,33 +168,80 @@ pub async fn run(args: LabelArgs) -> anyhow::Result<()> {
 }
 
 /// Runs a labeling job and returns its ledger.
-pub async fn label(args: &LabelArgs, show_progress: bool) -> anyhow::Result<distill_coordinator::JobSummary> {
+pub async fn label(
+    args: &LabelArgs,
+    show_progress: bool,
+) -> anyhow::Result<distill_coordinator::JobSummary> {
     let store = distill_cache::store::open(&args.store, true)?;
-    let output = OutputSpec { kind: args.output, dtype: args.dtype };
+    let output = OutputSpec {
+        kind: args.output,
+        dtype: args.dtype,
+    };
     let teacher = args.teacher.load().await?;
     distill_worker::pass::check_output(&teacher, args.output)?;
-    let exec = Arc::new(TeacherExecutor { teacher, max_batch_tokens: args.teacher.max_batch_tokens });
-    let job = JobSpec { corpus: args.corpus.spec(), store, output, shard_size: args.shard_size, strict: args.strict };
+    let exec = Arc::new(TeacherExecutor {
+        teacher,
+        max_batch_tokens: args.teacher.max_batch_tokens,
+    });
+    let job = JobSpec {
+        corpus: args.corpus.spec(),
+        store,
+        output,
+        shard_size: args.shard_size,
+        strict: args.strict,
+    };
     let bar = Bar::new();
     if !show_progress {
-        bar.bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        bar.bar
+            .set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    let summary = distill_coordinator::local::run(job, exec, &bar).await.context("labeling failed")?;
+    let summary = distill_coordinator::local::run(job, exec, &bar)
+        .await
+        .context("labeling failed")?;
     bar.bar.finish_and_clear();
     Ok(summary)
 }
 
 fn print_summary(s: &distill_coordinator::JobSummary) {
     println!("labeled {} with {}", s.corpus, s.teacher);
-    println!("  teacher     {}  output {}", &s.teacher_fingerprint[..12], &s.output_fingerprint[..12]);
-    println!("  shards      {} ({} labeled, {} cache hits)", count(s.shards), count(s.shards_labeled), count(s.cache_hits));
-    println!("  rows        {} ({} rejected, {} truncated)", count(s.rows), count(s.rejected_rows), count(s.truncated_rows));
-    println!("  tokens      {} (padding efficiency {:.3})", count(s.tokens), s.padding_efficiency());
-    println!("  teacher     {:.1} s spent, {:.1} s saved by cache hits", s.teacher_seconds, s.teacher_seconds_saved);
+    println!(
+        "  teacher     {}  output {}",
+        &s.teacher_fingerprint[..12],
+        &s.output_fingerprint[..12]
+    );
+    println!(
+        "  shards      {} ({} labeled, {} cache hits)",
+        count(s.shards),
+        count(s.shards_labeled),
+        count(s.cache_hits)
+    );
+    println!(
+        "  rows        {} ({} rejected, {} truncated)",
+        count(s.rows),
+        count(s.rejected_rows),
+        count(s.truncated_rows)
+    );
+    println!(
+        "  tokens      {} (padding efficiency {:.3})",
+        count(s.tokens),
+        s.padding_efficiency()
+    );
+    println!(
+        "  teacher     {:.1} s spent, {:.1} s saved by cache hits",
+        s.teacher_seconds, s.teacher_seconds_saved
+    );
     println!("  written     {} to {}", bytes(s.bytes_written), s.store);
-    println!("  wall time   {:.1} s ({:.0} rows/s)", s.wall_seconds, s.rows_per_second());
+    println!(
+        "  wall time   {:.1} s ({:.0} rows/s)",
+        s.wall_seconds,
+        s.rows_per_second()
+    );
     println!("  manifest    {}", s.manifest);
     if !s.reject_files.is_empty() {
-        println!("  rejects     {} file(s), first: {}", s.reject_files.len(), s.reject_files[0]);
+        println!(
+            "  rejects     {} file(s), first: {}",
+            s.reject_files.len(),
+            s.reject_files[0]
+        );
     }
 }

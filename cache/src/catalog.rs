@@ -50,15 +50,38 @@ pub fn corpus_fingerprint(shard_size: u64, shards: &[ManifestShard]) -> Fingerpr
 /// Records a corpus manifest (once; an identical corpus recorded earlier is kept). Returns its path.
 pub async fn write_manifest(loc: &Location, m: &CorpusManifest) -> Result<String> {
     let rel = layout::corpus_manifest_path(&m.teacher, &m.output, &m.corpus_fingerprint);
-    put_if_absent(loc, &rel, serde_json::to_vec_pretty(m).expect("serialisable").into()).await?;
+    put_if_absent(
+        loc,
+        &rel,
+        serde_json::to_vec_pretty(m).expect("serialisable").into(),
+    )
+    .await?;
     Ok(rel)
 }
 
 /// Writes `teacher.json` and `output.json` for a (teacher, output) pair, once.
-pub async fn write_descriptions(loc: &Location, teacher: &TeacherInfo, output: &OutputSpec) -> Result<()> {
+pub async fn write_descriptions(
+    loc: &Location,
+    teacher: &TeacherInfo,
+    output: &OutputSpec,
+) -> Result<()> {
     let t = &teacher.fingerprint;
-    put_if_absent(loc, &layout::teacher_path(t), serde_json::to_vec_pretty(teacher).expect("serialisable").into()).await?;
-    put_if_absent(loc, &layout::output_path(t, &output.fingerprint()), serde_json::to_vec_pretty(output).expect("serialisable").into()).await?;
+    put_if_absent(
+        loc,
+        &layout::teacher_path(t),
+        serde_json::to_vec_pretty(teacher)
+            .expect("serialisable")
+            .into(),
+    )
+    .await?;
+    put_if_absent(
+        loc,
+        &layout::output_path(t, &output.fingerprint()),
+        serde_json::to_vec_pretty(output)
+            .expect("serialisable")
+            .into(),
+    )
+    .await?;
     Ok(())
 }
 
@@ -82,16 +105,32 @@ async fn get_json<T: serde::de::DeserializeOwned>(loc: &Location, rel: &str) -> 
     let path = loc.child(rel);
     match loc.store.get(&path).await {
         Ok(g) => {
-            let b = g.bytes().await.map_err(|e| CacheError::Store { url: loc.display(&path), reason: describe_store_error(&e) })?;
-            serde_json::from_slice(&b).map(Some).map_err(|e| CacheError::Shard { path: loc.display(&path), reason: e.to_string() })
+            let b = g.bytes().await.map_err(|e| CacheError::Store {
+                url: loc.display(&path),
+                reason: describe_store_error(&e),
+            })?;
+            serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| CacheError::Shard {
+                    path: loc.display(&path),
+                    reason: e.to_string(),
+                })
         }
         Err(object_store::Error::NotFound { .. }) => Ok(None),
-        Err(e) => Err(CacheError::Store { url: loc.display(&path), reason: describe_store_error(&e) }),
+        Err(e) => Err(CacheError::Store {
+            url: loc.display(&path),
+            reason: describe_store_error(&e),
+        }),
     }
 }
 
 /// Reads a corpus manifest.
-pub async fn read_manifest(loc: &Location, teacher: &Fingerprint, output: &Fingerprint, corpus: &Fingerprint) -> Result<Option<CorpusManifest>> {
+pub async fn read_manifest(
+    loc: &Location,
+    teacher: &Fingerprint,
+    output: &Fingerprint,
+    corpus: &Fingerprint,
+) -> Result<Option<CorpusManifest>> {
     get_json(loc, &layout::corpus_manifest_path(teacher, output, corpus)).await
 }
 
@@ -103,13 +142,27 @@ pub async fn list(loc: &Location) -> Result<Vec<CatalogEntry>> {
         .list(Some(&root))
         .try_collect()
         .await
-        .map_err(|e| CacheError::Store { url: loc.url.clone(), reason: describe_store_error(&e) })?;
-    let mut groups: std::collections::BTreeMap<(Fingerprint, Fingerprint), (Vec<object_store::ObjectMeta>, Vec<String>)> = Default::default();
+        .map_err(|e| CacheError::Store {
+            url: loc.url.clone(),
+            reason: describe_store_error(&e),
+        })?;
+    let mut groups: std::collections::BTreeMap<
+        (Fingerprint, Fingerprint),
+        (Vec<object_store::ObjectMeta>, Vec<String>),
+    > = Default::default();
     let root_prefix = format!("{}/", root.as_ref());
     for o in objects {
-        let rel = o.location.as_ref().strip_prefix(root_prefix.as_str()).unwrap_or(o.location.as_ref()).to_owned();
+        let rel = o
+            .location
+            .as_ref()
+            .strip_prefix(root_prefix.as_str())
+            .unwrap_or(o.location.as_ref())
+            .to_owned();
         let parts: Vec<&str> = rel.split('/').collect();
-        let (Some(t), Some(out)) = (parts.first().and_then(|s| Fingerprint::parse(s)), parts.get(1).and_then(|s| Fingerprint::parse(s))) else {
+        let (Some(t), Some(out)) = (
+            parts.first().and_then(|s| Fingerprint::parse(s)),
+            parts.get(1).and_then(|s| Fingerprint::parse(s)),
+        ) else {
             continue;
         };
         let g = groups.entry((t, out)).or_default();
@@ -130,7 +183,9 @@ pub async fn list(loc: &Location) -> Result<Vec<CatalogEntry>> {
             .await?;
         let mut names = Vec::new();
         for c in &corpora {
-            if let Some(m) = get_json::<CorpusManifest>(loc, &format!("{}/{c}", layout::version_root())).await? {
+            if let Some(m) =
+                get_json::<CorpusManifest>(loc, &format!("{}/{c}", layout::version_root())).await?
+            {
                 names.push(m.corpus);
             }
         }

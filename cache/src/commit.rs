@@ -28,23 +28,44 @@ pub enum CommitOutcome {
     AlreadyPresent,
 }
 
-fn store_err(loc: &Location, path: &object_store::path::Path, e: object_store::Error) -> CacheError {
-    CacheError::Store { url: loc.display(path), reason: describe_store_error(&e) }
+fn store_err(
+    loc: &Location,
+    path: &object_store::path::Path,
+    e: object_store::Error,
+) -> CacheError {
+    CacheError::Store {
+        url: loc.display(path),
+        reason: describe_store_error(&e),
+    }
 }
 
 /// Writes `bytes` at `rel` unless something is there already. Returns whether this call wrote it.
 pub async fn put_if_absent(loc: &Location, rel: &str, bytes: bytes::Bytes) -> Result<bool> {
     let path = loc.child(rel);
-    let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-    match loc.store.put_opts(&path, PutPayload::from(bytes), opts).await {
+    let opts = PutOptions {
+        mode: PutMode::Create,
+        ..Default::default()
+    };
+    match loc
+        .store
+        .put_opts(&path, PutPayload::from(bytes), opts)
+        .await
+    {
         Ok(_) => Ok(true),
-        Err(object_store::Error::AlreadyExists { .. }) | Err(object_store::Error::Precondition { .. }) => Ok(false),
+        Err(object_store::Error::AlreadyExists { .. })
+        | Err(object_store::Error::Precondition { .. }) => Ok(false),
         Err(e) => Err(store_err(loc, &path, e)),
     }
 }
 
 /// Commits one shard: its rejects record (if any), then the Parquet file, atomically.
-pub async fn commit_shard(loc: &Location, key: &ShardKey, meta: &ShardMeta, data: &ShardData, rejects: &[Reject]) -> Result<CommitOutcome> {
+pub async fn commit_shard(
+    loc: &Location,
+    key: &ShardKey,
+    meta: &ShardMeta,
+    data: &ShardData,
+    rejects: &[Reject],
+) -> Result<CommitOutcome> {
     debug_assert_eq!(meta.shard_fingerprint, key.shard);
     let parquet = format::encode(meta, data)?;
     if !rejects.is_empty() {
@@ -54,7 +75,10 @@ pub async fn commit_shard(loc: &Location, key: &ShardKey, meta: &ShardMeta, data
             jsonl.push(b'\n');
         }
         let path = loc.child(&key.rejects_path());
-        loc.store.put(&path, PutPayload::from(jsonl)).await.map_err(|e| store_err(loc, &path, e))?;
+        loc.store
+            .put(&path, PutPayload::from(jsonl))
+            .await
+            .map_err(|e| store_err(loc, &path, e))?;
     }
     let bytes = parquet.len() as u64;
     Ok(if put_if_absent(loc, &key.data_path(), parquet).await? {
@@ -74,7 +98,10 @@ pub async fn shard_meta(loc: &Location, key: &ShardKey) -> Result<Option<(ShardM
     };
     let meta = read_meta_at(loc, &path, size).await?;
     // The address must agree with the content: a file copied to the wrong place is not a hit.
-    if meta.shard_fingerprint != key.shard || meta.output_fingerprint != key.output || meta.teacher.fingerprint != key.teacher {
+    if meta.shard_fingerprint != key.shard
+        || meta.output_fingerprint != key.output
+        || meta.teacher.fingerprint != key.teacher
+    {
         return Err(CacheError::Shard {
             path: loc.display(&path),
             reason: "fingerprints in the file do not match its path: the cache was tampered with; delete this file".into(),
@@ -84,19 +111,33 @@ pub async fn shard_meta(loc: &Location, key: &ShardKey) -> Result<Option<(ShardM
 }
 
 /// Reads the footer metadata of a shard file of known size.
-pub async fn read_meta_at(loc: &Location, path: &object_store::path::Path, size: u64) -> Result<ShardMeta> {
+pub async fn read_meta_at(
+    loc: &Location,
+    path: &object_store::path::Path,
+    size: u64,
+) -> Result<ShardMeta> {
     let name = loc.display(path);
     let reader = crate::parquet_io::ObjectReader::new(loc.store.clone(), path.clone(), size);
     let builder = parquet::arrow::ParquetRecordBatchStreamBuilder::new(reader)
         .await
-        .map_err(|source| CacheError::Parquet { path: name.clone(), source })?;
-    format::decode_meta(&name, builder.metadata().file_metadata().key_value_metadata())
+        .map_err(|source| CacheError::Parquet {
+            path: name.clone(),
+            source,
+        })?;
+    format::decode_meta(
+        &name,
+        builder.metadata().file_metadata().key_value_metadata(),
+    )
 }
 
 /// Reads a whole committed shard.
 pub async fn read_shard(loc: &Location, key: &ShardKey) -> Result<(ShardMeta, ShardData)> {
     let path = loc.child(&key.data_path());
-    let get = loc.store.get(&path).await.map_err(|e| store_err(loc, &path, e))?;
+    let get = loc
+        .store
+        .get(&path)
+        .await
+        .map_err(|e| store_err(loc, &path, e))?;
     let bytes = get.bytes().await.map_err(|e| store_err(loc, &path, e))?;
     format::decode(&loc.display(&path), bytes)
 }
@@ -112,7 +153,12 @@ pub async fn read_rejects(loc: &Location, key: &ShardKey) -> Result<Vec<Reject>>
     bytes
         .split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())
-        .map(|l| serde_json::from_slice(l).map_err(|e| CacheError::Shard { path: loc.display(&path), reason: e.to_string() }))
+        .map(|l| {
+            serde_json::from_slice(l).map_err(|e| CacheError::Shard {
+                path: loc.display(&path),
+                reason: e.to_string(),
+            })
+        })
         .collect()
 }
 
@@ -124,7 +170,11 @@ mod tests {
 
     fn key() -> ShardKey {
         let meta = crate::format::tests_support::meta(Dtype::F32, 1);
-        ShardKey { teacher: meta.teacher.fingerprint.clone(), output: meta.output_fingerprint.clone(), shard: meta.shard_fingerprint.clone() }
+        ShardKey {
+            teacher: meta.teacher.fingerprint.clone(),
+            output: meta.output_fingerprint.clone(),
+            shard: meta.shard_fingerprint.clone(),
+        }
     }
 
     #[tokio::test]
@@ -135,9 +185,23 @@ mod tests {
         let data = crate::format::tests_support::data(1);
         let k = key();
         assert!(shard_meta(&loc, &k).await.unwrap().is_none());
-        let rejects = vec![Reject { line: 3, id: None, reason: "empty text".into() }];
-        assert!(matches!(commit_shard(&loc, &k, &meta, &data, &rejects).await.unwrap(), CommitOutcome::Committed { .. }));
-        assert_eq!(commit_shard(&loc, &k, &meta, &data, &rejects).await.unwrap(), CommitOutcome::AlreadyPresent);
+        let rejects = vec![Reject {
+            line: 3,
+            id: None,
+            reason: "empty text".into(),
+        }];
+        assert!(matches!(
+            commit_shard(&loc, &k, &meta, &data, &rejects)
+                .await
+                .unwrap(),
+            CommitOutcome::Committed { .. }
+        ));
+        assert_eq!(
+            commit_shard(&loc, &k, &meta, &data, &rejects)
+                .await
+                .unwrap(),
+            CommitOutcome::AlreadyPresent
+        );
         let (m, _) = shard_meta(&loc, &k).await.unwrap().unwrap();
         assert_eq!(m, meta);
         assert_eq!(read_rejects(&loc, &k).await.unwrap(), rejects);
@@ -159,8 +223,18 @@ mod tests {
         wrong.shard = k.shard.clone();
         wrong.output = Hasher::new("x").finish();
         // Copy the file to another output's address.
-        let bytes = loc.store.get(&loc.child(&k.data_path())).await.unwrap().bytes().await.unwrap();
-        loc.store.put(&loc.child(&wrong.data_path()), bytes.into()).await.unwrap();
+        let bytes = loc
+            .store
+            .get(&loc.child(&k.data_path()))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        loc.store
+            .put(&loc.child(&wrong.data_path()), bytes.into())
+            .await
+            .unwrap();
         let err = shard_meta(&loc, &wrong).await.unwrap_err().to_string();
         assert!(err.contains("do not match"), "{err}");
     }

@@ -40,7 +40,9 @@ impl std::str::FromStr for Format {
             "jsonl" | "json" | "ndjson" => Ok(Self::Jsonl),
             "text" | "txt" | "lines" => Ok(Self::Text),
             "parquet" => Ok(Self::Parquet),
-            _ => Err(format!("unknown corpus format {s:?}: use jsonl, text or parquet")),
+            _ => Err(format!(
+                "unknown corpus format {s:?}: use jsonl, text or parquet"
+            )),
         }
     }
 }
@@ -48,7 +50,10 @@ impl std::str::FromStr for Format {
 impl Format {
     /// Guesses the format from a file name, ignoring `.gz` / `.zst` / `.zstd`.
     pub fn from_name(name: &str) -> Option<Self> {
-        let base = name.trim_end_matches(".gz").trim_end_matches(".zstd").trim_end_matches(".zst");
+        let base = name
+            .trim_end_matches(".gz")
+            .trim_end_matches(".zstd")
+            .trim_end_matches(".zst");
         let ext = base.rsplit_once('.')?.1.to_ascii_lowercase();
         match ext.as_str() {
             "jsonl" | "ndjson" | "json" => Some(Self::Jsonl),
@@ -71,7 +76,12 @@ pub struct CorpusSpec {
 
 impl CorpusSpec {
     pub fn new(url: impl Into<String>) -> Self {
-        Self { url: url.into(), format: None, text_field: "text".into(), id_field: "id".into() }
+        Self {
+            url: url.into(),
+            format: None,
+            text_field: "text".into(),
+            id_field: "id".into(),
+        }
     }
 }
 
@@ -144,22 +154,39 @@ pub struct CorpusReader {
 
 impl std::fmt::Debug for CorpusReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CorpusReader").field("url", &self.url).finish()
+        f.debug_struct("CorpusReader")
+            .field("url", &self.url)
+            .finish()
     }
 }
 
 /// Splits a corpus URL or path into its store and object path.
 pub fn locate_object(url: &str) -> Result<(Location, Path)> {
-    let corpus_err = |reason: String| CacheError::Corpus { url: url.to_owned(), reason };
+    let corpus_err = |reason: String| CacheError::Corpus {
+        url: url.to_owned(),
+        reason,
+    };
     if !url.contains("://") || url.starts_with("file://") {
-        let p = if let Some(rest) = url.strip_prefix("file://") { rest } else { url };
+        let p = if let Some(rest) = url.strip_prefix("file://") {
+            rest
+        } else {
+            url
+        };
         let abs = std::fs::canonicalize(p).map_err(|e| corpus_err(format!("cannot open: {e}")))?;
         if !abs.is_file() {
             return Err(corpus_err("not a file".into()));
         }
-        let store: std::sync::Arc<dyn object_store::ObjectStore> = std::sync::Arc::new(object_store::local::LocalFileSystem::new());
+        let store: std::sync::Arc<dyn object_store::ObjectStore> =
+            std::sync::Arc::new(object_store::local::LocalFileSystem::new());
         let path = Path::from_filesystem_path(&abs).map_err(|e| corpus_err(e.to_string()))?;
-        return Ok((Location { store, prefix: Path::default(), url: url.to_owned() }, path));
+        return Ok((
+            Location {
+                store,
+                prefix: Path::default(),
+                url: url.to_owned(),
+            },
+            path,
+        ));
     }
     let loc = store::open(url, false)?;
     let path = loc.prefix.clone();
@@ -173,11 +200,16 @@ impl CorpusReader {
     /// Opens a corpus. Fails at once, with the URL, if it cannot be found or its format is unknown.
     pub async fn open(spec: &CorpusSpec) -> Result<Self> {
         let url = spec.url.clone();
-        let corpus_err = |reason: String| CacheError::Corpus { url: url.clone(), reason };
+        let corpus_err = |reason: String| CacheError::Corpus {
+            url: url.clone(),
+            reason,
+        };
         let format = match spec.format {
             Some(f) => f,
             None => Format::from_name(&url).ok_or_else(|| {
-                corpus_err("cannot tell the format from the name: pass --format jsonl|text|parquet".into())
+                corpus_err(
+                    "cannot tell the format from the name: pass --format jsonl|text|parquet".into(),
+                )
             })?,
         };
         let (loc, path) = locate_object(&url)?;
@@ -192,15 +224,22 @@ impl CorpusReader {
         };
         let total = match format {
             Format::Jsonl | Format::Text => {
-                let get = loc.store.get(&path).await.map_err(|e| corpus_err(store::describe_store_error(&e)))?;
-                let stream = futures::TryStreamExt::map_err(get.into_stream(), std::io::Error::other);
-                let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
+                let get = loc
+                    .store
+                    .get(&path)
+                    .await
+                    .map_err(|e| corpus_err(store::describe_store_error(&e)))?;
+                let stream =
+                    futures::TryStreamExt::map_err(get.into_stream(), std::io::Error::other);
+                let reader =
+                    tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
                 let spec = spec.clone();
                 tokio::task::spawn_blocking(move || read_lines(reader, format, &spec, tx));
                 meta.size
             }
             Format::Parquet => {
-                let reader = crate::parquet_io::ObjectReader::new(loc.store.clone(), path, meta.size);
+                let reader =
+                    crate::parquet_io::ObjectReader::new(loc.store.clone(), path, meta.size);
                 let builder = parquet::arrow::ParquetRecordBatchStreamBuilder::new(reader)
                     .await
                     .map_err(|e| corpus_err(format!("not a readable Parquet file: {e}")))?;
@@ -264,7 +303,13 @@ impl CorpusReader {
         }
         let index = self.next_index;
         self.next_index += 1;
-        Ok(Some(Shard { index, progress, rows, rejects, fingerprint }))
+        Ok(Some(Shard {
+            index,
+            progress,
+            rows,
+            rejects,
+            fingerprint,
+        }))
     }
 
     /// Ids are unique across the corpus: a repeated id is rejected, naming where it was first seen.
@@ -275,8 +320,15 @@ impl CorpusReader {
         r.id.hash(&mut h);
         let key = h.finish();
         if let Some(first) = self.seen_ids.get(&key) {
-            let reason = format!("duplicate id {:?} (first at {} {first})", r.id, self.locator);
-            *e = Entry::Reject(Reject { line: r.line, id: Some(r.id.clone()), reason });
+            let reason = format!(
+                "duplicate id {:?} (first at {} {first})",
+                r.id, self.locator
+            );
+            *e = Entry::Reject(Reject {
+                line: r.line,
+                id: Some(r.id.clone()),
+                reason,
+            });
         } else {
             self.seen_ids.insert(key, r.line);
         }
@@ -288,9 +340,15 @@ fn decompress<'a>(inner: impl Read + Send + 'a) -> std::io::Result<Box<dyn BufRe
     let mut buf = BufReader::with_capacity(1 << 16, inner);
     let head = buf.fill_buf()?;
     if head.starts_with(&[0x1f, 0x8b]) {
-        Ok(Box::new(BufReader::with_capacity(1 << 16, flate2::bufread::MultiGzDecoder::new(buf))))
+        Ok(Box::new(BufReader::with_capacity(
+            1 << 16,
+            flate2::bufread::MultiGzDecoder::new(buf),
+        )))
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Ok(Box::new(BufReader::with_capacity(1 << 16, zstd::stream::read::Decoder::with_buffer(buf)?)))
+        Ok(Box::new(BufReader::with_capacity(
+            1 << 16,
+            zstd::stream::read::Decoder::with_buffer(buf)?,
+        )))
     } else {
         Ok(Box::new(buf))
     }
@@ -305,16 +363,28 @@ struct Counting<R> {
 impl<R: Read> Read for Counting<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.count.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        self.count
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(n)
     }
 }
 
-fn read_lines(reader: impl Read + Send, format: Format, spec: &CorpusSpec, tx: mpsc::Sender<Result<(Vec<Entry>, u64)>>) {
-    let fail = |reason: String| CacheError::Corpus { url: spec.url.clone(), reason };
+fn read_lines(
+    reader: impl Read + Send,
+    format: Format,
+    spec: &CorpusSpec,
+    tx: mpsc::Sender<Result<(Vec<Entry>, u64)>>,
+) {
+    let fail = |reason: String| CacheError::Corpus {
+        url: spec.url.clone(),
+        reason,
+    };
     let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mark = || count.load(std::sync::atomic::Ordering::Relaxed);
-    let mut input = match decompress(Counting { inner: reader, count: count.clone() }) {
+    let mut input = match decompress(Counting {
+        inner: reader,
+        count: count.clone(),
+    }) {
         Ok(r) => r,
         Err(e) => {
             let _ = tx.blocking_send(Err(fail(format!("cannot read: {e}"))));
@@ -330,7 +400,8 @@ fn read_lines(reader: impl Read + Send, format: Format, spec: &CorpusSpec, tx: m
             Ok(0) => break,
             Ok(_) => {}
             Err(e) => {
-                let _ = tx.blocking_send(Err(fail(format!("read failed after line {line_no}: {e}"))));
+                let _ =
+                    tx.blocking_send(Err(fail(format!("read failed after line {line_no}: {e}"))));
                 return;
             }
         }
@@ -343,7 +414,11 @@ fn read_lines(reader: impl Read + Send, format: Format, spec: &CorpusSpec, tx: m
             Format::Text => parse_text_line(raw, line_no),
             _ => parse_json_line(raw, line_no, spec),
         });
-        if batch.len() == BATCH_ENTRIES && tx.blocking_send(Ok((std::mem::take(&mut batch), mark()))).is_err() {
+        if batch.len() == BATCH_ENTRIES
+            && tx
+                .blocking_send(Ok((std::mem::take(&mut batch), mark())))
+                .is_err()
+        {
             return; // the reader was dropped
         }
     }
@@ -358,20 +433,38 @@ fn trim_newline(b: &[u8]) -> &[u8] {
 }
 
 fn reject(line: u64, id: Option<String>, reason: impl Into<String>) -> Entry {
-    Entry::Reject(Reject { line, id, reason: reason.into() })
+    Entry::Reject(Reject {
+        line,
+        id,
+        reason: reason.into(),
+    })
 }
 
 fn parse_text_line(raw: &[u8], line: u64) -> Entry {
     match std::str::from_utf8(raw) {
-        Ok(text) => Entry::Row(Row { line, id: format!("line-{line}"), text: text.trim().to_owned() }),
-        Err(e) => reject(line, None, format!("invalid UTF-8 at byte {}", e.valid_up_to())),
+        Ok(text) => Entry::Row(Row {
+            line,
+            id: format!("line-{line}"),
+            text: text.trim().to_owned(),
+        }),
+        Err(e) => reject(
+            line,
+            None,
+            format!("invalid UTF-8 at byte {}", e.valid_up_to()),
+        ),
     }
 }
 
 fn parse_json_line(raw: &[u8], line: u64, spec: &CorpusSpec) -> Entry {
     let s = match std::str::from_utf8(raw) {
         Ok(s) => s,
-        Err(e) => return reject(line, None, format!("invalid UTF-8 at byte {}", e.valid_up_to())),
+        Err(e) => {
+            return reject(
+                line,
+                None,
+                format!("invalid UTF-8 at byte {}", e.valid_up_to()),
+            )
+        }
     };
     let obj: serde_json::Map<String, serde_json::Value> = match serde_json::from_str(s) {
         Ok(serde_json::Value::Object(o)) => o,
@@ -383,13 +476,32 @@ fn parse_json_line(raw: &[u8], line: u64, spec: &CorpusSpec) -> Entry {
         Some(serde_json::Value::String(s)) if !s.is_empty() => s.clone(),
         Some(serde_json::Value::Number(n)) => n.to_string(),
         Some(other) => {
-            return reject(line, None, format!("field {:?} must be a non-empty string or a number, not {other}", spec.id_field))
+            return reject(
+                line,
+                None,
+                format!(
+                    "field {:?} must be a non-empty string or a number, not {other}",
+                    spec.id_field
+                ),
+            )
         }
     };
     match obj.get(&spec.text_field) {
         Some(serde_json::Value::String(t)) => text_row(line, id, t),
-        None => reject(line, Some(id), format!("missing text field {:?}", spec.text_field)),
-        Some(other) => reject(line, Some(id), format!("field {:?} is not a string: {}", spec.text_field, kind(other))),
+        None => reject(
+            line,
+            Some(id),
+            format!("missing text field {:?}", spec.text_field),
+        ),
+        Some(other) => reject(
+            line,
+            Some(id),
+            format!(
+                "field {:?} is not a string: {}",
+                spec.text_field,
+                kind(other)
+            ),
+        ),
     }
 }
 
@@ -408,7 +520,11 @@ fn text_row(line: u64, id: String, text: &str) -> Entry {
     if text.trim().is_empty() {
         reject(line, Some(id), "empty text")
     } else {
-        Entry::Row(Row { line, id, text: text.to_owned() })
+        Entry::Row(Row {
+            line,
+            id,
+            text: text.to_owned(),
+        })
     }
 }
 
@@ -420,18 +536,31 @@ async fn read_parquet(
     use arrow_array::cast::AsArray;
     use arrow_schema::DataType;
     use futures::StreamExt;
-    let fail = |reason: String| CacheError::Corpus { url: spec.url.clone(), reason };
+    let fail = |reason: String| CacheError::Corpus {
+        url: spec.url.clone(),
+        reason,
+    };
     let schema = builder.schema().clone();
     let Some((text_idx, _)) = schema.column_with_name(&spec.text_field) else {
         let cols: Vec<_> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-        let _ = tx.send(Err(fail(format!("no text column {:?} (columns: {})", spec.text_field, cols.join(", "))))).await;
+        let _ = tx
+            .send(Err(fail(format!(
+                "no text column {:?} (columns: {})",
+                spec.text_field,
+                cols.join(", ")
+            ))))
+            .await;
         return;
     };
     let id_idx = schema.column_with_name(&spec.id_field).map(|(i, _)| i);
     let mut leaves = vec![text_idx];
     leaves.extend(id_idx);
     let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), leaves);
-    let mut stream = match builder.with_projection(mask).with_batch_size(BATCH_ENTRIES).build() {
+    let mut stream = match builder
+        .with_projection(mask)
+        .with_batch_size(BATCH_ENTRIES)
+        .build()
+    {
         Ok(s) => s,
         Err(e) => {
             let _ = tx.send(Err(fail(e.to_string()))).await;
@@ -443,17 +572,36 @@ async fn read_parquet(
         let batch = match batch {
             Ok(b) => b,
             Err(e) => {
-                let _ = tx.send(Err(fail(format!("read failed after row {row}: {e}")))).await;
+                let _ = tx
+                    .send(Err(fail(format!("read failed after row {row}: {e}"))))
+                    .await;
                 return;
             }
         };
         let texts = batch.column_by_name(&spec.text_field).expect("projected");
         let texts: Vec<Option<String>> = match texts.data_type() {
-            DataType::Utf8 => texts.as_string::<i32>().iter().map(|s| s.map(str::to_owned)).collect(),
-            DataType::LargeUtf8 => texts.as_string::<i64>().iter().map(|s| s.map(str::to_owned)).collect(),
-            DataType::Utf8View => texts.as_string_view().iter().map(|s| s.map(str::to_owned)).collect(),
+            DataType::Utf8 => texts
+                .as_string::<i32>()
+                .iter()
+                .map(|s| s.map(str::to_owned))
+                .collect(),
+            DataType::LargeUtf8 => texts
+                .as_string::<i64>()
+                .iter()
+                .map(|s| s.map(str::to_owned))
+                .collect(),
+            DataType::Utf8View => texts
+                .as_string_view()
+                .iter()
+                .map(|s| s.map(str::to_owned))
+                .collect(),
             other => {
-                let _ = tx.send(Err(fail(format!("column {:?} is {other}, not a string", spec.text_field)))).await;
+                let _ = tx
+                    .send(Err(fail(format!(
+                        "column {:?} is {other}, not a string",
+                        spec.text_field
+                    ))))
+                    .await;
                 return;
             }
         };
@@ -462,17 +610,29 @@ async fn read_parquet(
             Some(col) => match parquet_ids(col) {
                 Ok(v) => Some(v),
                 Err(t) => {
-                    let _ = tx.send(Err(fail(format!("column {:?} is {t}: use strings or integers", spec.id_field)))).await;
+                    let _ = tx
+                        .send(Err(fail(format!(
+                            "column {:?} is {t}: use strings or integers",
+                            spec.id_field
+                        ))))
+                        .await;
                     return;
                 }
             },
         };
         let mut out = Vec::with_capacity(texts.len());
         for (i, text) in texts.into_iter().enumerate() {
-            let id = ids.as_ref().and_then(|v| v[i].clone()).unwrap_or_else(|| format!("row-{row}"));
+            let id = ids
+                .as_ref()
+                .and_then(|v| v[i].clone())
+                .unwrap_or_else(|| format!("row-{row}"));
             out.push(match text {
                 Some(t) => text_row(row, id, &t),
-                None => reject(row, Some(id), format!("text column {:?} is null", spec.text_field)),
+                None => reject(
+                    row,
+                    Some(id),
+                    format!("text column {:?} is null", spec.text_field),
+                ),
             });
             row += 1;
         }
@@ -487,13 +647,41 @@ fn parquet_ids(col: &arrow_array::ArrayRef) -> Result<Vec<Option<String>>, Strin
     use arrow_array::types::{Int32Type, Int64Type, UInt32Type, UInt64Type};
     use arrow_schema::DataType;
     Ok(match col.data_type() {
-        DataType::Utf8 => col.as_string::<i32>().iter().map(|s| s.map(str::to_owned)).collect(),
-        DataType::LargeUtf8 => col.as_string::<i64>().iter().map(|s| s.map(str::to_owned)).collect(),
-        DataType::Utf8View => col.as_string_view().iter().map(|s| s.map(str::to_owned)).collect(),
-        DataType::Int32 => col.as_primitive::<Int32Type>().iter().map(|v| v.map(|v| v.to_string())).collect(),
-        DataType::Int64 => col.as_primitive::<Int64Type>().iter().map(|v| v.map(|v| v.to_string())).collect(),
-        DataType::UInt32 => col.as_primitive::<UInt32Type>().iter().map(|v| v.map(|v| v.to_string())).collect(),
-        DataType::UInt64 => col.as_primitive::<UInt64Type>().iter().map(|v| v.map(|v| v.to_string())).collect(),
+        DataType::Utf8 => col
+            .as_string::<i32>()
+            .iter()
+            .map(|s| s.map(str::to_owned))
+            .collect(),
+        DataType::LargeUtf8 => col
+            .as_string::<i64>()
+            .iter()
+            .map(|s| s.map(str::to_owned))
+            .collect(),
+        DataType::Utf8View => col
+            .as_string_view()
+            .iter()
+            .map(|s| s.map(str::to_owned))
+            .collect(),
+        DataType::Int32 => col
+            .as_primitive::<Int32Type>()
+            .iter()
+            .map(|v| v.map(|v| v.to_string()))
+            .collect(),
+        DataType::Int64 => col
+            .as_primitive::<Int64Type>()
+            .iter()
+            .map(|v| v.map(|v| v.to_string()))
+            .collect(),
+        DataType::UInt32 => col
+            .as_primitive::<UInt32Type>()
+            .iter()
+            .map(|v| v.map(|v| v.to_string()))
+            .collect(),
+        DataType::UInt64 => col
+            .as_primitive::<UInt64Type>()
+            .iter()
+            .map(|v| v.map(|v| v.to_string()))
+            .collect(),
         other => return Err(other.to_string()),
     })
 }
@@ -528,9 +716,24 @@ mod tests {
         let p = write(&dir, "c.jsonl", JSONL.as_bytes());
         let s = shards(&p, 100).await;
         assert_eq!(s.len(), 1);
-        let rows: Vec<_> = s[0].rows.iter().map(|r| (r.line, r.id.as_str(), r.text.as_str())).collect();
-        assert_eq!(rows, vec![(1, "a", "first"), (3, "line-3", "no id"), (4, "7", "numeric id")]);
-        let rejects: Vec<_> = s[0].rejects.iter().map(|r| (r.line, r.reason.as_str())).collect();
+        let rows: Vec<_> = s[0]
+            .rows
+            .iter()
+            .map(|r| (r.line, r.id.as_str(), r.text.as_str()))
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                (1, "a", "first"),
+                (3, "line-3", "no id"),
+                (4, "7", "numeric id")
+            ]
+        );
+        let rejects: Vec<_> = s[0]
+            .rejects
+            .iter()
+            .map(|r| (r.line, r.reason.as_str()))
+            .collect();
         assert_eq!(rejects[0], (5, "empty text"));
         assert_eq!(rejects[1], (6, "missing text field \"text\""));
         assert!(rejects[2].1.starts_with("invalid JSON"), "{rejects:?}");
@@ -552,11 +755,16 @@ mod tests {
     #[tokio::test]
     async fn sharding_is_deterministic_and_content_addressed() {
         let dir = tempfile::tempdir().unwrap();
-        let text: String = (0..25).map(|i| format!("{{\"id\":\"{i}\",\"text\":\"text {i}\"}}\n")).collect();
+        let text: String = (0..25)
+            .map(|i| format!("{{\"id\":\"{i}\",\"text\":\"text {i}\"}}\n"))
+            .collect();
         let p = write(&dir, "c.jsonl", text.as_bytes());
         let a = shards(&p, 10).await;
         let b = shards(&p, 10).await;
-        assert_eq!(a.iter().map(|s| s.entries()).collect::<Vec<_>>(), vec![10, 10, 5]);
+        assert_eq!(
+            a.iter().map(|s| s.entries()).collect::<Vec<_>>(),
+            vec![10, 10, 5]
+        );
         let fa: Vec<_> = a.iter().map(|s| s.fingerprint.clone()).collect();
         let fb: Vec<_> = b.iter().map(|s| s.fingerprint.clone()).collect();
         assert_eq!(fa, fb);
@@ -566,7 +774,10 @@ mod tests {
         gz.write_all(text.as_bytes()).unwrap();
         let p2 = write(&dir, "other.jsonl.gz", &gz.finish().unwrap());
         let c = shards(&p2, 10).await;
-        assert_eq!(fa, c.iter().map(|s| s.fingerprint.clone()).collect::<Vec<_>>());
+        assert_eq!(
+            fa,
+            c.iter().map(|s| s.fingerprint.clone()).collect::<Vec<_>>()
+        );
         // A changed text changes its shard only.
         let changed = text.replace("text 13", "text thirteen");
         let p3 = write(&dir, "changed.jsonl", changed.as_bytes());
@@ -580,22 +791,38 @@ mod tests {
     async fn zstd_text_and_custom_fields() {
         let dir = tempfile::tempdir().unwrap();
         let body = "{\"key\":\"k1\",\"body\":\"hello\"}\n";
-        let p = write(&dir, "c.jsonl.zst", &zstd::encode_all(body.as_bytes(), 3).unwrap());
+        let p = write(
+            &dir,
+            "c.jsonl.zst",
+            &zstd::encode_all(body.as_bytes(), 3).unwrap(),
+        );
         let mut spec = CorpusSpec::new(p.to_str().unwrap());
         spec.text_field = "body".into();
         spec.id_field = "key".into();
         let mut r = CorpusReader::open(&spec).await.unwrap();
         let s = r.next_shard(5).await.unwrap().unwrap();
-        assert_eq!((s.rows[0].id.as_str(), s.rows[0].text.as_str()), ("k1", "hello"));
+        assert_eq!(
+            (s.rows[0].id.as_str(), s.rows[0].text.as_str()),
+            ("k1", "hello")
+        );
     }
 
     #[tokio::test]
     async fn missing_corpus_and_unknown_format_name_the_url() {
-        let err = CorpusReader::open(&CorpusSpec::new("/nonexistent/c.jsonl")).await.unwrap_err().to_string();
-        assert!(err.contains("/nonexistent/c.jsonl") && err.contains("cannot open"), "{err}");
+        let err = CorpusReader::open(&CorpusSpec::new("/nonexistent/c.jsonl"))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("/nonexistent/c.jsonl") && err.contains("cannot open"),
+            "{err}"
+        );
         let dir = tempfile::tempdir().unwrap();
         let p = write(&dir, "c.csv", b"x");
-        let err = CorpusReader::open(&CorpusSpec::new(p.to_str().unwrap())).await.unwrap_err().to_string();
+        let err = CorpusReader::open(&CorpusSpec::new(p.to_str().unwrap()))
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("--format"), "{err}");
     }
 
@@ -605,8 +832,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.parquet");
         let batch = RecordBatch::try_from_iter(vec![
-            ("id", std::sync::Arc::new(Int64Array::from(vec![10, 11, 12])) as arrow_array::ArrayRef),
-            ("text", std::sync::Arc::new(StringArray::from(vec![Some("a"), None, Some("c")])) as _),
+            (
+                "id",
+                std::sync::Arc::new(Int64Array::from(vec![10, 11, 12])) as arrow_array::ArrayRef,
+            ),
+            (
+                "text",
+                std::sync::Arc::new(StringArray::from(vec![Some("a"), None, Some("c")])) as _,
+            ),
         ])
         .unwrap();
         let f = std::fs::File::create(&p).unwrap();

@@ -23,7 +23,11 @@ pub enum CacheError {
     Corpus { url: String, reason: String },
 
     #[error("corpus {url}, line {line}: {reason}")]
-    CorpusLine { url: String, line: u64, reason: String },
+    CorpusLine {
+        url: String,
+        line: u64,
+        reason: String,
+    },
 
     #[error("model {location}: {reason}")]
     Model { location: String, reason: String },

@@ -16,8 +16,10 @@ pub struct Fingerprint(String);
 impl Fingerprint {
     /// Parses 32 lowercase hex digits.
     pub fn parse(s: &str) -> Option<Self> {
-        (s.len() == 32 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-            .then(|| Self(s.to_owned()))
+        (s.len() == 32
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        .then(|| Self(s.to_owned()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -108,7 +110,9 @@ mod tests {
     fn streamed_field_equals_whole_field() {
         let whole = Hasher::new("t").field(b"hello world").clone().finish();
         let mut h = Hasher::new("t");
-        h.begin_stream(11).stream_chunk(b"hello ").stream_chunk(b"world");
+        h.begin_stream(11)
+            .stream_chunk(b"hello ")
+            .stream_chunk(b"world");
         assert_eq!(whole, h.finish());
     }
 

@@ -20,7 +20,8 @@ use crate::fingerprint::{Fingerprint, Hasher};
 use crate::model_dir::TeacherInfo;
 use crate::{CacheError, Result};
 use arrow_array::{
-    Array, ArrayRef, BooleanArray, FixedSizeListArray, Float16Array, Float32Array, Int32Array, RecordBatch, StringArray,
+    Array, ArrayRef, BooleanArray, FixedSizeListArray, Float16Array, Float32Array, Int32Array,
+    RecordBatch, StringArray,
 };
 use arrow_schema::{DataType, Field, Schema};
 use serde::{Deserialize, Serialize};
@@ -83,7 +84,10 @@ pub struct OutputSpec {
 
 impl OutputSpec {
     pub fn fingerprint(&self) -> Fingerprint {
-        Hasher::new("distill.output.v1").str(&serde_json::to_string(self).expect("serialisable")).clone().finish()
+        Hasher::new("distill.output.v1")
+            .str(&serde_json::to_string(self).expect("serialisable"))
+            .clone()
+            .finish()
     }
 }
 
@@ -157,23 +161,36 @@ impl ShardMeta {
             kv.iter()
                 .find(|e| e.key == k)
                 .and_then(|e| e.value.as_deref())
-                .ok_or_else(|| CacheError::Shard { path: path.to_owned(), reason: format!("metadata key {k} is missing") })
+                .ok_or_else(|| CacheError::Shard {
+                    path: path.to_owned(),
+                    reason: format!("metadata key {k} is missing"),
+                })
         };
-        let bad = |k: &str, e: &dyn std::fmt::Display| CacheError::Shard { path: path.to_owned(), reason: format!("metadata key {k}: {e}") };
+        let bad = |k: &str, e: &dyn std::fmt::Display| CacheError::Shard {
+            path: path.to_owned(),
+            reason: format!("metadata key {k}: {e}"),
+        };
         let num = |k: &str| -> Result<u64> { get(k)?.parse().map_err(|e| bad(k, &e)) };
-        let fp = |k: &str| -> Result<Fingerprint> { Fingerprint::parse(get(k)?).ok_or_else(|| bad(k, &"not a fingerprint")) };
+        let fp = |k: &str| -> Result<Fingerprint> {
+            Fingerprint::parse(get(k)?).ok_or_else(|| bad(k, &"not a fingerprint"))
+        };
         let schema_version = num("distill.schema_version")? as u32;
         if schema_version != crate::SCHEMA_VERSION {
             return Err(CacheError::Shard {
                 path: path.to_owned(),
-                reason: format!("schema version {schema_version}; this distill reads version {}", crate::SCHEMA_VERSION),
+                reason: format!(
+                    "schema version {schema_version}; this distill reads version {}",
+                    crate::SCHEMA_VERSION
+                ),
             });
         }
         Ok(Self {
             schema_version,
             producer: get("distill.producer")?.to_owned(),
-            teacher: serde_json::from_str(get("distill.teacher")?).map_err(|e| bad("distill.teacher", &e))?,
-            output: serde_json::from_str(get("distill.output_spec")?).map_err(|e| bad("distill.output_spec", &e))?,
+            teacher: serde_json::from_str(get("distill.teacher")?)
+                .map_err(|e| bad("distill.teacher", &e))?,
+            output: serde_json::from_str(get("distill.output_spec")?)
+                .map_err(|e| bad("distill.output_spec", &e))?,
             output_fingerprint: fp("distill.output_fingerprint")?,
             shard_fingerprint: fp("distill.shard_fingerprint")?,
             corpus: get("distill.corpus")?.to_owned(),
@@ -182,7 +199,9 @@ impl ShardMeta {
             rejected_rows: num("distill.rejected_rows")?,
             truncated_rows: num("distill.truncated_rows")?,
             tokens: num("distill.tokens")?,
-            device_seconds: get("distill.device_seconds")?.parse().map_err(|e| bad("distill.device_seconds", &e))?,
+            device_seconds: get("distill.device_seconds")?
+                .parse()
+                .map_err(|e| bad("distill.device_seconds", &e))?,
             device: get("distill.device")?.to_owned(),
             created_unix: num("distill.created_unix")?,
         })
@@ -235,69 +254,159 @@ pub fn arrow_schema(spec: &OutputSpec, width: usize) -> Schema {
 pub fn encode(meta: &ShardMeta, data: &ShardData) -> Result<bytes::Bytes> {
     let n = data.rows();
     assert!(data.texts.len() == n && data.tokens.len() == n && data.truncated.len() == n);
-    assert_eq!(data.values.len(), n * data.width, "values must be rows × width");
+    assert_eq!(
+        data.values.len(),
+        n * data.width,
+        "values must be rows × width"
+    );
     let schema = Arc::new(arrow_schema(&meta.output, data.width));
     let values: ArrayRef = match meta.output.dtype {
         Dtype::F32 => Arc::new(Float32Array::from(data.values.clone())),
-        Dtype::F16 => Arc::new(Float16Array::from(data.values.iter().map(|v| half::f16::from_f32(*v)).collect::<Vec<_>>())),
+        Dtype::F16 => Arc::new(Float16Array::from(
+            data.values
+                .iter()
+                .map(|v| half::f16::from_f32(*v))
+                .collect::<Vec<_>>(),
+        )),
     };
-    let DataType::FixedSizeList(item, _) = schema.field(4).data_type().clone() else { unreachable!() };
+    let DataType::FixedSizeList(item, _) = schema.field(4).data_type().clone() else {
+        unreachable!()
+    };
     let list = FixedSizeListArray::try_new(item, data.width as i32, values, None)?;
     let columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from_iter_values(&data.ids)),
         Arc::new(StringArray::from_iter_values(&data.texts)),
-        Arc::new(Int32Array::from_iter_values(data.tokens.iter().map(|t| *t as i32))),
+        Arc::new(Int32Array::from_iter_values(
+            data.tokens.iter().map(|t| *t as i32),
+        )),
         Arc::new(BooleanArray::from(data.truncated.clone())),
         Arc::new(list),
     ];
     let batch = RecordBatch::try_new(schema.clone(), columns)?;
-    let kv = meta.to_kv().into_iter().map(|(k, v)| parquet::file::metadata::KeyValue::new(k, v)).collect();
+    let kv = meta
+        .to_kv()
+        .into_iter()
+        .map(|(k, v)| parquet::file::metadata::KeyValue::new(k, v))
+        .collect();
     let props = parquet::file::properties::WriterProperties::builder()
-        .set_compression(parquet::basic::Compression::ZSTD(parquet::basic::ZstdLevel::try_new(1).expect("valid level")))
+        .set_compression(parquet::basic::Compression::ZSTD(
+            parquet::basic::ZstdLevel::try_new(1).expect("valid level"),
+        ))
         .set_dictionary_enabled(false)
         .set_key_value_metadata(Some(kv))
         .set_created_by(crate::PRODUCER.to_owned())
         .build();
-    let perr = |source| CacheError::Parquet { path: "<new shard>".into(), source };
-    let mut w = parquet::arrow::ArrowWriter::try_new(Vec::with_capacity(n * (data.width * 4 + 128)), schema, Some(props)).map_err(perr)?;
+    let perr = |source| CacheError::Parquet {
+        path: "<new shard>".into(),
+        source,
+    };
+    let mut w = parquet::arrow::ArrowWriter::try_new(
+        Vec::with_capacity(n * (data.width * 4 + 128)),
+        schema,
+        Some(props),
+    )
+    .map_err(perr)?;
     w.write(&batch).map_err(perr)?;
     Ok(bytes::Bytes::from(w.into_inner().map_err(perr)?))
 }
 
 /// Reads only the metadata of an encoded shard's footer.
-pub fn decode_meta(path: &str, footer_kv: Option<&Vec<parquet::file::metadata::KeyValue>>) -> Result<ShardMeta> {
-    let kv = footer_kv.ok_or_else(|| CacheError::Shard { path: path.to_owned(), reason: "no key-value metadata: not a distill shard".into() })?;
+pub fn decode_meta(
+    path: &str,
+    footer_kv: Option<&Vec<parquet::file::metadata::KeyValue>>,
+) -> Result<ShardMeta> {
+    let kv = footer_kv.ok_or_else(|| CacheError::Shard {
+        path: path.to_owned(),
+        reason: "no key-value metadata: not a distill shard".into(),
+    })?;
     ShardMeta::from_kv(path, kv)
 }
 
 /// Decodes a whole shard (metadata and rows) from its bytes.
 pub fn decode(path: &str, bytes: bytes::Bytes) -> Result<(ShardMeta, ShardData)> {
     use arrow_array::cast::AsArray;
-    let perr = |source| CacheError::Parquet { path: path.to_owned(), source };
-    let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(perr)?;
-    let meta = decode_meta(path, builder.metadata().file_metadata().key_value_metadata())?;
+    let perr = |source| CacheError::Parquet {
+        path: path.to_owned(),
+        source,
+    };
+    let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .map_err(perr)?;
+    let meta = decode_meta(
+        path,
+        builder.metadata().file_metadata().key_value_metadata(),
+    )?;
     let reader = builder.build().map_err(perr)?;
-    let bad = |reason: String| CacheError::Shard { path: path.to_owned(), reason };
-    let mut data = ShardData { ids: vec![], texts: vec![], tokens: vec![], truncated: vec![], values: vec![], width: 0 };
+    let bad = |reason: String| CacheError::Shard {
+        path: path.to_owned(),
+        reason,
+    };
+    let mut data = ShardData {
+        ids: vec![],
+        texts: vec![],
+        tokens: vec![],
+        truncated: vec![],
+        values: vec![],
+        width: 0,
+    };
     for batch in reader {
         let batch = batch?;
-        let col = |name: &str| batch.column_by_name(name).cloned().ok_or_else(|| bad(format!("column {name} is missing")));
-        data.ids.extend(col("id")?.as_string::<i32>().iter().map(|s| s.unwrap_or_default().to_owned()));
-        data.texts.extend(col("text")?.as_string::<i32>().iter().map(|s| s.unwrap_or_default().to_owned()));
-        data.tokens.extend(col("tokens")?.as_primitive::<arrow_array::types::Int32Type>().values().iter().map(|v| *v as u32));
-        data.truncated.extend(col("truncated")?.as_boolean().iter().map(|b| b.unwrap_or(false)));
+        let col = |name: &str| {
+            batch
+                .column_by_name(name)
+                .cloned()
+                .ok_or_else(|| bad(format!("column {name} is missing")))
+        };
+        data.ids.extend(
+            col("id")?
+                .as_string::<i32>()
+                .iter()
+                .map(|s| s.unwrap_or_default().to_owned()),
+        );
+        data.texts.extend(
+            col("text")?
+                .as_string::<i32>()
+                .iter()
+                .map(|s| s.unwrap_or_default().to_owned()),
+        );
+        data.tokens.extend(
+            col("tokens")?
+                .as_primitive::<arrow_array::types::Int32Type>()
+                .values()
+                .iter()
+                .map(|v| *v as u32),
+        );
+        data.truncated.extend(
+            col("truncated")?
+                .as_boolean()
+                .iter()
+                .map(|b| b.unwrap_or(false)),
+        );
         let list = col(meta.output.kind.column())?;
         let list = list.as_fixed_size_list();
         data.width = list.value_length() as usize;
         let values = list.values();
         match values.data_type() {
-            DataType::Float32 => data.values.extend_from_slice(values.as_primitive::<arrow_array::types::Float32Type>().values()),
-            DataType::Float16 => data.values.extend(values.as_primitive::<arrow_array::types::Float16Type>().values().iter().map(|v| v.to_f32())),
+            DataType::Float32 => data.values.extend_from_slice(
+                values
+                    .as_primitive::<arrow_array::types::Float32Type>()
+                    .values(),
+            ),
+            DataType::Float16 => data.values.extend(
+                values
+                    .as_primitive::<arrow_array::types::Float16Type>()
+                    .values()
+                    .iter()
+                    .map(|v| v.to_f32()),
+            ),
             other => return Err(bad(format!("output column has type {other}"))),
         }
     }
     if data.rows() as u64 != meta.rows {
-        return Err(bad(format!("metadata says {} rows, file holds {}", meta.rows, data.rows())));
+        return Err(bad(format!(
+            "metadata says {} rows, file holds {}",
+            meta.rows,
+            data.rows()
+        )));
     }
     Ok((meta, data))
 }
@@ -320,7 +429,10 @@ pub(crate) mod tests_support {
     }
 
     pub(crate) fn meta(dtype: Dtype, rows: u64) -> ShardMeta {
-        let output = OutputSpec { kind: OutputKind::Embeddings, dtype };
+        let output = OutputSpec {
+            kind: OutputKind::Embeddings,
+            dtype,
+        };
         ShardMeta {
             schema_version: crate::SCHEMA_VERSION,
             producer: crate::PRODUCER.into(),
@@ -328,7 +440,11 @@ pub(crate) mod tests_support {
                 fingerprint: Hasher::new("t").finish(),
                 source: "test".into(),
                 architecture: "BertModel".into(),
-                head: Head::Embedding { pooling: Pooling::Mean, normalize: true, dim: 3 },
+                head: Head::Embedding {
+                    pooling: Pooling::Mean,
+                    normalize: true,
+                    dim: 3,
+                },
                 max_seq_length: 16,
                 dtype: "f32".into(),
             },
@@ -379,14 +495,29 @@ mod tests {
 
     #[test]
     fn output_fingerprint_depends_on_spec() {
-        let a = OutputSpec { kind: OutputKind::Embeddings, dtype: Dtype::F32 }.fingerprint();
-        let b = OutputSpec { kind: OutputKind::Embeddings, dtype: Dtype::F16 }.fingerprint();
+        let a = OutputSpec {
+            kind: OutputKind::Embeddings,
+            dtype: Dtype::F32,
+        }
+        .fingerprint();
+        let b = OutputSpec {
+            kind: OutputKind::Embeddings,
+            dtype: Dtype::F16,
+        }
+        .fingerprint();
         assert_ne!(a, b);
     }
 
     #[test]
     fn wrong_row_count_is_refused() {
-        let data = ShardData { ids: vec!["a".into()], texts: vec!["x".into()], tokens: vec![1], truncated: vec![false], values: vec![0.0; 3], width: 3 };
+        let data = ShardData {
+            ids: vec!["a".into()],
+            texts: vec!["x".into()],
+            tokens: vec![1],
+            truncated: vec![false],
+            values: vec![0.0; 3],
+            width: 3,
+        };
         let bytes = encode(&sample_meta(Dtype::F32, 2), &data).unwrap();
         let err = decode("s.parquet", bytes).unwrap_err().to_string();
         assert!(err.contains("s.parquet") && err.contains("2 rows"), "{err}");

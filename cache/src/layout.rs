@@ -29,12 +29,20 @@ fn root() -> String {
 impl ShardKey {
     /// The Parquet file: present only when the shard is committed.
     pub fn data_path(&self) -> String {
-        format!("{}/shards/{}.parquet", output_dir(&self.teacher, &self.output), self.shard)
+        format!(
+            "{}/shards/{}.parquet",
+            output_dir(&self.teacher, &self.output),
+            self.shard
+        )
     }
 
     /// The rejects record (JSONL), written before the data file when a shard has rejects.
     pub fn rejects_path(&self) -> String {
-        format!("{}/shards/{}.rejects.jsonl", output_dir(&self.teacher, &self.output), self.shard)
+        format!(
+            "{}/shards/{}.rejects.jsonl",
+            output_dir(&self.teacher, &self.output),
+            self.shard
+        )
     }
 }
 
@@ -50,7 +58,11 @@ pub fn output_path(teacher: &Fingerprint, output: &Fingerprint) -> String {
     format!("{}/output.json", output_dir(teacher, output))
 }
 
-pub fn corpus_manifest_path(teacher: &Fingerprint, output: &Fingerprint, corpus: &Fingerprint) -> String {
+pub fn corpus_manifest_path(
+    teacher: &Fingerprint,
+    output: &Fingerprint,
+    corpus: &Fingerprint,
+) -> String {
     format!("{}/corpora/{corpus}.json", output_dir(teacher, output))
 }
 

@@ -29,7 +29,11 @@ pub enum Pooling {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Head {
     /// A sentence encoder: pooled (and optionally L2-normalised) token states.
-    Embedding { pooling: Pooling, normalize: bool, dim: usize },
+    Embedding {
+        pooling: Pooling,
+        normalize: bool,
+        dim: usize,
+    },
     /// A sequence classifier (`BertForSequenceClassification`): class logits, labels in id order.
     Classifier { labels: Vec<String> },
 }
@@ -80,13 +84,21 @@ pub struct TeacherInfo {
 }
 
 fn model_err(location: &str, reason: impl Into<String>) -> CacheError {
-    CacheError::Model { location: location.to_owned(), reason: reason.into() }
+    CacheError::Model {
+        location: location.to_owned(),
+        reason: reason.into(),
+    }
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(location: &str, path: &Path) -> Result<T> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let bytes = std::fs::read(path).map_err(|e| model_err(location, format!("cannot read {name}: {e}")))?;
-    serde_json::from_slice(&bytes).map_err(|e| model_err(location, format!("{}: invalid JSON: {e}", path.display())))
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let bytes =
+        std::fs::read(path).map_err(|e| model_err(location, format!("cannot read {name}: {e}")))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| model_err(location, format!("{}: invalid JSON: {e}", path.display())))
 }
 
 #[derive(Deserialize)]
@@ -128,25 +140,47 @@ impl ModelDir {
     /// Inspects a local model directory.
     pub fn inspect(location: &str, dir: &Path) -> Result<Self> {
         if !dir.is_dir() {
-            return Err(model_err(location, "not a directory (expected an HF-layout model directory)"));
+            return Err(model_err(
+                location,
+                "not a directory (expected an HF-layout model directory)",
+            ));
         }
         let config_path = dir.join("config.json");
         if !config_path.is_file() {
-            return Err(model_err(location, "no config.json: not an HF-layout model directory"));
+            return Err(model_err(
+                location,
+                "no config.json: not an HF-layout model directory",
+            ));
         }
         let cfg: HfConfig = read_json(location, &config_path)?;
         let model_type = cfg.model_type.clone().unwrap_or_default();
         if !matches!(model_type.as_str(), "bert" | "") {
-            return Err(model_err(location, format!("config.json model_type {model_type:?} is not supported (BERT family only)")));
+            return Err(model_err(
+                location,
+                format!(
+                    "config.json model_type {model_type:?} is not supported (BERT family only)"
+                ),
+            ));
         }
-        let hidden_size = cfg.hidden_size.ok_or_else(|| model_err(location, "config.json has no hidden_size"))?;
-        let vocab_size = cfg.vocab_size.ok_or_else(|| model_err(location, "config.json has no vocab_size"))?;
+        let hidden_size = cfg
+            .hidden_size
+            .ok_or_else(|| model_err(location, "config.json has no hidden_size"))?;
+        let vocab_size = cfg
+            .vocab_size
+            .ok_or_else(|| model_err(location, "config.json has no vocab_size"))?;
         let max_pos = cfg.max_position_embeddings.unwrap_or(512);
-        let architecture = cfg.architectures.first().cloned().unwrap_or_else(|| "BertModel".into());
+        let architecture = cfg
+            .architectures
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "BertModel".into());
 
         let tokenizer = dir.join("tokenizer.json");
         if !tokenizer.is_file() {
-            return Err(model_err(location, "no tokenizer.json (a fast-tokenizer file is required)"));
+            return Err(model_err(
+                location,
+                "no tokenizer.json (a fast-tokenizer file is required)",
+            ));
         }
         let weights = weight_files(location, dir)?;
 
@@ -155,19 +189,39 @@ impl ModelDir {
             let map = cfg.id2label.clone().unwrap_or_default();
             let mut labels: Vec<(usize, String)> = Vec::new();
             for (k, v) in map {
-                let i = k.parse().map_err(|_| model_err(location, format!("config.json id2label key {k:?} is not an integer")))?;
+                let i = k.parse().map_err(|_| {
+                    model_err(
+                        location,
+                        format!("config.json id2label key {k:?} is not an integer"),
+                    )
+                })?;
                 labels.push((i, v));
             }
             labels.sort();
             if labels.is_empty() || labels.iter().enumerate().any(|(i, (j, _))| i != *j) {
-                return Err(model_err(location, "config.json id2label must map 0..N-1 to label names"));
+                return Err(model_err(
+                    location,
+                    "config.json id2label must map 0..N-1 to label names",
+                ));
             }
-            (Head::Classifier { labels: labels.into_iter().map(|(_, l)| l).collect() }, None)
+            (
+                Head::Classifier {
+                    labels: labels.into_iter().map(|(_, l)| l).collect(),
+                },
+                None,
+            )
         } else if modules_path.is_file() {
             sentence_transformer(location, dir, &modules_path, hidden_size)?
         } else {
             // A bare encoder: mean pooling is the common default; recorded in the fingerprint.
-            (Head::Embedding { pooling: Pooling::Mean, normalize: false, dim: hidden_size }, None)
+            (
+                Head::Embedding {
+                    pooling: Pooling::Mean,
+                    normalize: false,
+                    dim: hidden_size,
+                },
+                None,
+            )
         };
         let max_seq_length = st_max.unwrap_or(max_pos).min(max_pos);
         Ok(Self {
@@ -189,7 +243,10 @@ impl ModelDir {
     pub fn fingerprint(&self, dtype: &str) -> Result<Fingerprint> {
         let mut h = Hasher::new("distill.teacher.v1");
         for p in [&self.config, &self.tokenizer] {
-            let bytes = std::fs::read(p).map_err(|source| CacheError::Io { path: p.clone(), source })?;
+            let bytes = std::fs::read(p).map_err(|source| CacheError::Io {
+                path: p.clone(),
+                source,
+            })?;
             h.field(&bytes);
         }
         for w in &self.weights {
@@ -216,7 +273,10 @@ impl ModelDir {
 
 fn hash_file(h: &mut Hasher, path: &Path) -> Result<()> {
     use std::io::Read;
-    let io = |source| CacheError::Io { path: path.to_owned(), source };
+    let io = |source| CacheError::Io {
+        path: path.to_owned(),
+        source,
+    };
     let mut f = std::fs::File::open(path).map_err(io)?;
     let len = f.metadata().map_err(io)?.len();
     h.begin_stream(len);
@@ -238,17 +298,18 @@ fn weight_files(location: &str, dir: &Path) -> Result<Vec<PathBuf>> {
     }
     let index = dir.join("model.safetensors.index.json");
     if index.is_file() {
-        #[derive(Deserialize)]
-        struct Index {
-            weight_map: std::collections::BTreeMap<String, String>,
-        }
-        let idx: Index = read_json(location, &index)?;
-        let mut files: Vec<String> = idx.weight_map.into_values().collect();
-        files.sort();
-        files.dedup();
-        let paths: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();
+        let paths: Vec<PathBuf> = index_files(location, &index)?
+            .iter()
+            .map(|f| dir.join(f))
+            .collect();
         if let Some(missing) = paths.iter().find(|p| !p.is_file()) {
-            return Err(model_err(location, format!("{} is listed in model.safetensors.index.json but missing", missing.display())));
+            return Err(model_err(
+                location,
+                format!(
+                    "{} is listed in model.safetensors.index.json but missing",
+                    missing.display()
+                ),
+            ));
         }
         return Ok(paths);
     }
@@ -258,7 +319,25 @@ fn weight_files(location: &str, dir: &Path) -> Result<Vec<PathBuf>> {
     Err(model_err(location, "no model.safetensors"))
 }
 
-fn sentence_transformer(location: &str, dir: &Path, modules_path: &Path, hidden: usize) -> Result<(Head, Option<usize>)> {
+/// The weight files a sharded checkpoint's `model.safetensors.index.json` names, sorted, once each.
+fn index_files(location: &str, index: &Path) -> Result<Vec<String>> {
+    #[derive(Deserialize)]
+    struct Index {
+        weight_map: std::collections::BTreeMap<String, String>,
+    }
+    let idx: Index = read_json(location, index)?;
+    let mut files: Vec<String> = idx.weight_map.into_values().collect();
+    files.sort();
+    files.dedup();
+    Ok(files)
+}
+
+fn sentence_transformer(
+    location: &str,
+    dir: &Path,
+    modules_path: &Path,
+    hidden: usize,
+) -> Result<(Head, Option<usize>)> {
     let modules: Vec<StModule> = read_json(location, modules_path)?;
     let mut pooling = None;
     let mut normalize = false;
@@ -282,7 +361,13 @@ fn sentence_transformer(location: &str, dir: &Path, modules_path: &Path, hidden:
                 ];
                 let on: Vec<Pooling> = modes.iter().filter(|(b, _)| *b).map(|(_, m)| *m).collect();
                 if p.pooling_mode_mean_sqrt_len_tokens || on.len() != 1 {
-                    return Err(model_err(location, format!("{}/config.json: exactly one of mean, cls or max pooling must be on", m.path)));
+                    return Err(model_err(
+                        location,
+                        format!(
+                            "{}/config.json: exactly one of mean, cls or max pooling must be on",
+                            m.path
+                        ),
+                    ));
                 }
                 pooling = Some(on[0]);
             }
@@ -293,8 +378,16 @@ fn sentence_transformer(location: &str, dir: &Path, modules_path: &Path, hidden:
             }
         }
     }
-    let pooling = pooling.ok_or_else(|| model_err(location, "modules.json has no Pooling module"))?;
-    Ok((Head::Embedding { pooling, normalize, dim: hidden }, max_len))
+    let pooling =
+        pooling.ok_or_else(|| model_err(location, "modules.json has no Pooling module"))?;
+    Ok((
+        Head::Embedding {
+            pooling,
+            normalize,
+            dim: hidden,
+        },
+        max_len,
+    ))
 }
 
 /// Where remote model directories are kept locally.
@@ -304,7 +397,9 @@ pub fn model_cache_dir() -> PathBuf {
     }
     let base = std::env::var("XDG_CACHE_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/tmp".into())).join(".cache"));
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/tmp".into())).join(".cache")
+        });
     base.join("distill").join("models")
 }
 
@@ -314,7 +409,10 @@ async fn download(url: &str) -> Result<PathBuf> {
     let loc = crate::store::open(url, false)?;
     let key = Hasher::new("distill.model-url").str(url).clone().finish();
     let local = model_cache_dir().join(key.short());
-    let io = |path: &Path, source| CacheError::Io { path: path.to_owned(), source };
+    let io = |path: &Path, source| CacheError::Io {
+        path: path.to_owned(),
+        source,
+    };
     std::fs::create_dir_all(&local).map_err(|e| io(&local, e))?;
 
     let fetch = |rel: String, required: bool| {
@@ -326,14 +424,31 @@ async fn download(url: &str) -> Result<PathBuf> {
             let meta = match loc.store.head(&path).await {
                 Ok(m) => m,
                 Err(object_store::Error::NotFound { .. }) if !required => return Ok(false),
-                Err(object_store::Error::NotFound { .. }) => return Err(model_err(url, format!("no {rel}"))),
-                Err(e) => return Err(model_err(url, format!("{rel}: {}", crate::store::describe_store_error(&e)))),
+                Err(object_store::Error::NotFound { .. }) => {
+                    return Err(model_err(url, format!("no {rel}")))
+                }
+                Err(e) => {
+                    return Err(model_err(
+                        url,
+                        format!("{rel}: {}", crate::store::describe_store_error(&e)),
+                    ))
+                }
             };
-            if std::fs::metadata(&dest).map(|m| m.len() == meta.size).unwrap_or(false) {
+            if std::fs::metadata(&dest)
+                .map(|m| m.len() == meta.size)
+                .unwrap_or(false)
+            {
                 return Ok(true);
             }
-            let bytes = loc.store.get(&path).await.and_then(|g| Ok(g)).map_err(|e| model_err(url, format!("{rel}: {e}")))?;
-            let bytes = bytes.bytes().await.map_err(|e| model_err(url, format!("{rel}: {e}")))?;
+            let bytes = loc
+                .store
+                .get(&path)
+                .await
+                .map_err(|e| model_err(url, format!("{rel}: {e}")))?;
+            let bytes = bytes
+                .bytes()
+                .await
+                .map_err(|e| model_err(url, format!("{rel}: {e}")))?;
             if let Some(parent) = dest.parent() {
                 std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
             }
@@ -357,15 +472,7 @@ async fn download(url: &str) -> Result<PathBuf> {
     }
     if !fetch("model.safetensors".into(), false).await? {
         fetch("model.safetensors.index.json".into(), true).await?;
-        #[derive(Deserialize)]
-        struct Index {
-            weight_map: std::collections::BTreeMap<String, String>,
-        }
-        let idx: Index = read_json(url, &local.join("model.safetensors.index.json"))?;
-        let mut files: Vec<String> = idx.weight_map.into_values().collect();
-        files.sort();
-        files.dedup();
-        for f in files {
+        for f in index_files(url, &local.join("model.safetensors.index.json"))? {
             fetch(f, true).await?;
         }
     }

@@ -36,8 +36,15 @@ impl Location {
 
     /// A readable name for an object of this store: the URL joined with its path under the prefix.
     pub fn display(&self, path: &Path) -> String {
-        let rel = path.as_ref().strip_prefix(self.prefix.as_ref()).unwrap_or(path.as_ref());
-        format!("{}/{}", self.url.trim_end_matches('/'), rel.trim_start_matches('/'))
+        let rel = path
+            .as_ref()
+            .strip_prefix(self.prefix.as_ref())
+            .unwrap_or(path.as_ref());
+        format!(
+            "{}/{}",
+            self.url.trim_end_matches('/'),
+            rel.trim_start_matches('/')
+        )
     }
 
     /// Wraps the store (for decorators such as fault injection, throttling or metrics).
@@ -49,7 +56,8 @@ impl Location {
 
 /// Stores named `memory://NAME` live as long as the process; the same name gives the same store.
 fn memory_stores() -> &'static Mutex<HashMap<String, Arc<object_store::memory::InMemory>>> {
-    static STORES: OnceLock<Mutex<HashMap<String, Arc<object_store::memory::InMemory>>>> = OnceLock::new();
+    static STORES: OnceLock<Mutex<HashMap<String, Arc<object_store::memory::InMemory>>>> =
+        OnceLock::new();
     STORES.get_or_init(Default::default)
 }
 
@@ -70,13 +78,22 @@ fn allow_http(prefix: &str) -> bool {
 }
 
 fn retry() -> RetryConfig {
-    RetryConfig { max_retries: 3, retry_timeout: Duration::from_secs(20), ..Default::default() }
+    RetryConfig {
+        max_retries: 3,
+        retry_timeout: Duration::from_secs(20),
+        ..Default::default()
+    }
 }
 
 /// True when `s` has a URL scheme (and is not a Windows drive letter).
 fn has_scheme(s: &str) -> bool {
     match s.find("://") {
-        Some(i) => i > 1 && s[..i].chars().all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-'),
+        Some(i) => {
+            i > 1
+                && s[..i]
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-')
+        }
         None => false,
     }
 }
@@ -84,7 +101,10 @@ fn has_scheme(s: &str) -> bool {
 /// Opens the store a URL or local path names. With `create_local`, a missing local directory is created
 /// (output stores); otherwise it must exist (inputs).
 pub fn open(url: &str, create_local: bool) -> Result<Location> {
-    let bad = |reason: String| CacheError::StoreUrl { url: url.to_owned(), reason };
+    let bad = |reason: String| CacheError::StoreUrl {
+        url: url.to_owned(),
+        reason,
+    };
     if url.is_empty() {
         return Err(bad("empty URL".into()));
     }
@@ -148,18 +168,27 @@ pub fn open(url: &str, create_local: bool) -> Result<Location> {
 }
 
 fn open_local(url: &str, dir: &std::path::Path, create: bool) -> Result<Location> {
-    let store_err = |reason: String| CacheError::Store { url: url.to_owned(), reason };
+    let store_err = |reason: String| CacheError::Store {
+        url: url.to_owned(),
+        reason,
+    };
     if create {
-        std::fs::create_dir_all(dir).map_err(|e| store_err(format!("cannot create directory: {e}")))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| store_err(format!("cannot create directory: {e}")))?;
     }
-    let meta = std::fs::metadata(dir).map_err(|e| store_err(format!("cannot open directory: {e}")))?;
+    let meta =
+        std::fs::metadata(dir).map_err(|e| store_err(format!("cannot open directory: {e}")))?;
     if !meta.is_dir() {
         return Err(store_err("not a directory".into()));
     }
     let store = object_store::local::LocalFileSystem::new_with_prefix(dir)
         .map_err(|e| store_err(e.to_string()))?
         .with_automatic_cleanup(true);
-    Ok(Location { store: Arc::new(store), prefix: Path::default(), url: url.to_owned() })
+    Ok(Location {
+        store: Arc::new(store),
+        prefix: Path::default(),
+        url: url.to_owned(),
+    })
 }
 
 /// Checks that a store answers and that its bucket exists, with a message that says which.
@@ -168,7 +197,10 @@ pub async fn probe(loc: &Location) -> Result<()> {
     let mut list = loc.store.list(Some(&loc.prefix));
     match list.try_next().await {
         Ok(_) => Ok(()),
-        Err(e) => Err(CacheError::Store { url: loc.url.clone(), reason: describe_store_error(&e) }),
+        Err(e) => Err(CacheError::Store {
+            url: loc.url.clone(),
+            reason: describe_store_error(&e),
+        }),
     }
 }
 
@@ -176,11 +208,24 @@ pub async fn probe(loc: &Location) -> Result<()> {
 pub fn describe_store_error(e: &object_store::Error) -> String {
     let text = e.to_string();
     let lower = text.to_ascii_lowercase();
-    if lower.contains("nosuchbucket") || lower.contains("bucket does not exist") || lower.contains("specified bucket") {
+    if lower.contains("nosuchbucket")
+        || lower.contains("bucket does not exist")
+        || lower.contains("specified bucket")
+    {
         "the bucket does not exist: create it first".into()
-    } else if lower.contains("connect") || lower.contains("error sending request") || lower.contains("dns") || lower.contains("timed out") {
-        format!("cannot reach the store (check AWS_ENDPOINT_URL / network): {}", first_line(&text))
-    } else if lower.contains("accessdenied") || lower.contains("forbidden") || lower.contains("signature") {
+    } else if lower.contains("connect")
+        || lower.contains("error sending request")
+        || lower.contains("dns")
+        || lower.contains("timed out")
+    {
+        format!(
+            "cannot reach the store (check AWS_ENDPOINT_URL / network): {}",
+            first_line(&text)
+        )
+    } else if lower.contains("accessdenied")
+        || lower.contains("forbidden")
+        || lower.contains("signature")
+    {
         format!("access denied (check credentials): {}", first_line(&text))
     } else {
         first_line(&text).to_owned()
@@ -205,8 +250,13 @@ mod tests {
         let url = format!("file://{}", sub.display());
         open(&url, false).unwrap();
         let missing = dir.path().join("missing");
-        let err = open(missing.to_str().unwrap(), false).unwrap_err().to_string();
-        assert!(err.contains("missing") && err.contains("cannot open directory"), "{err}");
+        let err = open(missing.to_str().unwrap(), false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("missing") && err.contains("cannot open directory"),
+            "{err}"
+        );
     }
 
     #[test]

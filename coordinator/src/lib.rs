@@ -23,10 +23,19 @@ pub enum JobError {
     Cache(#[from] distill_cache::CacheError),
 
     #[error("corpus {url}, {locator} {line}: {reason} (run without --strict to record it as a reject and go on)")]
-    Strict { url: String, locator: &'static str, line: u64, reason: String },
+    Strict {
+        url: String,
+        locator: &'static str,
+        line: u64,
+        reason: String,
+    },
 
     #[error("shard {index} ({fingerprint}): {reason}")]
-    Shard { index: u64, fingerprint: String, reason: String },
+    Shard {
+        index: u64,
+        fingerprint: String,
+        reason: String,
+    },
 
     #[error("invalid job: {0}")]
     Invalid(String),

@@ -30,7 +30,12 @@ pub trait Executor: Send + Sync + 'static {
     /// The teacher this executor runs.
     fn teacher(&self) -> &TeacherInfo;
     /// Labels one shard. Called on a blocking thread.
-    fn label(&self, shard: &Shard, spec: OutputSpec, corpus: &str) -> std::result::Result<Labeled, String>;
+    fn label(
+        &self,
+        shard: &Shard,
+        spec: OutputSpec,
+        corpus: &str,
+    ) -> std::result::Result<Labeled, String>;
 }
 
 /// Receives progress as shards finish.
@@ -59,7 +64,11 @@ struct Planned {
 }
 
 /// Runs a job to the end and returns its ledger.
-pub async fn run(job: JobSpec, exec: Arc<dyn Executor>, progress: &dyn Progress) -> Result<JobSummary> {
+pub async fn run(
+    job: JobSpec,
+    exec: Arc<dyn Executor>,
+    progress: &dyn Progress,
+) -> Result<JobSummary> {
     if job.shard_size == 0 {
         return Err(JobError::Invalid("--shard-size must be at least 1".into()));
     }
@@ -87,9 +96,15 @@ pub async fn run(job: JobSpec, exec: Arc<dyn Executor>, progress: &dyn Progress)
                         return;
                     }
                 };
-                let key = ShardKey { teacher: t.clone(), output: o.clone(), shard: shard.fingerprint.clone() };
+                let key = ShardKey {
+                    teacher: t.clone(),
+                    output: o.clone(),
+                    shard: shard.fingerprint.clone(),
+                };
                 let hit = commit::shard_meta(&store, &key).await;
-                let planned = hit.map(|hit| Planned { shard, key, hit }).map_err(JobError::from);
+                let planned = hit
+                    .map(|hit| Planned { shard, key, hit })
+                    .map_err(JobError::from);
                 if tx.send(planned).await.is_err() {
                     return;
                 }
@@ -106,12 +121,18 @@ pub async fn run(job: JobSpec, exec: Arc<dyn Executor>, progress: &dyn Progress)
         ..Default::default()
     };
     let mut manifest_shards = Vec::new();
-    let mut pending_commit: Option<tokio::task::JoinHandle<Result<(CommitOutcome, u64, u64)>>> = None;
+    let mut pending_commit: Option<tokio::task::JoinHandle<Result<(CommitOutcome, u64, u64)>>> =
+        None;
     while let Some(planned) = rx.recv().await {
         let Planned { shard, key, hit } = planned?;
         if job.strict {
             if let Some(r) = shard.rejects.first() {
-                return Err(JobError::Strict { url: job.corpus.url.clone(), locator, line: r.line, reason: r.reason.clone() });
+                return Err(JobError::Strict {
+                    url: job.corpus.url.clone(),
+                    locator,
+                    line: r.line,
+                    reason: r.reason.clone(),
+                });
             }
         }
         summary.shards += 1;
@@ -124,7 +145,9 @@ pub async fn run(job: JobSpec, exec: Arc<dyn Executor>, progress: &dyn Progress)
         summary.rows += shard.rows.len() as u64;
         summary.rejected_rows += shard.rejects.len() as u64;
         if !shard.rejects.is_empty() {
-            summary.reject_files.push(job.store.display(&job.store.child(&key.rejects_path())));
+            summary
+                .reject_files
+                .push(job.store.display(&job.store.child(&key.rejects_path())));
         }
         if let Some((meta, _size)) = hit {
             tracing::debug!(shard = shard.index, fingerprint = %shard.fingerprint.short(), "cache hit");
@@ -143,7 +166,11 @@ pub async fn run(job: JobSpec, exec: Arc<dyn Executor>, progress: &dyn Progress)
         })
         .await
         .map_err(|e| JobError::Invalid(format!("labeling task failed: {e}")))?;
-        let labeled = labeled.map_err(|reason| JobError::Shard { index: shard.index, fingerprint: shard.fingerprint.to_string(), reason })?;
+        let labeled = labeled.map_err(|reason| JobError::Shard {
+            index: shard.index,
+            fingerprint: shard.fingerprint.to_string(),
+            reason,
+        })?;
         summary.shards_labeled += 1;
         summary.tokens += labeled.meta.tokens;
         summary.padded_tokens += labeled.padded_tokens;
@@ -157,14 +184,18 @@ pub async fn run(job: JobSpec, exec: Arc<dyn Executor>, progress: &dyn Progress)
         let position = shard.progress;
         let rows = shard.rows.len() as u64;
         pending_commit = Some(tokio::spawn(async move {
-            let outcome = commit::commit_shard(&store, &key, &labeled.meta, &labeled.data, &shard.rejects).await?;
+            let outcome =
+                commit::commit_shard(&store, &key, &labeled.meta, &labeled.data, &shard.rejects)
+                    .await?;
             Ok((outcome, position, rows))
         }));
     }
     if let Some(prev) = pending_commit.take() {
         finish_commit(prev, &mut summary, progress).await?;
     }
-    planner.await.map_err(|e| JobError::Invalid(format!("planner failed: {e}")))?;
+    planner
+        .await
+        .map_err(|e| JobError::Invalid(format!("planner failed: {e}")))?;
 
     let shard_size = job.shard_size as u64;
     let manifest = CorpusManifest {
@@ -188,7 +219,9 @@ async fn finish_commit(
     summary: &mut JobSummary,
     progress: &dyn Progress,
 ) -> Result<()> {
-    let (outcome, position, rows) = handle.await.map_err(|e| JobError::Invalid(format!("commit task failed: {e}")))??;
+    let (outcome, position, rows) = handle
+        .await
+        .map_err(|e| JobError::Invalid(format!("commit task failed: {e}")))??;
     if let CommitOutcome::Committed { bytes } = outcome {
         summary.bytes_written += bytes;
     }

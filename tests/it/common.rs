@@ -1,12 +1,14 @@
 //! Shared helpers: tiny models, corpora, running the binary, prerequisites.
 
 use distill_worker::fixtures::{write_tiny_bert, TinyKind};
-use std::path::{Path, PathBuf};
 use object_store::ObjectStoreExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub fn require_all() -> bool {
-    std::env::var("DISTILL_REQUIRE_ALL").map(|v| v == "1").unwrap_or(false)
+    std::env::var("DISTILL_REQUIRE_ALL")
+        .map(|v| v == "1")
+        .unwrap_or(false)
 }
 
 /// Skips (returns None) or fails, depending on `DISTILL_REQUIRE_ALL`, when a prerequisite is missing.
@@ -24,37 +26,69 @@ pub fn repo_root() -> PathBuf {
 
 /// The real all-MiniLM-L6-v2 directory, if fetched.
 pub fn minilm() -> Option<PathBuf> {
-    let dir = std::env::var("DISTILL_TEST_MODEL").map(PathBuf::from).unwrap_or_else(|_| repo_root().join("assets/models/all-MiniLM-L6-v2"));
-    prerequisite("the real teacher (run scripts/fetch-assets.sh)", dir.join("model.safetensors").is_file().then_some(dir))
+    let dir = std::env::var("DISTILL_TEST_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo_root().join("assets/models/all-MiniLM-L6-v2"));
+    prerequisite(
+        "the real teacher (run scripts/fetch-assets.sh)",
+        dir.join("model.safetensors").is_file().then_some(dir),
+    )
 }
 
 /// The Rotten Tomatoes corpus, if fetched.
 pub fn rotten_tomatoes() -> Option<PathBuf> {
     let p = repo_root().join("assets/corpora/rotten-tomatoes/corpus.jsonl");
-    prerequisite("the Rotten Tomatoes corpus (run scripts/fetch-assets.sh)", p.is_file().then_some(p))
+    prerequisite(
+        "the Rotten Tomatoes corpus (run scripts/fetch-assets.sh)",
+        p.is_file().then_some(p),
+    )
 }
 
 pub fn s3_url() -> Option<String> {
-    prerequisite("an S3 server (DISTILL_TEST_S3_URL; scripts/test.sh starts SeaweedFS)", std::env::var("DISTILL_TEST_S3_URL").ok())
+    prerequisite(
+        "an S3 server (DISTILL_TEST_S3_URL; scripts/test.sh starts SeaweedFS)",
+        std::env::var("DISTILL_TEST_S3_URL").ok(),
+    )
 }
 
 pub fn tiny_encoder(dir: &Path) -> PathBuf {
     let p = dir.join("tiny-encoder");
-    write_tiny_bert(&p, &TinyKind::SentenceEncoder { pooling: "mean", normalize: true }, 7).unwrap();
+    write_tiny_bert(
+        &p,
+        &TinyKind::SentenceEncoder {
+            pooling: "mean",
+            normalize: true,
+        },
+        7,
+    )
+    .unwrap();
     p
 }
 
 pub fn tiny_classifier(dir: &Path) -> PathBuf {
     let p = dir.join("tiny-classifier");
-    write_tiny_bert(&p, &TinyKind::Classifier { labels: vec!["negative".into(), "positive".into(), "neutral".into()] }, 11).unwrap();
+    write_tiny_bert(
+        &p,
+        &TinyKind::Classifier {
+            labels: vec!["negative".into(), "positive".into(), "neutral".into()],
+        },
+        11,
+    )
+    .unwrap();
     p
 }
 
-const WORDS: &[&str] = &["the", "movie", "was", "good", "bad", "very", "fun", "boring", "film", "great", "awful", "not", "a"];
+const WORDS: &[&str] = &[
+    "the", "movie", "was", "good", "bad", "very", "fun", "boring", "film", "great", "awful", "not",
+    "a",
+];
 
 /// A deterministic text of `n` words.
 pub fn text(i: usize, n: usize) -> String {
-    (0..n).map(|j| WORDS[(i * 7 + j * 3 + i / 5) % WORDS.len()]).collect::<Vec<_>>().join(" ")
+    (0..n)
+        .map(|j| WORDS[(i * 7 + j * 3 + i / 5) % WORDS.len()])
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// A JSONL corpus of `n` rows with ids `doc-<i>` and varied lengths (some longer than the tiny model's
@@ -63,14 +97,20 @@ pub fn write_corpus(path: &Path, n: usize) {
     let mut s = String::new();
     for i in 0..n {
         let len = 2 + (i * 13) % 30;
-        s.push_str(&serde_json::json!({"id": format!("doc-{i}"), "text": text(i, len)}).to_string());
+        s.push_str(
+            &serde_json::json!({"id": format!("doc-{i}"), "text": text(i, len)}).to_string(),
+        );
         s.push('\n');
     }
     std::fs::write(path, s).unwrap();
 }
 
 pub fn distill(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_distill")).args(args).env("DISTILL_LOG", "warn").output().expect("run distill")
+    Command::new(env!("CARGO_BIN_EXE_distill"))
+        .args(args)
+        .env("DISTILL_LOG", "warn")
+        .output()
+        .expect("run distill")
 }
 
 /// Runs `distill label … --json` and returns the summary; panics with stderr on failure.
@@ -79,7 +119,11 @@ pub fn label_json(args: &[&str]) -> serde_json::Value {
     all.extend_from_slice(args);
     all.push("--json");
     let out = distill(&all);
-    assert!(out.status.success(), "distill label failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "distill label failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("summary JSON")
 }
 
@@ -97,21 +141,44 @@ pub fn expect_error(args: &[&str]) -> String {
 pub async fn shard_files(store: &str) -> Vec<String> {
     use futures::TryStreamExt;
     let loc = distill_cache::store::open(store, true).unwrap();
-    let all: Vec<_> = loc.store.list(Some(&loc.prefix)).try_collect().await.unwrap();
-    let mut v: Vec<String> = all.into_iter().map(|o| o.location.to_string()).filter(|p| p.ends_with(".parquet")).collect();
+    let all: Vec<_> = loc
+        .store
+        .list(Some(&loc.prefix))
+        .try_collect()
+        .await
+        .unwrap();
+    let mut v: Vec<String> = all
+        .into_iter()
+        .map(|o| o.location.to_string())
+        .filter(|p| p.ends_with(".parquet"))
+        .collect();
     v.sort();
     v
 }
 
 /// Reads every shard of a corpus manifest back, in corpus order: (ids, values, width).
-pub async fn read_corpus_back(store: &str, summary: &serde_json::Value) -> (Vec<String>, Vec<f32>, usize) {
+pub async fn read_corpus_back(
+    store: &str,
+    summary: &serde_json::Value,
+) -> (Vec<String>, Vec<f32>, usize) {
     let loc = distill_cache::store::open(store, false).unwrap();
     let manifest_path = loc.child(summary["manifest"].as_str().unwrap());
-    let bytes = loc.store.get(&manifest_path).await.unwrap().bytes().await.unwrap();
+    let bytes = loc
+        .store
+        .get(&manifest_path)
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     let m: distill_cache::catalog::CorpusManifest = serde_json::from_slice(&bytes).unwrap();
     let (mut ids, mut values, mut width) = (vec![], vec![], 0);
     for s in &m.shards {
-        let key = distill_cache::layout::ShardKey { teacher: m.teacher.clone(), output: m.output.clone(), shard: s.fingerprint.clone() };
+        let key = distill_cache::layout::ShardKey {
+            teacher: m.teacher.clone(),
+            output: m.output.clone(),
+            shard: s.fingerprint.clone(),
+        };
         let (meta, data) = distill_cache::commit::read_shard(&loc, &key).await.unwrap();
         assert_eq!(meta.rows, s.rows);
         ids.extend(data.ids.clone());

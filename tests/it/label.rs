@@ -1,10 +1,10 @@
 //! `distill label` on the local filesystem with tiny models: caching, order, rejects, bad input.
 
 use crate::common::*;
-#[allow(unused_imports)]
-use object_store::ObjectStoreExt;
 use distill_cache::model_dir::ModelDir;
 use distill_worker::{DeviceSpec, Teacher};
+#[allow(unused_imports)]
+use object_store::ObjectStoreExt;
 
 #[tokio::test]
 async fn second_label_of_the_same_corpus_is_all_cache_hits() {
@@ -13,14 +13,26 @@ async fn second_label_of_the_same_corpus_is_all_cache_hits() {
     let corpus = dir.path().join("corpus.jsonl");
     write_corpus(&corpus, 50);
     let store = dir.path().join("cache").display().to_string();
-    let args = ["--corpus", corpus.to_str().unwrap(), "--teacher", model.to_str().unwrap(), "--store", &store, "--shard-size", "16"];
+    let args = [
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--teacher",
+        model.to_str().unwrap(),
+        "--store",
+        &store,
+        "--shard-size",
+        "16",
+    ];
 
     let first = label_json(&args);
     assert_eq!(first["shards"], 4);
     assert_eq!(first["shards_labeled"], 4);
     assert_eq!(first["cache_hits"], 0);
     assert_eq!(first["rows"], 50);
-    assert!(first["truncated_rows"].as_u64().unwrap() > 0, "some rows exceed the 24-token limit");
+    assert!(
+        first["truncated_rows"].as_u64().unwrap() > 0,
+        "some rows exceed the 24-token limit"
+    );
     assert!(first["teacher_seconds"].as_f64().unwrap() > 0.0);
     assert!(first["bytes_written"].as_u64().unwrap() > 0);
     assert_eq!(shard_files(&store).await.len(), 4);
@@ -31,7 +43,10 @@ async fn second_label_of_the_same_corpus_is_all_cache_hits() {
     assert_eq!(second["teacher_seconds"], 0.0);
     assert_eq!(second["bytes_written"], 0);
     let saved = second["teacher_seconds_saved"].as_f64().unwrap();
-    assert!((saved - first["teacher_seconds"].as_f64().unwrap()).abs() < 1e-3, "saved {saved}");
+    assert!(
+        (saved - first["teacher_seconds"].as_f64().unwrap()).abs() < 1e-3,
+        "saved {saved}"
+    );
     assert_eq!(second["manifest"], first["manifest"]);
     assert_eq!(shard_files(&store).await.len(), 4);
 
@@ -41,14 +56,28 @@ async fn second_label_of_the_same_corpus_is_all_cache_hits() {
     assert_eq!(width, distill_worker::fixtures::HIDDEN);
     for row in values.chunks(width) {
         let norm: f32 = row.iter().map(|v| v * v).sum::<f32>().sqrt();
-        assert!((norm - 1.0).abs() < 1e-4, "normalised embeddings, got norm {norm}");
+        assert!(
+            (norm - 1.0).abs() < 1e-4,
+            "normalised embeddings, got norm {norm}"
+        );
     }
 
     // A new shard size is a new set of shards; a changed row re-labels only its shard.
     let changed = dir.path().join("changed.jsonl");
-    let body = std::fs::read_to_string(&corpus).unwrap().replace("\"doc-20\",\"text\":\"", "\"doc-20\",\"text\":\"new words ");
+    let body = std::fs::read_to_string(&corpus)
+        .unwrap()
+        .replace("\"doc-20\",\"text\":\"", "\"doc-20\",\"text\":\"new words ");
     std::fs::write(&changed, body).unwrap();
-    let third = label_json(&["--corpus", changed.to_str().unwrap(), "--teacher", model.to_str().unwrap(), "--store", &store, "--shard-size", "16"]);
+    let third = label_json(&[
+        "--corpus",
+        changed.to_str().unwrap(),
+        "--teacher",
+        model.to_str().unwrap(),
+        "--store",
+        &store,
+        "--shard-size",
+        "16",
+    ]);
     assert_eq!(third["cache_hits"], 3);
     assert_eq!(third["shards_labeled"], 1);
 }
@@ -58,18 +87,42 @@ async fn batched_outputs_equal_one_at_a_time_outputs() {
     // Padding and masks must not change any row's result: the cached value of each row equals the
     // teacher's output for that text alone.
     let dir = tempfile::tempdir().unwrap();
-    for (model, output) in [(tiny_encoder(dir.path()), "embeddings"), (tiny_classifier(dir.path()), "logits")] {
+    for (model, output) in [
+        (tiny_encoder(dir.path()), "embeddings"),
+        (tiny_classifier(dir.path()), "logits"),
+    ] {
         let corpus = dir.path().join("corpus.jsonl");
         write_corpus(&corpus, 30);
-        let store = dir.path().join(format!("cache-{output}")).display().to_string();
-        let summary = label_json(&["--corpus", corpus.to_str().unwrap(), "--teacher", model.to_str().unwrap(), "--store", &store, "--output", output, "--max-batch-tokens", "200"]);
+        let store = dir
+            .path()
+            .join(format!("cache-{output}"))
+            .display()
+            .to_string();
+        let summary = label_json(&[
+            "--corpus",
+            corpus.to_str().unwrap(),
+            "--teacher",
+            model.to_str().unwrap(),
+            "--store",
+            &store,
+            "--output",
+            output,
+            "--max-batch-tokens",
+            "200",
+        ]);
         assert!(summary["padded_tokens"].as_u64().unwrap() >= summary["tokens"].as_u64().unwrap());
         let (ids, values, width) = read_corpus_back(&store, &summary).await;
-        let teacher = Teacher::load(&ModelDir::inspect("tiny", &model).unwrap(), &DeviceSpec::Cpu).unwrap();
+        let teacher = Teacher::load(
+            &ModelDir::inspect("tiny", &model).unwrap(),
+            &DeviceSpec::Cpu,
+        )
+        .unwrap();
         assert_eq!(width, teacher.width());
         for (i, id) in ids.iter().enumerate() {
             let n: usize = id.trim_start_matches("doc-").parse().unwrap();
-            let alone = teacher.label(&[text(n, 2 + (n * 13) % 30).as_str()], 1).unwrap();
+            let alone = teacher
+                .label(&[text(n, 2 + (n * 13) % 30).as_str()], 1)
+                .unwrap();
             for (a, b) in alone.values.iter().zip(&values[i * width..(i + 1) * width]) {
                 assert!((a - b).abs() < 1e-5, "{output} row {id}: {a} vs {b}");
             }
@@ -93,23 +146,72 @@ async fn bad_rows_go_to_the_rejects_record_or_fail_under_strict() {
     std::fs::write(&corpus, bytes).unwrap();
     let store = dir.path().join("cache").display().to_string();
 
-    let strict = expect_error(&["label", "--corpus", corpus.to_str().unwrap(), "--teacher", model.to_str().unwrap(), "--store", &store, "--strict"]);
-    assert!(strict.contains("line 2") && strict.contains("empty text") && strict.contains("corpus.jsonl"), "{strict}");
-    assert!(shard_files(&store).await.is_empty(), "strict failure leaves no shard");
+    let strict = expect_error(&[
+        "label",
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--teacher",
+        model.to_str().unwrap(),
+        "--store",
+        &store,
+        "--strict",
+    ]);
+    assert!(
+        strict.contains("line 2")
+            && strict.contains("empty text")
+            && strict.contains("corpus.jsonl"),
+        "{strict}"
+    );
+    assert!(
+        shard_files(&store).await.is_empty(),
+        "strict failure leaves no shard"
+    );
 
-    let s = label_json(&["--corpus", corpus.to_str().unwrap(), "--teacher", model.to_str().unwrap(), "--store", &store]);
+    let s = label_json(&[
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--teacher",
+        model.to_str().unwrap(),
+        "--store",
+        &store,
+    ]);
     assert_eq!(s["rows"], 2);
     assert_eq!(s["rejected_rows"], 4);
     let loc = distill_cache::store::open(&store, false).unwrap();
     let rejects_url = s["reject_files"][0].as_str().unwrap();
     let rel = rejects_url.strip_prefix(&format!("{store}/")).unwrap();
-    let text = String::from_utf8(loc.store.get(&loc.child(rel)).await.unwrap().bytes().await.unwrap().to_vec()).unwrap();
-    let reasons: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let lines: Vec<u64> = reasons.iter().map(|r| r["line"].as_u64().unwrap()).collect();
+    let text = String::from_utf8(
+        loc.store
+            .get(&loc.child(rel))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+            .to_vec(),
+    )
+    .unwrap();
+    let reasons: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let lines: Vec<u64> = reasons
+        .iter()
+        .map(|r| r["line"].as_u64().unwrap())
+        .collect();
     assert_eq!(lines, vec![2, 3, 4, 6]);
-    assert!(reasons[1]["reason"].as_str().unwrap().contains("missing text field"));
-    assert!(reasons[2]["reason"].as_str().unwrap().contains("invalid JSON"));
-    assert!(reasons[3]["reason"].as_str().unwrap().contains("invalid UTF-8"));
+    assert!(reasons[1]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("missing text field"));
+    assert!(reasons[2]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("invalid JSON"));
+    assert!(reasons[3]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("invalid UTF-8"));
 }
 
 #[tokio::test]
@@ -119,12 +221,31 @@ async fn classifier_teachers_give_logits_and_refuse_embeddings() {
     let corpus = dir.path().join("corpus.txt");
     std::fs::write(&corpus, "good movie\n\nbad film\nvery fun\n").unwrap();
     let store = dir.path().join("cache").display().to_string();
-    let s = label_json(&["--corpus", corpus.to_str().unwrap(), "--teacher", model.to_str().unwrap(), "--store", &store, "--output", "logits", "--dtype", "f16"]);
+    let s = label_json(&[
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--teacher",
+        model.to_str().unwrap(),
+        "--store",
+        &store,
+        "--output",
+        "logits",
+        "--dtype",
+        "f16",
+    ]);
     assert_eq!(s["rows"], 3);
     let (ids, values, width) = read_corpus_back(&store, &s).await;
     assert_eq!(ids, vec!["line-1", "line-3", "line-4"]);
     assert_eq!((width, values.len()), (3, 9));
-    let err = expect_error(&["label", "--corpus", corpus.to_str().unwrap(), "--teacher", model.to_str().unwrap(), "--store", &store]);
+    let err = expect_error(&[
+        "label",
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--teacher",
+        model.to_str().unwrap(),
+        "--store",
+        &store,
+    ]);
     assert!(err.contains("--output logits"), "{err}");
 }
 
@@ -136,10 +257,23 @@ async fn bad_models_stores_and_corpora_fail_with_one_clear_line_and_write_nothin
     write_corpus(&corpus, 5);
     let c = corpus.to_str().unwrap();
     let store = dir.path().join("cache").display().to_string();
-    let run = |teacher: &str, corpus: &str, store: &str| expect_error(&["label", "--corpus", corpus, "--teacher", teacher, "--store", store]);
+    let run = |teacher: &str, corpus: &str, store: &str| {
+        expect_error(&[
+            "label",
+            "--corpus",
+            corpus,
+            "--teacher",
+            teacher,
+            "--store",
+            store,
+        ])
+    };
 
     let e = run("/nonexistent/model", c, &store);
-    assert!(e.contains("/nonexistent/model") && e.contains("not a directory"), "{e}");
+    assert!(
+        e.contains("/nonexistent/model") && e.contains("not a directory"),
+        "{e}"
+    );
 
     let empty = dir.path().join("empty-model");
     std::fs::create_dir_all(&empty).unwrap();
@@ -158,7 +292,10 @@ async fn bad_models_stores_and_corpora_fail_with_one_clear_line_and_write_nothin
     copy_dir(&good, &wide);
     edit_config(&wide, |cfg| cfg["intermediate_size"] = 128.into());
     let e = run(wide.to_str().unwrap(), c, &store);
-    assert!(e.contains("weights do not fit config.json") && e.contains("intermediate"), "{e}");
+    assert!(
+        e.contains("weights do not fit config.json") && e.contains("intermediate"),
+        "{e}"
+    );
 
     let no_weights = dir.path().join("no-weights");
     copy_dir(&good, &no_weights);
@@ -171,13 +308,27 @@ async fn bad_models_stores_and_corpora_fail_with_one_clear_line_and_write_nothin
     // A store path that is a file cannot be a directory.
     let file = dir.path().join("a-file");
     std::fs::write(&file, "x").unwrap();
-    let e = run(good.to_str().unwrap(), c, file.join("cache").to_str().unwrap());
+    let e = run(
+        good.to_str().unwrap(),
+        c,
+        file.join("cache").to_str().unwrap(),
+    );
     assert!(e.contains("a-file"), "{e}");
 
     let e = run(good.to_str().unwrap(), c, "ftp://host/x");
     assert!(e.contains("unsupported scheme"), "{e}");
 
-    let e = expect_error(&["label", "--corpus", c, "--teacher", good.to_str().unwrap(), "--store", &store, "--shard-size", "0"]);
+    let e = expect_error(&[
+        "label",
+        "--corpus",
+        c,
+        "--teacher",
+        good.to_str().unwrap(),
+        "--store",
+        &store,
+        "--shard-size",
+        "0",
+    ]);
     assert!(e.contains("shard-size"), "{e}");
 
     assert!(shard_files(&store).await.is_empty());
@@ -190,13 +341,38 @@ async fn cache_ls_lists_teacher_output_and_corpus() {
     let corpus = dir.path().join("corpus.jsonl");
     write_corpus(&corpus, 20);
     let store = format!("file://{}", dir.path().join("cache").display());
-    label_json(&["--corpus", corpus.to_str().unwrap(), "--teacher", model.to_str().unwrap(), "--store", &store, "--shard-size", "8"]);
-    label_json(&["--corpus", corpus.to_str().unwrap(), "--teacher", model.to_str().unwrap(), "--store", &store, "--dtype", "f16"]);
+    label_json(&[
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--teacher",
+        model.to_str().unwrap(),
+        "--store",
+        &store,
+        "--shard-size",
+        "8",
+    ]);
+    label_json(&[
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--teacher",
+        model.to_str().unwrap(),
+        "--store",
+        &store,
+        "--dtype",
+        "f16",
+    ]);
     let out = distill(&["cache", "ls", "--store", &store, "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let entries: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(entries.len(), 2);
-    let shards: Vec<u64> = entries.iter().map(|e| e["shards"].as_u64().unwrap()).collect();
+    let shards: Vec<u64> = entries
+        .iter()
+        .map(|e| e["shards"].as_u64().unwrap())
+        .collect();
     assert!(shards.contains(&3) && shards.contains(&1), "{shards:?}");
     for e in &entries {
         assert_eq!(e["rows"], 20);
@@ -205,7 +381,10 @@ async fn cache_ls_lists_teacher_output_and_corpus() {
     }
     let table = distill(&["cache", "ls", "--store", &store]);
     let text = String::from_utf8_lossy(&table.stdout);
-    assert!(text.contains("embeddings/f16") && text.contains("embeddings/f32"), "{text}");
+    assert!(
+        text.contains("embeddings/f16") && text.contains("embeddings/f32"),
+        "{text}"
+    );
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {

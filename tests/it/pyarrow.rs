@@ -20,7 +20,11 @@ print(json.dumps({
 #[tokio::test]
 async fn pyarrow_reads_the_documented_schema_and_metadata() {
     let python = std::env::var("DISTILL_PYTHON").unwrap_or_else(|_| "python3".into());
-    let has_pyarrow = std::process::Command::new(&python).args(["-c", "import pyarrow"]).status().map(|s| s.success()).unwrap_or(false);
+    let has_pyarrow = std::process::Command::new(&python)
+        .args(["-c", "import pyarrow"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
     if prerequisite("python3 with pyarrow", has_pyarrow.then_some(())).is_none() {
         return;
     }
@@ -30,34 +34,104 @@ async fn pyarrow_reads_the_documented_schema_and_metadata() {
     let corpus = dir.path().join("corpus.jsonl");
     write_corpus(&corpus, 12);
     for (model, output, dtype, column, item) in [
-        (&encoder, "embeddings", "f32", "embedding", "fixed_size_list<item: float not null>[32]"),
-        (&encoder, "embeddings", "f16", "embedding", "fixed_size_list<item: halffloat not null>[32]"),
-        (&classifier, "logits", "f32", "logits", "fixed_size_list<item: float not null>[3]"),
+        (
+            &encoder,
+            "embeddings",
+            "f32",
+            "embedding",
+            "fixed_size_list<item: float not null>[32]",
+        ),
+        (
+            &encoder,
+            "embeddings",
+            "f16",
+            "embedding",
+            "fixed_size_list<item: halffloat not null>[32]",
+        ),
+        (
+            &classifier,
+            "logits",
+            "f32",
+            "logits",
+            "fixed_size_list<item: float not null>[3]",
+        ),
     ] {
-        let store = dir.path().join(format!("cache-{output}-{dtype}")).display().to_string();
-        let s = label_json(&["--corpus", corpus.to_str().unwrap(), "--teacher", model.to_str().unwrap(), "--store", &store, "--output", output, "--dtype", dtype]);
+        let store = dir
+            .path()
+            .join(format!("cache-{output}-{dtype}"))
+            .display()
+            .to_string();
+        let s = label_json(&[
+            "--corpus",
+            corpus.to_str().unwrap(),
+            "--teacher",
+            model.to_str().unwrap(),
+            "--store",
+            &store,
+            "--output",
+            output,
+            "--dtype",
+            dtype,
+        ]);
         let files = shard_files(&store).await;
         assert_eq!(files.len(), 1);
         let path = std::path::Path::new(&store).join(&files[0]);
-        let out = std::process::Command::new(&python).args(["-c", SCRIPT, path.to_str().unwrap(), column]).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = std::process::Command::new(&python)
+            .args(["-c", SCRIPT, path.to_str().unwrap(), column])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let fields: Vec<(String, String)> = serde_json::from_value(v["fields"].clone()).unwrap();
-        let expect = [("id", "string"), ("text", "string"), ("tokens", "int32"), ("truncated", "bool"), (column, item)];
-        assert_eq!(fields, expect.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<Vec<_>>());
+        let expect = [
+            ("id", "string"),
+            ("text", "string"),
+            ("tokens", "int32"),
+            ("truncated", "bool"),
+            (column, item),
+        ];
+        assert_eq!(
+            fields,
+            expect
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect::<Vec<_>>()
+        );
         assert_eq!(v["rows"], 12);
         assert_eq!(v["first_id"], "doc-0");
         let meta = &v["meta"];
         assert_eq!(meta["distill.schema_version"], "1");
         assert_eq!(meta["distill.rows"], "12");
-        assert_eq!(meta["distill.teacher_fingerprint"], s["teacher_fingerprint"]);
+        assert_eq!(
+            meta["distill.teacher_fingerprint"],
+            s["teacher_fingerprint"]
+        );
         assert_eq!(meta["distill.output_fingerprint"], s["output_fingerprint"]);
-        assert!(files[0].ends_with(&format!("{}.parquet", meta["distill.shard_fingerprint"].as_str().unwrap())));
-        let spec: serde_json::Value = serde_json::from_str(meta["distill.output_spec"].as_str().unwrap()).unwrap();
-        assert_eq!((spec["kind"].as_str(), spec["dtype"].as_str()), (Some(output), Some(dtype)));
-        let teacher: serde_json::Value = serde_json::from_str(meta["distill.teacher"].as_str().unwrap()).unwrap();
+        assert!(files[0].ends_with(&format!(
+            "{}.parquet",
+            meta["distill.shard_fingerprint"].as_str().unwrap()
+        )));
+        let spec: serde_json::Value =
+            serde_json::from_str(meta["distill.output_spec"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            (spec["kind"].as_str(), spec["dtype"].as_str()),
+            (Some(output), Some(dtype))
+        );
+        let teacher: serde_json::Value =
+            serde_json::from_str(meta["distill.teacher"].as_str().unwrap()).unwrap();
         assert_eq!(teacher["fingerprint"], s["teacher_fingerprint"]);
-        for key in ["distill.producer", "distill.tokens", "distill.device_seconds", "distill.device", "distill.shard_index", "distill.truncated_rows"] {
+        for key in [
+            "distill.producer",
+            "distill.tokens",
+            "distill.device_seconds",
+            "distill.device",
+            "distill.shard_index",
+            "distill.truncated_rows",
+        ] {
             assert!(meta.get(key).is_some(), "metadata key {key}");
         }
     }

@@ -17,11 +17,20 @@ pub fn plan(lengths: &[usize], max_batch_tokens: usize) -> Vec<Batch> {
     let mut order: Vec<usize> = (0..lengths.len()).collect();
     order.sort_by_key(|&i| (lengths[i], i));
     let mut batches = Vec::new();
-    let mut cur = Batch { rows: Vec::new(), len: 0 };
+    let mut cur = Batch {
+        rows: Vec::new(),
+        len: 0,
+    };
     for i in order {
         let len = lengths[i];
         if !cur.rows.is_empty() && (cur.rows.len() + 1) * len > max_batch_tokens {
-            batches.push(std::mem::replace(&mut cur, Batch { rows: Vec::new(), len: 0 }));
+            batches.push(std::mem::replace(
+                &mut cur,
+                Batch {
+                    rows: Vec::new(),
+                    len: 0,
+                },
+            ));
         }
         cur.rows.push(i);
         cur.len = len;

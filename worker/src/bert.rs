@@ -60,7 +60,9 @@ impl Config {
             "gelu" => Ok(Act::GeluErf),
             "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(Act::GeluTanh),
             "relu" => Ok(Act::Relu),
-            other => Err(format!("config.json hidden_act {other:?} is not supported (gelu, gelu_new, relu)")),
+            other => Err(format!(
+                "config.json hidden_act {other:?} is not supported (gelu, gelu_new, relu)"
+            )),
         }
     }
 
@@ -72,7 +74,10 @@ impl Config {
             ));
         }
         if self.position_embedding_type != "absolute" {
-            return Err(format!("config.json position_embedding_type {:?} is not supported (absolute)", self.position_embedding_type));
+            return Err(format!(
+                "config.json position_embedding_type {:?} is not supported (absolute)",
+                self.position_embedding_type
+            ));
         }
         self.act().map(|_| ())
     }
@@ -89,7 +94,10 @@ impl Dense {
     fn load(vb: &VarBuilder, inp: usize, out: usize) -> candle_core::Result<Self> {
         let w = vb.get((out, inp), "weight")?;
         let b = vb.get(out, "bias")?;
-        Ok(Self { wt: w.t()?.contiguous()?, b })
+        Ok(Self {
+            wt: w.t()?.contiguous()?,
+            b,
+        })
     }
 
     fn fused(parts: &[Dense]) -> candle_core::Result<Self> {
@@ -113,7 +121,11 @@ struct Norm {
 
 impl Norm {
     fn load(vb: &VarBuilder, size: usize, eps: f64) -> candle_core::Result<Self> {
-        Ok(Self { gamma: vb.get(size, "weight")?, beta: vb.get(size, "bias")?, eps: eps as f32 })
+        Ok(Self {
+            gamma: vb.get(size, "weight")?,
+            beta: vb.get(size, "bias")?,
+            eps: eps as f32,
+        })
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
@@ -147,7 +159,10 @@ pub struct Bert {
 }
 
 /// Loads every tensor of the given safetensors files.
-pub fn load_tensors(files: &[std::path::PathBuf], device: &Device) -> candle_core::Result<std::collections::HashMap<String, Tensor>> {
+pub fn load_tensors(
+    files: &[std::path::PathBuf],
+    device: &Device,
+) -> candle_core::Result<std::collections::HashMap<String, Tensor>> {
     let mut all = std::collections::HashMap::new();
     for f in files {
         all.extend(candle_core::safetensors::load(f, device)?);
@@ -164,7 +179,10 @@ impl Bert {
         num_labels: Option<usize>,
         device: &Device,
     ) -> Result<Self> {
-        let model_err = |reason: String| WorkerError::Model { location: location.to_owned(), reason };
+        let model_err = |reason: String| WorkerError::Model {
+            location: location.to_owned(),
+            reason,
+        };
         config.validate().map_err(model_err)?;
         let root = VarBuilder::from_tensors(tensors, DType::F32, device);
         let vb = if root.contains_tensor("bert.embeddings.word_embeddings.weight") {
@@ -174,12 +192,22 @@ impl Bert {
         } else {
             return Err(model_err("weights have no embeddings.word_embeddings.weight (with or without a bert. prefix): not a BERT checkpoint".into()));
         };
-        let misfit = |e: candle_core::Error| model_err(format!("weights do not fit config.json: {e}"));
+        let misfit =
+            |e: candle_core::Error| model_err(format!("weights do not fit config.json: {e}"));
         let h = config.hidden_size;
         let e = vb.pp("embeddings");
-        let word = e.get((config.vocab_size, h), "word_embeddings.weight").map_err(misfit)?;
-        let position = e.get((config.max_position_embeddings, h), "position_embeddings.weight").map_err(misfit)?;
-        let token_type = e.get((config.type_vocab_size, h), "token_type_embeddings.weight").map_err(misfit)?;
+        let word = e
+            .get((config.vocab_size, h), "word_embeddings.weight")
+            .map_err(misfit)?;
+        let position = e
+            .get(
+                (config.max_position_embeddings, h),
+                "position_embeddings.weight",
+            )
+            .map_err(misfit)?;
+        let token_type = e
+            .get((config.type_vocab_size, h), "token_type_embeddings.weight")
+            .map_err(misfit)?;
         let emb_norm = Norm::load(&e.pp("LayerNorm"), h, config.layer_norm_eps).map_err(misfit)?;
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
@@ -191,10 +219,14 @@ impl Bert {
             layers.push(Layer {
                 qkv: Dense::fused(&[q, k, v]).map_err(misfit)?,
                 attn_out: Dense::load(&a.pp("output.dense"), h, h).map_err(misfit)?,
-                attn_norm: Norm::load(&a.pp("output.LayerNorm"), h, config.layer_norm_eps).map_err(misfit)?,
-                ff_in: Dense::load(&l.pp("intermediate.dense"), h, config.intermediate_size).map_err(misfit)?,
-                ff_out: Dense::load(&l.pp("output.dense"), config.intermediate_size, h).map_err(misfit)?,
-                ff_norm: Norm::load(&l.pp("output.LayerNorm"), h, config.layer_norm_eps).map_err(misfit)?,
+                attn_norm: Norm::load(&a.pp("output.LayerNorm"), h, config.layer_norm_eps)
+                    .map_err(misfit)?,
+                ff_in: Dense::load(&l.pp("intermediate.dense"), h, config.intermediate_size)
+                    .map_err(misfit)?,
+                ff_out: Dense::load(&l.pp("output.dense"), config.intermediate_size, h)
+                    .map_err(misfit)?,
+                ff_norm: Norm::load(&l.pp("output.LayerNorm"), h, config.layer_norm_eps)
+                    .map_err(misfit)?,
             });
         }
         let classifier = match num_labels {
@@ -217,31 +249,61 @@ impl Bert {
         })
     }
 
-    /// Encodes a padded batch. `ids`: `[b, t]` u32; `mask`: `[b, t]` f32 (1 real, 0 padding).
-    /// Returns token states `[b, t, hidden]`.
-    pub fn forward(&self, ids: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+    /// Encodes a padded batch. `ids`: `[b, t]` u32; `mask`: `[b, t]` f32 (1 real, 0 padding);
+    /// `lengths`: the real length of each row (the ones of `mask`, as counts).
+    /// Returns token states `[b, t, hidden]`; states at padded positions are unspecified.
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        mask: &Tensor,
+        lengths: &[usize],
+    ) -> candle_core::Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let h = self.config.hidden_size;
         let hd = h / self.heads;
         let n = b * t;
-        let x = self.word.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, h))?;
-        let pos = self.position.narrow(0, 0, t)?.broadcast_add(&self.token_type0)?;
+        let x = self
+            .word
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, h))?;
+        let pos = self
+            .position
+            .narrow(0, 0, t)?
+            .broadcast_add(&self.token_type0)?;
         let x = x.broadcast_add(&pos)?.reshape((n, h))?;
         let mut x = self.emb_norm.forward(&x)?;
         // Additive attention bias: 0 for real tokens, a large negative for padding.
         let bias = ((mask.ones_like()? - mask)? * -1e9f64)?.reshape((b, 1, 1, t))?;
         let scale = 1.0 / (hd as f64).sqrt();
+        let cpu_attention = CpuAttention {
+            batch: b,
+            seq: t,
+            heads: self.heads,
+            lengths: lengths.to_vec(),
+            scale: scale as f32,
+        };
         for l in &self.layers {
-            let qkv = l.qkv.forward(&x)?.reshape((b, t, 3, self.heads, hd))?.permute((2, 0, 3, 1, 4))?.contiguous()?;
-            let q = (qkv.i(0)? * scale)?;
-            let k = qkv.i(1)?;
-            let v = qkv.i(2)?;
-            let scores = q.matmul(&k.t()?)?.broadcast_add(&bias)?;
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-            let ctx = probs.matmul(&v)?.permute((0, 2, 1, 3))?.contiguous()?.reshape((n, h))?;
+            let qkv = l.qkv.forward(&x)?;
+            let ctx = if x.device().is_cpu() {
+                qkv.apply_op1_no_bwd(&cpu_attention)?
+            } else {
+                let qkv = qkv
+                    .reshape((b, t, 3, self.heads, hd))?
+                    .permute((2, 0, 3, 1, 4))?
+                    .contiguous()?;
+                let q = (qkv.i(0)? * scale)?;
+                let scores = q.matmul(&qkv.i(1)?.t()?)?.broadcast_add(&bias)?;
+                let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+                probs
+                    .matmul(&qkv.i(2)?)?
+                    .permute((0, 2, 1, 3))?
+                    .contiguous()?
+                    .reshape((n, h))?
+            };
             x = l.attn_norm.forward(&(l.attn_out.forward(&ctx)? + &x)?)?;
             let inner = l.ff_in.forward(&x)?;
             let inner = match self.act {
+                Act::GeluErf if inner.device().is_cpu() => inner.apply_op1_no_bwd(&CpuGeluErf)?,
                 Act::GeluErf => inner.gelu_erf()?,
                 Act::GeluTanh => inner.gelu()?,
                 Act::Relu => inner.relu()?,
@@ -254,14 +316,185 @@ impl Bert {
     /// Class logits from token states (`[b, t, hidden]` → `[b, labels]`): pooler (tanh) on the first
     /// token, then the classifier.
     pub fn classify(&self, states: &Tensor) -> candle_core::Result<Tensor> {
-        let (pooler, classifier) = self.classifier.as_ref().expect("loaded with a classification head");
+        let (pooler, classifier) = self
+            .classifier
+            .as_ref()
+            .expect("loaded with a classification head");
         let cls = states.i((.., 0))?.contiguous()?;
         classifier.forward(&pooler.forward(&cls)?.tanh()?)
     }
 }
 
+/// Multi-head self-attention on the CPU, straight from the fused `[b·t, 3·hidden]` QKV matrix to the
+/// `[b·t, hidden]` context matrix.
+///
+/// candle's batched matmul runs one small multi-threaded GEMM per (row, head) — thousands of tiny
+/// calls per layer, dominated by thread hand-offs — and needs two transposing copies around it. Here
+/// rows run in parallel, each head in one pass over its own keys, and only each row's real tokens are
+/// touched: padded keys are skipped (exactly what the additive mask does: their softmax weight is 0) and
+/// padded queries are left at zero (no pooling or head reads them).
+#[derive(Clone, Debug)]
+struct CpuAttention {
+    batch: usize,
+    seq: usize,
+    heads: usize,
+    lengths: Vec<usize>,
+    scale: f32,
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Eight independent partial sums, so the compiler vectorises the loop.
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+impl candle_core::CustomOp1 for CpuAttention {
+    fn name(&self) -> &'static str {
+        "distill-cpu-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use rayon::prelude::*;
+        let (n, width) = layout.shape().dims2()?;
+        let h = width / 3;
+        let hd = h / self.heads;
+        if n != self.batch * self.seq || width != 3 * h || self.lengths.len() != self.batch {
+            candle_core::bail!(
+                "attention: qkv shape {:?} does not fit batch {} × seq {}",
+                layout.shape(),
+                self.batch,
+                self.seq
+            );
+        }
+        let qkv = match (storage, layout.contiguous_offsets()) {
+            (candle_core::CpuStorage::F32(v), Some((start, end))) => &v[start..end],
+            _ => candle_core::bail!("attention: expects a contiguous f32 qkv matrix"),
+        };
+        let t = self.seq;
+        let mut out = vec![0f32; n * h];
+        out.par_chunks_mut(t * h)
+            .enumerate()
+            .for_each(|(row, out_row)| {
+                let len = self.lengths[row].min(t);
+                let base = row * t * width;
+                let mut probs = vec![0f32; len];
+                // This head's keys and values, packed contiguously: rows of the QKV matrix are 3·hidden
+                // apart, which would make every key a cache miss.
+                let (mut keys, mut values) = (vec![0f32; len * hd], vec![0f32; len * hd]);
+                for head in 0..self.heads {
+                    let (qo, ko, vo) = (head * hd, h + head * hd, 2 * h + head * hd);
+                    for j in 0..len {
+                        keys[j * hd..(j + 1) * hd]
+                            .copy_from_slice(&qkv[base + j * width + ko..][..hd]);
+                        values[j * hd..(j + 1) * hd]
+                            .copy_from_slice(&qkv[base + j * width + vo..][..hd]);
+                    }
+                    for i in 0..len {
+                        let q = &qkv[base + i * width + qo..][..hd];
+                        let mut max = f32::NEG_INFINITY;
+                        for (p, k) in probs.iter_mut().zip(keys.chunks_exact(hd)) {
+                            *p = dot(q, k) * self.scale;
+                            max = max.max(*p);
+                        }
+                        let mut sum = 0f32;
+                        for p in probs.iter_mut() {
+                            *p = (*p - max).exp();
+                            sum += *p;
+                        }
+                        let inv = 1.0 / sum;
+                        let o = &mut out_row[i * h + qo..][..hd];
+                        for (p, v) in probs.iter().zip(values.chunks_exact(hd)) {
+                            let w = p * inv;
+                            for (od, vd) in o.iter_mut().zip(v) {
+                                *od += w * vd;
+                            }
+                        }
+                    }
+                }
+            });
+        Ok((
+            candle_core::CpuStorage::F32(out),
+            candle_core::Shape::from((n, h)),
+        ))
+    }
+}
+
+/// Exact (erf) GELU on the CPU: `0.5·x·(1 + erf(x/√2))`, in parallel chunks, with a rational erf
+/// approximation (max abs error about 1e-7 on f32, see the test) that the compiler vectorises.
+/// candle's `gelu_erf` calls libm's scalar `erf` per element, which cost a quarter of a forward pass.
+#[derive(Clone, Copy, Debug)]
+struct CpuGeluErf;
+
+/// erf(x) for f32: odd rational function on [-4, 4] (erf is ±1 to f32 precision beyond). Coefficients
+/// of the rational approximation used by Eigen's `generic_fast_erf_float`.
+#[inline]
+fn erf_f32(x: f32) -> f32 {
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let mut p = -2.726_142_3e-10_f32;
+    p = p * x2 + 2.770_681_4e-8;
+    p = p * x2 - 2.101_024e-6;
+    p = p * x2 - 5.692_506_4e-5;
+    p = p * x2 - 7.349_906_3e-4;
+    p = p * x2 - 2.954_600_1e-3;
+    p = p * x2 - 1.609_603_3e-2;
+    let mut q = -1.456_607_2e-5_f32;
+    q = q * x2 - 2.133_740_6e-4;
+    q = q * x2 - 1.682_827e-3;
+    q = q * x2 - 7.373_329e-3;
+    q = q * x2 - 1.426_473_9e-2;
+    x * p / q
+}
+
+impl candle_core::CustomOp1 for CpuGeluErf {
+    fn name(&self) -> &'static str {
+        "distill-cpu-gelu-erf"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use rayon::prelude::*;
+        let input = match (storage, layout.contiguous_offsets()) {
+            (candle_core::CpuStorage::F32(v), Some((start, end))) => &v[start..end],
+            _ => candle_core::bail!("gelu: expects a contiguous f32 tensor"),
+        };
+        let mut out = vec![0f32; input.len()];
+        out.par_chunks_mut(1 << 14)
+            .zip(input.par_chunks(1 << 14))
+            .for_each(|(o, x)| {
+                for (o, &x) in o.iter_mut().zip(x) {
+                    *o = 0.5 * x * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2));
+                }
+            });
+        Ok((candle_core::CpuStorage::F32(out), layout.shape().clone()))
+    }
+}
+
 /// Pools token states `[b, t, h]` with `mask` `[b, t]` into `[b, h]`.
-pub fn pool(states: &Tensor, mask: &Tensor, pooling: distill_cache::model_dir::Pooling) -> candle_core::Result<Tensor> {
+pub fn pool(
+    states: &Tensor,
+    mask: &Tensor,
+    pooling: distill_cache::model_dir::Pooling,
+) -> candle_core::Result<Tensor> {
     use distill_cache::model_dir::Pooling;
     match pooling {
         Pooling::Cls => states.i((.., 0))?.contiguous(),
@@ -279,6 +512,68 @@ pub fn pool(states: &Tensor, mask: &Tensor, pooling: distill_cache::model_dir::P
 
 /// L2-normalises rows of `[b, h]`.
 pub fn l2_normalize(x: &Tensor) -> candle_core::Result<Tensor> {
-    let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12f32, f32::MAX)?;
+    let norm = x
+        .sqr()?
+        .sum_keepdim(D::Minus1)?
+        .sqrt()?
+        .clamp(1e-12f32, f32::MAX)?;
     x.broadcast_div(&norm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_erf_matches_libm() {
+        let mut worst = 0f64;
+        for i in -60_000..=60_000 {
+            let x = i as f32 * 1e-4;
+            let exact = libm_erf(x as f64);
+            worst = worst.max((erf_f32(x) as f64 - exact).abs());
+        }
+        assert!(worst < 5e-7, "max abs error {worst}");
+    }
+
+    /// erf by its Taylor series / continued fraction in f64: an independent reference.
+    fn libm_erf(x: f64) -> f64 {
+        if x.abs() < 3.0 {
+            // Taylor series: 2/√π Σ (-1)^n x^(2n+1) / (n! (2n+1))
+            let mut sum = 0.0;
+            let mut term = x;
+            let mut n = 0.0;
+            while term.abs() > 1e-17 || n < 5.0 {
+                sum += term / (2.0 * n + 1.0);
+                n += 1.0;
+                term *= -x * x / n;
+                if n > 200.0 {
+                    break;
+                }
+            }
+            sum * 2.0 / std::f64::consts::PI.sqrt()
+        } else {
+            // Continued fraction for erfc, accurate for |x| ≥ 3.
+            let ax = x.abs();
+            let mut f = 0.0;
+            for k in (1..60).rev() {
+                f = (k as f64 / 2.0) / (ax + f);
+            }
+            let erfc = (-ax * ax).exp() / std::f64::consts::PI.sqrt() / (ax + f);
+            (1.0 - erfc).copysign(x)
+        }
+    }
+
+    #[test]
+    fn cpu_gelu_matches_candle_gelu_erf() {
+        let x = Tensor::arange(-600i64, 600, &Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
+        let x = (x * 0.01).unwrap();
+        let ours: Vec<f32> = x.apply_op1_no_bwd(&CpuGeluErf).unwrap().to_vec1().unwrap();
+        let theirs: Vec<f32> = x.gelu_erf().unwrap().to_vec1().unwrap();
+        for (a, b) in ours.iter().zip(&theirs) {
+            assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+        }
+    }
 }

@@ -13,7 +13,10 @@ use std::path::Path;
 #[derive(Clone, Debug)]
 pub enum TinyKind {
     /// A sentence-transformers encoder with this pooling (`mean`, `cls`, `max`) and normalisation.
-    SentenceEncoder { pooling: &'static str, normalize: bool },
+    SentenceEncoder {
+        pooling: &'static str,
+        normalize: bool,
+    },
     /// A `BertForSequenceClassification` with these labels.
     Classifier { labels: Vec<String> },
 }
@@ -24,8 +27,14 @@ pub const HIDDEN: usize = 32;
 pub const MAX_SEQ: usize = 24;
 
 fn vocab() -> Vec<String> {
-    let mut v: Vec<String> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"].iter().map(|s| s.to_string()).collect();
-    for w in ["the", "a", "good", "bad", "movie", "film", "great", "awful", "fun", "boring", "is", "was", "not", "very", ".", ",", "!"] {
+    let mut v: Vec<String> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    for w in [
+        "the", "a", "good", "bad", "movie", "film", "great", "awful", "fun", "boring", "is", "was",
+        "not", "very", ".", ",", "!",
+    ] {
         v.push(w.to_string());
     }
     for c in 'a'..='z' {
@@ -41,7 +50,10 @@ fn vocab() -> Vec<String> {
 struct Rng(u64);
 impl Rng {
     fn uniform(&mut self) -> f32 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((self.0 >> 40) as f32) / ((1u64 << 24) as f32)
     }
     fn normal(&mut self) -> f32 {
@@ -82,20 +94,55 @@ pub fn write_tiny_bert(dir: &Path, kind: &TinyKind, seed: u64) -> FixtureResult<
     let mut put = |name: &str, shape: &[usize], scale: f32, rng: &mut Rng| {
         t.insert(format!("{prefix}{name}"), rng.tensor(shape, scale));
     };
-    put("embeddings.word_embeddings.weight", &[vocab.len(), h], 0.5, &mut rng);
-    put("embeddings.position_embeddings.weight", &[max_pos, h], 0.1, &mut rng);
-    put("embeddings.token_type_embeddings.weight", &[2, h], 0.1, &mut rng);
+    put(
+        "embeddings.word_embeddings.weight",
+        &[vocab.len(), h],
+        0.5,
+        &mut rng,
+    );
+    put(
+        "embeddings.position_embeddings.weight",
+        &[max_pos, h],
+        0.1,
+        &mut rng,
+    );
+    put(
+        "embeddings.token_type_embeddings.weight",
+        &[2, h],
+        0.1,
+        &mut rng,
+    );
     put("embeddings.LayerNorm.weight", &[h], 0.05, &mut rng);
     put("embeddings.LayerNorm.bias", &[h], 0.05, &mut rng);
     for i in 0..layers {
         let p = format!("encoder.layer.{i}.");
-        for name in ["attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"] {
+        for name in [
+            "attention.self.query",
+            "attention.self.key",
+            "attention.self.value",
+            "attention.output.dense",
+        ] {
             put(&format!("{p}{name}.weight"), &[h, h], 0.2, &mut rng);
             put(&format!("{p}{name}.bias"), &[h], 0.02, &mut rng);
         }
-        put(&format!("{p}intermediate.dense.weight"), &[inter, h], 0.2, &mut rng);
-        put(&format!("{p}intermediate.dense.bias"), &[inter], 0.02, &mut rng);
-        put(&format!("{p}output.dense.weight"), &[h, inter], 0.2, &mut rng);
+        put(
+            &format!("{p}intermediate.dense.weight"),
+            &[inter, h],
+            0.2,
+            &mut rng,
+        );
+        put(
+            &format!("{p}intermediate.dense.bias"),
+            &[inter],
+            0.02,
+            &mut rng,
+        );
+        put(
+            &format!("{p}output.dense.weight"),
+            &[h, inter],
+            0.2,
+            &mut rng,
+        );
         put(&format!("{p}output.dense.bias"), &[h], 0.02, &mut rng);
         for ln in ["attention.output.LayerNorm", "output.LayerNorm"] {
             put(&format!("{p}{ln}.weight"), &[h], 0.05, &mut rng);
@@ -116,8 +163,18 @@ pub fn write_tiny_bert(dir: &Path, kind: &TinyKind, seed: u64) -> FixtureResult<
             t.insert("classifier.weight".into(), rng.tensor(&[n, h], 0.5));
             t.insert("classifier.bias".into(), rng.tensor(&[n], 0.02));
             config["architectures"] = serde_json::json!(["BertForSequenceClassification"]);
-            config["id2label"] = labels.iter().enumerate().map(|(i, l)| (i.to_string(), serde_json::json!(l))).collect::<serde_json::Map<_, _>>().into();
-            config["label2id"] = labels.iter().enumerate().map(|(i, l)| (l.clone(), serde_json::json!(i))).collect::<serde_json::Map<_, _>>().into();
+            config["id2label"] = labels
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (i.to_string(), serde_json::json!(l)))
+                .collect::<serde_json::Map<_, _>>()
+                .into();
+            config["label2id"] = labels
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (l.clone(), serde_json::json!(i)))
+                .collect::<serde_json::Map<_, _>>()
+                .into();
         }
         TinyKind::SentenceEncoder { pooling, normalize } => {
             let mut modules = vec![
@@ -127,7 +184,10 @@ pub fn write_tiny_bert(dir: &Path, kind: &TinyKind, seed: u64) -> FixtureResult<
             if *normalize {
                 modules.push(serde_json::json!({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}));
             }
-            std::fs::write(dir.join("modules.json"), serde_json::to_vec_pretty(&modules)?)?;
+            std::fs::write(
+                dir.join("modules.json"),
+                serde_json::to_vec_pretty(&modules)?,
+            )?;
             std::fs::create_dir_all(dir.join("1_Pooling"))?;
             std::fs::write(
                 dir.join("1_Pooling/config.json"),
@@ -139,7 +199,10 @@ pub fn write_tiny_bert(dir: &Path, kind: &TinyKind, seed: u64) -> FixtureResult<
                     "pooling_mode_mean_sqrt_len_tokens": false
                 }))?,
             )?;
-            std::fs::write(dir.join("sentence_bert_config.json"), format!("{{\"max_seq_length\": {MAX_SEQ}, \"do_lower_case\": false}}"))?;
+            std::fs::write(
+                dir.join("sentence_bert_config.json"),
+                format!("{{\"max_seq_length\": {MAX_SEQ}, \"do_lower_case\": false}}"),
+            )?;
         }
     }
     std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&config)?)?;
@@ -158,13 +221,18 @@ fn write_tokenizer(path: &Path, vocab: &[String]) -> FixtureResult<()> {
     let wp = WordPiece::from_file(vocab_txt.to_str().ok_or("non-UTF-8 path")?)
         .unk_token("[UNK]".into())
         .continuing_subword_prefix("##".into())
-        .build()
-        ?;
+        .build()?;
     let mut tok = tokenizers::Tokenizer::new(wp);
     tok.with_normalizer(Some(BertNormalizer::new(true, true, None, true)))?;
     tok.with_pre_tokenizer(Some(BertPreTokenizer));
-    tok.with_post_processor(Some(BertProcessing::new(("[SEP]".into(), 3), ("[CLS]".into(), 2))));
-    tok.with_padding(Some(tokenizers::PaddingParams { strategy: tokenizers::PaddingStrategy::Fixed(16), ..Default::default() }));
+    tok.with_post_processor(Some(BertProcessing::new(
+        ("[SEP]".into(), 3),
+        ("[CLS]".into(), 2),
+    )));
+    tok.with_padding(Some(tokenizers::PaddingParams {
+        strategy: tokenizers::PaddingStrategy::Fixed(16),
+        ..Default::default()
+    }));
     tok.save(path, true)?;
     Ok(())
 }

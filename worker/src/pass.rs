@@ -30,11 +30,20 @@ pub struct LabeledShard {
 }
 
 /// Runs the teacher over a shard's rows.
-pub fn label_shard(teacher: &Teacher, shard: &Shard, spec: OutputSpec, corpus: &str, max_batch_tokens: usize) -> Result<LabeledShard> {
+pub fn label_shard(
+    teacher: &Teacher,
+    shard: &Shard,
+    spec: OutputSpec,
+    corpus: &str,
+    max_batch_tokens: usize,
+) -> Result<LabeledShard> {
     check_output(teacher, spec.kind)?;
     let texts: Vec<&str> = shard.rows.iter().map(|r| r.text.as_str()).collect();
     let labels: Labels = if texts.is_empty() {
-        Labels { width: teacher.width(), ..Default::default() }
+        Labels {
+            width: teacher.width(),
+            ..Default::default()
+        }
     } else {
         teacher.label(&texts, max_batch_tokens)?
     };
@@ -61,7 +70,14 @@ pub fn label_shard(teacher: &Teacher, shard: &Shard, spec: OutputSpec, corpus: &
         tokens: data.tokens.iter().map(|t| *t as u64).sum(),
         device_seconds: labels.device_seconds,
         device: teacher.device().to_string(),
-        created_unix: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        created_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
     };
-    Ok(LabeledShard { meta, data, padded_tokens: labels.padded_tokens })
+    Ok(LabeledShard {
+        meta,
+        data,
+        padded_tokens: labels.padded_tokens,
+    })
 }

@@ -50,10 +50,15 @@ impl DeviceSpec {
                 if !candle_core::utils::cuda_is_available() {
                     return Err(WorkerError::Device {
                         device: self.to_string(),
-                        reason: "this distill was built without CUDA: rebuild with `--features cuda`".into(),
+                        reason:
+                            "this distill was built without CUDA: rebuild with `--features cuda`"
+                                .into(),
                     });
                 }
-                Device::new_cuda(*n).map_err(|e| WorkerError::Device { device: self.to_string(), reason: e.to_string() })
+                Device::new_cuda(*n).map_err(|e| WorkerError::Device {
+                    device: self.to_string(),
+                    reason: e.to_string(),
+                })
             }
         }
     }
@@ -92,7 +97,10 @@ pub struct Teacher {
 
 impl std::fmt::Debug for Teacher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Teacher").field("info", &self.info).field("device", &self.device_spec).finish()
+        f.debug_struct("Teacher")
+            .field("info", &self.info)
+            .field("device", &self.device_spec)
+            .finish()
     }
 }
 
@@ -104,10 +112,16 @@ impl Teacher {
     /// files do not fit together (tokenizer vocabulary vs `config.json`, weights vs `config.json`).
     pub fn load(dir: &ModelDir, device: &DeviceSpec) -> Result<Self> {
         let loc = dir.location.as_str();
-        let model_err = |reason: String| WorkerError::Model { location: loc.to_owned(), reason };
-        let cfg_bytes = std::fs::read(&dir.config).map_err(|e| model_err(format!("cannot read config.json: {e}")))?;
-        let config: bert::Config = serde_json::from_slice(&cfg_bytes).map_err(|e| model_err(format!("config.json: {e}")))?;
-        let mut tokenizer = tokenizers::Tokenizer::from_file(&dir.tokenizer).map_err(|e| model_err(format!("tokenizer.json: {e}")))?;
+        let model_err = |reason: String| WorkerError::Model {
+            location: loc.to_owned(),
+            reason,
+        };
+        let cfg_bytes = std::fs::read(&dir.config)
+            .map_err(|e| model_err(format!("cannot read config.json: {e}")))?;
+        let config: bert::Config = serde_json::from_slice(&cfg_bytes)
+            .map_err(|e| model_err(format!("config.json: {e}")))?;
+        let mut tokenizer = tokenizers::Tokenizer::from_file(&dir.tokenizer)
+            .map_err(|e| model_err(format!("tokenizer.json: {e}")))?;
         let vocab = tokenizer.get_vocab_size(true);
         if vocab > config.vocab_size {
             return Err(model_err(format!(
@@ -117,10 +131,14 @@ impl Teacher {
         }
         tokenizer.with_padding(None);
         tokenizer
-            .with_truncation(Some(tokenizers::TruncationParams { max_length: dir.max_seq_length, ..Default::default() }))
+            .with_truncation(Some(tokenizers::TruncationParams {
+                max_length: dir.max_seq_length,
+                ..Default::default()
+            }))
             .map_err(|e| model_err(format!("tokenizer.json: {e}")))?;
         let device_handle = device.open()?;
-        let tensors = bert::load_tensors(&dir.weights, &device_handle).map_err(|e| model_err(format!("cannot read weights: {e}")))?;
+        let tensors = bert::load_tensors(&dir.weights, &device_handle)
+            .map_err(|e| model_err(format!("cannot read weights: {e}")))?;
         let num_labels = match &dir.head {
             Head::Classifier { labels } => Some(labels.len()),
             Head::Embedding { .. } => None,
@@ -160,10 +178,16 @@ impl Teacher {
 
     /// Tokenizes texts (special tokens added, truncated to the model's limit, no padding).
     pub fn tokenize(&self, texts: &[&str]) -> Result<Vec<Encoded>> {
-        let encodings = self.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| WorkerError::Tokenizer(e.to_string()))?;
+        let encodings = self
+            .tokenizer
+            .encode_batch(texts.to_vec(), true)
+            .map_err(|e| WorkerError::Tokenizer(e.to_string()))?;
         Ok(encodings
             .into_iter()
-            .map(|e| Encoded { truncated: !e.get_overflowing().is_empty(), ids: e.get_ids().to_vec() })
+            .map(|e| Encoded {
+                truncated: !e.get_overflowing().is_empty(),
+                ids: e.get_ids().to_vec(),
+            })
             .collect())
     }
 
@@ -175,13 +199,18 @@ impl Teacher {
         let mut mask = vec![0f32; b * t];
         for (i, r) in rows.iter().enumerate() {
             ids[i * t..i * t + r.ids.len()].copy_from_slice(&r.ids);
-            mask[i * t..i * t + r.ids.len()].iter_mut().for_each(|m| *m = 1.0);
+            mask[i * t..i * t + r.ids.len()]
+                .iter_mut()
+                .for_each(|m| *m = 1.0);
         }
         let ids = Tensor::from_vec(ids, (b, t), &self.device)?;
         let mask = Tensor::from_vec(mask, (b, t), &self.device)?;
-        let states = self.model.forward(&ids, &mask)?;
+        let lengths: Vec<usize> = rows.iter().map(|r| r.ids.len()).collect();
+        let states = self.model.forward(&ids, &mask, &lengths)?;
         let out = match &self.head {
-            Head::Embedding { pooling, normalize, .. } => {
+            Head::Embedding {
+                pooling, normalize, ..
+            } => {
                 let pooled = bert::pool(&states, &mask, *pooling)?;
                 if *normalize {
                     bert::l2_normalize(&pooled)?
@@ -212,7 +241,8 @@ impl Teacher {
             let rows: Vec<&Encoded> = batch.rows.iter().map(|&i| &encoded[i]).collect();
             let out = self.forward(&rows)?;
             for (j, &i) in batch.rows.iter().enumerate() {
-                values[i * width..(i + 1) * width].copy_from_slice(&out[j * width..(j + 1) * width]);
+                values[i * width..(i + 1) * width]
+                    .copy_from_slice(&out[j * width..(j + 1) * width]);
             }
         }
         Ok(Labels {
