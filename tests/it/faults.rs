@@ -117,7 +117,7 @@ async fn a_failing_store_fails_the_job_clearly_and_a_rerun_reuses_what_was_commi
     let corpus = dir.path().join("corpus.jsonl");
     write_corpus(&corpus, 50);
     let mut stores = vec![dir.path().join("cache").display().to_string()];
-    if let Some(s3) = std::env::var("DISTILL_TEST_S3_URL").ok() {
+    if let Ok(s3) = std::env::var("DISTILL_TEST_S3_URL") {
         stores.push(format!("{s3}/faults-{}", std::process::id()));
     }
     for url in stores {
