@@ -194,8 +194,12 @@ impl Bert {
         } else {
             return Err(model_err("weights have no embeddings.word_embeddings.weight (with or without a bert. prefix): not a BERT checkpoint".into()));
         };
-        let misfit =
-            |e: candle_core::Error| model_err(format!("weights do not fit config.json: {e}"));
+        let misfit = |e: candle_core::Error| {
+            model_err(format!(
+                "weights do not fit config.json: {}",
+                crate::error::without_backtrace(e)
+            ))
+        };
         let h = config.hidden_size;
         let e = vb.pp("embeddings");
         let word = e

@@ -13,7 +13,7 @@ pub enum WorkerError {
     Config(String),
 
     #[error("teacher forward pass failed: {0}")]
-    Candle(#[from] candle_core::Error),
+    Candle(candle_core::Error),
 
     #[error("tokenizer: {0}")]
     Tokenizer(String),
@@ -23,3 +23,18 @@ pub enum WorkerError {
 }
 
 pub type Result<T, E = WorkerError> = std::result::Result<T, E>;
+
+impl From<candle_core::Error> for WorkerError {
+    fn from(e: candle_core::Error) -> Self {
+        Self::Candle(without_backtrace(e))
+    }
+}
+
+/// candle attaches a multi-line backtrace to its errors when `RUST_BACKTRACE` is set; a user's error
+/// message stays one line.
+pub fn without_backtrace(e: candle_core::Error) -> candle_core::Error {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => without_backtrace(*inner),
+        e => e,
+    }
+}

@@ -57,7 +57,7 @@ impl DeviceSpec {
                 }
                 Device::new_cuda(*n).map_err(|e| WorkerError::Device {
                     device: self.to_string(),
-                    reason: e.to_string(),
+                    reason: crate::error::without_backtrace(e).to_string(),
                 })
             }
         }
@@ -137,8 +137,12 @@ impl Teacher {
             }))
             .map_err(|e| model_err(format!("tokenizer.json: {e}")))?;
         let device_handle = device.open()?;
-        let tensors = bert::load_tensors(&dir.weights, &device_handle)
-            .map_err(|e| model_err(format!("cannot read weights: {e}")))?;
+        let tensors = bert::load_tensors(&dir.weights, &device_handle).map_err(|e| {
+            model_err(format!(
+                "cannot read weights: {}",
+                crate::error::without_backtrace(e)
+            ))
+        })?;
         let num_labels = match &dir.head {
             Head::Classifier { labels } => Some(labels.len()),
             Head::Embedding { .. } => None,
