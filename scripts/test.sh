@@ -33,4 +33,12 @@ source "$S3DIR/env"
 
 echo "== tests" >&2
 export DISTILL_REQUIRE_ALL=1 DISTILL_PYTHON=$PY
-cargo test --workspace --locked -- --test-threads 2
+LOG="$S3DIR/cargo-test.log"
+set +e
+cargo test --workspace --locked -- --test-threads 2 2>&1 | tee "$LOG"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole run (cargo prints one per test binary, the last often a doc-test
+# binary with nothing in it).
+awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, i }' "$LOG"
+exit "$status"
