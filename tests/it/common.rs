@@ -187,3 +187,10 @@ pub async fn read_corpus_back(
     }
     (ids, values, width)
 }
+
+/// `distill label --corpus C --teacher T --store S EXTRA… --json`, returning the summary.
+pub fn label_with(corpus: &str, teacher: &str, store: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["--corpus", corpus, "--teacher", teacher, "--store", store];
+    args.extend_from_slice(extra);
+    label_json(&args)
+}

@@ -68,16 +68,12 @@ async fn second_label_of_the_same_corpus_is_all_cache_hits() {
         .unwrap()
         .replace("\"doc-20\",\"text\":\"", "\"doc-20\",\"text\":\"new words ");
     std::fs::write(&changed, body).unwrap();
-    let third = label_json(&[
-        "--corpus",
+    let third = label_with(
         changed.to_str().unwrap(),
-        "--teacher",
         model.to_str().unwrap(),
-        "--store",
         &store,
-        "--shard-size",
-        "16",
-    ]);
+        &["--shard-size", "16"],
+    );
     assert_eq!(third["cache_hits"], 3);
     assert_eq!(third["shards_labeled"], 1);
 }
@@ -98,18 +94,12 @@ async fn batched_outputs_equal_one_at_a_time_outputs() {
             .join(format!("cache-{output}"))
             .display()
             .to_string();
-        let summary = label_json(&[
-            "--corpus",
+        let summary = label_with(
             corpus.to_str().unwrap(),
-            "--teacher",
             model.to_str().unwrap(),
-            "--store",
             &store,
-            "--output",
-            output,
-            "--max-batch-tokens",
-            "200",
-        ]);
+            &["--output", output, "--max-batch-tokens", "200"],
+        );
         assert!(summary["padded_tokens"].as_u64().unwrap() >= summary["tokens"].as_u64().unwrap());
         let (ids, values, width) = read_corpus_back(&store, &summary).await;
         let teacher = Teacher::load(
@@ -167,14 +157,12 @@ async fn bad_rows_go_to_the_rejects_record_or_fail_under_strict() {
         "strict failure leaves no shard"
     );
 
-    let s = label_json(&[
-        "--corpus",
+    let s = label_with(
         corpus.to_str().unwrap(),
-        "--teacher",
         model.to_str().unwrap(),
-        "--store",
         &store,
-    ]);
+        &[],
+    );
     assert_eq!(s["rows"], 2);
     assert_eq!(s["rejected_rows"], 4);
     let loc = distill_cache::store::open(&store, false).unwrap();
@@ -221,18 +209,12 @@ async fn classifier_teachers_give_logits_and_refuse_embeddings() {
     let corpus = dir.path().join("corpus.txt");
     std::fs::write(&corpus, "good movie\n\nbad film\nvery fun\n").unwrap();
     let store = dir.path().join("cache").display().to_string();
-    let s = label_json(&[
-        "--corpus",
+    let s = label_with(
         corpus.to_str().unwrap(),
-        "--teacher",
         model.to_str().unwrap(),
-        "--store",
         &store,
-        "--output",
-        "logits",
-        "--dtype",
-        "f16",
-    ]);
+        &["--output", "logits", "--dtype", "f16"],
+    );
     assert_eq!(s["rows"], 3);
     let (ids, values, width) = read_corpus_back(&store, &s).await;
     assert_eq!(ids, vec!["line-1", "line-3", "line-4"]);
@@ -341,26 +323,18 @@ async fn cache_ls_lists_teacher_output_and_corpus() {
     let corpus = dir.path().join("corpus.jsonl");
     write_corpus(&corpus, 20);
     let store = format!("file://{}", dir.path().join("cache").display());
-    label_json(&[
-        "--corpus",
+    label_with(
         corpus.to_str().unwrap(),
-        "--teacher",
         model.to_str().unwrap(),
-        "--store",
         &store,
-        "--shard-size",
-        "8",
-    ]);
-    label_json(&[
-        "--corpus",
+        &["--shard-size", "8"],
+    );
+    label_with(
         corpus.to_str().unwrap(),
-        "--teacher",
         model.to_str().unwrap(),
-        "--store",
         &store,
-        "--dtype",
-        "f16",
-    ]);
+        &["--dtype", "f16"],
+    );
     let out = distill(&["cache", "ls", "--store", &store, "--json"]);
     assert!(
         out.status.success(),

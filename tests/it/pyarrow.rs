@@ -61,18 +61,12 @@ async fn pyarrow_reads_the_documented_schema_and_metadata() {
             .join(format!("cache-{output}-{dtype}"))
             .display()
             .to_string();
-        let s = label_json(&[
-            "--corpus",
+        let s = label_with(
             corpus.to_str().unwrap(),
-            "--teacher",
             model.to_str().unwrap(),
-            "--store",
             &store,
-            "--output",
-            output,
-            "--dtype",
-            dtype,
-        ]);
+            &["--output", output, "--dtype", dtype],
+        );
         let files = shard_files(&store).await;
         assert_eq!(files.len(), 1);
         let path = std::path::Path::new(&store).join(&files[0]);

@@ -78,16 +78,12 @@ async fn minilm_through_the_cache_in_f16_stays_within_1e4() {
         .collect();
     std::fs::write(&corpus, body).unwrap();
     let store = dir.path().join("cache").display().to_string();
-    let s = label_json(&[
-        "--corpus",
+    let s = label_with(
         corpus.to_str().unwrap(),
-        "--teacher",
         model.to_str().unwrap(),
-        "--store",
         &store,
-        "--dtype",
-        "f16",
-    ]);
+        &["--dtype", "f16"],
+    );
     assert_eq!(s["truncated_rows"], 1);
     let (ids, values, width) = read_corpus_back(&store, &s).await;
     assert_eq!(ids.len(), r.sentences.len());

@@ -66,16 +66,12 @@ async fn label_writes_and_rereads_the_cache_on_s3() {
         .put(&loc.child("input/corpus.jsonl.gz"), gz.into())
         .await
         .unwrap();
-    let remote = label_json(&[
-        "--corpus",
+    let remote = label_with(
         &corpus_url,
-        "--teacher",
         model.to_str().unwrap(),
-        "--store",
         &store,
-        "--shard-size",
-        "16",
-    ]);
+        &["--shard-size", "16"],
+    );
     assert_eq!(
         (remote["cache_hits"].as_u64(), remote["rows"].as_u64()),
         (Some(3), Some(40))
@@ -121,23 +117,19 @@ async fn the_teacher_can_be_read_from_s3() {
     let corpus = dir.path().join("corpus.jsonl");
     write_corpus(&corpus, 10);
     let local_store = dir.path().join("cache").display().to_string();
-    let remote = label_json(&[
-        "--corpus",
+    let remote = label_with(
         corpus.to_str().unwrap(),
-        "--teacher",
         &format!("{models}/tiny"),
-        "--store",
         &local_store,
-    ]);
+        &[],
+    );
     // The same teacher, loaded from disk, has the same fingerprint: everything is a cache hit.
-    let local = label_json(&[
-        "--corpus",
+    let local = label_with(
         corpus.to_str().unwrap(),
-        "--teacher",
         model.to_str().unwrap(),
-        "--store",
         &local_store,
-    ]);
+        &[],
+    );
     assert_eq!(remote["teacher_fingerprint"], local["teacher_fingerprint"]);
     assert_eq!(local["cache_hits"], 1);
 }
