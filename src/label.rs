@@ -149,7 +149,10 @@ impl Progress for Bar {
         let done = self.rows.fetch_add(rows, Relaxed) + rows;
         let hits = self.hits.fetch_add(hit as u64, Relaxed) + hit as u64;
         let rate = done as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
-        self.bar.set_position(position);
+        // A cache hit can be reported while the previous shard's commit is still in flight.
+        if position > self.bar.position() {
+            self.bar.set_position(position);
+        }
         self.bar.set_message(format!(
             "{} rows, {rate:.0} rows/s, {hits} cache hits",
             count(done)

@@ -533,8 +533,6 @@ async fn read_parquet(
     spec: &CorpusSpec,
     tx: mpsc::Sender<Result<(Vec<Entry>, u64)>>,
 ) {
-    use arrow_array::cast::AsArray;
-    use arrow_schema::DataType;
     use futures::StreamExt;
     let fail = |reason: String| CacheError::Corpus {
         url: spec.url.clone(),
@@ -579,27 +577,14 @@ async fn read_parquet(
             }
         };
         let texts = batch.column_by_name(&spec.text_field).expect("projected");
-        let texts: Vec<Option<String>> = match texts.data_type() {
-            DataType::Utf8 => texts
-                .as_string::<i32>()
-                .iter()
-                .map(|s| s.map(str::to_owned))
-                .collect(),
-            DataType::LargeUtf8 => texts
-                .as_string::<i64>()
-                .iter()
-                .map(|s| s.map(str::to_owned))
-                .collect(),
-            DataType::Utf8View => texts
-                .as_string_view()
-                .iter()
-                .map(|s| s.map(str::to_owned))
-                .collect(),
-            other => {
+        let texts = match string_column(texts) {
+            Some(v) => v,
+            None => {
                 let _ = tx
                     .send(Err(fail(format!(
-                        "column {:?} is {other}, not a string",
-                        spec.text_field
+                        "column {:?} is {}, not a string",
+                        spec.text_field,
+                        texts.data_type()
                     ))))
                     .await;
                 return;
@@ -642,26 +627,28 @@ async fn read_parquet(
     }
 }
 
+/// The values of a string column (utf8, large utf8 or utf8 view); `None` for any other type.
+fn string_column(col: &arrow_array::ArrayRef) -> Option<Vec<Option<String>>> {
+    use arrow_array::cast::AsArray;
+    use arrow_schema::DataType;
+    let owned = |s: Option<&str>| s.map(str::to_owned);
+    Some(match col.data_type() {
+        DataType::Utf8 => col.as_string::<i32>().iter().map(owned).collect(),
+        DataType::LargeUtf8 => col.as_string::<i64>().iter().map(owned).collect(),
+        DataType::Utf8View => col.as_string_view().iter().map(owned).collect(),
+        _ => return None,
+    })
+}
+
+/// Ids from a string or integer column, as strings.
 fn parquet_ids(col: &arrow_array::ArrayRef) -> Result<Vec<Option<String>>, String> {
     use arrow_array::cast::AsArray;
     use arrow_array::types::{Int32Type, Int64Type, UInt32Type, UInt64Type};
     use arrow_schema::DataType;
+    if let Some(strings) = string_column(col) {
+        return Ok(strings);
+    }
     Ok(match col.data_type() {
-        DataType::Utf8 => col
-            .as_string::<i32>()
-            .iter()
-            .map(|s| s.map(str::to_owned))
-            .collect(),
-        DataType::LargeUtf8 => col
-            .as_string::<i64>()
-            .iter()
-            .map(|s| s.map(str::to_owned))
-            .collect(),
-        DataType::Utf8View => col
-            .as_string_view()
-            .iter()
-            .map(|s| s.map(str::to_owned))
-            .collect(),
         DataType::Int32 => col
             .as_primitive::<Int32Type>()
             .iter()

@@ -39,6 +39,9 @@ pub enum JobError {
 
     #[error("invalid job: {0}")]
     Invalid(String),
+
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 pub type Result<T, E = JobError> = std::result::Result<T, E>;

@@ -165,7 +165,7 @@ pub async fn run(
             (shard, r)
         })
         .await
-        .map_err(|e| JobError::Invalid(format!("labeling task failed: {e}")))?;
+        .map_err(|e| JobError::Internal(format!("labeling task failed: {e}")))?;
         let labeled = labeled.map_err(|reason| JobError::Shard {
             index: shard.index,
             fingerprint: shard.fingerprint.to_string(),
@@ -195,7 +195,7 @@ pub async fn run(
     }
     planner
         .await
-        .map_err(|e| JobError::Invalid(format!("planner failed: {e}")))?;
+        .map_err(|e| JobError::Internal(format!("planner failed: {e}")))?;
 
     let shard_size = job.shard_size as u64;
     let manifest = CorpusManifest {
@@ -221,7 +221,7 @@ async fn finish_commit(
 ) -> Result<()> {
     let (outcome, position, rows) = handle
         .await
-        .map_err(|e| JobError::Invalid(format!("commit task failed: {e}")))??;
+        .map_err(|e| JobError::Internal(format!("commit task failed: {e}")))??;
     if let CommitOutcome::Committed { bytes } = outcome {
         summary.bytes_written += bytes;
     }

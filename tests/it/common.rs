@@ -113,20 +113,6 @@ pub fn distill(args: &[&str]) -> Output {
         .expect("run distill")
 }
 
-/// Runs `distill label … --json` and returns the summary; panics with stderr on failure.
-pub fn label_json(args: &[&str]) -> serde_json::Value {
-    let mut all = vec!["label"];
-    all.extend_from_slice(args);
-    all.push("--json");
-    let out = distill(&all);
-    assert!(
-        out.status.success(),
-        "distill label failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("summary JSON")
-}
-
 /// Runs a command that must fail; returns its stderr, checked to be one `error:` line.
 pub fn expect_error(args: &[&str]) -> String {
     let out = distill(args);
@@ -188,9 +174,41 @@ pub async fn read_corpus_back(
     (ids, values, width)
 }
 
+/// The command line `label --corpus C --teacher T --store S EXTRA…`.
+pub fn label_args<'a>(
+    corpus: &'a str,
+    teacher: &'a str,
+    store: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "label",
+        "--corpus",
+        corpus,
+        "--teacher",
+        teacher,
+        "--store",
+        store,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// Runs a full `distill …` command line that ends in `--json`; returns the summary, panics with stderr.
+pub fn run_json(args: &[&str]) -> serde_json::Value {
+    let out = distill(args);
+    assert!(
+        out.status.success(),
+        "distill {} failed: {}",
+        args[0],
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("summary JSON")
+}
+
 /// `distill label --corpus C --teacher T --store S EXTRA… --json`, returning the summary.
 pub fn label_with(corpus: &str, teacher: &str, store: &str, extra: &[&str]) -> serde_json::Value {
-    let mut args = vec!["--corpus", corpus, "--teacher", teacher, "--store", store];
-    args.extend_from_slice(extra);
-    label_json(&args)
+    let mut args = label_args(corpus, teacher, store, extra);
+    args.push("--json");
+    run_json(&args)
 }

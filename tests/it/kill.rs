@@ -21,19 +21,14 @@ async fn a_writer_killed_mid_shard_leaves_no_committed_partial_shard() {
         .collect();
     std::fs::write(&corpus, body).unwrap();
     let store = dir.path().join("cache").display().to_string();
-    let args = [
-        "label",
-        "--corpus",
+    let args = label_args(
         corpus.to_str().unwrap(),
-        "--teacher",
         model.to_str().unwrap(),
-        "--store",
         &store,
-        "--shard-size",
-        "100",
-    ];
+        &["--shard-size", "100"],
+    );
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_distill"))
-        .args(args)
+        .args(&args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -79,13 +74,7 @@ async fn a_writer_killed_mid_shard_leaves_no_committed_partial_shard() {
     }
 
     // The rerun labels only what is missing and ends with every row exactly once.
-    let out = distill(&[&args[..], &["--json"]].concat());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = run_json(&[&args[..], &["--json"]].concat());
     assert_eq!(s["cache_hits"].as_u64().unwrap(), committed.len() as u64);
     assert_eq!(
         s["shards_labeled"].as_u64().unwrap(),

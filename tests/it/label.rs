@@ -13,18 +13,14 @@ async fn second_label_of_the_same_corpus_is_all_cache_hits() {
     let corpus = dir.path().join("corpus.jsonl");
     write_corpus(&corpus, 50);
     let store = dir.path().join("cache").display().to_string();
-    let args = [
-        "--corpus",
+    let args = label_args(
         corpus.to_str().unwrap(),
-        "--teacher",
         model.to_str().unwrap(),
-        "--store",
         &store,
-        "--shard-size",
-        "16",
-    ];
+        &["--shard-size", "16", "--json"],
+    );
 
-    let first = label_json(&args);
+    let first = run_json(&args);
     assert_eq!(first["shards"], 4);
     assert_eq!(first["shards_labeled"], 4);
     assert_eq!(first["cache_hits"], 0);
@@ -37,7 +33,7 @@ async fn second_label_of_the_same_corpus_is_all_cache_hits() {
     assert!(first["bytes_written"].as_u64().unwrap() > 0);
     assert_eq!(shard_files(&store).await.len(), 4);
 
-    let second = label_json(&args);
+    let second = run_json(&args);
     assert_eq!(second["cache_hits"], 4);
     assert_eq!(second["shards_labeled"], 0);
     assert_eq!(second["teacher_seconds"], 0.0);
@@ -136,16 +132,12 @@ async fn bad_rows_go_to_the_rejects_record_or_fail_under_strict() {
     std::fs::write(&corpus, bytes).unwrap();
     let store = dir.path().join("cache").display().to_string();
 
-    let strict = expect_error(&[
-        "label",
-        "--corpus",
+    let strict = expect_error(&label_args(
         corpus.to_str().unwrap(),
-        "--teacher",
         model.to_str().unwrap(),
-        "--store",
         &store,
-        "--strict",
-    ]);
+        &["--strict"],
+    ));
     assert!(
         strict.contains("line 2")
             && strict.contains("empty text")
@@ -219,15 +211,12 @@ async fn classifier_teachers_give_logits_and_refuse_embeddings() {
     let (ids, values, width) = read_corpus_back(&store, &s).await;
     assert_eq!(ids, vec!["line-1", "line-3", "line-4"]);
     assert_eq!((width, values.len()), (3, 9));
-    let err = expect_error(&[
-        "label",
-        "--corpus",
+    let err = expect_error(&label_args(
         corpus.to_str().unwrap(),
-        "--teacher",
         model.to_str().unwrap(),
-        "--store",
         &store,
-    ]);
+        &[],
+    ));
     assert!(err.contains("--output logits"), "{err}");
 }
 
@@ -240,15 +229,7 @@ async fn bad_models_stores_and_corpora_fail_with_one_clear_line_and_write_nothin
     let c = corpus.to_str().unwrap();
     let store = dir.path().join("cache").display().to_string();
     let run = |teacher: &str, corpus: &str, store: &str| {
-        expect_error(&[
-            "label",
-            "--corpus",
-            corpus,
-            "--teacher",
-            teacher,
-            "--store",
-            store,
-        ])
+        expect_error(&label_args(corpus, teacher, store, &[]))
     };
 
     let e = run("/nonexistent/model", c, &store);
@@ -300,17 +281,12 @@ async fn bad_models_stores_and_corpora_fail_with_one_clear_line_and_write_nothin
     let e = run(good.to_str().unwrap(), c, "ftp://host/x");
     assert!(e.contains("unsupported scheme"), "{e}");
 
-    let e = expect_error(&[
-        "label",
-        "--corpus",
+    let e = expect_error(&label_args(
         c,
-        "--teacher",
         good.to_str().unwrap(),
-        "--store",
         &store,
-        "--shard-size",
-        "0",
-    ]);
+        &["--shard-size", "0"],
+    ));
     assert!(e.contains("shard-size"), "{e}");
 
     assert!(shard_files(&store).await.is_empty());

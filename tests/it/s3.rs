@@ -28,22 +28,18 @@ async fn label_writes_and_rereads_the_cache_on_s3() {
     let corpus = dir.path().join("corpus.jsonl");
     write_corpus(&corpus, 40);
     let store = unique(&base, "label");
-    let args = [
-        "--corpus",
+    let args = label_args(
         corpus.to_str().unwrap(),
-        "--teacher",
         model.to_str().unwrap(),
-        "--store",
         &store,
-        "--shard-size",
-        "16",
-    ];
-    let first = label_json(&args);
+        &["--shard-size", "16", "--json"],
+    );
+    let first = run_json(&args);
     assert_eq!(
         (first["shards_labeled"].as_u64(), first["rows"].as_u64()),
         (Some(3), Some(40))
     );
-    let second = label_json(&args);
+    let second = run_json(&args);
     assert_eq!(
         (
             second["cache_hits"].as_u64(),
@@ -198,15 +194,12 @@ fn a_missing_bucket_and_an_unreachable_endpoint_are_named() {
     let model = tiny_encoder(dir.path());
     let corpus = dir.path().join("corpus.jsonl");
     write_corpus(&corpus, 3);
-    let e = expect_error(&[
-        "label",
-        "--corpus",
+    let e = expect_error(&label_args(
         corpus.to_str().unwrap(),
-        "--teacher",
         model.to_str().unwrap(),
-        "--store",
         "s3://no-such-bucket-distill/x",
-    ]);
+        &[],
+    ));
     assert!(
         e.contains("s3://no-such-bucket-distill/x") && e.contains("bucket does not exist"),
         "{e}"

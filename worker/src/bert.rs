@@ -278,8 +278,13 @@ impl Bert {
             .broadcast_add(&self.token_type0)?;
         let x = x.broadcast_add(&pos)?.reshape((n, h))?;
         let mut x = self.emb_norm.forward(&x)?;
-        // Additive attention bias: 0 for real tokens, a large negative for padding.
-        let bias = ((mask.ones_like()? - mask)? * -1e9f64)?.reshape((b, 1, 1, t))?;
+        // Other devices mask padding with an additive bias (0 real, large negative padding); the CPU
+        // kernel skips padded keys instead and needs none.
+        let bias = if ids.device().is_cpu() {
+            None
+        } else {
+            Some(((mask.ones_like()? - mask)? * -1e9f64)?.reshape((b, 1, 1, t))?)
+        };
         let scale = 1.0 / (hd as f64).sqrt();
         let cpu_attention = CpuAttention {
             batch: b,
@@ -290,21 +295,21 @@ impl Bert {
         };
         for l in &self.layers {
             let qkv = l.qkv.forward(&x)?;
-            let ctx = if x.device().is_cpu() {
-                qkv.apply_op1_no_bwd(&cpu_attention)?
-            } else {
+            let ctx = if let Some(bias) = &bias {
                 let qkv = qkv
                     .reshape((b, t, 3, self.heads, hd))?
                     .permute((2, 0, 3, 1, 4))?
                     .contiguous()?;
                 let q = (qkv.i(0)? * scale)?;
-                let scores = q.matmul(&qkv.i(1)?.t()?)?.broadcast_add(&bias)?;
+                let scores = q.matmul(&qkv.i(1)?.t()?)?.broadcast_add(bias)?;
                 let probs = candle_nn::ops::softmax_last_dim(&scores)?;
                 probs
                     .matmul(&qkv.i(2)?)?
                     .permute((0, 2, 1, 3))?
                     .contiguous()?
                     .reshape((n, h))?
+            } else {
+                qkv.apply_op1_no_bwd(&cpu_attention)?
             };
             x = l.attn_norm.forward(&(l.attn_out.forward(&ctx)? + &x)?)?;
             let inner = l.ff_in.forward(&x)?;
@@ -328,6 +333,18 @@ impl Bert {
             .expect("loaded with a classification head");
         let cls = states.i((.., 0))?.contiguous()?;
         classifier.forward(&pooler.forward(&cls)?.tanh()?)
+    }
+}
+
+/// The f32 values of a contiguous CPU tensor, for the custom CPU ops below.
+fn contiguous_f32<'a>(
+    storage: &'a candle_core::CpuStorage,
+    layout: &candle_core::Layout,
+    op: &str,
+) -> candle_core::Result<&'a [f32]> {
+    match (storage, layout.contiguous_offsets()) {
+        (candle_core::CpuStorage::F32(v), Some((start, end))) => Ok(&v[start..end]),
+        _ => candle_core::bail!("{op}: expects a contiguous f32 tensor"),
     }
 }
 
@@ -388,10 +405,7 @@ impl candle_core::CustomOp1 for CpuAttention {
                 self.seq
             );
         }
-        let qkv = match (storage, layout.contiguous_offsets()) {
-            (candle_core::CpuStorage::F32(v), Some((start, end))) => &v[start..end],
-            _ => candle_core::bail!("attention: expects a contiguous f32 qkv matrix"),
-        };
+        let qkv = contiguous_f32(storage, layout, "attention")?;
         let t = self.seq;
         let mut out = vec![0f32; n * h];
         out.par_chunks_mut(t * h)
@@ -479,10 +493,7 @@ impl candle_core::CustomOp1 for CpuGeluErf {
         layout: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
         use rayon::prelude::*;
-        let input = match (storage, layout.contiguous_offsets()) {
-            (candle_core::CpuStorage::F32(v), Some((start, end))) => &v[start..end],
-            _ => candle_core::bail!("gelu: expects a contiguous f32 tensor"),
-        };
+        let input = contiguous_f32(storage, layout, "gelu")?;
         let mut out = vec![0f32; input.len()];
         out.par_chunks_mut(1 << 14)
             .zip(input.par_chunks(1 << 14))
