@@ -1,17 +1,14 @@
 #!/usr/bin/env bash
-# The main job on a fresh machine: fetch the pinned teacher and data, build distill, label the Rotten
-# Tomatoes corpus with the real teacher into a local cache, print the summary — then label it again to
-# show that the second pass costs no teacher time.
+# The main job on a fresh machine: fetch the pinned teacher and data, build distill, then
+# `distill quickstart`: label the Rotten Tomatoes corpus once with the real teacher into a local cache,
+# fit the sentiment task from 100 gold labels, distill an n-gram and a transformer student, evaluate
+# everything on a test set split by movie, fit a second task from the same cache with zero teacher
+# seconds, and write .work/quickstart/report.{json,md}. Extra flags go to quickstart (e.g. --draws 5).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/fetch-assets.sh
 cargo build --locked --bin distill
 DISTILL=target/debug/distill
 STORE=${DISTILL_STORE:-.work/cache}
-echo "== labeling assets/corpora/rotten-tomatoes/corpus.jsonl with all-MiniLM-L6-v2 into $STORE" >&2
-$DISTILL label --corpus assets/corpora/rotten-tomatoes/corpus.jsonl \
-  --teacher assets/models/all-MiniLM-L6-v2 --store "$STORE" "$@"
-echo "== again: every shard is a cache hit" >&2
-$DISTILL label --corpus assets/corpora/rotten-tomatoes/corpus.jsonl \
-  --teacher assets/models/all-MiniLM-L6-v2 --store "$STORE" "$@"
+$DISTILL quickstart --store "$STORE" "$@"
 $DISTILL cache ls --store "$STORE"

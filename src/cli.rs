@@ -16,11 +16,23 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The whole product on Rotten Tomatoes: label once, fit two tasks from the cache, distill and
+    /// evaluate students, write report.json / report.md.
+    Quickstart(Box<crate::quickstart::QuickstartArgs>),
     /// Run a teacher over a corpus and cache its soft labels (shards already cached are skipped).
     Label(crate::label::LabelArgs),
     /// Inspect a cache store.
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// Define tasks over a cached corpus (few-shot head, zero-shot, classifier teacher): no teacher pass.
+    #[command(subcommand)]
+    Task(crate::task_cmd::TaskCommand),
+    /// Distill a student (transformer or n-gram) from a task's cached soft labels.
+    Train(crate::train_cmd::TrainArgs),
+    /// Evaluate a model on labeled examples: accuracy, macro-F1, agreement, calibration, latency, size.
+    Eval(crate::eval_cmd::EvalArgs),
+    /// Label texts (JSONL or lines) with a trained model.
+    Predict(crate::eval_cmd::PredictArgs),
     /// Measure teacher throughput (figures for the README's performance section).
     #[command(subcommand)]
     Bench(crate::bench::BenchCommand),
@@ -54,8 +66,13 @@ pub fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Quickstart(args) => crate::quickstart::run(*args).await,
             Command::Label(args) => crate::label::run(args).await,
             Command::Cache(CacheCommand::Ls(args)) => crate::cache_cmd::ls(args).await,
+            Command::Task(cmd) => crate::task_cmd::run(cmd).await,
+            Command::Train(args) => crate::train_cmd::run(args).await,
+            Command::Eval(args) => crate::eval_cmd::run_eval(args).await,
+            Command::Predict(args) => crate::eval_cmd::run_predict(args).await,
             Command::Bench(cmd) => crate::bench::run(cmd).await,
         }
     });

@@ -1,7 +1,11 @@
 //! The `distill` command line: subcommands that wire the role crates together.
 //!
+//! - `distill quickstart`: the whole pipeline on Rotten Tomatoes ([`quickstart`]);
 //! - `distill label`: run the teacher once over a corpus into the cache ([`label`]);
 //! - `distill cache ls`: what a cache holds ([`cache_cmd`]);
+//! - `distill task fit|ls`: tasks from cached outputs, no teacher pass ([`task_cmd`]);
+//! - `distill train`: distill a student from a task ([`train_cmd`]);
+//! - `distill eval` / `distill predict`: measure a model, label texts ([`eval_cmd`]);
 //! - `distill bench teacher`: teacher throughput figures for the README ([`bench`]).
 //!
 //! Nothing here knows the cache format or the model: it parses flags, builds the pieces and prints.
@@ -9,5 +13,9 @@
 pub mod bench;
 pub mod cache_cmd;
 pub mod cli;
+pub mod eval_cmd;
 pub mod label;
+pub mod quickstart;
 mod report;
+pub mod task_cmd;
+pub mod train_cmd;

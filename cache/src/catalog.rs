@@ -207,3 +207,36 @@ pub async fn list(loc: &Location) -> Result<Vec<CatalogEntry>> {
     }
     Ok(out)
 }
+
+/// Every corpus manifest the store holds, with the output spec of its entry (`None` if the entry has
+/// no `output.json`).
+pub async fn manifests(loc: &Location) -> Result<Vec<(CorpusManifest, Option<OutputSpec>)>> {
+    let root = loc.child(&layout::version_root());
+    let objects: Vec<object_store::ObjectMeta> = loc
+        .store
+        .list(Some(&root))
+        .try_collect()
+        .await
+        .map_err(|e| CacheError::Store {
+            url: loc.url.clone(),
+            reason: describe_store_error(&e),
+        })?;
+    let root_prefix = format!("{}/", root.as_ref());
+    let mut out = Vec::new();
+    for o in objects {
+        let Some(rel) = o.location.as_ref().strip_prefix(root_prefix.as_str()) else {
+            continue;
+        };
+        let parts: Vec<&str> = rel.split('/').collect();
+        if parts.len() != 4 || parts[2] != "corpora" || !parts[3].ends_with(".json") {
+            continue;
+        }
+        let rel = format!("{}/{rel}", layout::version_root());
+        if let Some(m) = get_json::<CorpusManifest>(loc, &rel).await? {
+            let spec =
+                get_json::<OutputSpec>(loc, &layout::output_path(&m.teacher, &m.output)).await?;
+            out.push((m, spec));
+        }
+    }
+    Ok(out)
+}

@@ -42,6 +42,9 @@ pub enum CacheError {
         source: parquet::errors::ParquetError,
     },
 
+    #[error("task {name:?}: {reason}")]
+    Task { name: String, reason: String },
+
     #[error("arrow: {0}")]
     Arrow(#[from] arrow_schema::ArrowError),
 }

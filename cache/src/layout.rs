@@ -6,6 +6,7 @@
 //! v1/<teacher>/<output>/shards/<shard>.parquet                one shard's soft labels (the commit)
 //! v1/<teacher>/<output>/shards/<shard>.rejects.jsonl          its rejected entries, if any
 //! v1/<teacher>/<output>/corpora/<corpus>.json                 the shard list of one corpus
+//! v1/tasks/<name>.json                                       a task: its labels, head and logits entry
 //! ```
 //!
 //! `<teacher>`, `<output>`, `<shard>` and `<corpus>` are fingerprints, so the path of a shard's labels is
@@ -69,4 +70,14 @@ pub fn corpus_manifest_path(
 /// The root of all entries of this schema version.
 pub fn version_root() -> String {
     root()
+}
+
+/// The folder of task records.
+pub fn tasks_dir() -> String {
+    format!("{}/tasks", root())
+}
+
+/// A task record (see [`crate::task`]).
+pub fn task_path(name: &str) -> String {
+    format!("{}/{name}.json", tasks_dir())
 }

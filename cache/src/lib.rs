@@ -12,7 +12,8 @@
 //! - [`layout`]: where each object lives in the store (content-addressed, schema-versioned paths);
 //! - [`format`]: the Parquet schema and key-value metadata of a cached shard (see `docs/cache-format.md`);
 //! - [`commit`]: the all-or-nothing commit of a shard (conditional put) and reading it back;
-//! - [`catalog`]: listing what a store holds.
+//! - [`catalog`]: listing what a store holds;
+//! - [`task`]: task records and their derived logits entries.
 //!
 //! Invariant: a shard object exists at its final path only if it is complete. Writers build the whole
 //! Parquet file in memory and publish it with one conditional `PUT` (`PutMode::Create`), which every
@@ -28,6 +29,7 @@ pub mod layout;
 pub mod model_dir;
 pub mod parquet_io;
 pub mod store;
+pub mod task;
 
 pub use error::{CacheError, Result};
 

@@ -1,8 +1,31 @@
 //! Students and tasks from the cache, without the teacher.
 //!
-//! This crate will hold: task heads fitted on cached teacher embeddings (few-shot logistic regression,
-//! zero-shot label descriptions) that write per-task soft labels as derived cache entries; student
-//! models (a transformer initialised from the teacher's layers, a hashed bag-of-n-grams model);
-//! knowledge-distillation training streamed from cached Parquet shards; evaluation; and export in the
-//! Hugging Face layout. It reads the cache only through `distill-cache`. It is filled by the students
-//! issue; nothing depends on it yet.
+//! - [`labels`]: gold-label files (JSONL), with errors naming the line;
+//! - [`logreg`] and [`task`]: few-shot heads (multinomial logistic regression with L2) and zero-shot
+//!   heads (label descriptions) fitted on cached embeddings, applied to the whole corpus and committed
+//!   as a derived logits entry (see `distill_cache::task`);
+//! - [`data`]: streaming a task's cached shards through a seeded shuffle buffer;
+//! - [`kd`] and [`optim`]: the distillation loss, AdamW, the learning-rate schedule, clipping;
+//! - [`ngram`]: the hashed bag-of-n-grams student;
+//! - [`transformer`]: the BERT student initialised from the teacher's layers, trained with candle's
+//!   autograd, exported as a Hugging Face `BertForSequenceClassification`;
+//! - [`model`]: student directories (atomic writes, loading, prediction);
+//! - [`metrics`] and [`eval`]: accuracy, macro-F1, agreement, calibration, latency, blind spots.
+//!
+//! It reads the cache only through `distill-cache` and runs models through `distill-worker`.
+
+pub mod data;
+pub mod error;
+pub mod eval;
+pub mod kd;
+pub mod labels;
+pub mod logreg;
+pub mod metrics;
+pub mod model;
+pub mod ngram;
+pub mod optim;
+pub mod rng;
+pub mod task;
+pub mod transformer;
+
+pub use error::{Result, StudentError};

@@ -12,3 +12,4 @@ mod label;
 mod pyarrow;
 mod reference;
 mod s3;
+mod students;

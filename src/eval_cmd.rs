@@ -1,0 +1,384 @@
+//! `distill eval` and `distill predict`: measure a model on labeled examples; label new texts.
+
+use anyhow::Context;
+use clap::Args;
+use distill_cache::store;
+use distill_student_trainer::data::{Example, Selection, TrainData};
+use distill_student_trainer::eval::{self, EvalReport};
+use distill_student_trainer::labels::{self, Fields};
+use distill_student_trainer::metrics::argmax;
+use distill_student_trainer::model::{dir_bytes, Predictor};
+use distill_worker::DeviceSpec;
+use std::collections::HashMap;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// The model directory (a distill student or a BertForSequenceClassification checkpoint).
+    #[arg(long, env = "DISTILL_MODEL")]
+    pub model: PathBuf,
+    /// Cache store holding the task (texts and teacher logits of the labeled ids come from there).
+    #[arg(long, env = "DISTILL_CACHE")]
+    pub cache: String,
+    #[arg(long, env = "DISTILL_TASK")]
+    pub task: String,
+    /// Labeled evaluation examples: JSONL with id and label (ids of the task's corpus).
+    #[arg(long, env = "DISTILL_LABELS")]
+    pub labels: PathBuf,
+    #[arg(long, env = "DISTILL_ID_FIELD", default_value = "id")]
+    pub id_field: String,
+    #[arg(long, env = "DISTILL_LABEL_FIELD", default_value = "label")]
+    pub label_field: String,
+    /// Texts timed one at a time for the latency quantiles.
+    #[arg(long, env = "DISTILL_LATENCY_SAMPLES", default_value_t = 200)]
+    pub latency_samples: usize,
+    /// List this many corpus examples worth labeling next (teacher least sure; teacher and model
+    /// furthest apart). Reads the whole task.
+    #[arg(long, env = "DISTILL_BLIND_SPOTS", default_value_t = 0)]
+    pub blind_spots: usize,
+    #[arg(long, env = "DISTILL_DEVICE", default_value = "cpu")]
+    pub device: DeviceSpec,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Loads the labeled examples of `path` from a task's cache, with gold classes in `labels` order.
+pub async fn labeled_examples(
+    loc: &distill_cache::store::Location,
+    task: &distill_cache::task::TaskRecord,
+    path: &Path,
+    fields: &Fields,
+    labels: &[String],
+) -> anyhow::Result<Vec<Example>> {
+    let gold = labels::read(path, fields)?;
+    let index: HashMap<&str, usize> = labels
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.as_str(), i))
+        .collect();
+    for g in &gold {
+        if !index.contains_key(g.label.as_str()) {
+            anyhow::bail!(
+                "{}, line {}: label {:?} is not one the model knows ({})",
+                path.display(),
+                g.line,
+                g.label,
+                labels.join(", ")
+            );
+        }
+    }
+    let ids = gold.iter().map(|g| g.id.clone()).collect();
+    let data = TrainData::open(loc, task, Default::default(), 0)
+        .await?
+        .select(Selection::Ids(ids));
+    let classes: HashMap<String, usize> = gold
+        .iter()
+        .map(|g| (g.id.clone(), index[g.label.as_str()]))
+        .collect();
+    let mut examples = tokio::task::spawn_blocking(move || data.collect()).await??;
+    for e in &mut examples {
+        e.gold = classes.get(&e.id).copied();
+    }
+    if examples.len() < gold.len() {
+        let found: std::collections::HashSet<&str> =
+            examples.iter().map(|e| e.id.as_str()).collect();
+        let missing = gold
+            .iter()
+            .find(|g| !found.contains(g.id.as_str()))
+            .expect("one is missing");
+        anyhow::bail!(
+            "{}, line {}: id {:?} is not in task {}'s corpus ({})",
+            path.display(),
+            missing.line,
+            missing.id,
+            task.name,
+            task.corpus
+        );
+    }
+    Ok(examples)
+}
+
+pub fn parameters(model: &Predictor, dir: &Path) -> u64 {
+    match model {
+        Predictor::Ngram(m) => m.parameters() as u64,
+        _ => safetensors_parameters(dir),
+    }
+}
+
+/// Parameters stored in a directory's `model.safetensors` (from its header).
+pub fn safetensors_parameters(dir: &Path) -> u64 {
+    candle_core::safetensors::load(dir.join("model.safetensors"), &candle_core::Device::Cpu)
+        .map(|t| t.values().map(|v| v.elem_count() as u64).sum())
+        .unwrap_or(0)
+}
+
+pub async fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
+    let loc = store::open(&args.cache, false)?;
+    let task = distill_cache::task::read_task(&loc, &args.task).await?;
+    let model = {
+        let (dir, device) = (args.model.clone(), args.device.clone());
+        tokio::task::spawn_blocking(move || Predictor::load(&dir, &device)).await??
+    };
+    if model.labels() != task.labels.as_slice() {
+        anyhow::bail!(
+            "model {} predicts [{}] but task {} has labels [{}]: evaluate it on its own task",
+            args.model.display(),
+            model.labels().join(", "),
+            task.name,
+            task.labels.join(", ")
+        );
+    }
+    let fields = Fields {
+        id: args.id_field.clone(),
+        label: args.label_field.clone(),
+        group: None,
+    };
+    let examples = labeled_examples(&loc, &task, &args.labels, &fields, &task.labels).await?;
+    let params = parameters(&model, &args.model);
+    let bytes = dir_bytes(&args.model);
+    let name = args.model.display().to_string();
+    let samples = args.latency_samples;
+    let k = args.blind_spots;
+    let all = if k > 0 {
+        let data = TrainData::open(&loc, &task, Default::default(), 0).await?;
+        Some(tokio::task::spawn_blocking(move || data.collect()).await??)
+    } else {
+        None
+    };
+    let (report, spots) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let r = eval::evaluate(&name, &model, &examples, samples, params, bytes)?;
+        let spots = match all {
+            Some(all) => Some(eval::blind_spots(&model, &all, k)?),
+            None => None,
+        };
+        Ok((r, spots))
+    })
+    .await??;
+    if args.json {
+        let mut v = serde_json::to_value(&report)?;
+        if let Some((unsure, apart)) = &spots {
+            v["blind_spots"] =
+                serde_json::json!({"teacher_least_confident": unsure, "most_disagreement": apart});
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print_table(&[report]);
+        if let Some((unsure, apart)) = spots {
+            println!("\nteacher least confident (label these next):");
+            for s in unsure {
+                println!(
+                    "  {:<12} {:.2} {:<10} {}",
+                    s.id,
+                    s.teacher_confidence,
+                    s.teacher,
+                    clip(&s.text, 90)
+                );
+            }
+            println!("\nteacher and model disagree most:");
+            for s in apart {
+                println!(
+                    "  {:<12} {:.2} teacher {:<8} model {:<8} {}",
+                    s.id,
+                    s.disagreement,
+                    s.teacher,
+                    s.student,
+                    clip(&s.text, 70)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn clip(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_owned()
+    } else {
+        format!("{}…", s.chars().take(n).collect::<String>())
+    }
+}
+
+pub fn print_table(rows: &[EvalReport]) {
+    println!(
+        "{:<34} {:>8} {:>8} {:>8} {:>6} {:>9} {:>9} {:>10} {:>11} {:>9}",
+        "model",
+        "accuracy",
+        "macro-F1",
+        "agree",
+        "ECE",
+        "p50 ms",
+        "p99 ms",
+        "texts/s",
+        "parameters",
+        "size"
+    );
+    for r in rows {
+        println!(
+            "{:<34} {:>7.1}% {:>8.3} {:>7.1}% {:>6.3} {:>9.2} {:>9.2} {:>10.0} {:>11} {:>9}",
+            clip(&r.model, 34),
+            100.0 * r.accuracy,
+            r.macro_f1,
+            100.0 * r.agreement,
+            r.ece,
+            r.latency_p50_ms,
+            r.latency_p99_ms,
+            r.throughput,
+            crate::report::count(r.parameters),
+            crate::report::bytes(r.bytes)
+        );
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    /// The model directory.
+    #[arg(long, env = "DISTILL_MODEL")]
+    pub model: PathBuf,
+    /// Input: JSONL (objects with a text field) or plain text lines; `-` for standard input.
+    #[arg(long, env = "DISTILL_INPUT", default_value = "-")]
+    pub input: String,
+    /// Output JSONL; `-` for standard output.
+    #[arg(long, env = "DISTILL_PREDICTIONS", default_value = "-")]
+    pub output: String,
+    #[arg(long, env = "DISTILL_TEXT_FIELD", default_value = "text")]
+    pub text_field: String,
+    #[arg(long, env = "DISTILL_ID_FIELD", default_value = "id")]
+    pub id_field: String,
+    /// If the input has this field, it must be a label the model knows; accuracy is reported.
+    #[arg(long, env = "DISTILL_LABEL_FIELD", default_value = "label")]
+    pub label_field: String,
+    #[arg(long, env = "DISTILL_DEVICE", default_value = "cpu")]
+    pub device: DeviceSpec,
+    /// Texts per model call.
+    #[arg(long, env = "DISTILL_PREDICT_BATCH", default_value_t = 256)]
+    pub batch: usize,
+}
+
+struct Input {
+    id: String,
+    text: String,
+    label: Option<String>,
+    line: u64,
+}
+
+fn read_inputs(args: &PredictArgs) -> anyhow::Result<Vec<Input>> {
+    let reader: Box<dyn BufRead> = if args.input == "-" {
+        Box::new(std::io::BufReader::new(std::io::stdin()))
+    } else {
+        Box::new(std::io::BufReader::new(
+            std::fs::File::open(&args.input).with_context(|| format!("opening {}", args.input))?,
+        ))
+    };
+    let name = if args.input == "-" {
+        "<stdin>".to_owned()
+    } else {
+        args.input.clone()
+    };
+    let mut out = Vec::new();
+    for (i, line) in reader.lines().enumerate() {
+        let n = i as u64 + 1;
+        let line = line.with_context(|| format!("{name}, line {n}"))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        if line.trim_start().starts_with('{') {
+            let v: serde_json::Value = serde_json::from_str(&line)
+                .with_context(|| format!("{name}, line {n}: not JSON"))?;
+            let text = v
+                .get(&args.text_field)
+                .and_then(|t| t.as_str())
+                .with_context(|| {
+                    format!(
+                        "{name}, line {n}: no string field {:?} (use --text-field)",
+                        args.text_field
+                    )
+                })?;
+            let id = match v.get(&args.id_field) {
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(serde_json::Value::Number(x)) => x.to_string(),
+                _ => format!("line-{n}"),
+            };
+            out.push(Input {
+                id,
+                text: text.to_owned(),
+                label: v
+                    .get(&args.label_field)
+                    .and_then(|l| l.as_str())
+                    .map(str::to_owned),
+                line: n,
+            });
+        } else {
+            out.push(Input {
+                id: format!("line-{n}"),
+                text: line,
+                label: None,
+                line: n,
+            });
+        }
+    }
+    Ok(out)
+}
+
+pub async fn run_predict(args: PredictArgs) -> anyhow::Result<()> {
+    let model = {
+        let (dir, device) = (args.model.clone(), args.device.clone());
+        tokio::task::spawn_blocking(move || Predictor::load(&dir, &device)).await??
+    };
+    let inputs = read_inputs(&args)?;
+    let labels = model.labels().to_vec();
+    for inp in &inputs {
+        if let Some(l) = &inp.label {
+            if !labels.contains(l) {
+                anyhow::bail!(
+                    "{}, line {}: label {l:?} is not one the model knows ({}); drop the field or use --label-field",
+                    args.input,
+                    inp.line,
+                    labels.join(", ")
+                );
+            }
+        }
+    }
+    let batch = args.batch.max(1);
+    let lines = tokio::task::spawn_blocking(move || -> anyhow::Result<(Vec<String>, usize, usize)> {
+        let mut lines = Vec::with_capacity(inputs.len());
+        let (mut right, mut judged) = (0, 0);
+        for chunk in inputs.chunks(batch) {
+            let texts: Vec<&str> = chunk.iter().map(|i| i.text.as_str()).collect();
+            let probs = distill_student_trainer::metrics::probabilities(&model.logits(&texts)?);
+            for (inp, p) in chunk.iter().zip(probs) {
+                let k = argmax(&p);
+                if let Some(l) = &inp.label {
+                    judged += 1;
+                    right += (l == &labels[k]) as usize;
+                }
+                let probabilities: serde_json::Map<String, serde_json::Value> =
+                    labels.iter().zip(&p).map(|(l, v)| (l.clone(), serde_json::json!(v))).collect();
+                lines.push(serde_json::to_string(&serde_json::json!({
+                    "id": inp.id, "label": labels[k], "probability": p[k], "probabilities": probabilities,
+                }))?);
+            }
+        }
+        Ok((lines, right, judged))
+    })
+    .await??;
+    let (lines, right, judged) = lines;
+    let mut body = lines.join("\n");
+    body.push('\n');
+    if args.output == "-" {
+        std::io::stdout().write_all(body.as_bytes())?;
+    } else {
+        // Written aside and renamed: a reader never sees half the predictions.
+        let tmp = format!("{}.partial-{}", args.output, std::process::id());
+        std::fs::write(&tmp, body).with_context(|| format!("writing {tmp}"))?;
+        std::fs::rename(&tmp, &args.output).with_context(|| format!("writing {}", args.output))?;
+    }
+    if judged > 0 {
+        eprintln!(
+            "accuracy on the {judged} labeled inputs: {:.1}%",
+            100.0 * right as f64 / judged as f64
+        );
+    }
+    Ok(())
+}

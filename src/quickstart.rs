@@ -1,0 +1,748 @@
+//! `distill quickstart`: the whole product on Rotten Tomatoes, end to end.
+//!
+//! 1. label the corpus once with the teacher (a rerun is all cache hits);
+//! 2. split the gold labels **by movie** (no movie on both sides) into a train pool and a test set;
+//!    test texts are never trained on, not even unlabeled;
+//! 3. per draw of `--gold` labels from the pool: fit the sentiment task (fresh vs rotten) from the
+//!    cache, train the students (n-gram on gold alone, n-gram and transformer distilled), evaluate each
+//!    and the teacher + head on the test set;
+//! 4. fit a second task on the same cache (critic review vs plot summary): zero teacher-seconds;
+//! 5. print the tables, check the targets, write `report.json`, `report.md` and a plot of accuracy
+//!    against latency.
+
+use crate::eval_cmd::{labeled_examples, parameters, print_table};
+use crate::label::{CorpusArgs, LabelArgs, TeacherArgs};
+use crate::train_cmd::{self, StudentKind, TrainArgs};
+use anyhow::Context;
+use clap::Args;
+use distill_cache::format::{Dtype, OutputKind};
+use distill_cache::store;
+use distill_student_trainer::data::TrainData;
+use distill_student_trainer::eval::{self, EvalReport};
+use distill_student_trainer::labels::{self, Fields, Gold};
+use distill_student_trainer::logreg::LogRegOptions;
+use distill_student_trainer::model::{dir_bytes, Predictor};
+use distill_student_trainer::rng::Rng;
+use distill_student_trainer::task as tasks;
+use distill_student_trainer::transformer::TransformerOptions;
+use distill_worker::{DeviceSpec, Teacher};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Args)]
+pub struct QuickstartArgs {
+    /// The unlabeled corpus (JSONL with id and text).
+    #[arg(
+        long,
+        env = "DISTILL_CORPUS",
+        default_value = "assets/corpora/rotten-tomatoes/corpus.jsonl"
+    )]
+    pub corpus: String,
+    /// Gold labels with a label (fresh / rotten / plot) and a group (movie) per id.
+    #[arg(
+        long,
+        env = "DISTILL_GOLD",
+        default_value = "assets/corpora/rotten-tomatoes/gold.jsonl"
+    )]
+    pub gold: PathBuf,
+    #[arg(
+        long,
+        env = "DISTILL_TEACHER",
+        default_value = "assets/models/all-MiniLM-L6-v2"
+    )]
+    pub teacher: String,
+    /// Cache store.
+    #[arg(long, env = "DISTILL_STORE", default_value = ".work/cache")]
+    pub store: String,
+    /// Where models, splits and reports go.
+    #[arg(long, env = "DISTILL_OUT", default_value = ".work/quickstart")]
+    pub out: PathBuf,
+    /// Draws of gold labels (the targets are means over 5).
+    #[arg(long, env = "DISTILL_DRAWS", default_value_t = 1)]
+    pub draws: usize,
+    /// Gold labels per draw.
+    #[arg(long = "gold-count", env = "DISTILL_GOLD_COUNT", default_value_t = 100)]
+    pub gold_count: usize,
+    /// Share of movies held out for testing.
+    #[arg(long, env = "DISTILL_TEST_SHARE", default_value_t = 0.2)]
+    pub test_share: f64,
+    #[arg(long, env = "DISTILL_GROUP_FIELD", default_value = "movie")]
+    pub group_field: String,
+    #[arg(long, env = "DISTILL_SEED", default_value_t = 0)]
+    pub seed: u64,
+    /// Epochs of transformer distillation per draw (0 skips the transformer student).
+    #[arg(long, env = "DISTILL_TRANSFORMER_EPOCHS", default_value_t = 1)]
+    pub transformer_epochs: usize,
+    /// Epochs of task-agnostic embedding mimicry (once, shared by every draw and task).
+    #[arg(long, env = "DISTILL_MIMIC_EPOCHS", default_value_t = 1)]
+    pub mimic_epochs: usize,
+    #[arg(long, env = "DISTILL_LAYERS", default_value_t = 2)]
+    pub layers: usize,
+    #[arg(long, env = "DISTILL_MAX_SEQ", default_value_t = 128)]
+    pub max_seq: usize,
+    /// Also train a transformer student for the second task.
+    #[arg(long)]
+    pub second_task_transformer: bool,
+    /// Texts timed one by one for latency.
+    #[arg(long, env = "DISTILL_LATENCY_SAMPLES", default_value_t = 200)]
+    pub latency_samples: usize,
+    /// Token budget of teacher batches.
+    #[arg(long, env = "DISTILL_MAX_BATCH_TOKENS", default_value_t = 4096)]
+    pub max_batch_tokens: usize,
+}
+
+/// One evaluated model in one draw.
+#[derive(Clone, Debug, Serialize)]
+struct Row {
+    task: String,
+    draw: usize,
+    model: String,
+    distilled: bool,
+    #[serde(flatten)]
+    report: EvalReport,
+}
+
+/// Maps a gold label to a task's label (`None`: not part of the task).
+type Mapping = fn(&str) -> Option<String>;
+
+/// The label of a gold row for each task.
+fn sentiment(label: &str) -> Option<String> {
+    matches!(label, "fresh" | "rotten").then(|| label.to_owned())
+}
+
+fn review_or_plot(label: &str) -> Option<String> {
+    Some(if label == "plot" { "plot" } else { "review" }.to_owned())
+}
+
+fn write_jsonl(path: &Path, rows: &[Gold]) -> anyhow::Result<()> {
+    let mut s = String::new();
+    for g in rows {
+        s.push_str(&serde_json::to_string(
+            &serde_json::json!({"id": g.id, "label": g.label}),
+        )?);
+        s.push('\n');
+    }
+    std::fs::write(path, s).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Splits groups into test / train by a seeded hash: deterministic, no group on both sides.
+fn split_by_group(gold: &[Gold], share: f64, seed: u64) -> (Vec<Gold>, Vec<Gold>) {
+    let groups: std::collections::BTreeSet<&str> =
+        gold.iter().filter_map(|g| g.group.as_deref()).collect();
+    let mut order: Vec<&str> = groups.into_iter().collect();
+    Rng::derive(seed, "split", 0).shuffle(&mut order);
+    let n_test = ((order.len() as f64) * share).round() as usize;
+    let test: HashSet<&str> = order[..n_test].iter().copied().collect();
+    gold.iter()
+        .cloned()
+        .partition(|g| g.group.as_deref().is_some_and(|m| test.contains(m)))
+}
+
+fn relabel(rows: &[Gold], f: Mapping) -> Vec<Gold> {
+    rows.iter()
+        .filter_map(|g| {
+            Some(Gold {
+                label: f(&g.label)?,
+                ..g.clone()
+            })
+        })
+        .collect()
+}
+
+fn draw(pool: &[Gold], n: usize, seed: u64, d: usize) -> Vec<Gold> {
+    let mut idx: Vec<usize> = (0..pool.len()).collect();
+    Rng::derive(seed, "draw", d as u64).shuffle(&mut idx);
+    let mut out: Vec<Gold> = idx[..n.min(pool.len())]
+        .iter()
+        .map(|&i| pool[i].clone())
+        .collect();
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    out
+}
+
+pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let out = args.out.clone();
+
+    // 1. The teacher pass, once.
+    eprintln!(
+        "1/5 labeling {} with {} (cached shards are skipped)",
+        args.corpus, args.teacher
+    );
+    let label_args = LabelArgs {
+        corpus: CorpusArgs {
+            corpus: args.corpus.clone(),
+            format: None,
+            text_field: "text".into(),
+            id_field: "id".into(),
+        },
+        teacher: TeacherArgs {
+            teacher: args.teacher.clone(),
+            device: DeviceSpec::Cpu,
+            max_batch_tokens: args.max_batch_tokens,
+        },
+        store: args.store.clone(),
+        output: OutputKind::Embeddings,
+        dtype: Dtype::F32,
+        shard_size: 1000,
+        strict: false,
+        json: false,
+    };
+    let job = crate::label::label(&label_args, true).await?;
+    eprintln!(
+        "    {} rows, {} shards ({} cache hits): {:.1} teacher-seconds spent, {:.1} saved",
+        job.rows, job.shards, job.cache_hits, job.teacher_seconds, job.teacher_seconds_saved
+    );
+    let loc = store::open(&args.store, false)?;
+    let entry = tasks::find_entry(
+        &loc,
+        Some(&args.corpus),
+        Some(job.teacher_fingerprint.as_str()),
+        Some(OutputKind::Embeddings),
+    )
+    .await?;
+
+    // 2. Split by movie.
+    let fields = Fields {
+        group: Some(args.group_field.clone()),
+        ..Default::default()
+    };
+    let cached = tasks::cached_ids(&loc, &entry).await?;
+    let all_gold = labels::read(&args.gold, &fields)?;
+    // Rows the teacher pass rejected (duplicates, empty texts) have no cached labels.
+    let gold: Vec<Gold> = all_gold
+        .iter()
+        .filter(|g| cached.contains(&g.id))
+        .cloned()
+        .collect();
+    if gold.len() < all_gold.len() {
+        eprintln!(
+            "    {} gold rows skipped: their corpus rows were rejected by the teacher pass",
+            all_gold.len() - gold.len()
+        );
+    }
+    let (test_all, train_all) = split_by_group(&gold, args.test_share, args.seed);
+    let exclude: HashSet<String> = test_all.iter().map(|g| g.id.clone()).collect();
+    let split_dir = out.join("split");
+    std::fs::create_dir_all(&split_dir)?;
+    std::fs::write(
+        split_dir.join("exclude.txt"),
+        test_all
+            .iter()
+            .map(|g| format!("{}\n", g.id))
+            .collect::<String>(),
+    )?;
+    let movies = |rows: &[Gold]| {
+        rows.iter()
+            .filter_map(|g| g.group.clone())
+            .collect::<HashSet<_>>()
+            .len()
+    };
+    eprintln!(
+        "2/5 split by {}: {} train rows ({} groups), {} test rows ({} groups), no group on both sides",
+        args.group_field,
+        train_all.len(),
+        movies(&train_all),
+        test_all.len(),
+        movies(&test_all)
+    );
+
+    let teacher_dir = distill_cache::model_dir::ModelDir::resolve(&args.teacher).await?;
+    let teacher = {
+        let d = teacher_dir.clone();
+        std::sync::Arc::new(
+            tokio::task::spawn_blocking(move || Teacher::load(&d, &DeviceSpec::Cpu)).await??,
+        )
+    };
+    let teacher_params = crate::eval_cmd::safetensors_parameters(&teacher_dir.dir);
+    let teacher_bytes: u64 = teacher_dir
+        .weights
+        .iter()
+        .filter_map(|w| std::fs::metadata(w).ok())
+        .map(|m| m.len())
+        .sum();
+
+    let mut rows: Vec<Row> = Vec::new();
+    let mut mimicked = None;
+    let mut task_seconds: Vec<(String, f64)> = Vec::new();
+    let mut specs: Vec<(&str, Mapping, usize)> = (0..args.draws)
+        .map(|d| ("sentiment", sentiment as Mapping, d))
+        .collect();
+    specs.push(("review-vs-plot", review_or_plot, 0));
+    for (i, (task_kind, mapping, d)) in specs.iter().enumerate() {
+        let second = *task_kind != "sentiment";
+        let pool = relabel(&train_all, *mapping);
+        let test = relabel(&test_all, *mapping);
+        let picked = draw(
+            &pool,
+            args.gold_count,
+            args.seed + if second { 1000 } else { 0 },
+            *d,
+        );
+        let name = if second {
+            "quickstart-review-vs-plot".to_owned()
+        } else {
+            format!("quickstart-sentiment-d{d}")
+        };
+        let gold_path = split_dir.join(format!("{name}.gold.jsonl"));
+        let test_path = split_dir.join(format!("{}.test.jsonl", task_kind));
+        write_jsonl(&gold_path, &picked)?;
+        write_jsonl(&test_path, &test)?;
+        let step = if second { "4/5" } else { "3/5" };
+        eprintln!(
+            "{step} task {name}: head fitted on {} gold labels from the cache",
+            picked.len()
+        );
+        let record = tasks::fit_head(
+            &loc,
+            &name,
+            &entry,
+            &picked,
+            &gold_path.display().to_string(),
+            LogRegOptions::default(),
+            2,
+        )
+        .await?;
+        task_seconds.push((name.clone(), record.teacher_seconds));
+        let examples = labeled_examples(
+            &loc,
+            &record,
+            &test_path,
+            &Fields::default(),
+            &record.labels,
+        )
+        .await?;
+
+        // Teacher + head: the teacher run live (for its latency), its head on top.
+        let head = record.head.clone().expect("a fitted task has a head");
+        let th = Predictor::TeacherHead(teacher.clone(), head, record.labels.clone());
+        let report = {
+            let ex = examples.clone();
+            let samples = args.latency_samples;
+            tokio::task::spawn_blocking(move || {
+                eval::evaluate(
+                    "teacher + head",
+                    &th,
+                    &ex,
+                    samples,
+                    teacher_params,
+                    teacher_bytes,
+                )
+            })
+            .await??
+        };
+        rows.push(Row {
+            task: task_kind.to_string(),
+            draw: *d,
+            model: "teacher + head".into(),
+            distilled: false,
+            report,
+        });
+
+        let mut students: Vec<(&str, StudentKind, bool)> = vec![
+            ("n-gram, gold only", StudentKind::Ngram, true),
+            ("n-gram, distilled", StudentKind::Ngram, false),
+        ];
+        if args.transformer_epochs > 0 && (!second || args.second_task_transformer) {
+            students.push(("transformer, distilled", StudentKind::Transformer, false));
+        }
+        for (label, kind, gold_only) in students {
+            let dir = out.join("models").join(format!(
+                "{name}-{}",
+                label.replace(", ", "-").replace(' ', "-")
+            ));
+            let mut targs = TrainArgs::new(&args.store, &name, kind, &dir);
+            targs.gold_only = gold_only;
+            targs.seed = args.seed + *d as u64;
+            targs.layers = args.layers;
+            targs.max_seq = args.max_seq;
+            targs.epochs = (kind == StudentKind::Transformer).then_some(args.transformer_epochs);
+            targs.mimic_epochs = args.mimic_epochs;
+            targs.teacher = Some(args.teacher.clone());
+            if kind == StudentKind::Transformer && args.mimic_epochs > 0 && mimicked.is_none() {
+                eprintln!(
+                    "    mimicking the teacher's embeddings ({} epoch(s), once for every task)",
+                    args.mimic_epochs
+                );
+                mimicked = Some(mimic_once(&loc, &record, &targs, &exclude, &teacher_dir).await?);
+            }
+            eprintln!("    training {label}");
+            let t0 = std::time::Instant::now();
+            train_cmd::train(
+                &loc,
+                &record,
+                &targs,
+                exclude.clone(),
+                mimicked.as_ref(),
+                true,
+            )
+            .await?;
+            let train_seconds = t0.elapsed().as_secs_f64();
+            let model = {
+                let dir = dir.clone();
+                tokio::task::spawn_blocking(move || Predictor::load(&dir, &DeviceSpec::Cpu))
+                    .await??
+            };
+            let params = parameters(&model, &dir);
+            let bytes = dir_bytes(&dir);
+            let ex = examples.clone();
+            let samples = args.latency_samples;
+            let mut report = tokio::task::spawn_blocking(move || {
+                eval::evaluate(label, &model, &ex, samples, params, bytes)
+            })
+            .await??;
+            report.model = label.to_owned();
+            eprintln!(
+                "      {:.1}% accuracy, trained in {train_seconds:.0} s",
+                100.0 * report.accuracy
+            );
+            rows.push(Row {
+                task: task_kind.to_string(),
+                draw: *d,
+                model: label.into(),
+                distilled: !gold_only,
+                report,
+            });
+        }
+        let _ = i;
+    }
+
+    // 5. Report.
+    let summary = summarize(&rows);
+    let checks = targets(&summary, args.draws);
+    println!();
+    for task in ["sentiment", "review-vs-plot"] {
+        let t: Vec<EvalReport> = summary
+            .iter()
+            .filter(|s| s.task == task)
+            .map(|s| s.mean.clone())
+            .collect();
+        let draws = summary
+            .iter()
+            .find(|s| s.task == task)
+            .map(|s| s.draws)
+            .unwrap_or(0);
+        println!(
+            "{} (test set split by {}; {} gold labels{}):",
+            if task == "sentiment" {
+                "Task 1: fresh vs rotten"
+            } else {
+                "Task 2: critic review vs plot summary (same cache, 0 teacher-seconds)"
+            },
+            args.group_field,
+            args.gold_count,
+            if draws > 1 {
+                format!(", mean of {draws} draws")
+            } else {
+                String::new()
+            }
+        );
+        print_table(&t);
+        println!();
+    }
+    println!("Teacher: {:.1} s spent labeling this run, {:.1} s saved by cache hits; tasks fitted with {} teacher-seconds.",
+        job.teacher_seconds, job.teacher_seconds_saved,
+        task_seconds.iter().map(|t| t.1).sum::<f64>());
+    for c in &checks {
+        println!("{} {}", if c.met { "MET " } else { "MISS" }, c.what);
+    }
+    let report = serde_json::json!({
+        "corpus": args.corpus,
+        "teacher": args.teacher,
+        "teacher_fingerprint": job.teacher_fingerprint,
+        "draws": args.draws,
+        "gold_per_draw": args.gold_count,
+        "split": {"by": args.group_field, "train_rows": train_all.len(), "test_rows": test_all.len()},
+        "label_job": job,
+        "task_teacher_seconds": task_seconds,
+        "rows": rows,
+        "summary": summary,
+        "targets": checks,
+        "wall_seconds": started.elapsed().as_secs_f64(),
+    });
+    std::fs::write(
+        out.join("report.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    std::fs::write(out.join("accuracy-latency.svg"), plot(&summary))?;
+    std::fs::write(
+        out.join("report.md"),
+        markdown(
+            &args,
+            &summary,
+            &checks,
+            &job,
+            started.elapsed().as_secs_f64(),
+        ),
+    )?;
+    println!(
+        "\nwrote {}/report.json, report.md and accuracy-latency.svg",
+        out.display()
+    );
+    Ok(())
+}
+
+async fn mimic_once(
+    loc: &distill_cache::store::Location,
+    record: &distill_cache::task::TaskRecord,
+    targs: &TrainArgs,
+    exclude: &HashSet<String>,
+    dir: &distill_cache::model_dir::ModelDir,
+) -> anyhow::Result<distill_student_trainer::transformer::TransformerStudent> {
+    let data = TrainData::open(loc, record, exclude.clone(), targs.seed)
+        .await?
+        .with_embeddings(record)?;
+    let opts = TransformerOptions {
+        layers: targs.layers,
+        max_seq: targs.max_seq,
+        batch: targs.batch,
+        mimic_epochs: targs.mimic_epochs,
+        seed: targs.seed,
+        ..Default::default()
+    };
+    let dir = dir.clone();
+    let ckpt = PathBuf::from(format!("{}.mimic-checkpoint", targs.out.display()));
+    let run_id = format!(
+        "quickstart-mimic-{}-{}",
+        record.base_output,
+        serde_json::to_string(&opts)?
+    );
+    tokio::task::spawn_blocking(move || {
+        let s = train_cmd::mimic(
+            &dir,
+            &data,
+            &opts,
+            &run_id,
+            Some(&ckpt),
+            &candle_core::Device::Cpu,
+            true,
+        );
+        let _ = std::fs::remove_dir_all(&ckpt);
+        s
+    })
+    .await?
+}
+
+/// Mean (and spread) of each model over the draws.
+#[derive(Clone, Debug, Serialize)]
+struct Summary {
+    task: String,
+    model: String,
+    distilled: bool,
+    draws: usize,
+    mean: EvalReport,
+    accuracy_min: f64,
+    accuracy_max: f64,
+}
+
+fn summarize(rows: &[Row]) -> Vec<Summary> {
+    let mut groups: BTreeMap<(String, usize), Vec<&Row>> = BTreeMap::new();
+    let order = [
+        "teacher + head",
+        "n-gram, gold only",
+        "n-gram, distilled",
+        "transformer, distilled",
+    ];
+    for r in rows {
+        let k = order.iter().position(|m| *m == r.model).unwrap_or(9);
+        groups.entry((r.task.clone(), k)).or_default().push(r);
+    }
+    let mut out: Vec<Summary> = groups
+        .into_values()
+        .map(|g| {
+            let n = g.len() as f64;
+            let mean = |f: fn(&EvalReport) -> f64| g.iter().map(|r| f(&r.report)).sum::<f64>() / n;
+            let acc: Vec<f64> = g.iter().map(|r| r.report.accuracy).collect();
+            Summary {
+                task: g[0].task.clone(),
+                model: g[0].model.clone(),
+                distilled: g[0].distilled,
+                draws: g.len(),
+                mean: EvalReport {
+                    model: g[0].model.clone(),
+                    examples: g[0].report.examples,
+                    accuracy: mean(|r| r.accuracy),
+                    macro_f1: mean(|r| r.macro_f1),
+                    agreement: mean(|r| r.agreement),
+                    ece: mean(|r| r.ece),
+                    latency_p50_ms: mean(|r| r.latency_p50_ms),
+                    latency_p99_ms: mean(|r| r.latency_p99_ms),
+                    throughput: mean(|r| r.throughput),
+                    parameters: g[0].report.parameters,
+                    bytes: g[0].report.bytes,
+                },
+                accuracy_min: acc.iter().copied().fold(f64::INFINITY, f64::min),
+                accuracy_max: acc.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            }
+        })
+        .collect();
+    out.sort_by_key(|s| {
+        (
+            s.task != "sentiment",
+            order.iter().position(|m| *m == s.model),
+        )
+    });
+    out
+}
+
+#[derive(Clone, Debug, Serialize)]
+struct Check {
+    what: String,
+    met: bool,
+}
+
+fn targets(summary: &[Summary], draws: usize) -> Vec<Check> {
+    let find = |m: &str| {
+        summary
+            .iter()
+            .find(|s| s.task == "sentiment" && s.model == m)
+    };
+    let mut out = Vec::new();
+    let (Some(th), Some(gold)) = (find("teacher + head"), find("n-gram, gold only")) else {
+        return out;
+    };
+    let note = if draws >= 5 {
+        String::new()
+    } else {
+        format!(" [{draws} draw(s); the target is a mean over 5: --draws 5]")
+    };
+    for s in summary
+        .iter()
+        .filter(|s| s.task == "sentiment" && s.distilled)
+    {
+        let a = 100.0 * s.mean.accuracy;
+        out.push(Check {
+            what: format!(
+                "{}: {a:.1}% ≥ teacher + head − 0.5 ({:.1}%){note}",
+                s.model,
+                100.0 * th.mean.accuracy - 0.5
+            ),
+            met: a >= 100.0 * th.mean.accuracy - 0.5,
+        });
+        out.push(Check {
+            what: format!(
+                "{}: {a:.1}% ≥ gold-only + 5 ({:.1}%){note}",
+                s.model,
+                100.0 * gold.mean.accuracy + 5.0
+            ),
+            met: a >= 100.0 * gold.mean.accuracy + 5.0,
+        });
+        let need = if s.model.starts_with("n-gram") {
+            50.0
+        } else {
+            2.5
+        };
+        let ratio = s.mean.throughput / th.mean.throughput.max(1e-9);
+        out.push(Check {
+            what: format!(
+                "{}: {ratio:.1}× the teacher's CPU throughput (target ≥ {need}×)",
+                s.model
+            ),
+            met: ratio >= need,
+        });
+    }
+    out
+}
+
+fn plot(summary: &[Summary]) -> String {
+    let (w, h, m) = (640.0, 400.0, 60.0);
+    let pts: Vec<&Summary> = summary
+        .iter()
+        .filter(|s| s.mean.latency_p50_ms > 0.0)
+        .collect();
+    let lx = |v: f64| v.max(1e-3).log10();
+    let (x0, x1) = pts.iter().fold((f64::MAX, f64::MIN), |(a, b), s| {
+        (
+            a.min(lx(s.mean.latency_p50_ms)),
+            b.max(lx(s.mean.latency_p50_ms)),
+        )
+    });
+    let (y0, y1) = pts.iter().fold((f64::MAX, f64::MIN), |(a, b), s| {
+        (a.min(s.mean.accuracy), b.max(s.mean.accuracy))
+    });
+    let (x0, x1) = (x0.floor(), x1.ceil().max(x0.floor() + 1.0));
+    let (y0, y1) = (
+        (y0 * 20.0).floor() / 20.0,
+        ((y1 * 20.0).ceil() / 20.0).max(y0 + 0.05),
+    );
+    let px = |v: f64| m + (lx(v) - x0) / (x1 - x0) * (w - 2.0 * m);
+    let py = |v: f64| h - m - (v - y0) / (y1 - y0) * (h - 2.0 * m);
+    let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n");
+    s += &format!("<line x1=\"{m}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n<line x1=\"{m}\" y1=\"{m}\" x2=\"{m}\" y2=\"{}\" stroke=\"black\"/>\n", h - m, w - m, h - m, h - m);
+    let mut e = x0;
+    while e <= x1 + 1e-9 {
+        let x = m + (e - x0) / (x1 - x0) * (w - 2.0 * m);
+        s += &format!(
+            "<text x=\"{x}\" y=\"{}\" text-anchor=\"middle\">{} ms</text>\n",
+            h - m + 16.0,
+            10f64.powf(e)
+        );
+        e += 1.0;
+    }
+    let mut a = y0;
+    while a <= y1 + 1e-9 {
+        s += &format!(
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{:.0}%</text>\n",
+            m - 6.0,
+            py(a) + 4.0,
+            100.0 * a
+        );
+        a += 0.05;
+    }
+    s += &format!("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">CPU latency, batch 1 (p50, log scale)</text>\n", w / 2.0, h - 16.0);
+    s += &format!("<text x=\"16\" y=\"{}\" transform=\"rotate(-90 16 {})\" text-anchor=\"middle\">test accuracy</text>\n", h / 2.0, h / 2.0);
+    for p in pts {
+        let color = if p.task == "sentiment" {
+            "#1f77b4"
+        } else {
+            "#d62728"
+        };
+        let (x, y) = (px(p.mean.latency_p50_ms), py(p.mean.accuracy));
+        s += &format!("<circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"5\" fill=\"{color}\"/>\n<text x=\"{:.1}\" y=\"{:.1}\">{} ({})</text>\n", x + 8.0, y - 6.0, p.model, p.task);
+    }
+    s + "</svg>\n"
+}
+
+fn markdown(
+    args: &QuickstartArgs,
+    summary: &[Summary],
+    checks: &[Check],
+    job: &distill_coordinator::JobSummary,
+    wall: f64,
+) -> String {
+    let mut s = String::from("# distill quickstart report\n\n");
+    s += &format!(
+        "Corpus `{}` ({} rows) labeled once by `{}`: {:.1} teacher-seconds spent in this run, {:.1} saved by cache hits. \
+         Gold labels split by `{}`; {} gold labels per draw, {} draw(s). Wall time {:.0} s.\n\n",
+        args.corpus, job.rows, args.teacher, job.teacher_seconds, job.teacher_seconds_saved, args.group_field, args.gold_count, args.draws, wall
+    );
+    for task in ["sentiment", "review-vs-plot"] {
+        s += &format!(
+            "## {}\n\n",
+            if task == "sentiment" {
+                "Task 1: fresh vs rotten"
+            } else {
+                "Task 2: critic review vs plot summary (0 teacher-seconds)"
+            }
+        );
+        s += "| model | accuracy (min–max) | macro-F1 | agreement | ECE | p50 ms | p99 ms | texts/s | parameters | size |\n|---|---|---|---|---|---|---|---|---|---|\n";
+        for r in summary.iter().filter(|r| r.task == task) {
+            let m = &r.mean;
+            s += &format!(
+                "| {} | {:.1}% ({:.1}–{:.1}) | {:.3} | {:.1}% | {:.3} | {:.2} | {:.2} | {:.0} | {} | {} |\n",
+                r.model, 100.0 * m.accuracy, 100.0 * r.accuracy_min, 100.0 * r.accuracy_max, m.macro_f1, 100.0 * m.agreement, m.ece,
+                m.latency_p50_ms, m.latency_p99_ms, m.throughput, crate::report::count(m.parameters), crate::report::bytes(m.bytes)
+            );
+        }
+        s += "\n";
+    }
+    s += "## Targets\n\n";
+    for c in checks {
+        s += &format!("- {} {}\n", if c.met { "✅" } else { "❌" }, c.what);
+    }
+    s += "\n![accuracy against latency](accuracy-latency.svg)\n";
+    s
+}

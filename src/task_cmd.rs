@@ -1,0 +1,246 @@
+//! `distill task fit|ls`: define tasks over a cached corpus without running the teacher over it.
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use distill_cache::format::OutputKind;
+use distill_cache::model_dir::{ModelDir, TeacherInfo};
+use distill_cache::store::{self, Location};
+use distill_cache::task::TaskRecord;
+use distill_student_trainer::labels::{self, Fields};
+use distill_student_trainer::logreg::LogRegOptions;
+use distill_student_trainer::task::{self, Entry};
+use distill_worker::{DeviceSpec, Teacher};
+use std::path::PathBuf;
+
+#[derive(Debug, Subcommand)]
+pub enum TaskCommand {
+    /// Fit a task on the cached teacher outputs of a corpus: a few-shot head from gold labels
+    /// (--labels), a zero-shot head from label descriptions (--describe), or a classifier teacher's
+    /// own logits. Writes the task's logits for the whole corpus as a derived cache entry.
+    Fit(Box<FitArgs>),
+    /// List the tasks of a cache.
+    Ls(TaskLsArgs),
+}
+
+/// Which cached corpus.
+#[derive(Debug, Clone, Args)]
+pub struct EntryArgs {
+    /// Cache store (local directory or URL) holding the teacher's outputs.
+    #[arg(long, env = "DISTILL_CACHE")]
+    pub cache: String,
+    /// Which cached corpus, when the store holds several: a part of its path or URL.
+    #[arg(long = "corpus", env = "DISTILL_TASK_CORPUS")]
+    pub corpus: Option<String>,
+    /// Which teacher, when the corpus was labeled by several: a prefix of its fingerprint.
+    #[arg(long, env = "DISTILL_TEACHER_FINGERPRINT")]
+    pub teacher_fingerprint: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct FitArgs {
+    #[command(flatten)]
+    pub entry: EntryArgs,
+    /// Task name (letters, digits, '.', '_', '-').
+    #[arg(long, env = "DISTILL_TASK")]
+    pub name: String,
+    /// Gold labels: JSONL with an id and a label per line (ids of the cached corpus).
+    #[arg(long, env = "DISTILL_LABELS", conflicts_with = "describe")]
+    pub labels: Option<PathBuf>,
+    #[arg(long, env = "DISTILL_ID_FIELD", default_value = "id")]
+    pub id_field: String,
+    #[arg(long, env = "DISTILL_LABEL_FIELD", default_value = "label")]
+    pub label_field: String,
+    /// Inverse L2 strength of the logistic-regression head (scikit-learn's C).
+    #[arg(long, env = "DISTILL_C", default_value_t = 1.0)]
+    pub c: f64,
+    /// Fewest gold examples a class may have.
+    #[arg(long, env = "DISTILL_MIN_PER_CLASS", default_value_t = 2)]
+    pub min_per_class: usize,
+    /// Zero-shot: `LABEL=description`, once per label (the teacher embeds the descriptions).
+    #[arg(long = "describe", value_name = "LABEL=TEXT")]
+    pub describe: Vec<String>,
+    /// Zero-shot softmax temperature on cosine similarities.
+    #[arg(long, env = "DISTILL_ZERO_SHOT_TEMPERATURE", default_value_t = 0.05)]
+    pub temperature: f32,
+    /// Zero-shot: the teacher model (default: the source recorded in the cache).
+    #[arg(long, env = "DISTILL_TEACHER")]
+    pub teacher: Option<String>,
+    /// Print the task record as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TaskLsArgs {
+    #[arg(long, env = "DISTILL_CACHE")]
+    pub cache: String,
+}
+
+pub async fn run(cmd: TaskCommand) -> anyhow::Result<()> {
+    match cmd {
+        TaskCommand::Fit(args) => {
+            let record = fit(&args).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&record)?);
+            } else {
+                print_record(&record);
+            }
+            Ok(())
+        }
+        TaskCommand::Ls(args) => {
+            let loc = store::open(&args.cache, false)?;
+            for name in distill_cache::task::list_tasks(&loc).await? {
+                let r = distill_cache::task::read_task(&loc, &name).await?;
+                println!(
+                    "{:<24} {:<9} {:>7} rows  labels: {}  corpus: {}",
+                    r.name,
+                    format!("{:?}", r.kind).to_lowercase(),
+                    r.rows,
+                    r.labels.join(", "),
+                    r.corpus
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+pub fn print_record(r: &TaskRecord) {
+    println!("task {} ({:?}) over {}", r.name, r.kind, r.corpus);
+    println!("  labels          {}", r.labels.join(", "));
+    println!("  gold examples   {}", r.gold.len());
+    println!("  rows            {}", r.rows);
+    println!(
+        "  logits entry    {}/{}",
+        r.teacher.short(),
+        r.output.short()
+    );
+    println!(
+        "  teacher seconds {:.2} (the corpus was not relabeled)",
+        r.teacher_seconds
+    );
+}
+
+/// The teacher described in the cache (for its recorded source location).
+async fn teacher_info(loc: &Location, entry: &Entry) -> anyhow::Result<TeacherInfo> {
+    let path = loc.child(&distill_cache::layout::teacher_path(
+        &entry.manifest.teacher,
+    ));
+    let bytes = object_store::ObjectStoreExt::get(loc.store.as_ref(), &path)
+        .await
+        .with_context(|| format!("reading {}", loc.display(&path)))?
+        .bytes()
+        .await?;
+    serde_json::from_slice(&bytes).with_context(|| loc.display(&path))
+}
+
+pub async fn fit(args: &FitArgs) -> anyhow::Result<TaskRecord> {
+    let loc = store::open(&args.entry.cache, false)?;
+    let fields = Fields {
+        id: args.id_field.clone(),
+        label: args.label_field.clone(),
+        group: None,
+    };
+    if !args.describe.is_empty() {
+        let entry = task::find_entry(
+            &loc,
+            args.entry.corpus.as_deref(),
+            args.entry.teacher_fingerprint.as_deref(),
+            Some(OutputKind::Embeddings),
+        )
+        .await?;
+        let mut labels = Vec::new();
+        let mut descriptions = Vec::new();
+        for d in &args.describe {
+            let (l, t) = d
+                .split_once('=')
+                .filter(|(l, t)| !l.is_empty() && !t.trim().is_empty())
+                .with_context(|| format!("--describe {d:?}: expected LABEL=description"))?;
+            if labels.iter().any(|x| x == l) {
+                anyhow::bail!("--describe: label {l:?} is described twice");
+            }
+            labels.push(l.to_owned());
+            descriptions.push(t.trim().to_owned());
+        }
+        let info = teacher_info(&loc, &entry).await?;
+        let source = args.teacher.clone().unwrap_or(info.source.clone());
+        let dir = ModelDir::resolve(&source).await?;
+        let (embedded, secs) = tokio::task::spawn_blocking({
+            let descriptions = descriptions.clone();
+            let fp = entry.manifest.teacher.clone();
+            move || -> anyhow::Result<(Vec<Vec<f32>>, f64)> {
+                let teacher = Teacher::load(&dir, &DeviceSpec::Cpu)?;
+                if teacher.info().fingerprint != fp {
+                    anyhow::bail!(
+                        "teacher {} has fingerprint {}, but the cache was labeled by {}: give the same teacher with --teacher",
+                        dir.location,
+                        teacher.info().fingerprint,
+                        fp
+                    );
+                }
+                let texts: Vec<&str> = descriptions.iter().map(String::as_str).collect();
+                let out = teacher.label(&texts, 4096)?;
+                Ok((out.values.chunks(out.width).map(<[f32]>::to_vec).collect(), out.device_seconds))
+            }
+        })
+        .await??;
+        return Ok(task::fit_zero_shot(
+            &loc,
+            &args.name,
+            &entry,
+            labels,
+            descriptions,
+            embedded,
+            args.temperature,
+            secs,
+        )
+        .await?);
+    }
+    let gold = match &args.labels {
+        Some(p) => labels::read(p, &fields)?,
+        None => Vec::new(),
+    };
+    let path = args
+        .labels
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let entry = task::find_entry(
+        &loc,
+        args.entry.corpus.as_deref(),
+        args.entry.teacher_fingerprint.as_deref(),
+        None,
+    )
+    .await?;
+    match entry.spec.kind {
+        OutputKind::Embeddings => {
+            if gold.is_empty() {
+                anyhow::bail!(
+                    "{} is cached as embeddings: give gold labels (--labels FILE) or label descriptions (--describe LABEL=TEXT)",
+                    entry.manifest.corpus
+                );
+            }
+            let opts = LogRegOptions {
+                c: args.c,
+                ..Default::default()
+            };
+            Ok(task::fit_head(
+                &loc,
+                &args.name,
+                &entry,
+                &gold,
+                &path,
+                opts,
+                args.min_per_class,
+            )
+            .await?)
+        }
+        OutputKind::Logits => {
+            let info = teacher_info(&loc, &entry).await?;
+            if !gold.is_empty() {
+                task::gold_embeddings(&loc, &entry, &gold, &path).await?;
+            }
+            Ok(task::from_teacher(&loc, &args.name, &entry, &info, &gold).await?)
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! Gold labels: a JSONL file of `{"id": …, "label": …}` objects (field names configurable), read with
+//! errors that name the file and line.
+
+use crate::{Result, StudentError};
+use std::collections::HashSet;
+use std::path::Path;
+
+/// One labeled example; `group` is an optional field (a movie, a document) used to split data so
+/// that no group is on both sides.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Gold {
+    pub id: String,
+    pub label: String,
+    pub group: Option<String>,
+    pub line: u64,
+}
+
+/// Field names of a labels file.
+#[derive(Clone, Debug)]
+pub struct Fields {
+    pub id: String,
+    pub label: String,
+    pub group: Option<String>,
+}
+
+impl Default for Fields {
+    fn default() -> Self {
+        Self {
+            id: "id".into(),
+            label: "label".into(),
+            group: None,
+        }
+    }
+}
+
+fn field_str(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        serde_json::Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// Reads a labels file. Blank lines are skipped; a malformed line, a missing field or a repeated id
+/// is an error naming the line.
+pub fn read(path: &Path, fields: &Fields) -> Result<Vec<Gold>> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(StudentError::io(path))?;
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, line) in text.lines().enumerate() {
+        let n = i as u64 + 1;
+        let line_err = |reason: String| StudentError::Line {
+            path: name.clone(),
+            line: n,
+            reason,
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| line_err(format!("not JSON: {e}")))?;
+        let get = |f: &str| {
+            v.get(f).and_then(field_str).ok_or_else(|| {
+                line_err(format!(
+                    "no {f:?} field (a string or number); use --id-field / --label-field to name yours"
+                ))
+            })
+        };
+        let id = get(&fields.id)?;
+        let label = get(&fields.label)?;
+        if label.is_empty() {
+            return Err(line_err(format!("empty {:?}", fields.label)));
+        }
+        let group = match &fields.group {
+            Some(g) => Some(get(g)?),
+            None => None,
+        };
+        if !seen.insert(id.clone()) {
+            return Err(line_err(format!("id {id:?} appears twice")));
+        }
+        out.push(Gold {
+            id,
+            label,
+            group,
+            line: n,
+        });
+    }
+    if out.is_empty() {
+        return Err(StudentError::File {
+            path: name,
+            reason: "no labeled examples".into(),
+        });
+    }
+    Ok(out)
+}
+
+/// Reads a list of ids: JSONL objects with an `id` field, or one id per line.
+pub fn read_ids(path: &Path) -> Result<HashSet<String>> {
+    let text = std::fs::read_to_string(path).map_err(StudentError::io(path))?;
+    let mut out = HashSet::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        if line.starts_with('{') {
+            let v: serde_json::Value =
+                serde_json::from_str(line).map_err(|e| StudentError::Line {
+                    path: path.display().to_string(),
+                    line: i as u64 + 1,
+                    reason: format!("not JSON: {e}"),
+                })?;
+            let id = v
+                .get("id")
+                .and_then(field_str)
+                .ok_or_else(|| StudentError::Line {
+                    path: path.display().to_string(),
+                    line: i as u64 + 1,
+                    reason: "no \"id\" field".into(),
+                })?;
+            out.insert(id);
+        } else {
+            out.insert(line.to_owned());
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("gold.jsonl");
+        std::fs::write(&p, "{\"id\":\"a\",\"label\":\"x\"}\n\n{\"id\":\"b\"}\n").unwrap();
+        let e = read(&p, &Fields::default()).unwrap_err().to_string();
+        assert!(
+            e.contains("gold.jsonl, line 3") && e.contains("\"label\""),
+            "{e}"
+        );
+        std::fs::write(
+            &p,
+            "{\"id\":\"a\",\"label\":\"x\"}\n{\"id\":\"a\",\"label\":\"y\"}\n",
+        )
+        .unwrap();
+        let e = read(&p, &Fields::default()).unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("twice"), "{e}");
+        std::fs::write(&p, "{\"id\":7,\"label\":\"x\",\"movie\":\"m\"}\n").unwrap();
+        let fields = Fields {
+            group: Some("movie".into()),
+            ..Default::default()
+        };
+        let g = read(&p, &fields).unwrap();
+        assert_eq!((g[0].id.as_str(), g[0].group.as_deref()), ("7", Some("m")));
+    }
+}

@@ -1,0 +1,439 @@
+//! Fitting tasks from the cache: a head on cached embeddings (or label descriptions, zero-shot), applied
+//! to every cached row and committed as a derived logits entry; then the task record. No teacher pass.
+
+use crate::labels::Gold;
+use crate::logreg::{self, LogRegOptions};
+use crate::{Result, StudentError};
+use distill_cache::catalog::{self, CorpusManifest};
+use distill_cache::commit::{commit_shard, put_if_absent, read_shard, shard_meta};
+use distill_cache::fingerprint::Fingerprint;
+use distill_cache::format::{Dtype, OutputKind, OutputSpec, ShardData, ShardMeta};
+use distill_cache::layout::{self, ShardKey};
+use distill_cache::model_dir::{Head, TeacherInfo};
+use distill_cache::store::Location;
+use distill_cache::task::{self, GoldLabel, LinearHead, TaskKind, TaskRecord};
+use std::collections::{BTreeMap, HashMap};
+
+/// Which cached entry a task reads.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub manifest: CorpusManifest,
+    pub spec: OutputSpec,
+}
+
+/// Finds the teacher-output entry of a corpus: the store's only one, or the one whose corpus name
+/// contains `corpus` and whose teacher fingerprint starts with `teacher`. Derived task entries are not
+/// candidates. Zero or several matches are errors that list the candidates.
+pub async fn find_entry(
+    loc: &Location,
+    corpus: Option<&str>,
+    teacher: Option<&str>,
+    kind: Option<OutputKind>,
+) -> Result<Entry> {
+    let all = catalog::manifests(loc).await?;
+    let mut found: Vec<Entry> = all
+        .into_iter()
+        .filter_map(|(m, spec)| {
+            let spec = spec?;
+            (spec.fingerprint() == m.output).then_some(Entry { manifest: m, spec })
+        })
+        .collect();
+    if found.is_empty() {
+        return Err(StudentError::Invalid(format!(
+            "the cache {} holds no labeled corpus: run `distill label` first",
+            loc.url
+        )));
+    }
+    let describe = |es: &[Entry]| {
+        es.iter()
+            .map(|e| {
+                format!(
+                    "{} (teacher {}, {:?})",
+                    e.manifest.corpus,
+                    e.manifest.teacher.short(),
+                    e.spec.kind
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let everything = describe(&found);
+    found.retain(|e| {
+        corpus.is_none_or(|c| e.manifest.corpus.contains(c))
+            && teacher.is_none_or(|t| e.manifest.teacher.as_str().starts_with(t))
+            && kind.is_none_or(|k| e.spec.kind == k)
+    });
+    // The same corpus labeled twice with one teacher (other shard sizes) counts once: take the largest.
+    found.sort_by_key(|e| std::cmp::Reverse(e.manifest.rows));
+    let mut seen = std::collections::HashSet::new();
+    found.retain(|e| {
+        seen.insert((
+            e.manifest.corpus.clone(),
+            e.manifest.teacher.clone(),
+            e.manifest.output.clone(),
+        ))
+    });
+    match found.len() {
+        1 => Ok(found.pop().expect("one")),
+        0 => Err(StudentError::Invalid(format!(
+            "no cached corpus in {} matches (it has: {everything}); use --corpus / --teacher-fingerprint",
+            loc.url
+        ))),
+        _ => Err(StudentError::Invalid(format!(
+            "several cached corpora in {} match ({}); choose one with --corpus / --teacher-fingerprint",
+            loc.url,
+            describe(&found)
+        ))),
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn key(m: &CorpusManifest, shard: &Fingerprint) -> ShardKey {
+    ShardKey {
+        teacher: m.teacher.clone(),
+        output: m.output.clone(),
+        shard: shard.clone(),
+    }
+}
+
+/// Reads the cached embeddings of the gold ids. Every id must be in the cache.
+pub async fn gold_embeddings(
+    loc: &Location,
+    entry: &Entry,
+    gold: &[Gold],
+    labels_path: &str,
+) -> Result<Vec<Vec<f32>>> {
+    let want: HashMap<&str, usize> = gold
+        .iter()
+        .enumerate()
+        .map(|(i, g)| (g.id.as_str(), i))
+        .collect();
+    let mut out: Vec<Option<Vec<f32>>> = vec![None; gold.len()];
+    for s in &entry.manifest.shards {
+        let (_, data) = read_shard(loc, &key(&entry.manifest, &s.fingerprint)).await?;
+        for (i, id) in data.ids.iter().enumerate() {
+            if let Some(&j) = want.get(id.as_str()) {
+                out[j] = Some(data.row(i).to_vec());
+            }
+        }
+    }
+    let missing: Vec<&Gold> = gold
+        .iter()
+        .zip(&out)
+        .filter(|(_, e)| e.is_none())
+        .map(|(g, _)| g)
+        .collect();
+    if let Some(first) = missing.first() {
+        return Err(StudentError::Line {
+            path: labels_path.to_owned(),
+            line: first.line,
+            reason: format!(
+                "id {:?} is not in the cached corpus {} ({} of {} labeled ids are missing): label with the corpus these ids come from",
+                first.id,
+                entry.manifest.corpus,
+                missing.len(),
+                gold.len()
+            ),
+        });
+    }
+    Ok(out.into_iter().map(|e| e.expect("checked")).collect())
+}
+
+/// The ids of every cached row of an entry (rows the teacher pass rejected are absent).
+pub async fn cached_ids(
+    loc: &Location,
+    entry: &Entry,
+) -> Result<std::collections::HashSet<String>> {
+    let mut ids = std::collections::HashSet::new();
+    for s in &entry.manifest.shards {
+        let (_, data) = read_shard(loc, &key(&entry.manifest, &s.fingerprint)).await?;
+        ids.extend(data.ids);
+    }
+    Ok(ids)
+}
+
+/// Class names, sorted, so the same labels always give the same logits columns.
+pub fn class_names(gold: &[Gold]) -> Vec<String> {
+    let mut names: Vec<String> = gold.iter().map(|g| g.label.clone()).collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Checks there are at least two classes and `min_per_class` examples of each.
+pub fn check_classes(
+    gold: &[Gold],
+    min_per_class: usize,
+    labels_path: &str,
+) -> Result<Vec<String>> {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for g in gold {
+        *counts.entry(g.label.as_str()).or_default() += 1;
+    }
+    if counts.len() < 2 {
+        return Err(StudentError::File {
+            path: labels_path.to_owned(),
+            reason: format!(
+                "every example has the label {:?}: a task needs at least two classes",
+                gold[0].label
+            ),
+        });
+    }
+    if let Some((l, n)) = counts.iter().find(|(_, &n)| n < min_per_class) {
+        return Err(StudentError::File {
+            path: labels_path.to_owned(),
+            reason: format!(
+                "class {l:?} has {n} example(s); at least {min_per_class} per class are needed (label more, or lower --min-per-class)"
+            ),
+        });
+    }
+    Ok(class_names(gold))
+}
+
+/// Fits a logistic-regression head on the gold examples' cached embeddings and publishes the task.
+pub async fn fit_head(
+    loc: &Location,
+    name: &str,
+    entry: &Entry,
+    gold: &[Gold],
+    labels_path: &str,
+    opts: LogRegOptions,
+    min_per_class: usize,
+) -> Result<TaskRecord> {
+    task::check_name(name)?;
+    if entry.spec.kind != OutputKind::Embeddings {
+        return Err(StudentError::Invalid(format!(
+            "{} is cached as {:?}: a head is fitted on embeddings (a classifier teacher's logits are a task already: fit without --labels)",
+            entry.manifest.corpus, entry.spec.kind
+        )));
+    }
+    let labels = check_classes(gold, min_per_class, labels_path)?;
+    let x = gold_embeddings(loc, entry, gold, labels_path).await?;
+    let index: HashMap<&str, usize> = labels
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.as_str(), i))
+        .collect();
+    let y: Vec<usize> = gold.iter().map(|g| index[g.label.as_str()]).collect();
+    let classes = labels.len();
+    let head = tokio::task::spawn_blocking(move || logreg::fit(&x, &y, classes, opts))
+        .await
+        .map_err(|e| StudentError::Invalid(format!("head fit panicked: {e}")))?;
+    publish(
+        loc,
+        name,
+        entry,
+        TaskKind::Head,
+        labels,
+        Some(head),
+        gold,
+        vec![],
+        None,
+        0.0,
+    )
+    .await
+}
+
+/// A zero-shot task: `descriptions` (one per label) embedded by the teacher (`embedded`, same order),
+/// cosine similarity divided by `temperature`.
+#[allow(clippy::too_many_arguments)]
+pub async fn fit_zero_shot(
+    loc: &Location,
+    name: &str,
+    entry: &Entry,
+    labels: Vec<String>,
+    descriptions: Vec<String>,
+    embedded: Vec<Vec<f32>>,
+    temperature: f32,
+    teacher_seconds: f64,
+) -> Result<TaskRecord> {
+    task::check_name(name)?;
+    if labels.len() < 2 {
+        return Err(StudentError::Invalid(
+            "a zero-shot task needs at least two labels".into(),
+        ));
+    }
+    if temperature.is_nan() || temperature <= 0.0 {
+        return Err(StudentError::Invalid(format!(
+            "temperature must be > 0, not {temperature}"
+        )));
+    }
+    let dim = embedded[0].len();
+    let mut weight = Vec::with_capacity(labels.len() * dim);
+    for e in &embedded {
+        let n = e.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+        weight.extend(e.iter().map(|v| v / n / temperature));
+    }
+    let head = LinearHead {
+        classes: labels.len(),
+        dim,
+        weight,
+        bias: vec![0.0; labels.len()],
+        normalize_input: true,
+    };
+    publish(
+        loc,
+        name,
+        entry,
+        TaskKind::ZeroShot,
+        labels,
+        Some(head),
+        &[],
+        descriptions,
+        Some(temperature),
+        teacher_seconds,
+    )
+    .await
+}
+
+/// A classifier teacher's cached logits as a task (optionally with gold labels for the trainer).
+pub async fn from_teacher(
+    loc: &Location,
+    name: &str,
+    entry: &Entry,
+    teacher: &TeacherInfo,
+    gold: &[Gold],
+) -> Result<TaskRecord> {
+    task::check_name(name)?;
+    let Head::Classifier { labels } = &teacher.head else {
+        return Err(StudentError::Invalid(format!(
+            "{} is cached as embeddings: give --labels (few-shot head) or --describe (zero-shot)",
+            entry.manifest.corpus
+        )));
+    };
+    for g in gold {
+        if !labels.contains(&g.label) {
+            return Err(StudentError::Invalid(format!(
+                "gold label {:?} of id {:?} is not one of the teacher's labels ({})",
+                g.label,
+                g.id,
+                labels.join(", ")
+            )));
+        }
+    }
+    publish(
+        loc,
+        name,
+        entry,
+        TaskKind::Teacher,
+        labels.clone(),
+        None,
+        gold,
+        vec![],
+        None,
+        0.0,
+    )
+    .await
+}
+
+/// Applies the head to every cached shard, commits the derived entry (idempotently: shards already
+/// there are kept), writes its manifest, then the task record last.
+#[allow(clippy::too_many_arguments)]
+async fn publish(
+    loc: &Location,
+    name: &str,
+    entry: &Entry,
+    kind: TaskKind,
+    labels: Vec<String>,
+    head: Option<LinearHead>,
+    gold: &[Gold],
+    descriptions: Vec<String>,
+    temperature: Option<f32>,
+    teacher_seconds: f64,
+) -> Result<TaskRecord> {
+    let base = &entry.manifest;
+    let output = match &head {
+        Some(h) => task::derived_output(&base.teacher, &base.output, &h.fingerprint()),
+        None => base.output.clone(),
+    };
+    if let Some(head) = &head {
+        let spec = OutputSpec {
+            kind: OutputKind::Logits,
+            dtype: Dtype::F32,
+        };
+        for s in &base.shards {
+            let dkey = ShardKey {
+                teacher: base.teacher.clone(),
+                output: output.clone(),
+                shard: s.fingerprint.clone(),
+            };
+            if shard_meta(loc, &dkey).await?.is_some() {
+                continue;
+            }
+            let (meta, data) = read_shard(loc, &key(base, &s.fingerprint)).await?;
+            if data.width != head.dim {
+                return Err(StudentError::Invalid(format!(
+                    "shard {}: embeddings of width {} but the head expects {}",
+                    s.fingerprint, data.width, head.dim
+                )));
+            }
+            let mut values = vec![0f32; data.rows() * head.classes];
+            for i in 0..data.rows() {
+                head.apply(
+                    data.row(i),
+                    &mut values[i * head.classes..(i + 1) * head.classes],
+                );
+            }
+            let out = ShardData {
+                values,
+                width: head.classes,
+                ..data
+            };
+            let dmeta = ShardMeta {
+                output: spec,
+                output_fingerprint: output.clone(),
+                device_seconds: 0.0,
+                device: format!("task head ({kind:?})"),
+                created_unix: now(),
+                producer: distill_cache::PRODUCER.into(),
+                ..meta.clone()
+            };
+            commit_shard(loc, &dkey, &dmeta, &out, &[]).await?;
+        }
+        put_if_absent(
+            loc,
+            &layout::output_path(&base.teacher, &output),
+            serde_json::to_vec_pretty(&spec)
+                .expect("serialisable")
+                .into(),
+        )
+        .await?;
+        let manifest = CorpusManifest {
+            output: output.clone(),
+            ..base.clone()
+        };
+        catalog::write_manifest(loc, &manifest).await?;
+    }
+    let record = TaskRecord {
+        schema_version: distill_cache::SCHEMA_VERSION,
+        name: name.to_owned(),
+        kind,
+        labels,
+        teacher: base.teacher.clone(),
+        base_output: base.output.clone(),
+        output,
+        corpus: base.corpus.clone(),
+        corpus_fingerprint: base.corpus_fingerprint.clone(),
+        head,
+        descriptions,
+        temperature,
+        gold: gold
+            .iter()
+            .map(|g| GoldLabel {
+                id: g.id.clone(),
+                label: g.label.clone(),
+            })
+            .collect(),
+        teacher_seconds,
+        rows: base.rows,
+        created_unix: now(),
+    };
+    task::write_task(loc, &record).await?;
+    Ok(record)
+}

@@ -1,0 +1,912 @@
+//! Tasks and students from the cache: `distill task fit`, `train`, `eval`, `predict`, `quickstart`.
+
+use crate::common::*;
+use std::path::{Path, PathBuf};
+
+const POSITIVE: &[&str] = &["great", "wonderful", "superb", "moving"];
+const NEGATIVE: &[&str] = &["awful", "dreadful", "tedious", "boring"];
+const FILLER: &[&str] = &[
+    "the", "movie", "film", "was", "a", "plot", "with", "very", "and", "story",
+];
+
+/// A synthetic, separable sentiment corpus: `n` rows, the class given by one cue word among filler.
+/// Writes corpus.jsonl, train.jsonl (gold of the first 80%), test.jsonl (the rest), exclude.txt.
+struct Synthetic {
+    dir: PathBuf,
+    store: String,
+}
+
+impl Synthetic {
+    fn new(root: &Path, n: usize) -> Self {
+        let dir = root.to_owned();
+        let (mut corpus, mut train, mut test, mut exclude) =
+            (String::new(), String::new(), String::new(), String::new());
+        for i in 0..n {
+            let pos = i % 2 == 0;
+            let cue = if pos {
+                POSITIVE[(i / 2) % 4]
+            } else {
+                NEGATIVE[(i / 2) % 4]
+            };
+            let len = 3 + (i * 7) % 9;
+            let mut words: Vec<&str> = (0..len)
+                .map(|j| FILLER[(i * 3 + j * 5) % FILLER.len()])
+                .collect();
+            words.insert((i * 5) % (len + 1), cue);
+            let id = format!("s-{i}");
+            corpus.push_str(&serde_json::json!({"id": id, "text": words.join(" ")}).to_string());
+            corpus.push('\n');
+            let gold = serde_json::json!({"id": id, "label": if pos { "pos" } else { "neg" }})
+                .to_string()
+                + "\n";
+            if i < n * 4 / 5 {
+                train.push_str(&gold);
+            } else {
+                test.push_str(&gold);
+                exclude.push_str(&format!("{id}\n"));
+            }
+        }
+        std::fs::write(dir.join("corpus.jsonl"), corpus).unwrap();
+        std::fs::write(dir.join("train.jsonl"), train).unwrap();
+        std::fs::write(dir.join("test.jsonl"), test).unwrap();
+        std::fs::write(dir.join("exclude.txt"), exclude).unwrap();
+        let store = dir.join("cache").display().to_string();
+        Self { dir, store }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+
+    fn label(&self, teacher: &Path) -> serde_json::Value {
+        label_with(
+            &self.path("corpus.jsonl"),
+            teacher.to_str().unwrap(),
+            &self.store,
+            &["--shard-size", "64"],
+        )
+    }
+
+    fn fit(&self, name: &str, labels: &str) -> serde_json::Value {
+        run_json(&[
+            "task",
+            "fit",
+            "--cache",
+            &self.store,
+            "--name",
+            name,
+            "--labels",
+            labels,
+            "--json",
+        ])
+    }
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = distill(args);
+    assert!(
+        out.status.success(),
+        "distill {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Starts `distill ARGS`, SIGKILLs it as soon as `marker` exists (a checkpoint), and reports whether
+/// it was killed (a fast run may finish first).
+fn kill_when_exists(args: &[String], marker: &Path) -> bool {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_distill"))
+        .args(args)
+        .stderr(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !marker.exists() && start.elapsed().as_secs() < 120 {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let killed = child.try_wait().unwrap().is_none();
+    child.kill().ok();
+    child.wait().unwrap();
+    eprintln!("killed before the end: {killed}");
+    killed
+}
+
+/// Probabilities of the top label per input line, from `distill predict`.
+fn top_probabilities(model: &str, input: &str) -> Vec<f64> {
+    ok(&["predict", "--model", model, "--input", input])
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["probability"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn a_task_from_the_cache_and_an_ngram_student_that_learns_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let teacher = tiny_encoder(tmp.path());
+    let s = Synthetic::new(tmp.path(), 300);
+    let job = s.label(&teacher);
+    assert_eq!(job["rows"], 300);
+
+    let task = s.fit("syn", &s.path("train.jsonl"));
+    assert_eq!(task["kind"], "head");
+    assert_eq!(task["labels"], serde_json::json!(["neg", "pos"]));
+    assert_eq!(task["rows"], 300);
+    assert_eq!(task["gold"].as_array().unwrap().len(), 240);
+    assert_eq!(task["teacher_seconds"], 0.0, "a head costs no teacher pass");
+    assert!(ok(&["task", "ls", "--cache", &s.store]).contains("syn"));
+    // The task's logits are a derived logits entry that `cache ls` lists next to the embeddings.
+    let ls = ok(&["cache", "ls", "--store", &s.store, "--json"]);
+    assert!(ls.contains("logits") && ls.contains("embeddings"), "{ls}");
+
+    // Gold only, test ids excluded: a separable task is learned almost perfectly.
+    let model = s.path("ngram");
+    ok(&[
+        "train",
+        "--cache",
+        &s.store,
+        "--task",
+        "syn",
+        "--student",
+        "ngram",
+        "--gold-only",
+        "--exclude",
+        &s.path("exclude.txt"),
+        "--out",
+        &model,
+        "--epochs",
+        "40",
+        "--buckets",
+        "4096",
+        "--dim",
+        "16",
+    ]);
+    for f in ["config.json", "model.safetensors", "distill.json"] {
+        assert!(Path::new(&model).join(f).is_file(), "{f}");
+    }
+    let report = run_json(&[
+        "eval",
+        "--model",
+        &model,
+        "--cache",
+        &s.store,
+        "--task",
+        "syn",
+        "--labels",
+        &s.path("test.jsonl"),
+        "--json",
+        "--blind-spots",
+        "3",
+    ]);
+    assert_eq!(report["examples"], 60);
+    assert!(report["accuracy"].as_f64().unwrap() >= 0.95, "{report}");
+    assert!(report["macro_f1"].as_f64().unwrap() >= 0.95, "{report}");
+    assert!(report["throughput"].as_f64().unwrap() > 0.0);
+    assert_eq!(report["parameters"], 4096 * 16 + 2 * 16 + 2);
+    assert_eq!(
+        report["blind_spots"]["teacher_least_confident"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+
+    // predict: JSONL in, labels with probabilities out; the gold field is checked and scored.
+    let preds = s.path("preds.jsonl");
+    let out = distill(&[
+        "predict",
+        "--model",
+        &model,
+        "--input",
+        &s.path("corpus.jsonl"),
+        "--output",
+        &preds,
+    ]);
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&preds)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 300);
+    let right = lines
+        .iter()
+        .enumerate()
+        .filter(|(i, l)| l["label"] == if i % 2 == 0 { "pos" } else { "neg" })
+        .count();
+    assert!(right >= 285, "{right}/300");
+    let p: f64 = ["neg", "pos"]
+        .iter()
+        .map(|k| lines[0]["probabilities"][k].as_f64().unwrap())
+        .sum();
+    assert!((p - 1.0).abs() < 1e-5);
+
+    // Distilled from the task's soft labels (the head on the tiny teacher's embeddings).
+    let distilled = s.path("ngram-kd");
+    ok(&[
+        "train",
+        "--cache",
+        &s.store,
+        "--task",
+        "syn",
+        "--student",
+        "ngram",
+        "--exclude",
+        &s.path("exclude.txt"),
+        "--out",
+        &distilled,
+        "--epochs",
+        "5",
+        "--buckets",
+        "4096",
+    ]);
+    let r = run_json(&[
+        "eval",
+        "--model",
+        &distilled,
+        "--cache",
+        &s.store,
+        "--task",
+        "syn",
+        "--labels",
+        &s.path("test.jsonl"),
+        "--json",
+    ]);
+    let agreement = r["agreement"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&agreement));
+}
+
+#[test]
+fn transformer_student_trains_resumes_after_a_kill_and_exports_a_bert_classifier() {
+    let tmp = tempfile::tempdir().unwrap();
+    let teacher = tiny_encoder(tmp.path());
+    let s = Synthetic::new(tmp.path(), 200);
+    s.label(&teacher);
+    s.fit("syn", &s.path("train.jsonl"));
+    let train = |out: &str, extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "train",
+            "--cache",
+            &s.store,
+            "--task",
+            "syn",
+            "--student",
+            "transformer",
+            "--out",
+            out,
+            "--layers",
+            "1",
+            "--max-seq",
+            "24",
+            "--batch",
+            "8",
+            "--epochs",
+            "2",
+            "--mimic-epochs",
+            "1",
+            "--checkpoint-every",
+            "3",
+            "--exclude",
+            &s.path("exclude.txt"),
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+        a.extend(extra.iter().map(|x| x.to_string()));
+        a
+    };
+    // Uninterrupted.
+    let whole = s.path("whole");
+    let args = train(&whole, &[]);
+    ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(Path::new(&whole).join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["architectures"][0], "BertForSequenceClassification");
+    assert_eq!(config["num_hidden_layers"], 1);
+    assert_eq!(config["id2label"]["1"], "pos");
+    assert!(Path::new(&whole).join("tokenizer.json").is_file());
+    assert!(
+        !Path::new(&format!("{whole}.checkpoint")).exists(),
+        "checkpoints are removed at the end"
+    );
+
+    // Killed once a distillation checkpoint exists, then rerun: it resumes and ends where the
+    // uninterrupted run ended.
+    let resumed = s.path("resumed");
+    let args = train(&resumed, &[]);
+    let marker = Path::new(&format!("{resumed}.checkpoint"))
+        .join("distill")
+        .join("position.json");
+    let killed = kill_when_exists(&args, &marker);
+    if killed {
+        assert!(
+            !Path::new(&resumed).exists(),
+            "no model before training ends"
+        );
+    }
+    let mut args = args;
+    args.extend(["--log".to_string(), "info".to_string()]);
+    let out = distill(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if killed {
+        assert!(String::from_utf8_lossy(&out.stderr).contains("resuming from checkpoint"));
+    }
+    let texts = s.path("test.jsonl");
+    let a = top_probabilities(&whole, &s.path("corpus.jsonl"));
+    let b = top_probabilities(&resumed, &s.path("corpus.jsonl"));
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() < 1e-4, "resumed run differs: {x} vs {y}");
+    }
+    hf_compatible(&whole);
+    let r = run_json(&[
+        "eval", "--model", &whole, "--cache", &s.store, "--task", "syn", "--labels", &texts,
+        "--json",
+    ]);
+    assert!(r["latency_p50_ms"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn bad_task_and_student_input_gets_one_clear_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let teacher = tiny_encoder(tmp.path());
+    let s = Synthetic::new(tmp.path(), 60);
+
+    let empty = tmp.path().join("empty").display().to_string();
+    std::fs::create_dir_all(&empty).unwrap();
+    let e = expect_error(&[
+        "task",
+        "fit",
+        "--cache",
+        &empty,
+        "--name",
+        "x",
+        "--labels",
+        &s.path("train.jsonl"),
+    ]);
+    assert!(e.contains("holds no labeled corpus"), "{e}");
+
+    s.label(&teacher);
+    let write = |name: &str, body: &str| {
+        let p = s.path(name);
+        std::fs::write(&p, body).unwrap();
+        p
+    };
+    let unknown = write(
+        "unknown.jsonl",
+        "{\"id\":\"s-0\",\"label\":\"pos\"}\n{\"id\":\"nope\",\"label\":\"neg\"}\n{\"id\":\"s-2\",\"label\":\"pos\"}\n{\"id\":\"s-1\",\"label\":\"neg\"}\n",
+    );
+    let e = expect_error(&[
+        "task", "fit", "--cache", &s.store, "--name", "x", "--labels", &unknown,
+    ]);
+    assert!(
+        e.contains("unknown.jsonl, line 2") && e.contains("\"nope\""),
+        "{e}"
+    );
+    let single = write(
+        "single.jsonl",
+        "{\"id\":\"s-0\",\"label\":\"pos\"}\n{\"id\":\"s-2\",\"label\":\"pos\"}\n",
+    );
+    let e = expect_error(&[
+        "task", "fit", "--cache", &s.store, "--name", "x", "--labels", &single,
+    ]);
+    assert!(e.contains("at least two classes"), "{e}");
+    let few = write("few.jsonl", "{\"id\":\"s-0\",\"label\":\"pos\"}\n{\"id\":\"s-2\",\"label\":\"pos\"}\n{\"id\":\"s-1\",\"label\":\"neg\"}\n");
+    let e = expect_error(&[
+        "task", "fit", "--cache", &s.store, "--name", "x", "--labels", &few,
+    ]);
+    assert!(e.contains("class \"neg\" has 1 example"), "{e}");
+    let e = expect_error(&[
+        "task",
+        "fit",
+        "--cache",
+        &s.store,
+        "--name",
+        "../x",
+        "--labels",
+        &s.path("train.jsonl"),
+    ]);
+    assert!(e.contains("task name"), "{e}");
+    // Nothing was published by the failures.
+    assert!(!ok(&["task", "ls", "--cache", &s.store]).contains('x'));
+
+    s.fit("syn", &s.path("train.jsonl"));
+    let e = expect_error(&[
+        "train",
+        "--cache",
+        &s.store,
+        "--task",
+        "nosuch",
+        "--student",
+        "ngram",
+        "--out",
+        &s.path("m"),
+    ]);
+    assert!(e.contains("no such task") && e.contains("syn"), "{e}");
+
+    // A teacher other than the cache's: the student would get another tokenizer and weights.
+    let other = tmp.path().join("other-teacher");
+    distill_worker::fixtures::write_tiny_bert(
+        &other,
+        &distill_worker::fixtures::TinyKind::SentenceEncoder {
+            pooling: "mean",
+            normalize: true,
+        },
+        99,
+    )
+    .unwrap();
+    let e = expect_error(&[
+        "train",
+        "--cache",
+        &s.store,
+        "--task",
+        "syn",
+        "--student",
+        "transformer",
+        "--out",
+        &s.path("m"),
+        "--teacher",
+        other.to_str().unwrap(),
+    ]);
+    assert!(e.contains("fingerprint") && e.contains("--teacher"), "{e}");
+    assert!(!Path::new(&s.path("m")).exists());
+
+    // An --out that is something else is never overwritten.
+    let precious = s.path("precious");
+    std::fs::create_dir_all(&precious).unwrap();
+    std::fs::write(Path::new(&precious).join("notes.txt"), "mine").unwrap();
+    let e = expect_error(&[
+        "train",
+        "--cache",
+        &s.store,
+        "--task",
+        "syn",
+        "--student",
+        "ngram",
+        "--out",
+        &precious,
+        "--epochs",
+        "1",
+    ]);
+    assert!(e.contains("not a distill model directory"), "{e}");
+    assert_eq!(
+        std::fs::read_to_string(Path::new(&precious).join("notes.txt")).unwrap(),
+        "mine"
+    );
+
+    let model = s.path("m");
+    ok(&[
+        "train",
+        "--cache",
+        &s.store,
+        "--task",
+        "syn",
+        "--student",
+        "ngram",
+        "--out",
+        &model,
+        "--epochs",
+        "1",
+        "--buckets",
+        "1024",
+    ]);
+    let bad = write(
+        "badlabel.jsonl",
+        "{\"text\":\"great film\",\"label\":\"meh\"}\n",
+    );
+    let e = expect_error(&["predict", "--model", &model, "--input", &bad]);
+    assert!(
+        e.contains("badlabel.jsonl, line 1") && e.contains("\"meh\""),
+        "{e}"
+    );
+    let e = expect_error(&[
+        "eval", "--model", &model, "--cache", &s.store, "--task", "syn", "--labels", &bad,
+    ]);
+    assert!(e.contains("line 1"), "{e}");
+
+    // A corrupted model file.
+    let weights = Path::new(&model).join("model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
+    let e = expect_error(&[
+        "predict",
+        "--model",
+        &model,
+        "--input",
+        &s.path("corpus.jsonl"),
+    ]);
+    assert!(e.contains("model.safetensors"), "{e}");
+}
+
+#[tokio::test]
+async fn tasks_and_students_on_s3() {
+    let Some(url) = s3_url() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let teacher = tiny_encoder(tmp.path());
+    let mut s = Synthetic::new(tmp.path(), 120);
+    s.store = format!("{url}/students-{}", std::process::id());
+    s.label(&teacher);
+    let task = s.fit("syn", &s.path("train.jsonl"));
+    assert_eq!(task["rows"], 120);
+    let model = s.path("m");
+    ok(&[
+        "train",
+        "--cache",
+        &s.store,
+        "--task",
+        "syn",
+        "--student",
+        "ngram",
+        "--gold-only",
+        "--out",
+        &model,
+        "--epochs",
+        "30",
+        "--buckets",
+        "2048",
+        "--exclude",
+        &s.path("exclude.txt"),
+        "--shuffle-buffer",
+        "16",
+    ]);
+    let r = run_json(&[
+        "eval",
+        "--model",
+        &model,
+        "--cache",
+        &s.store,
+        "--task",
+        "syn",
+        "--labels",
+        &s.path("test.jsonl"),
+        "--json",
+    ]);
+    assert!(r["accuracy"].as_f64().unwrap() >= 0.9, "{r}");
+}
+
+/// The quickstart pipeline in a reduced mode: a tenth of Rotten Tomatoes, fewer gold labels, short
+/// training. Checks the report's shape and the zero-teacher-second second task, not the targets.
+#[test]
+fn quickstart_reduced() {
+    let (Some(model), Some(rt)) = (minilm(), rotten_tomatoes()) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut corpus, mut gold) = (String::new(), String::new());
+    let c = std::fs::read_to_string(&rt).unwrap();
+    let g = std::fs::read_to_string(rt.with_file_name("gold.jsonl")).unwrap();
+    for (i, (a, b)) in c.lines().zip(g.lines()).enumerate() {
+        if i % 12 == 0 {
+            corpus.push_str(a);
+            corpus.push('\n');
+            gold.push_str(b);
+            gold.push('\n');
+        }
+    }
+    let dir = tmp.path();
+    std::fs::write(dir.join("corpus.jsonl"), corpus).unwrap();
+    std::fs::write(dir.join("gold.jsonl"), gold).unwrap();
+    let out = dir.join("qs");
+    let args = [
+        "quickstart",
+        "--corpus",
+        &dir.join("corpus.jsonl").display().to_string(),
+        "--gold",
+        &dir.join("gold.jsonl").display().to_string(),
+        "--teacher",
+        model.to_str().unwrap(),
+        "--store",
+        &dir.join("cache").display().to_string(),
+        "--out",
+        &out.display().to_string(),
+        "--gold-count",
+        "40",
+        "--max-seq",
+        "48",
+        "--latency-samples",
+        "10",
+    ]
+    .map(|s| s.to_string());
+    let stdout = ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        stdout.contains("Task 1: fresh vs rotten") && stdout.contains("Task 2"),
+        "{stdout}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    let models = |task: &str| {
+        rows.iter()
+            .filter(|r| r["task"] == task)
+            .map(|r| r["model"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        models("sentiment"),
+        [
+            "teacher + head",
+            "n-gram, gold only",
+            "n-gram, distilled",
+            "transformer, distilled"
+        ]
+    );
+    assert_eq!(
+        models("review-vs-plot"),
+        ["teacher + head", "n-gram, gold only", "n-gram, distilled"]
+    );
+    for (name, secs) in report["task_teacher_seconds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t[0].clone(), t[1].as_f64().unwrap()))
+    {
+        assert_eq!(secs, 0.0, "task {name} ran the teacher");
+    }
+    // No test text was trained on: the split file lists them, the students' records say how many.
+    let excluded = std::fs::read_to_string(out.join("split/exclude.txt"))
+        .unwrap()
+        .lines()
+        .count();
+    assert!(excluded > 0);
+    for r in rows {
+        let acc = r["accuracy"].as_f64().unwrap();
+        assert!(
+            (0.0..=1.0).contains(&acc) && r["examples"].as_u64().unwrap() > 0,
+            "{r}"
+        );
+    }
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("accuracy-latency.svg") && out.join("accuracy-latency.svg").is_file());
+    // The teacher pass is paid once: labeling the corpus again is all cache hits.
+    let again = label_with(
+        &dir.join("corpus.jsonl").display().to_string(),
+        model.to_str().unwrap(),
+        &dir.join("cache").display().to_string(),
+        &[],
+    );
+    assert_eq!(again["shards_labeled"], 0);
+    assert_eq!(again["teacher_seconds"], 0.0);
+}
+
+/// An independent reader checks the exported transformer: exactly the tensor names and shapes
+/// transformers' BertForSequenceClassification expects, and its forward pass re-implemented in float64
+/// numpy (`scripts/hf_bert_check.py`) gives the probabilities `distill predict` gives.
+fn hf_compatible(model: &str) {
+    let python = std::env::var("DISTILL_PYTHON").unwrap_or_else(|_| "python3".into());
+    let has = std::process::Command::new(&python)
+        .args(["-c", "import numpy, safetensors, tokenizers"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if prerequisite(
+        "python3 with numpy, safetensors and tokenizers",
+        has.then_some(()),
+    )
+    .is_none()
+    {
+        return;
+    }
+    let texts = ["the film was great", "awful and boring", "a plot"];
+    let out = std::process::Command::new(&python)
+        .arg(repo_root().join("scripts/hf_bert_check.py"))
+        .arg(model)
+        .args(texts)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let theirs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let input = Path::new(model).with_extension("texts.txt");
+    std::fs::write(&input, texts.join("\n")).unwrap();
+    let ours = ok(&[
+        "predict",
+        "--model",
+        model,
+        "--input",
+        input.to_str().unwrap(),
+    ]);
+    for (i, line) in ours.lines().enumerate() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        for (j, label) in theirs["labels"].as_array().unwrap().iter().enumerate() {
+            let a = v["probabilities"][label.as_str().unwrap()]
+                .as_f64()
+                .unwrap();
+            let b = theirs["probabilities"][i][j].as_f64().unwrap();
+            assert!(
+                (a - b).abs() < 1e-4,
+                "text {i}, {label}: distill {a} vs numpy {b}"
+            );
+        }
+    }
+}
+
+#[test]
+fn zero_shot_and_classifier_teacher_tasks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Synthetic::new(tmp.path(), 80);
+    let encoder = tiny_encoder(tmp.path());
+    s.label(&encoder);
+    // Zero-shot: the teacher embeds two label descriptions (a few teacher-milliseconds, not a pass).
+    let zs = run_json(&[
+        "task",
+        "fit",
+        "--cache",
+        &s.store,
+        "--name",
+        "zs",
+        "--describe",
+        "pos=great wonderful superb",
+        "--describe",
+        "neg=awful dreadful boring",
+        "--teacher",
+        encoder.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(zs["kind"], "zero_shot");
+    assert_eq!(zs["labels"], serde_json::json!(["pos", "neg"]));
+    assert_eq!(zs["temperature"], 0.05);
+    assert!(zs["teacher_seconds"].as_f64().unwrap() > 0.0);
+    let e = expect_error(&[
+        "task",
+        "fit",
+        "--cache",
+        &s.store,
+        "--name",
+        "zs2",
+        "--describe",
+        "pos",
+    ]);
+    assert!(e.contains("LABEL=description"), "{e}");
+    let model = s.path("zs-ngram");
+    ok(&[
+        "train",
+        "--cache",
+        &s.store,
+        "--task",
+        "zs",
+        "--student",
+        "ngram",
+        "--out",
+        &model,
+        "--epochs",
+        "2",
+        "--buckets",
+        "1024",
+    ]);
+    assert_eq!(top_probabilities(&model, &s.path("corpus.jsonl")).len(), 80);
+
+    // A classifier teacher's cached logits are a task as they are.
+    let classifier = tiny_classifier(tmp.path());
+    let store = tmp.path().join("logits-cache").display().to_string();
+    label_with(
+        &s.path("corpus.jsonl"),
+        classifier.to_str().unwrap(),
+        &store,
+        &["--output", "logits"],
+    );
+    let t = run_json(&["task", "fit", "--cache", &store, "--name", "cls", "--json"]);
+    assert_eq!(t["kind"], "teacher");
+    assert_eq!(
+        t["labels"],
+        serde_json::json!(["negative", "positive", "neutral"])
+    );
+    assert_eq!(
+        t["output"], t["base_output"],
+        "no derived entry: the teacher's logits are the task"
+    );
+    let model = s.path("cls-ngram");
+    ok(&[
+        "train",
+        "--cache",
+        &store,
+        "--task",
+        "cls",
+        "--student",
+        "ngram",
+        "--out",
+        &model,
+        "--epochs",
+        "2",
+        "--buckets",
+        "1024",
+    ]);
+    // Embedding mimicry needs embeddings: a classifier-teacher task trains the transformer without it.
+    let tr = s.path("cls-transformer");
+    ok(&[
+        "train",
+        "--cache",
+        &store,
+        "--task",
+        "cls",
+        "--student",
+        "transformer",
+        "--out",
+        &tr,
+        "--epochs",
+        "1",
+        "--layers",
+        "1",
+        "--max-seq",
+        "24",
+        "--teacher",
+        classifier.to_str().unwrap(),
+    ]);
+    assert_eq!(top_probabilities(&tr, &s.path("corpus.jsonl")).len(), 80);
+}
+
+#[test]
+fn ngram_training_resumes_from_its_epoch_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Synthetic::new(tmp.path(), 4000);
+    s.label(&tiny_encoder(tmp.path()));
+    s.fit("syn", &s.path("train.jsonl"));
+    let args = |out: &str| -> Vec<String> {
+        [
+            "train",
+            "--cache",
+            &s.store,
+            "--task",
+            "syn",
+            "--student",
+            "ngram",
+            "--out",
+            out,
+            "--epochs",
+            "6",
+            "--buckets",
+            "65536",
+            "--dim",
+            "32",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect()
+    };
+    let whole = s.path("whole");
+    ok(&args(&whole).iter().map(String::as_str).collect::<Vec<_>>());
+    let resumed = s.path("resumed");
+    let killed = kill_when_exists(
+        &args(&resumed),
+        &Path::new(&format!("{resumed}.checkpoint")).join("position.json"),
+    );
+    let mut again = args(&resumed);
+    again.extend(["--log".to_string(), "info".to_string()]);
+    let out = distill(&again.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success());
+    if killed {
+        assert!(String::from_utf8_lossy(&out.stderr).contains("resuming from checkpoint"));
+    }
+    let (a, b) = (
+        top_probabilities(&whole, &s.path("corpus.jsonl")),
+        top_probabilities(&resumed, &s.path("corpus.jsonl")),
+    );
+    assert_eq!(a, b, "a resumed run ends where an uninterrupted one does");
+    // A corrupt checkpoint is named, not silently ignored.
+    let ckpt = format!("{}.checkpoint", s.path("broken"));
+    std::fs::create_dir_all(&ckpt).unwrap();
+    std::fs::write(Path::new(&ckpt).join("position.json"), "{not json").unwrap();
+    let e = expect_error(
+        &args(&s.path("broken"))
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(
+        e.contains("position.json") && e.contains("delete the checkpoint"),
+        "{e}"
+    );
+}
