@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {
-    /// The model directory (a distill student or a BertForSequenceClassification checkpoint).
+    /// The model directory: a distill student, a BertForSequenceClassification checkpoint, or the
+    /// task's embedding teacher (evaluated as teacher + the task's head).
     #[arg(long, env = "DISTILL_MODEL")]
     pub model: PathBuf,
     /// Cache store holding the task (texts and teacher logits of the labeled ids come from there).
@@ -118,8 +119,8 @@ pub async fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
     let loc = store::open(&args.cache, false)?;
     let task = distill_cache::task::read_task(&loc, &args.task).await?;
     let model = {
-        let (dir, device) = (args.model.clone(), args.device.clone());
-        tokio::task::spawn_blocking(move || Predictor::load(&dir, &device)).await??
+        let (dir, device, t) = (args.model.clone(), args.device.clone(), task.clone());
+        tokio::task::spawn_blocking(move || Predictor::load_for_task(&dir, &device, &t)).await??
     };
     if model.labels() != task.labels.as_slice() {
         anyhow::bail!(

@@ -81,6 +81,11 @@ pub struct QuickstartArgs {
     pub layers: usize,
     #[arg(long, env = "DISTILL_MAX_SEQ", default_value_t = 128)]
     pub max_seq: usize,
+    /// Keep the test movies' texts out of distillation too (by default students learn from the
+    /// teacher's soft labels over the whole unlabeled corpus, as in the reference setup; test labels
+    /// are never used). Either way an extra n-gram row shows students on texts they never saw.
+    #[arg(long, env = "DISTILL_EXCLUDE_TEST_TEXTS")]
+    pub exclude_test_texts: bool,
     /// Also train a transformer student for the second task.
     #[arg(long)]
     pub second_task_transformer: bool,
@@ -99,9 +104,14 @@ struct Row {
     draw: usize,
     model: String,
     distilled: bool,
+    /// Whether the model never saw the test texts (not even unlabeled).
+    unseen: bool,
     #[serde(flatten)]
     report: EvalReport,
 }
+
+/// The diagnostic row: an n-gram student distilled without the test texts.
+const UNSEEN_ROW: &str = "n-gram, distilled, test texts unseen";
 
 /// Maps a gold label to a task's label (`None`: not part of the task).
 type Mapping = fn(&str) -> Option<String>;
@@ -225,11 +235,18 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
         );
     }
     let (test_all, train_all) = split_by_group(&gold, args.test_share, args.seed);
-    let exclude: HashSet<String> = test_all.iter().map(|g| g.id.clone()).collect();
+    let test_ids: HashSet<String> = test_all.iter().map(|g| g.id.clone()).collect();
+    // What distillation may not see: nothing labeled is ever used, but by default the unlabeled
+    // corpus (test texts included) is the distillation set, as in the reference setup.
+    let exclude: HashSet<String> = if args.exclude_test_texts {
+        test_ids.clone()
+    } else {
+        HashSet::new()
+    };
     let split_dir = out.join("split");
     std::fs::create_dir_all(&split_dir)?;
     std::fs::write(
-        split_dir.join("exclude.txt"),
+        split_dir.join("test-ids.txt"),
         test_all
             .iter()
             .map(|g| format!("{}\n", g.id))
@@ -272,7 +289,7 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
         .map(|d| ("sentiment", sentiment as Mapping, d))
         .collect();
     specs.push(("review-vs-plot", review_or_plot, 0));
-    for (i, (task_kind, mapping, d)) in specs.iter().enumerate() {
+    for (task_kind, mapping, d) in &specs {
         let second = *task_kind != "sentiment";
         let pool = relabel(&train_all, *mapping);
         let test = relabel(&test_all, *mapping);
@@ -339,17 +356,37 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
             draw: *d,
             model: "teacher + head".into(),
             distilled: false,
+            unseen: true,
             report,
         });
 
-        let mut students: Vec<(&str, StudentKind, bool)> = vec![
-            ("n-gram, gold only", StudentKind::Ngram, true),
-            ("n-gram, distilled", StudentKind::Ngram, false),
+        // (row, student, gold only, test texts unseen)
+        let mut students: Vec<(&str, StudentKind, bool, bool)> = vec![
+            ("n-gram, gold only", StudentKind::Ngram, true, true),
+            (
+                "n-gram, distilled",
+                StudentKind::Ngram,
+                false,
+                args.exclude_test_texts,
+            ),
         ];
-        if args.transformer_epochs > 0 && (!second || args.second_task_transformer) {
-            students.push(("transformer, distilled", StudentKind::Transformer, false));
+        if !args.exclude_test_texts {
+            students.push((UNSEEN_ROW, StudentKind::Ngram, false, true));
         }
-        for (label, kind, gold_only) in students {
+        if args.transformer_epochs > 0 && (!second || args.second_task_transformer) {
+            students.push((
+                "transformer, distilled",
+                StudentKind::Transformer,
+                false,
+                args.exclude_test_texts,
+            ));
+        }
+        for (label, kind, gold_only, unseen) in students {
+            let exclude = if unseen {
+                test_ids.clone()
+            } else {
+                exclude.clone()
+            };
             let dir = out.join("models").join(format!(
                 "{name}-{}",
                 label.replace(", ", "-").replace(' ', "-")
@@ -404,10 +441,10 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
                 draw: *d,
                 model: label.into(),
                 distilled: !gold_only,
+                unseen,
                 report,
             });
         }
-        let _ = i;
     }
 
     // 5. Report.
@@ -443,6 +480,7 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
         print_table(&t);
         println!();
     }
+    println!("{}\n", setup_note(&args));
     println!("Teacher: {:.1} s spent labeling this run, {:.1} s saved by cache hits; tasks fitted with {} teacher-seconds.",
         job.teacher_seconds, job.teacher_seconds_saved,
         task_seconds.iter().map(|t| t.1).sum::<f64>());
@@ -456,6 +494,8 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
         "draws": args.draws,
         "gold_per_draw": args.gold_count,
         "split": {"by": args.group_field, "train_rows": train_all.len(), "test_rows": test_all.len()},
+        "students_saw_test_texts": !args.exclude_test_texts,
+        "setup": setup_note(&args),
         "label_job": job,
         "task_teacher_seconds": task_seconds,
         "rows": rows,
@@ -532,6 +572,7 @@ struct Summary {
     task: String,
     model: String,
     distilled: bool,
+    unseen: bool,
     draws: usize,
     mean: EvalReport,
     accuracy_min: f64,
@@ -560,6 +601,7 @@ fn summarize(rows: &[Row]) -> Vec<Summary> {
                 task: g[0].task.clone(),
                 model: g[0].model.clone(),
                 distilled: g[0].distilled,
+                unseen: g[0].unseen,
                 draws: g.len(),
                 mean: EvalReport {
                     model: g[0].model.clone(),
@@ -706,6 +748,20 @@ fn plot(summary: &[Summary]) -> String {
     s + "</svg>\n"
 }
 
+/// What the distilled students were allowed to see.
+fn setup_note(args: &QuickstartArgs) -> String {
+    if args.exclude_test_texts {
+        "Distillation excluded the test movies' texts entirely: every student is evaluated on text it never saw.".into()
+    } else {
+        format!(
+            "Students distill from the teacher's soft labels over the whole unlabeled corpus, as in the reference setup \
+             (test texts included as unlabeled text; test labels are never used). The row `{UNSEEN_ROW}` is an n-gram \
+             student distilled without the test texts: how students do on text they never saw \
+             (`--exclude-test-texts` runs every student that way)."
+        )
+    }
+}
+
 fn markdown(
     args: &QuickstartArgs,
     summary: &[Summary],
@@ -716,8 +772,9 @@ fn markdown(
     let mut s = String::from("# distill quickstart report\n\n");
     s += &format!(
         "Corpus `{}` ({} rows) labeled once by `{}`: {:.1} teacher-seconds spent in this run, {:.1} saved by cache hits. \
-         Gold labels split by `{}`; {} gold labels per draw, {} draw(s). Wall time {:.0} s.\n\n",
-        args.corpus, job.rows, args.teacher, job.teacher_seconds, job.teacher_seconds_saved, args.group_field, args.gold_count, args.draws, wall
+         Gold labels split by `{}` (no {} on both sides); {} gold labels per draw, {} draw(s). Wall time {:.0} s.\n\n{}\n\n",
+        args.corpus, job.rows, args.teacher, job.teacher_seconds, job.teacher_seconds_saved, args.group_field, args.group_field, args.gold_count, args.draws, wall,
+        setup_note(args)
     );
     for task in ["sentiment", "review-vs-plot"] {
         s += &format!(

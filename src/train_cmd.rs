@@ -94,6 +94,12 @@ pub struct TrainArgs {
     /// N-gram: embedding width.
     #[arg(long, env = "DISTILL_DIM", default_value_t = 32)]
     pub dim: usize,
+    /// N-gram: word n-grams up to this length.
+    #[arg(long, env = "DISTILL_WORD_NGRAMS", default_value_t = 2)]
+    pub word_ngrams: usize,
+    /// N-gram: character n-gram length inside words (0: none).
+    #[arg(long, env = "DISTILL_CHAR_NGRAM", default_value_t = 3)]
+    pub char_ngram: usize,
 }
 
 impl TrainArgs {
@@ -302,7 +308,8 @@ pub async fn train(
             let cfg = NgramConfig {
                 buckets: args.buckets,
                 dim: args.dim,
-                ..Default::default()
+                word_ngrams: args.word_ngrams,
+                char_ngram: args.char_ngram,
             };
             let opts = NgramTrainOptions {
                 epochs: args.epochs.unwrap_or(if args.gold_only { 60 } else { 10 }),

@@ -228,6 +228,38 @@ impl Predictor {
         Ok(Self::Bert(Box::new(teacher), labels))
     }
 
+    /// Loads a model for a task: a student or classifier directory, or — when `dir` is the embedding
+    /// teacher the task was fitted on — the teacher with the task's head (teacher + head).
+    pub fn load_for_task(
+        dir: &Path,
+        device: &DeviceSpec,
+        task: &distill_cache::task::TaskRecord,
+    ) -> Result<Self> {
+        let name = dir.display().to_string();
+        if let (Ok(md), Some(head)) = (ModelDir::inspect(&name, dir), &task.head) {
+            if matches!(md.head, Head::Embedding { .. }) {
+                let teacher = Teacher::load(&md, device)?;
+                if teacher.info().fingerprint != task.teacher {
+                    return Err(StudentError::Model {
+                        path: name,
+                        reason: format!(
+                            "an embedding model with fingerprint {}, but task {} was fitted on teacher {}",
+                            teacher.info().fingerprint,
+                            task.name,
+                            task.teacher
+                        ),
+                    });
+                }
+                return Ok(Self::TeacherHead(
+                    std::sync::Arc::new(teacher),
+                    head.clone(),
+                    task.labels.clone(),
+                ));
+            }
+        }
+        Self::load(dir, device)
+    }
+
     pub fn labels(&self) -> &[String] {
         match self {
             Self::Ngram(m) => &m.labels,

@@ -190,6 +190,20 @@ fn a_task_from_the_cache_and_an_ngram_student_that_learns_it() {
     assert!(report["macro_f1"].as_f64().unwrap() >= 0.95, "{report}");
     assert!(report["throughput"].as_f64().unwrap() > 0.0);
     assert_eq!(report["parameters"], 4096 * 16 + 2 * 16 + 2);
+    // The teacher itself, evaluated as teacher + the task's head: it agrees with its cached logits.
+    let th = run_json(&[
+        "eval",
+        "--model",
+        teacher.to_str().unwrap(),
+        "--cache",
+        &s.store,
+        "--task",
+        "syn",
+        "--labels",
+        &s.path("test.jsonl"),
+        "--json",
+    ]);
+    assert_eq!(th["agreement"], 1.0, "{th}");
     assert_eq!(
         report["blind_spots"]["teacher_least_confident"]
             .as_array()
@@ -638,13 +652,20 @@ fn quickstart_reduced() {
             "teacher + head",
             "n-gram, gold only",
             "n-gram, distilled",
+            "n-gram, distilled, test texts unseen",
             "transformer, distilled"
         ]
     );
     assert_eq!(
         models("review-vs-plot"),
-        ["teacher + head", "n-gram, gold only", "n-gram, distilled"]
+        [
+            "teacher + head",
+            "n-gram, gold only",
+            "n-gram, distilled",
+            "n-gram, distilled, test texts unseen"
+        ]
     );
+    assert_eq!(report["students_saw_test_texts"], true);
     for (name, secs) in report["task_teacher_seconds"]
         .as_array()
         .unwrap()
@@ -653,12 +674,25 @@ fn quickstart_reduced() {
     {
         assert_eq!(secs, 0.0, "task {name} ran the teacher");
     }
-    // No test text was trained on: the split file lists them, the students' records say how many.
-    let excluded = std::fs::read_to_string(out.join("split/exclude.txt"))
+    // The split file lists the test ids; the unseen-texts student was trained without them, the
+    // main-setup student distilled over the whole unlabeled corpus.
+    let test_ids = std::fs::read_to_string(out.join("split/test-ids.txt"))
         .unwrap()
         .lines()
         .count();
-    assert!(excluded > 0);
+    assert!(test_ids > 0);
+    let excluded = |model: &str| -> u64 {
+        let info: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(out.join("models").join(model).join("distill.json")).unwrap(),
+        )
+        .unwrap();
+        info["training"]["excluded_ids"].as_u64().unwrap()
+    };
+    assert_eq!(
+        excluded("quickstart-sentiment-d0-n-gram-distilled-test-texts-unseen"),
+        test_ids as u64
+    );
+    assert_eq!(excluded("quickstart-sentiment-d0-n-gram-distilled"), 0);
     for r in rows {
         let acc = r["accuracy"].as_f64().unwrap();
         assert!(
