@@ -2,7 +2,8 @@
 //!
 //! 1. label the corpus once with the teacher (a rerun is all cache hits);
 //! 2. split the gold labels **by movie** (no movie on both sides) into a train pool and a test set;
-//!    test texts are never trained on, not even unlabeled;
+//!    test labels are never trained on; test texts take part in distillation as unlabeled text (the
+//!    reference setup) unless `--exclude-test-texts`, and one extra n-gram row never sees them;
 //! 3. per draw of `--gold` labels from the pool: fit the sentiment task (fresh vs rotten) from the
 //!    cache, train the students (n-gram on gold alone, n-gram and transformer distilled), evaluate each
 //!    and the teacher + head on the test set;
@@ -172,6 +173,15 @@ fn draw(pool: &[Gold], n: usize, seed: u64, d: usize) -> Vec<Gold> {
 }
 
 pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
+    if !(args.test_share > 0.0 && args.test_share < 1.0) {
+        anyhow::bail!(
+            "--test-share must be between 0 and 1, not {}",
+            args.test_share
+        );
+    }
+    if args.draws == 0 || args.gold_count < 4 {
+        anyhow::bail!("--draws must be at least 1 and --gold-count at least 4");
+    }
     let started = std::time::Instant::now();
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
@@ -399,6 +409,7 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
             targs.epochs = (kind == StudentKind::Transformer).then_some(args.transformer_epochs);
             targs.mimic_epochs = args.mimic_epochs;
             targs.teacher = Some(args.teacher.clone());
+            targs.checkpoint = None;
             if kind == StudentKind::Transformer && args.mimic_epochs > 0 && mimicked.is_none() {
                 eprintln!(
                     "    mimicking the teacher's embeddings ({} epoch(s), once for every task)",
@@ -413,7 +424,7 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
                 &record,
                 &targs,
                 exclude.clone(),
-                mimicked.as_ref(),
+                mimicked.as_ref().map(|(m, id)| (m, id.as_str())),
                 true,
             )
             .await?;
@@ -531,7 +542,10 @@ async fn mimic_once(
     targs: &TrainArgs,
     exclude: &HashSet<String>,
     dir: &distill_cache::model_dir::ModelDir,
-) -> anyhow::Result<distill_student_trainer::transformer::TransformerStudent> {
+) -> anyhow::Result<(
+    distill_student_trainer::transformer::TransformerStudent,
+    String,
+)> {
     let data = TrainData::open(loc, record, exclude.clone(), targs.seed)
         .await?
         .with_embeddings(record)?;
@@ -550,7 +564,15 @@ async fn mimic_once(
         record.base_output,
         serde_json::to_string(&opts)?
     );
-    tokio::task::spawn_blocking(move || {
+    let mut ids: Vec<&String> = exclude.iter().collect();
+    ids.sort();
+    let run_id = distill_cache::fingerprint::Hasher::new("distill.quickstart-mimic")
+        .str(&run_id)
+        .str(&serde_json::to_string(&ids)?)
+        .clone()
+        .finish()
+        .to_string();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let s = train_cmd::mimic(
             &dir,
             &data,
@@ -559,9 +581,10 @@ async fn mimic_once(
             Some(&ckpt),
             &candle_core::Device::Cpu,
             true,
-        );
+        )?;
+        // Removed only on success: after a failure a rerun resumes from it.
         let _ = std::fs::remove_dir_all(&ckpt);
-        s
+        Ok((s, run_id))
     })
     .await?
 }

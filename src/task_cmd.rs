@@ -240,7 +240,7 @@ pub async fn fit(args: &FitArgs) -> anyhow::Result<TaskRecord> {
             if !gold.is_empty() {
                 task::gold_embeddings(&loc, &entry, &gold, &path).await?;
             }
-            Ok(task::from_teacher(&loc, &args.name, &entry, &info, &gold).await?)
+            Ok(task::from_teacher(&loc, &args.name, &entry, &info, &gold, &path).await?)
         }
     }
 }

@@ -217,21 +217,102 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
-/// The checkpoint folder of a training run: `--checkpoint`, or `<out>.checkpoint`.
+/// The checkpoint folder of a training run: `--checkpoint`, or `<out>.checkpoint` next to `<out>`.
 fn checkpoint_dir(args: &TrainArgs) -> PathBuf {
-    args.checkpoint
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("{}.checkpoint", args.out.display())))
+    args.checkpoint.clone().unwrap_or_else(|| {
+        let name = args
+            .out
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into());
+        args.out.with_file_name(format!("{name}.checkpoint"))
+    })
+}
+
+/// Marks a folder as a distill checkpoint folder (only such folders are ever deleted).
+const CHECKPOINT_MARKER: &str = ".distill-checkpoint";
+
+/// Creates (or reuses) a checkpoint folder; refuses a non-empty folder that is not one.
+fn prepare_checkpoint(dir: &Path) -> anyhow::Result<()> {
+    if dir.exists() {
+        let empty = dir
+            .read_dir()
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false);
+        if !empty && !dir.join(CHECKPOINT_MARKER).is_file() {
+            anyhow::bail!(
+                "checkpoint folder {} exists and is not a distill checkpoint: choose another --checkpoint",
+                dir.display()
+            );
+        }
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(dir.join(CHECKPOINT_MARKER), b"")
+        .with_context(|| format!("writing {}", dir.display()))?;
+    Ok(())
+}
+
+/// Removes a checkpoint folder once the model is written (only if it carries the marker).
+fn remove_checkpoint(dir: &Path) {
+    if dir.join(CHECKPOINT_MARKER).is_file() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
 
 /// Identifies a run by everything that decides its result, so a checkpoint is only resumed by the
-/// same run.
-fn run_fingerprint(settings: &str) -> String {
-    distill_cache::fingerprint::Hasher::new("distill.train-run")
+/// same run: settings, the task's entry and gold labels, the excluded ids, the shuffle buffer and the
+/// starting point.
+fn run_fingerprint(
+    task: &TaskRecord,
+    settings: &str,
+    exclude: &HashSet<String>,
+    args: &TrainArgs,
+    base: &str,
+) -> String {
+    let mut ids: Vec<&String> = exclude.iter().collect();
+    ids.sort();
+    let mut h = distill_cache::fingerprint::Hasher::new("distill.train-run");
+    h.str(task.output.as_str())
         .str(settings)
-        .clone()
-        .finish()
-        .to_string()
+        .str(base)
+        .u64(args.shuffle_buffer as u64)
+        .u64(args.gold_only as u64);
+    for g in &task.gold {
+        h.str(&g.id).str(&g.label);
+    }
+    for id in ids {
+        h.str(id);
+    }
+    h.finish().to_string()
+}
+
+impl TrainArgs {
+    /// Rejects settings that cannot train, naming the flag.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let checks: [(bool, &str); 7] = [
+            (self.batch == 0, "--batch must be at least 1"),
+            (self.buckets == 0, "--buckets must be at least 1"),
+            (self.dim == 0, "--dim must be at least 1"),
+            (
+                self.shuffle_buffer == 0,
+                "--shuffle-buffer must be at least 1",
+            ),
+            (self.max_seq < 2, "--max-seq must be at least 2"),
+            (
+                !(self.temperature.is_finite() && self.temperature > 0.0),
+                "--temperature must be a positive number",
+            ),
+            (
+                !(self.alpha.is_finite() && self.alpha >= 0.0)
+                    || self.lr.is_some_and(|l| !(l.is_finite() && l > 0.0)),
+                "--alpha must be ≥ 0 and --lr > 0",
+            ),
+        ];
+        match checks.iter().find(|c| c.0) {
+            Some((_, msg)) => anyhow::bail!("{msg}"),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Finds the teacher for a transformer student and checks it is the one the cache was labeled with.
@@ -276,9 +357,10 @@ pub async fn train(
     task: &TaskRecord,
     args: &TrainArgs,
     exclude: HashSet<String>,
-    mimicked: Option<&TransformerStudent>,
+    mimicked: Option<(&TransformerStudent, &str)>,
     show: bool,
 ) -> anyhow::Result<StudentInfo> {
+    args.validate()?;
     if args.gold_only && task.gold.is_empty() {
         anyhow::bail!("--gold-only: task {} has no gold labels", task.name);
     }
@@ -330,18 +412,20 @@ pub async fn train(
             });
             let info2 = info.clone();
             let checkpoint = checkpoint_dir(args);
-            let run_id = run_fingerprint(&format!(
-                "{}-{:?}-{:?}-{}",
-                task.output, cfg, opts, args.gold_only
-            ));
+            prepare_checkpoint(&checkpoint)?;
+            let run_id = run_fingerprint(task, &format!("{cfg:?}-{opts:?}"), &exclude, args, "");
             tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
                 let mut bar = TrainBar::new(show, "n-gram");
-                let model = ngram::train(&data, cfg, &opts, Some((&checkpoint, &run_id)), |r| {
-                    bar.step(r)
-                })?;
+                let model = ngram::train(
+                    &data,
+                    cfg,
+                    &opts,
+                    Some((&checkpoint.join("ngram"), &run_id)),
+                    |r| bar.step(r),
+                )?;
                 bar.finish();
                 write_dir(&out, |tmp| save_ngram(&model, &info2, tmp))?;
-                let _ = std::fs::remove_dir_all(&checkpoint);
+                remove_checkpoint(&checkpoint);
                 Ok(())
             })
             .await??;
@@ -354,11 +438,13 @@ pub async fn train(
                 from_teacher: !args.random_init,
                 max_seq: args.max_seq,
                 batch: args.batch,
-                mimic_epochs: if mimicked.is_some() || task.head.is_none() {
+                mimic_epochs: if mimicked.is_some() || task.head.is_none() || args.gold_only {
                     0
                 } else {
                     args.mimic_epochs
                 },
+                soft: if args.gold_only { 0.0 } else { 1.0 },
+                normalize_target: task.head.as_ref().is_some_and(|h| h.normalize_input),
                 epochs: args.epochs.unwrap_or(if args.gold_only { 20 } else { 2 }),
                 lr: args.lr.unwrap_or(1e-4),
                 temperature: args.temperature,
@@ -369,7 +455,16 @@ pub async fn train(
                 ..Default::default()
             };
             info.training = serde_json::to_value(&opts)?;
+            info.training["excluded_ids"] = exclude.len().into();
             let checkpoint = checkpoint_dir(args);
+            prepare_checkpoint(&checkpoint)?;
+            let run_id = run_fingerprint(
+                task,
+                &serde_json::to_string(&opts)?,
+                &exclude,
+                args,
+                mimicked.map(|m| m.1).unwrap_or(""),
+            );
             let mimic_data = if opts.mimic_epochs > 0 && mimicked.is_none() {
                 let mut d = TrainData::open(loc, task, exclude, args.seed)
                     .await?
@@ -379,16 +474,8 @@ pub async fn train(
             } else {
                 None
             };
-            let base = mimicked.map(|m| m.duplicate()).transpose()?;
+            let base = mimicked.map(|m| m.0.duplicate()).transpose()?;
             let head = task.head.clone();
-            let gold_only = args.gold_only;
-            let run = format!(
-                "{}-{}-{}",
-                task.output,
-                serde_json::to_string(&opts)?,
-                gold_only
-            );
-            let run_id = run_fingerprint(&run);
             let info2 = info.clone();
             tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
                 let student = mimic_then_distill(
@@ -404,7 +491,7 @@ pub async fn train(
                     show,
                 )?;
                 write_dir(&out, |tmp| student.save_hf(tmp, &info2))?;
-                let _ = std::fs::remove_dir_all(&checkpoint);
+                remove_checkpoint(&checkpoint);
                 Ok(())
             })
             .await??;

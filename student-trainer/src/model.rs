@@ -73,9 +73,19 @@ pub fn write_dir(out: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<(
     }
     let old = parent.join(format!(".{name}.old-{nonce}"));
     if out.exists() {
-        std::fs::rename(out, &old).map_err(StudentError::io(out))?;
+        if let Err(e) = std::fs::rename(out, &old) {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(StudentError::io(out)(e));
+        }
     }
-    std::fs::rename(&tmp, out).map_err(StudentError::io(out))?;
+    if let Err(e) = std::fs::rename(&tmp, out) {
+        // Put the previous model back rather than leave nothing at `out`.
+        if old.exists() {
+            let _ = std::fs::rename(&old, out);
+        }
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(StudentError::io(out)(e));
+    }
     if old.exists() {
         let _ = std::fs::remove_dir_all(&old);
     }

@@ -299,6 +299,7 @@ pub async fn from_teacher(
     entry: &Entry,
     teacher: &TeacherInfo,
     gold: &[Gold],
+    labels_path: &str,
 ) -> Result<TaskRecord> {
     task::check_name(name)?;
     let Head::Classifier { labels } = &teacher.head else {
@@ -309,12 +310,16 @@ pub async fn from_teacher(
     };
     for g in gold {
         if !labels.contains(&g.label) {
-            return Err(StudentError::Invalid(format!(
-                "gold label {:?} of id {:?} is not one of the teacher's labels ({})",
-                g.label,
-                g.id,
-                labels.join(", ")
-            )));
+            return Err(StudentError::Line {
+                path: labels_path.to_owned(),
+                line: g.line,
+                reason: format!(
+                    "label {:?} of id {:?} is not one of the teacher's labels ({})",
+                    g.label,
+                    g.id,
+                    labels.join(", ")
+                ),
+            });
         }
     }
     publish(

@@ -45,7 +45,11 @@ pub struct TransformerOptions {
     pub adamw: AdamW,
     pub clip: f32,
     pub temperature: f32,
+    /// Weight of the soft (teacher) term; 0 trains on gold labels alone.
+    pub soft: f32,
     pub alpha: f32,
+    /// Mimic the unit-length teacher embedding (when the task head normalises its input).
+    pub normalize_target: bool,
     pub seed: u64,
     pub checkpoint_every: u64,
 }
@@ -65,7 +69,9 @@ impl Default for TransformerOptions {
             adamw: AdamW::default(),
             clip: 1.0,
             temperature: 1.0,
+            soft: 1.0,
             alpha: 0.5,
+            normalize_target: true,
             seed: 0,
             checkpoint_every: 200,
         }
@@ -646,7 +652,7 @@ pub fn train_phase(
     let warmup = (total as f64 * opts.warmup) as u64;
     let kd = KdWeights {
         temperature: opts.temperature,
-        soft: 1.0,
+        soft: opts.soft,
         alpha: opts.alpha,
     };
     for epoch in start_epoch..epochs {
@@ -680,7 +686,11 @@ pub fn train_phase(
                         let target = batch.emb.as_ref().ok_or_else(|| {
                             StudentError::Invalid("mimicry needs cached embeddings".into())
                         })?;
-                        mimic_loss(&pooled, target)?
+                        if opts.normalize_target {
+                            mimic_loss(&pooled, &distill_worker::bert::l2_normalize(target)?)?
+                        } else {
+                            mimic_loss(&pooled, target)?
+                        }
                     }
                     Phase::Distill => kd_loss(&logits, &batch, kd)?,
                 };

@@ -529,6 +529,37 @@ fn bad_task_and_student_input_gets_one_clear_line() {
     ]);
     assert!(e.contains("line 1"), "{e}");
 
+    // A --checkpoint folder that holds something else is refused, never deleted.
+    let e = expect_error(&[
+        "train",
+        "--cache",
+        &s.store,
+        "--task",
+        "syn",
+        "--student",
+        "ngram",
+        "--out",
+        &s.path("m2"),
+        "--checkpoint",
+        &precious,
+    ]);
+    assert!(e.contains("not a distill checkpoint"), "{e}");
+    assert!(Path::new(&precious).join("notes.txt").is_file());
+    let e = expect_error(&[
+        "train",
+        "--cache",
+        &s.store,
+        "--task",
+        "syn",
+        "--student",
+        "ngram",
+        "--out",
+        &s.path("m2"),
+        "--batch",
+        "0",
+    ]);
+    assert!(e.contains("--batch"), "{e}");
+
     // A corrupted model file.
     let weights = Path::new(&model).join("model.safetensors");
     let bytes = std::fs::read(&weights).unwrap();
@@ -915,7 +946,9 @@ fn ngram_training_resumes_from_its_epoch_checkpoint() {
     let resumed = s.path("resumed");
     let killed = kill_when_exists(
         &args(&resumed),
-        &Path::new(&format!("{resumed}.checkpoint")).join("position.json"),
+        &Path::new(&format!("{resumed}.checkpoint"))
+            .join("ngram")
+            .join("position.json"),
     );
     let mut again = args(&resumed);
     again.extend(["--log".to_string(), "info".to_string()]);
@@ -931,8 +964,9 @@ fn ngram_training_resumes_from_its_epoch_checkpoint() {
     assert_eq!(a, b, "a resumed run ends where an uninterrupted one does");
     // A corrupt checkpoint is named, not silently ignored.
     let ckpt = format!("{}.checkpoint", s.path("broken"));
-    std::fs::create_dir_all(&ckpt).unwrap();
-    std::fs::write(Path::new(&ckpt).join("position.json"), "{not json").unwrap();
+    std::fs::create_dir_all(Path::new(&ckpt).join("ngram")).unwrap();
+    std::fs::write(Path::new(&ckpt).join(".distill-checkpoint"), "").unwrap();
+    std::fs::write(Path::new(&ckpt).join("ngram/position.json"), "{not json").unwrap();
     let e = expect_error(
         &args(&s.path("broken"))
             .iter()
