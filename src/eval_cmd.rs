@@ -143,15 +143,14 @@ pub async fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
     let samples = args.latency_samples;
     let k = args.blind_spots;
     let all = if k > 0 {
-        let data = TrainData::open(&loc, &task, Default::default(), 0).await?;
-        Some(tokio::task::spawn_blocking(move || data.collect()).await??)
+        Some(TrainData::open(&loc, &task, Default::default(), 0).await?)
     } else {
         None
     };
     let (report, spots) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let r = eval::evaluate(&name, &model, &examples, samples, params, bytes)?;
         let spots = match all {
-            Some(all) => Some(eval::blind_spots(&model, &all, k)?),
+            Some(data) => Some(eval::blind_spots(&model, &data, k)?),
             None => None,
         };
         Ok((r, spots))
@@ -257,6 +256,14 @@ pub struct PredictArgs {
     pub batch: usize,
 }
 
+fn input_name(input: &str) -> String {
+    if input == "-" {
+        "<stdin>".to_owned()
+    } else {
+        input.to_owned()
+    }
+}
+
 struct Input {
     id: String,
     text: String,
@@ -334,7 +341,7 @@ pub async fn run_predict(args: PredictArgs) -> anyhow::Result<()> {
             if !labels.contains(l) {
                 anyhow::bail!(
                     "{}, line {}: label {l:?} is not one the model knows ({}); drop the field or use --label-field",
-                    args.input,
+                    input_name(&args.input),
                     inp.line,
                     labels.join(", ")
                 );

@@ -222,6 +222,14 @@ impl TrainData {
         Ok(n)
     }
 
+    /// Calls `f` with each shard's selected examples in turn (one shard in memory at a time).
+    pub fn for_each_shard(&self, mut f: impl FnMut(Vec<Example>) -> Result<()>) -> Result<()> {
+        for s in &self.shards {
+            f(self.load(s)?)?;
+        }
+        Ok(())
+    }
+
     /// Every selected example, in cache order (for small selections: evaluation sets, gold sets).
     pub fn collect(&self) -> Result<Vec<Example>> {
         let mut all = Vec::new();

@@ -93,37 +93,37 @@ pub struct BlindSpot {
     pub disagreement: f32,
 }
 
-/// The `k` examples where the teacher is least confident and the `k` where teacher and student
-/// disagree most.
+/// The `k` examples where the teacher is least confident and the `k` where teacher and model
+/// disagree most, over every row of `data`, streamed shard by shard (memory: one shard and 2·k spots).
 pub fn blind_spots(
     model: &Predictor,
-    examples: &[Example],
+    data: &crate::data::TrainData,
     k: usize,
 ) -> Result<(Vec<BlindSpot>, Vec<BlindSpot>)> {
-    let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
-    let student = probabilities(&model.logits(&texts)?);
-    let teacher = probabilities(&examples.iter().map(|e| e.soft.clone()).collect::<Vec<_>>());
-    let labels = model.labels();
-    let spots: Vec<BlindSpot> = examples
-        .iter()
-        .zip(student.iter().zip(&teacher))
-        .map(|(e, (s, t))| {
-            let (ks, kt) = (argmax(s), argmax(t));
-            BlindSpot {
+    let labels = model.labels().to_vec();
+    let (mut unsure, mut apart): (Vec<BlindSpot>, Vec<BlindSpot>) = (Vec::new(), Vec::new());
+    data.for_each_shard(|examples| {
+        let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
+        let student = probabilities(&model.logits(&texts)?);
+        for (e, s) in examples.iter().zip(&student) {
+            let t = probabilities(std::slice::from_ref(&e.soft)).remove(0);
+            let (ks, kt) = (argmax(s), argmax(&t));
+            let spot = BlindSpot {
                 id: e.id.clone(),
                 text: e.text.clone(),
                 teacher: labels[kt].clone(),
                 teacher_confidence: t[kt],
                 student: labels[ks].clone(),
-                disagreement: 0.5 * s.iter().zip(t).map(|(a, b)| (a - b).abs()).sum::<f32>(),
-            }
-        })
-        .collect();
-    let mut unsure = spots.clone();
-    unsure.sort_by(|a, b| a.teacher_confidence.total_cmp(&b.teacher_confidence));
-    unsure.truncate(k);
-    let mut apart = spots;
-    apart.sort_by(|a, b| b.disagreement.total_cmp(&a.disagreement));
-    apart.truncate(k);
+                disagreement: 0.5 * s.iter().zip(&t).map(|(a, b)| (a - b).abs()).sum::<f32>(),
+            };
+            unsure.push(spot.clone());
+            apart.push(spot);
+        }
+        unsure.sort_by(|a, b| a.teacher_confidence.total_cmp(&b.teacher_confidence));
+        unsure.truncate(k);
+        apart.sort_by(|a, b| b.disagreement.total_cmp(&a.disagreement));
+        apart.truncate(k);
+        Ok(())
+    })?;
     Ok((unsure, apart))
 }
