@@ -697,6 +697,32 @@ fn quickstart_reduced() {
         ]
     );
     assert_eq!(report["students_saw_test_texts"], true);
+    let summary: Vec<String> = report["summary"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["task"] == "sentiment")
+        .map(|s| s["model"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(summary[0], "teacher + head");
+    assert_eq!(
+        summary.last().unwrap(),
+        "n-gram, distilled, test texts unseen"
+    );
+    let targets = report["targets"].as_array().unwrap();
+    assert_eq!(
+        targets.len(),
+        6,
+        "3 checks for each of the 2 distilled students"
+    );
+    assert!(targets
+        .iter()
+        .all(|t| !t["what"].as_str().unwrap().contains("unseen")));
+    // The second task's gold labels are drawn equally per class.
+    let second =
+        std::fs::read_to_string(out.join("split/quickstart-review-vs-plot.gold.jsonl")).unwrap();
+    let plots = second.lines().filter(|l| l.contains("\"plot\"")).count();
+    assert_eq!(plots * 2, second.lines().count(), "{second}");
     for (name, secs) in report["task_teacher_seconds"]
         .as_array()
         .unwrap()
