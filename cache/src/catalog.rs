@@ -124,6 +124,21 @@ async fn get_json<T: serde::de::DeserializeOwned>(loc: &Location, rel: &str) -> 
     }
 }
 
+/// Every object under `prefix` (a path of the store).
+pub async fn list_under(
+    loc: &Location,
+    prefix: &object_store::path::Path,
+) -> Result<Vec<object_store::ObjectMeta>> {
+    loc.store
+        .list(Some(prefix))
+        .try_collect()
+        .await
+        .map_err(|e| CacheError::Store {
+            url: loc.url.clone(),
+            reason: describe_store_error(&e),
+        })
+}
+
 /// Reads a corpus manifest.
 pub async fn read_manifest(
     loc: &Location,
@@ -137,15 +152,7 @@ pub async fn read_manifest(
 /// Lists every (teacher, output) entry of the store, reading each shard's footer for its counts.
 pub async fn list(loc: &Location) -> Result<Vec<CatalogEntry>> {
     let root = loc.child(&layout::version_root());
-    let objects: Vec<object_store::ObjectMeta> = loc
-        .store
-        .list(Some(&root))
-        .try_collect()
-        .await
-        .map_err(|e| CacheError::Store {
-            url: loc.url.clone(),
-            reason: describe_store_error(&e),
-        })?;
+    let objects = list_under(loc, &root).await?;
     let mut groups: std::collections::BTreeMap<
         (Fingerprint, Fingerprint),
         (Vec<object_store::ObjectMeta>, Vec<String>),
@@ -212,15 +219,7 @@ pub async fn list(loc: &Location) -> Result<Vec<CatalogEntry>> {
 /// no `output.json`).
 pub async fn manifests(loc: &Location) -> Result<Vec<(CorpusManifest, Option<OutputSpec>)>> {
     let root = loc.child(&layout::version_root());
-    let objects: Vec<object_store::ObjectMeta> = loc
-        .store
-        .list(Some(&root))
-        .try_collect()
-        .await
-        .map_err(|e| CacheError::Store {
-            url: loc.url.clone(),
-            reason: describe_store_error(&e),
-        })?;
+    let objects = list_under(loc, &root).await?;
     let root_prefix = format!("{}/", root.as_ref());
     let mut out = Vec::new();
     for o in objects {

@@ -193,17 +193,8 @@ pub async fn read_task(loc: &Location, name: &str) -> Result<TaskRecord> {
 
 /// Names of the tasks a store holds, sorted.
 pub async fn list_tasks(loc: &Location) -> Result<Vec<String>> {
-    use futures::TryStreamExt;
     let dir = loc.child(&crate::layout::tasks_dir());
-    let objects: Vec<object_store::ObjectMeta> = loc
-        .store
-        .list(Some(&dir))
-        .try_collect()
-        .await
-        .map_err(|e| CacheError::Store {
-            url: loc.url.clone(),
-            reason: describe_store_error(&e),
-        })?;
+    let objects = crate::catalog::list_under(loc, &dir).await?;
     let mut names: Vec<String> = objects
         .iter()
         .filter_map(|o| {

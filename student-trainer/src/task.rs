@@ -225,19 +225,12 @@ pub async fn fit_head(
     let head = tokio::task::spawn_blocking(move || logreg::fit(&x, &y, classes, opts))
         .await
         .map_err(|e| StudentError::Invalid(format!("head fit panicked: {e}")))?;
-    publish(
-        loc,
-        name,
-        entry,
-        TaskKind::Head,
-        labels,
-        Some(head),
+    let def = Definition {
+        head: Some(head),
         gold,
-        vec![],
-        None,
-        0.0,
-    )
-    .await
+        ..Definition::new(TaskKind::Head, labels)
+    };
+    publish(loc, name, entry, def).await
 }
 
 /// A zero-shot task: `descriptions` (one per label) embedded by the teacher (`embedded`, same order),
@@ -277,19 +270,14 @@ pub async fn fit_zero_shot(
         bias: vec![0.0; labels.len()],
         normalize_input: true,
     };
-    publish(
-        loc,
-        name,
-        entry,
-        TaskKind::ZeroShot,
-        labels,
-        Some(head),
-        &[],
+    let def = Definition {
+        head: Some(head),
         descriptions,
-        Some(temperature),
+        temperature: Some(temperature),
         teacher_seconds,
-    )
-    .await
+        ..Definition::new(TaskKind::ZeroShot, labels)
+    };
+    publish(loc, name, entry, def).await
 }
 
 /// A classifier teacher's cached logits as a task (optionally with gold labels for the trainer).
@@ -322,36 +310,56 @@ pub async fn from_teacher(
             });
         }
     }
-    publish(
-        loc,
-        name,
-        entry,
-        TaskKind::Teacher,
-        labels.clone(),
-        None,
+    let def = Definition {
         gold,
-        vec![],
-        None,
-        0.0,
-    )
-    .await
+        ..Definition::new(TaskKind::Teacher, labels.clone())
+    };
+    publish(loc, name, entry, def).await
+}
+
+/// What defines a task, besides its name and entry.
+struct Definition<'a> {
+    kind: TaskKind,
+    labels: Vec<String>,
+    head: Option<LinearHead>,
+    gold: &'a [Gold],
+    descriptions: Vec<String>,
+    temperature: Option<f32>,
+    /// Teacher device-seconds spent to define it.
+    teacher_seconds: f64,
+}
+
+impl Definition<'_> {
+    fn new(kind: TaskKind, labels: Vec<String>) -> Self {
+        Self {
+            kind,
+            labels,
+            head: None,
+            gold: &[],
+            descriptions: Vec::new(),
+            temperature: None,
+            teacher_seconds: 0.0,
+        }
+    }
 }
 
 /// Applies the head to every cached shard, commits the derived entry (idempotently: shards already
 /// there are kept), writes its manifest, then the task record last.
-#[allow(clippy::too_many_arguments)]
 async fn publish(
     loc: &Location,
     name: &str,
     entry: &Entry,
-    kind: TaskKind,
-    labels: Vec<String>,
-    head: Option<LinearHead>,
-    gold: &[Gold],
-    descriptions: Vec<String>,
-    temperature: Option<f32>,
-    teacher_seconds: f64,
+    def: Definition<'_>,
 ) -> Result<TaskRecord> {
+    let Definition {
+        kind,
+        labels,
+        head,
+        gold,
+        descriptions,
+        temperature,
+        teacher_seconds,
+    } = def;
     let base = &entry.manifest;
     let output = match &head {
         Some(h) => task::derived_output(&base.teacher, &base.output, &h.fingerprint()),

@@ -212,3 +212,15 @@ pub fn label_with(corpus: &str, teacher: &str, store: &str, extra: &[&str]) -> s
     args.push("--json");
     run_json(&args)
 }
+
+/// The Python interpreter (`DISTILL_PYTHON`, default `python3`) if it can import `modules`; a missing
+/// one is a skipped prerequisite (a failure under `DISTILL_REQUIRE_ALL=1`).
+pub fn python_with(modules: &str) -> Option<String> {
+    let python = std::env::var("DISTILL_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = Command::new(&python)
+        .args(["-c", &format!("import {modules}")])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    prerequisite(&format!("{python} with {modules}"), ok.then_some(python))
+}

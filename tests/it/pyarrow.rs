@@ -19,15 +19,9 @@ print(json.dumps({
 
 #[tokio::test]
 async fn pyarrow_reads_the_documented_schema_and_metadata() {
-    let python = std::env::var("DISTILL_PYTHON").unwrap_or_else(|_| "python3".into());
-    let has_pyarrow = std::process::Command::new(&python)
-        .args(["-c", "import pyarrow"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if prerequisite("python3 with pyarrow", has_pyarrow.then_some(())).is_none() {
+    let Some(python) = python_with("pyarrow") else {
         return;
-    }
+    };
     let dir = tempfile::tempdir().unwrap();
     let encoder = tiny_encoder(dir.path());
     let classifier = tiny_classifier(dir.path());

@@ -774,20 +774,9 @@ fn quickstart_reduced() {
 /// transformers' BertForSequenceClassification expects, and its forward pass re-implemented in float64
 /// numpy (`scripts/hf_bert_check.py`) gives the probabilities `distill predict` gives.
 fn hf_compatible(model: &str) {
-    let python = std::env::var("DISTILL_PYTHON").unwrap_or_else(|_| "python3".into());
-    let has = std::process::Command::new(&python)
-        .args(["-c", "import numpy, safetensors, tokenizers"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if prerequisite(
-        "python3 with numpy, safetensors and tokenizers",
-        has.then_some(()),
-    )
-    .is_none()
-    {
+    let Some(python) = python_with("numpy, safetensors, tokenizers") else {
         return;
-    }
+    };
     let texts = ["the film was great", "awful and boring", "a plot"];
     let out = std::process::Command::new(&python)
         .arg(repo_root().join("scripts/hf_bert_check.py"))
