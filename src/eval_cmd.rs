@@ -311,10 +311,11 @@ fn read_inputs(args: &PredictArgs) -> anyhow::Result<Vec<Input>> {
             out.push(Input {
                 id,
                 text: text.to_owned(),
-                label: v
-                    .get(&args.label_field)
-                    .and_then(|l| l.as_str())
-                    .map(str::to_owned),
+                label: match v.get(&args.label_field) {
+                    Some(serde_json::Value::String(l)) => Some(l.clone()),
+                    Some(serde_json::Value::Number(l)) => Some(l.to_string()),
+                    _ => None,
+                },
                 line: n,
             });
         } else {

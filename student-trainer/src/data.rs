@@ -57,6 +57,8 @@ pub struct TrainData {
     /// Rows of the task's corpus (before exclusion).
     pub rows: u64,
     kept: Mutex<Option<Vec<Example>>>,
+    /// Excluded rows met while loading (to warn about exclusion lists that match nothing).
+    excluded_seen: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for TrainData {
@@ -127,6 +129,7 @@ impl TrainData {
             seed,
             rows: manifest.rows,
             kept: Mutex::new(None),
+            excluded_seen: Default::default(),
         })
     }
 
@@ -199,6 +202,10 @@ impl TrainData {
         let mut out = Vec::new();
         for i in 0..data.rows() {
             if !self.wanted(&data.ids[i]) {
+                if self.exclude.contains(&data.ids[i]) {
+                    self.excluded_seen
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 continue;
             }
             out.push(Example {
@@ -213,11 +220,22 @@ impl TrainData {
     }
 
     /// How many examples an epoch yields (one streaming pass, or none if the selection is kept).
+    /// Warns when ids to exclude match no row of the corpus (a wrong list would let the test set in).
     pub fn count(&self) -> Result<usize> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.excluded_seen.store(0, Relaxed);
         let mut n = 0;
         for ex in self.epoch(0) {
             ex?;
             n += 1;
+        }
+        let seen = self.excluded_seen.load(Relaxed);
+        let reread = self.kept.lock().expect("not poisoned").is_none() || seen > 0;
+        if !self.exclude.is_empty() && seen == 0 && reread {
+            tracing::warn!(
+                excluded = self.exclude.len(),
+                "none of the ids to exclude is in the cached corpus: check the --exclude file"
+            );
         }
         Ok(n)
     }
