@@ -3,12 +3,12 @@
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use distill_cache::format::OutputKind;
-use distill_cache::model_dir::{ModelDir, TeacherInfo};
-use distill_cache::store::{self, Location};
+use distill_cache::model_dir::ModelDir;
+use distill_cache::store;
 use distill_cache::task::TaskRecord;
 use distill_student_trainer::labels::{self, Fields};
 use distill_student_trainer::logreg::LogRegOptions;
-use distill_student_trainer::task::{self, Entry};
+use distill_student_trainer::task;
 use distill_worker::{DeviceSpec, Teacher};
 use std::path::PathBuf;
 
@@ -121,19 +121,6 @@ pub fn print_record(r: &TaskRecord) {
     );
 }
 
-/// The teacher described in the cache (for its recorded source location).
-async fn teacher_info(loc: &Location, entry: &Entry) -> anyhow::Result<TeacherInfo> {
-    let path = loc.child(&distill_cache::layout::teacher_path(
-        &entry.manifest.teacher,
-    ));
-    let bytes = object_store::ObjectStoreExt::get(loc.store.as_ref(), &path)
-        .await
-        .with_context(|| format!("reading {}", loc.display(&path)))?
-        .bytes()
-        .await?;
-    serde_json::from_slice(&bytes).with_context(|| loc.display(&path))
-}
-
 pub async fn fit(args: &FitArgs) -> anyhow::Result<TaskRecord> {
     let loc = store::open(&args.entry.cache, false)?;
     let fields = Fields {
@@ -162,7 +149,7 @@ pub async fn fit(args: &FitArgs) -> anyhow::Result<TaskRecord> {
             labels.push(l.to_owned());
             descriptions.push(t.trim().to_owned());
         }
-        let info = teacher_info(&loc, &entry).await?;
+        let info = distill_cache::catalog::read_teacher(&loc, &entry.manifest.teacher).await?;
         let source = args.teacher.clone().unwrap_or(info.source.clone());
         let dir = ModelDir::resolve(&source).await?;
         let (embedded, secs) = tokio::task::spawn_blocking({
@@ -236,7 +223,7 @@ pub async fn fit(args: &FitArgs) -> anyhow::Result<TaskRecord> {
             .await?)
         }
         OutputKind::Logits => {
-            let info = teacher_info(&loc, &entry).await?;
+            let info = distill_cache::catalog::read_teacher(&loc, &entry.manifest.teacher).await?;
             if !gold.is_empty() {
                 task::gold_embeddings(&loc, &entry, &gold, &path).await?;
             }

@@ -324,14 +324,9 @@ pub async fn teacher_dir(
     let source = match given {
         Some(s) => s.to_owned(),
         None => {
-            let path = loc.child(&distill_cache::layout::teacher_path(&task.teacher));
-            let bytes = object_store::ObjectStoreExt::get(loc.store.as_ref(), &path)
-                .await
-                .with_context(|| format!("reading {}", loc.display(&path)))?
-                .bytes()
-                .await?;
-            let info: distill_cache::model_dir::TeacherInfo = serde_json::from_slice(&bytes)?;
-            info.source
+            distill_cache::catalog::read_teacher(loc, &task.teacher)
+                .await?
+                .source
         }
     };
     let dir = ModelDir::resolve(&source).await?;
@@ -522,29 +517,32 @@ pub fn mimic_then_distill(
         None => TransformerStudent::new(dir, data.labels.clone(), opts, device)?,
     };
     if let Some(md) = mimic_data {
-        student = mimic(dir, md, opts, run_id, checkpoint, device, show)?;
+        run_phase(
+            &student,
+            &tok,
+            Phase::Mimic,
+            md,
+            opts,
+            run_id,
+            checkpoint,
+            show,
+        )?;
     }
     if let (true, Some(h)) = (mimicked, head) {
         student.set_head(h, data.labels.clone())?;
     } else if student.labels != data.labels {
         anyhow::bail!("internal: a mimicked student needs the task's head");
     }
-    if opts.epochs > 0 {
-        let mut b = TrainBar::new(show, "distill");
-        transformer::train_phase(
-            &student,
-            &tok,
-            Phase::Distill,
-            data,
-            opts.epochs,
-            opts.lr,
-            opts,
-            &format!("{run_id}-distill"),
-            checkpoint.map(|c| c.join("distill")).as_deref(),
-            |r| b.step(r),
-        )?;
-        b.finish();
-    }
+    run_phase(
+        &student,
+        &tok,
+        Phase::Distill,
+        data,
+        opts,
+        run_id,
+        checkpoint,
+        show,
+    )?;
     Ok(student)
 }
 
@@ -560,19 +558,52 @@ pub fn mimic(
 ) -> anyhow::Result<TransformerStudent> {
     let tok = transformer::tokenizer(dir, opts.max_seq)?;
     let student = TransformerStudent::new(dir, data.labels.clone(), opts, device)?;
-    let mut b = TrainBar::new(show, "mimic");
-    transformer::train_phase(
+    run_phase(
         &student,
         &tok,
         Phase::Mimic,
         data,
-        opts.mimic_epochs,
-        opts.mimic_lr,
         opts,
-        &format!("{run_id}-mimic"),
-        checkpoint.map(|c| c.join("mimic")).as_deref(),
-        |r| b.step(r),
+        run_id,
+        checkpoint,
+        show,
     )?;
-    b.finish();
     Ok(student)
+}
+
+/// One phase with its epochs and learning rate from `opts`, a progress bar, and its own checkpoint
+/// folder (`<checkpoint>/mimic`, `<checkpoint>/distill`).
+#[allow(clippy::too_many_arguments)]
+fn run_phase(
+    student: &TransformerStudent,
+    tok: &transformer::Tokenizer,
+    phase: Phase,
+    data: &TrainData,
+    opts: &TransformerOptions,
+    run_id: &str,
+    checkpoint: Option<&Path>,
+    show: bool,
+) -> anyhow::Result<()> {
+    let (name, epochs, lr) = match phase {
+        Phase::Mimic => ("mimic", opts.mimic_epochs, opts.mimic_lr),
+        Phase::Distill => ("distill", opts.epochs, opts.lr),
+    };
+    if epochs == 0 {
+        return Ok(());
+    }
+    let mut bar = TrainBar::new(show, name);
+    transformer::train_phase(
+        student,
+        tok,
+        phase,
+        data,
+        epochs,
+        lr,
+        opts,
+        &format!("{run_id}-{name}"),
+        checkpoint.map(|c| c.join(name)).as_deref(),
+        |r| bar.step(r),
+    )?;
+    bar.finish();
+    Ok(())
 }

@@ -101,7 +101,11 @@ pub struct CatalogEntry {
     pub device_seconds: f64,
 }
 
-async fn get_json<T: serde::de::DeserializeOwned>(loc: &Location, rel: &str) -> Result<Option<T>> {
+/// Reads a JSON object of the store; `None` if it does not exist.
+pub(crate) async fn get_json<T: serde::de::DeserializeOwned>(
+    loc: &Location,
+    rel: &str,
+) -> Result<Option<T>> {
     let path = loc.child(rel);
     match loc.store.get(&path).await {
         Ok(g) => {
@@ -137,6 +141,15 @@ pub async fn list_under(
             url: loc.url.clone(),
             reason: describe_store_error(&e),
         })
+}
+
+/// Reads a teacher's description (`teacher.json`), which names where the teacher was loaded from.
+pub async fn read_teacher(loc: &Location, teacher: &Fingerprint) -> Result<TeacherInfo> {
+    let rel = layout::teacher_path(teacher);
+    get_json(loc, &rel).await?.ok_or_else(|| CacheError::Store {
+        url: loc.display(&loc.child(&rel)),
+        reason: "missing: the cache entry has no teacher description".into(),
+    })
 }
 
 /// Reads a corpus manifest.

@@ -158,37 +158,21 @@ pub async fn write_task(loc: &Location, record: &TaskRecord) -> Result<()> {
 /// Reads a task record; a missing task is an error naming the tasks the store has.
 pub async fn read_task(loc: &Location, name: &str) -> Result<TaskRecord> {
     check_name(name)?;
-    let path = loc.child(&crate::layout::task_path(name));
-    match loc.store.get(&path).await {
-        Ok(g) => {
-            let b = g.bytes().await.map_err(|e| CacheError::Store {
-                url: loc.display(&path),
-                reason: describe_store_error(&e),
-            })?;
-            serde_json::from_slice(&b).map_err(|e| CacheError::Task {
-                name: name.to_owned(),
-                reason: format!("{}: {e}", loc.display(&path)),
-            })
-        }
-        Err(object_store::Error::NotFound { .. }) => {
-            let known = list_tasks(loc).await?;
-            Err(CacheError::Task {
-                name: name.to_owned(),
-                reason: if known.is_empty() {
-                    format!(
-                        "no such task in {} (it has none: fit one with `distill task fit`)",
-                        loc.url
-                    )
-                } else {
-                    format!("no such task in {} (it has: {})", loc.url, known.join(", "))
-                },
-            })
-        }
-        Err(e) => Err(CacheError::Store {
-            url: loc.display(&path),
-            reason: describe_store_error(&e),
-        }),
+    if let Some(record) = crate::catalog::get_json(loc, &crate::layout::task_path(name)).await? {
+        return Ok(record);
     }
+    let known = list_tasks(loc).await?;
+    Err(CacheError::Task {
+        name: name.to_owned(),
+        reason: if known.is_empty() {
+            format!(
+                "no such task in {} (it has none: fit one with `distill task fit`)",
+                loc.url
+            )
+        } else {
+            format!("no such task in {} (it has: {})", loc.url, known.join(", "))
+        },
+    })
 }
 
 /// Names of the tasks a store holds, sorted.

@@ -9,11 +9,13 @@
 //! - [`ngram`]: the hashed bag-of-n-grams student;
 //! - [`transformer`]: the BERT student initialised from the teacher's layers, trained with candle's
 //!   autograd, exported as a Hugging Face `BertForSequenceClassification`;
+//! - [`checkpoint`]: training checkpoints (both students) and resuming them;
 //! - [`model`]: student directories (atomic writes, loading, prediction);
 //! - [`metrics`] and [`eval`]: accuracy, macro-F1, agreement, calibration, latency, blind spots.
 //!
 //! It reads the cache only through `distill-cache` and runs models through `distill-worker`.
 
+pub mod checkpoint;
 pub mod data;
 pub mod error;
 pub mod eval;

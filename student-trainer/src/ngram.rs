@@ -6,6 +6,7 @@
 //! loss of [`crate::kd`] with hand-written gradients, AdamW (lazy for embedding rows), warm-up and
 //! linear decay, and global-norm clipping.
 
+use crate::checkpoint::{self, Position};
 use crate::data::{Example, TrainData};
 use crate::kd::{kd_loss, KdWeights};
 use crate::optim::{clip, lr_at, AdamW, Moments};
@@ -252,14 +253,7 @@ pub struct StepReport {
     pub lr: f64,
 }
 
-/// Where a checkpointed run stands.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-struct Position {
-    run: String,
-    /// Epochs completed.
-    epoch: usize,
-    step: u64,
-}
+const BLOCKS: [&str; 3] = ["embeddings", "weight", "bias"];
 
 fn save_checkpoint(
     dir: &Path,
@@ -269,77 +263,31 @@ fn save_checkpoint(
 ) -> Result<()> {
     let t = |v: &[f32]| Tensor::from_slice(v, v.len(), &Device::Cpu);
     let mut tensors = HashMap::new();
-    tensors.insert("embeddings".to_owned(), t(&model.embeddings)?);
-    tensors.insert("weight".to_owned(), t(&model.weight)?);
-    tensors.insert("bias".to_owned(), t(&model.bias)?);
-    for (name, m) in ["embeddings", "weight", "bias"].iter().zip(moments) {
+    let params = [&model.embeddings, &model.weight, &model.bias];
+    for ((name, p), m) in BLOCKS.iter().zip(params).zip(moments) {
+        tensors.insert(name.to_string(), t(p)?);
         tensors.insert(format!("m.{name}"), t(&m.m)?);
         tensors.insert(format!("v.{name}"), t(&m.v)?);
     }
-    crate::model::write_dir(dir, |tmp| {
-        candle_core::safetensors::save(&tensors, tmp.join("state.safetensors"))?;
-        std::fs::write(
-            tmp.join("position.json"),
-            serde_json::to_vec(pos).expect("json"),
-        )
-        .map_err(StudentError::io(tmp.join("position.json")))?;
-        std::fs::write(
-            tmp.join(crate::model::INFO_FILE),
-            b"{\"kind\":\"checkpoint\"}",
-        )
-        .map_err(StudentError::io(tmp.join(crate::model::INFO_FILE)))
-    })
+    checkpoint::save(dir, &tensors, pos)
 }
 
-/// Restores a checkpoint of the same run into `model` and `moments`; `None` if there is none (or it
-/// is from another run).
+/// Restores a checkpoint of the same run into `model` and `moments`.
 fn load_checkpoint(
     dir: &Path,
     run: &str,
     model: &mut NgramModel,
     moments: [&mut Moments; 3],
 ) -> Result<Option<Position>> {
-    let pos_path = dir.join("position.json");
-    if !pos_path.is_file() {
+    let Some((pos, state)) = checkpoint::load(dir, run, &Device::Cpu)? else {
         return Ok(None);
-    }
-    let bad = |reason: String| StudentError::File {
-        path: dir.display().to_string(),
-        reason: format!("{reason}: delete the checkpoint to start over"),
     };
-    let pos: Position =
-        serde_json::from_slice(&std::fs::read(&pos_path).map_err(StudentError::io(&pos_path))?)
-            .map_err(|e| bad(format!("position.json: {e}")))?;
-    if pos.run != run {
-        tracing::warn!(checkpoint = %dir.display(), "checkpoint is from a run with other settings; starting over");
-        return Ok(None);
-    }
-    let t = candle_core::safetensors::load(dir.join("state.safetensors"), &Device::Cpu).map_err(
-        |e| {
-            bad(format!(
-                "state.safetensors is corrupt ({})",
-                distill_worker::error::without_backtrace(e)
-            ))
-        },
-    )?;
-    let get = |k: &str, len: usize| -> Result<Vec<f32>> {
-        let v = t
-            .get(k)
-            .ok_or_else(|| bad(format!("state.safetensors has no {k}")))?;
-        if v.elem_count() != len {
-            return Err(bad(format!(
-                "state.safetensors {k} has {} values, expected {len}",
-                v.elem_count()
-            )));
-        }
-        Ok(v.to_vec1::<f32>()?)
-    };
-    model.embeddings = get("embeddings", model.embeddings.len())?;
-    model.weight = get("weight", model.weight.len())?;
-    model.bias = get("bias", model.bias.len())?;
-    for (name, m) in ["embeddings", "weight", "bias"].iter().zip(moments) {
-        m.m = get(&format!("m.{name}"), m.m.len())?;
-        m.v = get(&format!("v.{name}"), m.v.len())?;
+    let params = [&mut model.embeddings, &mut model.weight, &mut model.bias];
+    for ((name, p), m) in BLOCKS.iter().zip(params).zip(moments) {
+        let n = [p.len()];
+        *p = state.get(name, &n)?.to_vec1::<f32>()?;
+        m.m = state.get(&format!("m.{name}"), &n)?.to_vec1::<f32>()?;
+        m.v = state.get(&format!("v.{name}"), &n)?.to_vec1::<f32>()?;
     }
     Ok(Some(pos))
 }
@@ -422,6 +370,7 @@ pub fn train(
             let pos = Position {
                 run: run.to_owned(),
                 epoch: epoch + 1,
+                batch: 0,
                 step,
             };
             save_checkpoint(dir, &model, [&m_emb, &m_w, &m_b], &pos)?;

@@ -16,9 +16,10 @@
 //! every `checkpoint_every` steps and at each epoch's end; a run restarted with the same settings
 //! resumes from the last one.
 
+use crate::checkpoint::{self, Position};
 use crate::data::{Example, TrainData};
 use crate::kd::KdWeights;
-use crate::model::{write_dir, StudentInfo};
+use crate::model::StudentInfo;
 use crate::ngram::StepReport;
 use crate::optim::{lr_at, AdamW};
 use crate::rng::Rng;
@@ -29,6 +30,7 @@ use distill_cache::task::LinearHead;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+pub use tokenizers::Tokenizer;
 
 /// Training options.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -530,19 +532,6 @@ struct Slot {
     decay: bool,
 }
 
-/// Where a run stands (saved with each checkpoint).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-struct Position {
-    /// A fingerprint of everything that decides the run (options, task entry, teacher, labels).
-    run: String,
-    phase: String,
-    epoch: usize,
-    /// Batches of this epoch already done.
-    batch: u64,
-    /// Optimiser steps of this phase done.
-    step: u64,
-}
-
 /// A training phase.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
@@ -639,9 +628,13 @@ pub fn train_phase(
     }
     let (mut start_epoch, mut skip, mut step) = (0usize, 0u64, 0u64);
     if let Some(dir) = checkpoint {
-        if let Some(pos) = load_checkpoint(dir, run_id, student)? {
-            tracing::info!(phase = %pos.phase, epoch = pos.epoch, batch = pos.batch, "resuming from checkpoint");
-            load_moments(dir, &mut slots, &device)?;
+        if let Some(pos) = load_checkpoint(dir, run_id, student, &mut slots)? {
+            tracing::info!(
+                phase = phase.name(),
+                epoch = pos.epoch,
+                batch = pos.batch,
+                "resuming from checkpoint"
+            );
             start_epoch = pos.epoch;
             skip = pos.batch;
             step = pos.step;
@@ -719,7 +712,6 @@ pub fn train_phase(
                 ) {
                     let pos = Position {
                         run: run_id.into(),
-                        phase: phase.name().into(),
                         epoch,
                         batch: done,
                         step,
@@ -732,7 +724,6 @@ pub fn train_phase(
         if let Some(dir) = checkpoint {
             let pos = Position {
                 run: run_id.into(),
-                phase: phase.name().into(),
                 epoch: epoch + 1,
                 batch: 0,
                 step,
@@ -801,109 +792,38 @@ fn save_checkpoint(
     slots: &BTreeMap<String, Slot>,
     pos: &Position,
 ) -> Result<()> {
-    let mut opt = HashMap::new();
-    for (k, s) in slots {
-        opt.insert(format!("m.{k}"), s.m.clone());
-        opt.insert(format!("v.{k}"), s.v.clone());
+    let mut tensors = HashMap::new();
+    for (k, var) in &student.vars {
+        tensors.insert(k.clone(), var.as_tensor().clone());
+        tensors.insert(format!("m.{k}"), slots[k].m.clone());
+        tensors.insert(format!("v.{k}"), slots[k].v.clone());
     }
-    let vars: HashMap<String, Tensor> = student
-        .vars
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-        .collect();
-    write_dir(dir, |tmp| {
-        candle_core::safetensors::save(&vars, tmp.join("weights.safetensors"))?;
-        candle_core::safetensors::save(&opt, tmp.join("optimizer.safetensors"))?;
-        std::fs::write(
-            tmp.join("position.json"),
-            serde_json::to_vec_pretty(pos).expect("json"),
-        )
-        .map_err(StudentError::io(tmp.join("position.json")))?;
-        std::fs::write(
-            tmp.join(crate::model::INFO_FILE),
-            b"{\"kind\":\"checkpoint\"}",
-        )
-        .map_err(StudentError::io(tmp.join(crate::model::INFO_FILE)))
-    })
+    checkpoint::save(dir, &tensors, pos)
 }
 
+/// Restores a checkpoint of the same run into the student's variables and the optimiser moments.
 fn load_checkpoint(
     dir: &Path,
     run_id: &str,
     student: &TransformerStudent,
+    slots: &mut BTreeMap<String, Slot>,
 ) -> Result<Option<Position>> {
-    let pos_path = dir.join("position.json");
-    if !pos_path.is_file() {
+    let Some((pos, state)) = checkpoint::load(dir, run_id, &student.device)? else {
         return Ok(None);
-    }
-    let bad = |reason: String| StudentError::File {
-        path: dir.display().to_string(),
-        reason,
     };
-    let pos: Position =
-        serde_json::from_slice(&std::fs::read(&pos_path).map_err(StudentError::io(&pos_path))?)
-            .map_err(|e| {
-                bad(format!(
-                    "position.json: {e}: delete the checkpoint to start over"
-                ))
-            })?;
-    if pos.run != run_id {
-        tracing::warn!(checkpoint = %dir.display(), "checkpoint is from a run with other settings; starting over");
-        return Ok(None);
-    }
-    let weights = candle_core::safetensors::load(dir.join("weights.safetensors"), &student.device)
-        .map_err(|e| {
-            bad(format!(
-                "weights.safetensors is corrupt ({}): delete the checkpoint to start over",
-                distill_worker::error::without_backtrace(e)
-            ))
-        })?;
     for (k, var) in &student.vars {
-        let t = weights.get(k).ok_or_else(|| {
-            bad(format!(
-                "weights.safetensors has no {k}: delete the checkpoint to start over"
-            ))
-        })?;
-        if t.dims() != var.dims() {
-            return Err(bad(format!(
-                "{k} has shape {:?}, expected {:?}",
-                t.dims(),
-                var.dims()
-            )));
-        }
-        var.set(t)?;
+        var.set(state.get(k, var.dims())?)?;
+        let s = slots.get_mut(k).expect("slot per variable");
+        s.m = state.get(&format!("m.{k}"), var.dims())?.clone();
+        s.v = state.get(&format!("v.{k}"), var.dims())?.clone();
     }
     Ok(Some(pos))
-}
-
-fn load_moments(dir: &Path, slots: &mut BTreeMap<String, Slot>, device: &Device) -> Result<()> {
-    let bad = |reason: String| StudentError::File {
-        path: dir.display().to_string(),
-        reason,
-    };
-    let t =
-        candle_core::safetensors::load(dir.join("optimizer.safetensors"), device).map_err(|e| {
-            bad(format!(
-                "optimizer.safetensors is corrupt ({}): delete the checkpoint to start over",
-                distill_worker::error::without_backtrace(e)
-            ))
-        })?;
-    for (k, s) in slots.iter_mut() {
-        match (t.get(&format!("m.{k}")), t.get(&format!("v.{k}"))) {
-            (Some(m), Some(v)) if m.dims() == s.m.dims() && v.dims() == s.v.dims() => {
-                s.m = m.clone();
-                s.v = v.clone();
-            }
-            _ => return Err(bad(format!("optimizer.safetensors lacks the moments of {k}: delete the checkpoint to start over"))),
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Predictor;
+    use crate::model::{write_dir, Predictor};
     use distill_worker::fixtures::{write_tiny_bert, TinyKind};
 
     fn tiny_teacher(dir: &Path) -> ModelDir {

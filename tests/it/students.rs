@@ -274,7 +274,8 @@ fn a_task_from_the_cache_and_an_ngram_student_that_learns_it() {
         "--json",
     ]);
     let agreement = r["agreement"].as_f64().unwrap();
-    assert!((0.0..=1.0).contains(&agreement));
+    // It learned the teacher's decisions on test texts it never saw (chance is about 0.5).
+    assert!(agreement >= 0.75, "agreement with the teacher {agreement}");
 }
 
 #[test]

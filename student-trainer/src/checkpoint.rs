@@ -1,0 +1,94 @@
+//! Training checkpoints, shared by both students: one folder holding `state.safetensors` (named
+//! tensors: weights and optimiser moments) and `position.json` (which run, and where in it), written
+//! aside and renamed like a model directory. A checkpoint is only resumed by the run that wrote it.
+
+use crate::model::{write_dir, INFO_FILE};
+use crate::{Result, StudentError};
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Where a run stands.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Position {
+    /// A fingerprint of everything that decides the run's result.
+    pub run: String,
+    /// Epochs completed.
+    pub epoch: usize,
+    /// Batches of epoch `epoch` already done (0 at an epoch boundary).
+    pub batch: u64,
+    /// Optimiser steps done.
+    pub step: u64,
+}
+
+/// The tensors of a checkpoint, with errors that name the folder and say how to recover.
+#[derive(Debug)]
+pub struct State {
+    dir: String,
+    tensors: HashMap<String, Tensor>,
+}
+
+fn bad(dir: &str, reason: String) -> StudentError {
+    StudentError::File {
+        path: dir.to_owned(),
+        reason: format!("{reason}: delete the checkpoint to start over"),
+    }
+}
+
+impl State {
+    /// The tensor `name`, which must have `dims`.
+    pub fn get(&self, name: &str, dims: &[usize]) -> Result<&Tensor> {
+        let t = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| bad(&self.dir, format!("state.safetensors has no {name}")))?;
+        if t.dims() != dims {
+            return Err(bad(
+                &self.dir,
+                format!("{name} has shape {:?}, expected {dims:?}", t.dims()),
+            ));
+        }
+        Ok(t)
+    }
+}
+
+/// Writes a checkpoint (replacing the previous one).
+pub fn save(dir: &Path, tensors: &HashMap<String, Tensor>, pos: &Position) -> Result<()> {
+    write_dir(dir, |tmp| {
+        candle_core::safetensors::save(tensors, tmp.join("state.safetensors"))?;
+        let p = tmp.join("position.json");
+        std::fs::write(&p, serde_json::to_vec_pretty(pos).expect("json"))
+            .map_err(StudentError::io(&p))?;
+        let i = tmp.join(INFO_FILE);
+        std::fs::write(&i, b"{\"kind\":\"checkpoint\"}").map_err(StudentError::io(&i))
+    })
+}
+
+/// Reads the checkpoint in `dir` if it was written by `run`; `None` if there is none or it is from
+/// another run (with a warning). A corrupt checkpoint is an error naming it.
+pub fn load(dir: &Path, run: &str, device: &Device) -> Result<Option<(Position, State)>> {
+    let name = dir.display().to_string();
+    let pos_path = dir.join("position.json");
+    if !pos_path.is_file() {
+        return Ok(None);
+    }
+    let bytes = std::fs::read(&pos_path).map_err(StudentError::io(&pos_path))?;
+    let pos: Position =
+        serde_json::from_slice(&bytes).map_err(|e| bad(&name, format!("position.json: {e}")))?;
+    if pos.run != run {
+        tracing::warn!(checkpoint = %name, "checkpoint is from a run with other settings; starting over");
+        return Ok(None);
+    }
+    let tensors =
+        candle_core::safetensors::load(dir.join("state.safetensors"), device).map_err(|e| {
+            bad(
+                &name,
+                format!(
+                    "state.safetensors is corrupt ({})",
+                    distill_worker::error::without_backtrace(e)
+                ),
+            )
+        })?;
+    Ok(Some((pos, State { dir: name, tensors })))
+}
