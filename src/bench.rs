@@ -180,12 +180,14 @@ async fn teacher(args: TeacherBenchArgs) -> anyhow::Result<()> {
                 id_field: "id".into(),
             },
             teacher: args.teacher.clone(),
-            store: dir.join(format!("store-{run}")).display().to_string(),
+            store: Some(dir.join(format!("store-{run}")).display().to_string()),
             output: OutputKind::Embeddings,
             dtype: Dtype::F32,
             shard_size: 1024,
             strict: false,
+            max_attempts: 0,
             json: false,
+            remote: Default::default(),
         };
         let started = Instant::now();
         let summary = crate::label::label(&label_args, false).await?;

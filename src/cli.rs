@@ -21,6 +21,14 @@ pub enum Command {
     Quickstart(Box<crate::quickstart::QuickstartArgs>),
     /// Run a teacher over a corpus and cache its soft labels (shards already cached are skipped).
     Label(crate::label::LabelArgs),
+    /// Run a coordinator: accepts labeling jobs, leases their shards to workers (gRPC), keeps its
+    /// state in the store.
+    Coordinator(crate::serve_cmd::CoordinatorArgs),
+    /// Run a worker: leases shards from a coordinator, runs the teacher, commits soft labels.
+    Worker(crate::serve_cmd::WorkerArgs),
+    /// The jobs of a coordinator: ls, show, cancel.
+    #[command(subcommand)]
+    Jobs(crate::jobs_cmd::JobsCommand),
     /// Inspect a cache store.
     #[command(subcommand)]
     Cache(CacheCommand),
@@ -52,6 +60,7 @@ pub fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -68,6 +77,9 @@ pub fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Quickstart(args) => crate::quickstart::run(*args).await,
             Command::Label(args) => crate::label::run(args).await,
+            Command::Coordinator(args) => crate::serve_cmd::coordinator(args).await,
+            Command::Worker(args) => crate::serve_cmd::worker(args).await,
+            Command::Jobs(cmd) => crate::jobs_cmd::run(cmd).await,
             Command::Cache(CacheCommand::Ls(args)) => crate::cache_cmd::ls(args).await,
             Command::Task(cmd) => crate::task_cmd::run(cmd).await,
             Command::Train(args) => crate::train_cmd::run(args).await,

@@ -1,12 +1,18 @@
 //! `distill label`: plan the corpus into shards, skip what the cache holds, label the rest.
+//!
+//! With `--coordinator`, the job is submitted to a running coordinator and watched. Without it, the same
+//! coordinator and a worker holding the already loaded teacher run in this process on loopback: one
+//! code path (gRPC, leases, staged inputs, commits by the worker) for a laptop and for a cluster.
 
+use crate::remote::RemoteArgs;
 use crate::report::{bytes, count};
 use anyhow::Context;
 use clap::Args;
-use distill_cache::corpus::{CorpusSpec, Format, Shard};
-use distill_cache::format::{Dtype, OutputKind, OutputSpec};
-use distill_cache::model_dir::{ModelDir, TeacherInfo};
-use distill_coordinator::{Executor, JobSpec, Labeled, Progress};
+use distill_cache::corpus::{CorpusSpec, Format};
+use distill_cache::format::{Dtype, OutputKind};
+use distill_cache::model_dir::ModelDir;
+use distill_coordinator::JobSummary;
+use distill_proto::v1;
 use distill_worker::{DeviceSpec, Teacher};
 use std::sync::Arc;
 
@@ -71,8 +77,9 @@ pub struct LabelArgs {
     pub teacher: TeacherArgs,
     /// Cache store: a local directory or URL (file://, s3://bucket/prefix, gs://, az://, memory://).
     /// S3 endpoint and credentials come from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, ….
-    #[arg(long, env = "DISTILL_STORE")]
-    pub store: String,
+    /// With --coordinator: optional, and must be the coordinator's store.
+    #[arg(long, env = "DISTILL_STORE", required_unless_present = "coordinator")]
+    pub store: Option<String>,
     /// What to cache per example: embeddings (sentence encoders) or logits (classifiers).
     #[arg(long, env = "DISTILL_OUTPUT", default_value = "embeddings")]
     pub output: OutputKind,
@@ -85,77 +92,76 @@ pub struct LabelArgs {
     /// Fail on the first bad entry instead of recording it in the shard's rejects file.
     #[arg(long, env = "DISTILL_STRICT")]
     pub strict: bool,
+    /// Attempts per shard before it is marked failed (0: the coordinator's default).
+    #[arg(long, env = "DISTILL_MAX_ATTEMPTS", default_value_t = 0)]
+    pub max_attempts: u32,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 }
 
-/// Runs the teacher for the in-process coordinator.
-pub struct TeacherExecutor {
-    pub teacher: Teacher,
-    pub max_batch_tokens: usize,
-}
-
-impl Executor for TeacherExecutor {
-    fn teacher(&self) -> &TeacherInfo {
-        self.teacher.info()
-    }
-
-    fn label(&self, shard: &Shard, spec: OutputSpec, corpus: &str) -> Result<Labeled, String> {
-        distill_worker::pass::label_shard(&self.teacher, shard, spec, corpus, self.max_batch_tokens)
-            .map(|l| Labeled {
-                meta: l.meta,
-                data: l.data,
-                padded_tokens: l.padded_tokens,
-            })
-            .map_err(|e| e.to_string())
+impl LabelArgs {
+    fn spec(&self) -> v1::JobSpec {
+        let c = self.corpus.spec();
+        v1::JobSpec {
+            corpus: Some(v1::CorpusSpec {
+                url: c.url,
+                format: c
+                    .format
+                    .map(|f| format!("{f:?}").to_lowercase())
+                    .unwrap_or_default(),
+                text_field: c.text_field,
+                id_field: c.id_field,
+            }),
+            teacher: self.teacher.teacher.clone(),
+            store: self.store.clone().unwrap_or_default(),
+            output: format!("{:?}", self.output).to_lowercase(),
+            dtype: format!("{:?}", self.dtype).to_lowercase(),
+            shard_size: self.shard_size as u64,
+            strict: self.strict,
+            max_attempts: self.max_attempts,
+        }
     }
 }
 
 /// A progress bar over the corpus (bytes or rows), with rows/s and hits in its message.
-struct Bar {
-    bar: indicatif::ProgressBar,
-    rows: std::sync::atomic::AtomicU64,
-    hits: std::sync::atomic::AtomicU64,
-    started: std::time::Instant,
-}
+struct Bar(indicatif::ProgressBar);
 
 impl Bar {
-    fn new() -> Self {
-        let bar =
-            indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+    fn new(show: bool) -> Self {
+        let target = if show {
+            indicatif::ProgressDrawTarget::stderr()
+        } else {
+            indicatif::ProgressDrawTarget::hidden()
+        };
+        let bar = indicatif::ProgressBar::with_draw_target(None, target);
         bar.set_style(
             indicatif::ProgressStyle::with_template(
                 "{spinner} [{elapsed_precise}] {wide_bar} {percent:>3}% {msg} ETA {eta}",
             )
             .expect("valid template"),
         );
-        Self {
-            bar,
-            rows: Default::default(),
-            hits: Default::default(),
-            started: std::time::Instant::now(),
-        }
-    }
-}
-
-impl Progress for Bar {
-    fn start(&self, total: u64) {
-        self.bar.set_length(total.max(1));
+        Self(bar)
     }
 
-    fn shard_done(&self, position: u64, rows: u64, hit: bool) {
-        use std::sync::atomic::Ordering::Relaxed;
-        let done = self.rows.fetch_add(rows, Relaxed) + rows;
-        let hits = self.hits.fetch_add(hit as u64, Relaxed) + hit as u64;
-        let rate = done as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
-        // A cache hit can be reported while the previous shard's commit is still in flight.
-        if position > self.bar.position() {
-            self.bar.set_position(position);
-        }
-        self.bar.set_message(format!(
-            "{} rows, {rate:.0} rows/s, {hits} cache hits",
-            count(done)
+    fn update(&self, job: &v1::Job) {
+        let l = job.ledger.unwrap_or_default();
+        self.0.set_length(l.progress_total.max(1));
+        self.0.set_position(l.progress);
+        let rate = if l.wall_seconds > 0.0 {
+            (l.shards_labeled + l.cache_hits) as f64 / l.wall_seconds
+        } else {
+            0.0
+        };
+        self.0.set_message(format!(
+            "{}/{} shards ({} cache hits, {} leased, {} failed), {rate:.1} shards/s",
+            count(job.shards_done),
+            count(l.shards),
+            count(l.cache_hits),
+            count(job.shards_leased),
+            count(l.shards_failed),
         ));
     }
 }
@@ -170,53 +176,173 @@ pub async fn run(args: LabelArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs a labeling job and returns its ledger.
-pub async fn label(
-    args: &LabelArgs,
-    show_progress: bool,
-) -> anyhow::Result<distill_coordinator::JobSummary> {
-    let store = distill_cache::store::open(&args.store, true)?;
-    let output = OutputSpec {
-        kind: args.output,
-        dtype: args.dtype,
-    };
+/// Runs a labeling job (on a coordinator, or in this process) and returns its ledger. A job that does
+/// not succeed is an error naming why (its failed shards, or the bad input that stopped planning).
+pub async fn label(args: &LabelArgs, show_progress: bool) -> anyhow::Result<JobSummary> {
+    if args.remote.coordinator.is_some() {
+        let ch = args.remote.connect().await?;
+        return submit_and_watch(ch, args.spec(), show_progress).await;
+    }
+    let store_url = args
+        .store
+        .as_deref()
+        .expect("clap requires --store without --coordinator");
+    let store = distill_cache::store::open(store_url, true)?;
+    distill_cache::store::probe(&store).await?;
     let teacher = args.teacher.load().await?;
     distill_worker::pass::check_output(&teacher, args.output)?;
-    let exec = Arc::new(TeacherExecutor {
-        teacher,
-        max_batch_tokens: args.teacher.max_batch_tokens,
-    });
-    let job = JobSpec {
-        corpus: args.corpus.spec(),
-        store,
-        output,
-        shard_size: args.shard_size,
-        strict: args.strict,
-    };
-    let bar = Bar::new();
-    if !show_progress {
-        bar.bar
-            .set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
-    let summary = distill_coordinator::local::run(job, exec, &bar)
-        .await
-        .context("labeling failed")?;
-    bar.bar.finish_and_clear();
-    Ok(summary)
+    label_in_process(args, store, Arc::new(teacher), show_progress).await
 }
 
-fn print_summary(s: &distill_coordinator::JobSummary) {
-    println!("labeled {} with {}", s.corpus, s.teacher);
+/// Runs coordinator and worker in this process on loopback, for one job.
+pub async fn label_in_process(
+    args: &LabelArgs,
+    store: distill_cache::store::Location,
+    teacher: Arc<Teacher>,
+    show_progress: bool,
+) -> anyhow::Result<JobSummary> {
+    use distill_coordinator::sched::Config;
+    use std::time::Duration;
+    let settings = distill_coordinator::Settings {
+        sched: Config {
+            lease_ttl: Duration::from_secs(120),
+            heartbeat_interval: Duration::from_secs(5),
+            retry_backoff: Duration::from_millis(500),
+            speculate_after: None,
+            ..Config::default()
+        },
+        resume: false,
+        plan_ahead: 64,
+    };
+    let coord = distill_coordinator::Coordinator::new(store.clone(), settings);
+    coord.start();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let token = uuid_like();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let server = {
+        let mut stopped = stopped.clone();
+        let opts = distill_coordinator::server::ServeOptions {
+            token: Some(token.clone()),
+            tls: None,
+        };
+        tokio::spawn(distill_coordinator::server::serve(
+            coord.clone(),
+            listener,
+            opts,
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            },
+        ))
+    };
+    while !coord.is_ready() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let client = distill_proto::ClientConfig {
+        url,
+        token: Some(token),
+        tls_ca: None,
+    };
+    let worker = tokio::spawn(distill_worker::pull::run(
+        distill_worker::pull::PullConfig {
+            client: client.clone(),
+            name: "in-process".into(),
+            device: args.teacher.device.clone(),
+            max_batch_tokens: args.teacher.max_batch_tokens,
+            drain_grace: Duration::from_secs(600),
+            stores: vec![store],
+        },
+        Arc::new(distill_worker::pull::TeacherSlot::with(teacher)),
+        Default::default(),
+        stopped,
+    ));
+    let ch = distill_proto::connect(&client).await?;
+    let result = submit_and_watch(ch, args.spec(), show_progress).await;
+    let _ = stop.send(true);
+    worker.await??;
+    server.await??;
+    result
+}
+
+fn uuid_like() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    format!("{:016x}{:08x}", h.finish(), std::process::id())
+}
+
+/// Submits a job and follows it with a progress bar until it ends.
+pub async fn submit_and_watch(
+    ch: distill_proto::Channel,
+    spec: v1::JobSpec,
+    show_progress: bool,
+) -> anyhow::Result<JobSummary> {
+    let mut jobs = distill_proto::job_client(ch);
+    let job = jobs
+        .submit_job(v1::SubmitJobRequest { spec: Some(spec) })
+        .await
+        .map_err(crate::remote::status)?
+        .into_inner()
+        .job
+        .context("the coordinator returned no job")?;
+    tracing::info!(job = %job.job_id, "job submitted");
+    let bar = Bar::new(show_progress);
+    let mut last = job.clone();
+    let mut stream = jobs
+        .watch_job(v1::WatchJobRequest {
+            job_id: job.job_id.clone(),
+        })
+        .await
+        .map_err(crate::remote::status)?
+        .into_inner();
+    while let Some(update) = stream.message().await.map_err(crate::remote::status)? {
+        if let Some(j) = update.job {
+            bar.update(&j);
+            last = j;
+        }
+    }
+    bar.0.finish_and_clear();
+    let summary = JobSummary::from_wire(&last);
+    match v1::JobState::try_from(last.state) {
+        Ok(v1::JobState::Succeeded) => Ok(summary),
+        Ok(v1::JobState::Running) => anyhow::bail!(
+            "job {} is still running but the coordinator stopped reporting: follow it with `distill jobs show {}`",
+            last.job_id,
+            last.job_id
+        ),
+        _ => anyhow::bail!(
+            "job {} {}: {}",
+            last.job_id,
+            summary.state,
+            if last.error.is_empty() { "cancelled" } else { &last.error }
+        ),
+    }
+}
+
+pub(crate) fn print_summary(s: &JobSummary) {
     println!(
-        "  teacher     {}  output {}",
-        &s.teacher_fingerprint[..12],
-        &s.output_fingerprint[..12]
+        "job {} {}: {} with {}",
+        s.job_id, s.state, s.corpus, s.teacher
     );
     println!(
-        "  shards      {} ({} labeled, {} cache hits)",
+        "  teacher     {}  output {}",
+        &s.teacher_fingerprint[..s.teacher_fingerprint.len().min(12)],
+        &s.output_fingerprint[..s.output_fingerprint.len().min(12)]
+    );
+    println!(
+        "  shards      {} ({} labeled, {} cache hits, {} failed; {} retries, {} lease expiries, {} speculative)",
         count(s.shards),
         count(s.shards_labeled),
-        count(s.cache_hits)
+        count(s.cache_hits),
+        count(s.shards_failed),
+        count(s.retries),
+        count(s.lease_expiries),
+        count(s.speculative_leases)
     );
     println!(
         "  rows        {} ({} rejected, {} truncated)",
@@ -239,7 +365,18 @@ fn print_summary(s: &distill_coordinator::JobSummary) {
         s.wall_seconds,
         s.rows_per_second()
     );
-    println!("  manifest    {}", s.manifest);
+    if !s.manifest.is_empty() {
+        println!("  manifest    {}", s.manifest);
+    }
+    for f in &s.failed_shards {
+        println!(
+            "  failed      shard {} ({}) after {} attempts: {}",
+            f.index, f.fingerprint, f.attempts, f.last_error
+        );
+    }
+    if !s.error.is_empty() {
+        println!("  error       {}", s.error);
+    }
     if !s.reject_files.is_empty() {
         println!(
             "  rejects     {} file(s), first: {}",

@@ -222,12 +222,14 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
             device: DeviceSpec::Cpu,
             max_batch_tokens: args.max_batch_tokens,
         },
-        store: args.store.clone(),
+        store: Some(args.store.clone()),
         output: OutputKind::Embeddings,
         dtype: Dtype::F32,
         shard_size: 1000,
         strict: false,
+        max_attempts: 0,
         json: false,
+        remote: Default::default(),
     };
     let job = crate::label::label(&label_args, true).await?;
     eprintln!(

@@ -13,7 +13,8 @@
 //! - [`format`]: the Parquet schema and key-value metadata of a cached shard (see `docs/cache-format.md`);
 //! - [`commit`]: the all-or-nothing commit of a shard (conditional put) and reading it back;
 //! - [`catalog`]: listing what a store holds;
-//! - [`task`]: task records and their derived logits entries.
+//! - [`task`]: task records and their derived logits entries;
+//! - [`jobs`]: the coordinator's durable job records and staged shard inputs.
 //!
 //! Invariant: a shard object exists at its final path only if it is complete. Writers build the whole
 //! Parquet file in memory and publish it with one conditional `PUT` (`PutMode::Create`), which every
@@ -25,6 +26,7 @@ pub mod corpus;
 pub mod error;
 pub mod fingerprint;
 pub mod format;
+pub mod jobs;
 pub mod layout;
 pub mod model_dir;
 pub mod parquet_io;

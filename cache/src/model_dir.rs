@@ -70,6 +70,27 @@ pub struct ModelDir {
     pub config: PathBuf,
 }
 
+/// Compute dtype of the teacher's forward pass (part of its fingerprint).
+pub const COMPUTE_DTYPE: &str = "f32";
+
+/// Checks that a model with this head can produce an output kind; the message says what to do instead.
+pub fn check_output(
+    head: &Head,
+    source: &str,
+    kind: crate::format::OutputKind,
+) -> std::result::Result<(), String> {
+    use crate::format::OutputKind;
+    match (head, kind) {
+        (Head::Embedding { .. }, OutputKind::Embeddings) | (Head::Classifier { .. }, OutputKind::Logits) => Ok(()),
+        (Head::Embedding { .. }, OutputKind::Logits) => Err(format!(
+            "teacher {source} is a sentence encoder without a classification head: use --output embeddings"
+        )),
+        (Head::Classifier { .. }, OutputKind::Embeddings) => Err(format!(
+            "teacher {source} is a sequence classifier: use --output logits"
+        )),
+    }
+}
+
 /// The teacher's description stored with every cache entry (JSON in the shard metadata and in
 /// `teacher.json`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -1,47 +1,29 @@
-//! Job planning and execution over the cache.
+//! The coordinator: plans labeling jobs into shards and leases them to workers.
 //!
-//! A job is: a corpus, a teacher (by fingerprint), an output spec, a shard size and a store. The
-//! coordinator splits the corpus into content-fingerprinted shards ([`distill_cache::corpus`]), looks
-//! each one up in the cache, and hands only the misses to an [`Executor`] — a worker that runs the
-//! teacher. It keeps the job's ledger: rows, tokens, teacher-seconds spent, and teacher-seconds saved by
-//! cache hits (read from the hit shards' own metadata).
+//! A job is a corpus, a teacher (by fingerprint), an output spec, a shard size and the coordinator's
+//! store. The planner reads the corpus into content-fingerprinted shards ([`distill_cache::corpus`]),
+//! looks each one up in the cache (a hit costs nothing and is counted with the teacher-seconds it
+//! saved) and stages the rest for workers ([`distill_cache::jobs`]). Workers lease shards over gRPC
+//! (`distill.v1.WorkerService`), heartbeat, commit soft labels to the cache themselves and report.
 //!
-//! [`local::run`] runs a job in this process, overlapping corpus reading and cache look-ups, teacher
-//! forward passes and commits. Leasing shards to remote workers over gRPC builds on the same planning
-//! and ledger (see the distributed-labeling issue).
+//! - [`sched`]: the scheduler — shards, leases, retries with backoff, speculative tail copies,
+//!   teacher affinity — synchronous and clock-free, so it is tested tick by tick;
+//! - [`service`]: the coordinator — scheduler behind a lock, planners, store writes, restart resume;
+//! - [`server`]: gRPC services, health, reflection, auth, TLS;
+//! - [`metrics`]: the Prometheus page;
+//! - [`records`]: the job and result records kept in the store;
+//! - [`ledger`]: the job summary printed by clients.
+//!
+//! Invariant: the coordinator keeps no state that is not recoverable from the store. A shard is done
+//! exactly when its Parquet file is committed (by a worker's conditional put); a restarted coordinator
+//! re-plans each unfinished job and finds them.
 
 pub mod ledger;
-pub mod local;
+pub mod metrics;
+pub mod records;
+pub mod sched;
+pub mod server;
+pub mod service;
 
 pub use ledger::JobSummary;
-pub use local::{Executor, JobSpec, Labeled, Progress};
-
-/// Errors of a job.
-#[derive(Debug, thiserror::Error)]
-pub enum JobError {
-    #[error(transparent)]
-    Cache(#[from] distill_cache::CacheError),
-
-    #[error("corpus {url}, {locator} {line}: {reason} (run without --strict to record it as a reject and go on)")]
-    Strict {
-        url: String,
-        locator: &'static str,
-        line: u64,
-        reason: String,
-    },
-
-    #[error("shard {index} ({fingerprint}): {reason}")]
-    Shard {
-        index: u64,
-        fingerprint: String,
-        reason: String,
-    },
-
-    #[error("invalid job: {0}")]
-    Invalid(String),
-
-    #[error("internal error: {0}")]
-    Internal(String),
-}
-
-pub type Result<T, E = JobError> = std::result::Result<T, E>;
+pub use service::{Coordinator, Settings, Submission};

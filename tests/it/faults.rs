@@ -12,12 +12,41 @@ use object_store::{
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-/// Fails every shard-file put after the first `allow` of them.
+/// Fails shard-file puts: every one after the first `allow` (a store that broke for good), or with
+/// `transient`, the first put of each shard only (a store that drops a request now and then).
 #[derive(Debug)]
 struct FailShardPuts {
     inner: Arc<dyn ObjectStore>,
     allow: usize,
     seen: AtomicUsize,
+    transient: bool,
+    failed_once: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl FailShardPuts {
+    fn new(inner: Arc<dyn ObjectStore>, allow: usize, transient: bool) -> Self {
+        Self {
+            inner,
+            allow,
+            seen: AtomicUsize::new(0),
+            transient,
+            failed_once: Default::default(),
+        }
+    }
+
+    fn fails(&self, location: &Path) -> bool {
+        if !location.as_ref().ends_with(".parquet") {
+            return false;
+        }
+        if self.transient {
+            return self
+                .failed_once
+                .lock()
+                .unwrap()
+                .insert(location.to_string());
+        }
+        self.seen.fetch_add(1, Ordering::SeqCst) >= self.allow
+    }
 }
 
 impl std::fmt::Display for FailShardPuts {
@@ -34,9 +63,7 @@ impl ObjectStore for FailShardPuts {
         payload: PutPayload,
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
-        if location.as_ref().ends_with(".parquet")
-            && self.seen.fetch_add(1, Ordering::SeqCst) >= self.allow
-        {
+        if self.fails(location) {
             return Err(object_store::Error::Generic {
                 store: "fault",
                 source: "injected: connection reset by peer".into(),
@@ -80,34 +107,32 @@ impl ObjectStore for FailShardPuts {
     }
 }
 
-struct Quiet;
-impl distill_coordinator::Progress for Quiet {
-    fn start(&self, _: u64) {}
-    fn shard_done(&self, _: u64, _: u64, _: bool) {}
-}
-
+/// Runs a job through the in-process coordinator and worker (the `distill label` path) on `store`.
 async fn run_job(
     store: Location,
     model: &std::path::Path,
     corpus: &std::path::Path,
-) -> distill_coordinator::Result<distill_coordinator::JobSummary> {
-    let dir = distill_cache::model_dir::ModelDir::inspect("tiny", model).unwrap();
-    let teacher = distill_worker::Teacher::load(&dir, &distill_worker::DeviceSpec::Cpu).unwrap();
-    let exec = Arc::new(distill::label::TeacherExecutor {
-        teacher,
-        max_batch_tokens: 512,
-    });
-    let job = distill_coordinator::JobSpec {
-        corpus: distill_cache::corpus::CorpusSpec::new(corpus.to_str().unwrap()),
-        store,
-        output: distill_cache::format::OutputSpec {
-            kind: distill_cache::format::OutputKind::Embeddings,
-            dtype: distill_cache::format::Dtype::F32,
-        },
-        shard_size: 10,
-        strict: false,
+) -> anyhow::Result<distill_coordinator::JobSummary> {
+    use clap::Parser;
+    let cli = distill::cli::Cli::try_parse_from([
+        "distill",
+        "label",
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--teacher",
+        model.to_str().unwrap(),
+        "--store",
+        &store.url,
+        "--shard-size",
+        "10",
+    ])
+    .unwrap();
+    let distill::cli::Command::Label(args) = cli.command else {
+        unreachable!()
     };
-    distill_coordinator::local::run(job, exec, &Quiet).await
+    let dir = distill_cache::model_dir::ModelDir::inspect(model.to_str().unwrap(), model).unwrap();
+    let teacher = distill_worker::Teacher::load(&dir, &distill_worker::DeviceSpec::Cpu).unwrap();
+    distill::label::label_in_process(&args, store, Arc::new(teacher), false).await
 }
 
 #[tokio::test]
@@ -122,17 +147,16 @@ async fn a_failing_store_fails_the_job_clearly_and_a_rerun_reuses_what_was_commi
     }
     for url in stores {
         let real = distill_cache::store::open(&url, true).unwrap();
-        let faulty = real.clone().with_store(Arc::new(FailShardPuts {
-            inner: real.store.clone(),
-            allow: 2,
-            seen: AtomicUsize::new(0),
-        }));
-        let err = run_job(faulty, &model, &corpus)
-            .await
-            .unwrap_err()
-            .to_string();
+        let faulty =
+            real.clone()
+                .with_store(Arc::new(FailShardPuts::new(real.store.clone(), 2, false)));
+        let err = format!("{:#}", run_job(faulty, &model, &corpus).await.unwrap_err());
+        // Every attempt of the last three shards failed: the job ends, naming them and the cause.
         assert!(
-            err.contains("injected") && err.contains(".parquet") && err.contains(&url),
+            err.contains("3 of 5 shards failed")
+                && err.contains("after 3 attempts")
+                && err.contains("injected")
+                && err.contains(".parquet"),
             "{err}"
         );
         assert_eq!(
@@ -140,12 +164,52 @@ async fn a_failing_store_fails_the_job_clearly_and_a_rerun_reuses_what_was_commi
             2,
             "{url}: only the shards committed before the fault"
         );
-        let summary = run_job(real, &model, &corpus).await.unwrap();
+        let summary = run_job(real.clone(), &model, &corpus).await.unwrap();
         assert_eq!(
             (summary.cache_hits, summary.shards_labeled, summary.rows),
             (2, 3, 50),
             "{url}"
         );
         assert_eq!(shard_files(&url).await.len(), 5);
+        // No staged input is left behind once a job is finished.
+        let records = distill_cache::catalog::list_under(&real, &real.child("v1/jobs"))
+            .await
+            .unwrap();
+        assert!(records
+            .iter()
+            .any(|o| o.location.as_ref().ends_with("result.json")));
+        assert!(
+            records
+                .iter()
+                .all(|o| !o.location.as_ref().contains("/inputs/")),
+            "{records:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn transient_store_failures_are_retried_and_the_job_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_encoder(dir.path());
+    let corpus = dir.path().join("corpus.jsonl");
+    write_corpus(&corpus, 30);
+    let mut stores = vec![dir.path().join("cache").display().to_string()];
+    if let Ok(s3) = std::env::var("DISTILL_TEST_S3_URL") {
+        stores.push(format!("{s3}/transient-{}", std::process::id()));
+    }
+    for url in stores {
+        let real = distill_cache::store::open(&url, true).unwrap();
+        let flaky =
+            real.clone()
+                .with_store(Arc::new(FailShardPuts::new(real.store.clone(), 0, true)));
+        let summary = run_job(flaky, &model, &corpus).await.unwrap();
+        assert_eq!(summary.state, "succeeded");
+        assert_eq!(
+            (summary.shards_labeled, summary.retries, summary.rows),
+            (3, 3, 30),
+            "{url}"
+        );
+        assert!(summary.failed_shards.is_empty());
+        assert_eq!(shard_files(&url).await.len(), 3);
     }
 }

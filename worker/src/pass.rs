@@ -4,21 +4,11 @@ use crate::teacher::{Labels, Teacher};
 use crate::{Result, WorkerError};
 use distill_cache::corpus::Shard;
 use distill_cache::format::{OutputKind, OutputSpec, ShardData, ShardMeta};
-use distill_cache::model_dir::Head;
 
 /// Checks that a teacher can produce an output kind; the message says what to do instead.
 pub fn check_output(teacher: &Teacher, kind: OutputKind) -> Result<()> {
-    match (&teacher.info().head, kind) {
-        (Head::Embedding { .. }, OutputKind::Embeddings) | (Head::Classifier { .. }, OutputKind::Logits) => Ok(()),
-        (Head::Embedding { .. }, OutputKind::Logits) => Err(WorkerError::Config(format!(
-            "teacher {} is a sentence encoder without a classification head: use --output embeddings",
-            teacher.info().source
-        ))),
-        (Head::Classifier { .. }, OutputKind::Embeddings) => Err(WorkerError::Config(format!(
-            "teacher {} is a sequence classifier: use --output logits",
-            teacher.info().source
-        ))),
-    }
+    distill_cache::model_dir::check_output(&teacher.info().head, &teacher.info().source, kind)
+        .map_err(WorkerError::Config)
 }
 
 /// A labeled shard, ready to commit, with the padding it cost.

@@ -104,8 +104,7 @@ impl std::fmt::Debug for Teacher {
     }
 }
 
-/// Compute dtype of the teacher (part of its fingerprint).
-pub const COMPUTE_DTYPE: &str = "f32";
+pub use distill_cache::model_dir::COMPUTE_DTYPE;
 
 impl Teacher {
     /// Loads a teacher from an inspected model directory. Fails with a message naming the model if its

@@ -1,0 +1,732 @@
+//! The coordinator: the [`Scheduler`] behind a lock, the planners that feed it, and the store writes its
+//! effects call for. The gRPC handlers ([`crate::server`]) are thin calls into this.
+
+use crate::records::{unix_ms, JobRecord, ResultRecord};
+use crate::sched::{
+    Config, Effect, FailedShard, Held, JobInfo, JobState, JobView, PlannedShard, PlannedStatus,
+    Refusal, Scheduler, ShardStats,
+};
+use distill_cache::catalog::{self, CorpusManifest, ManifestShard};
+use distill_cache::commit;
+use distill_cache::corpus::{CorpusReader, CorpusSpec, Format};
+use distill_cache::format::{Dtype, OutputKind, OutputSpec};
+use distill_cache::jobs;
+use distill_cache::layout::{self, ShardKey};
+use distill_cache::model_dir::{self, ModelDir};
+use distill_cache::store::Location;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+/// Coordinator settings beyond scheduling.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub sched: Config,
+    /// Resume the store's unfinished jobs at start (a `distill coordinator`; not the in-process one).
+    pub resume: bool,
+    /// Shards staged for workers but not yet done, per job: bounds the staged copy of the corpus.
+    pub plan_ahead: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            sched: Config::default(),
+            resume: true,
+            plan_ahead: 1024,
+        }
+    }
+}
+
+/// A job submission, in domain types (validated by [`Coordinator::submit`]).
+#[derive(Clone, Debug)]
+pub struct Submission {
+    pub corpus: CorpusSpec,
+    pub teacher: String,
+    pub store: String,
+    pub output: String,
+    pub dtype: String,
+    pub shard_size: u64,
+    pub strict: bool,
+    pub max_attempts: u32,
+}
+
+/// A refused submission or call, with the gRPC code it maps to.
+pub type CallResult<T> = Result<T, Refusal>;
+
+/// The coordinator of one store.
+pub struct Coordinator {
+    store: Location,
+    settings: Settings,
+    sched: Mutex<Scheduler>,
+    ready: AtomicBool,
+    /// Per job: permits for staging more shards.
+    staging: Mutex<HashMap<String, Arc<Semaphore>>>,
+    health: Mutex<Option<tonic_health::server::HealthReporter>>,
+}
+
+impl std::fmt::Debug for Coordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coordinator")
+            .field("store", &self.store.url)
+            .finish()
+    }
+}
+
+fn invalid(field: &str, reason: impl std::fmt::Display) -> Refusal {
+    Refusal::InvalidArgument(format!("{field}: {reason}"))
+}
+
+impl Coordinator {
+    /// A coordinator of `store`; call [`Coordinator::start`] to run its background tasks.
+    pub fn new(store: Location, settings: Settings) -> Arc<Self> {
+        let epoch = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+        Arc::new(Self {
+            store,
+            sched: Mutex::new(Scheduler::new(settings.sched.clone(), epoch)),
+            settings,
+            ready: AtomicBool::new(false),
+            staging: Mutex::new(HashMap::new()),
+            health: Mutex::new(None),
+        })
+    }
+
+    pub fn store(&self) -> &Location {
+        &self.store
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn sched(&self) -> std::sync::MutexGuard<'_, Scheduler> {
+        self.sched.lock().expect("scheduler lock poisoned")
+    }
+
+    /// Whether the store answered the last probe (and resumed jobs are loaded).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_health(&self, reporter: tonic_health::server::HealthReporter) {
+        *self.health.lock().expect("poisoned") = Some(reporter);
+    }
+
+    /// Starts the lease-expiry ticker and the store prober; the first successful probe resumes the
+    /// store's unfinished jobs and makes the coordinator ready.
+    pub fn start(self: &Arc<Self>) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(200));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tick.tick().await;
+                let effects = me.sched().expire(Instant::now());
+                me.apply(effects);
+            }
+        });
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut loaded = false;
+            let mut delay = Duration::from_millis(500);
+            loop {
+                let ok = match distill_cache::store::probe(&me.store).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::error!(store = %me.store.url, "store unreachable: {e}; not ready");
+                        false
+                    }
+                };
+                if ok && !loaded {
+                    match me.resume().await {
+                        Ok(()) => loaded = true,
+                        Err(e) => tracing::error!("cannot read the job records: {e}; not ready"),
+                    }
+                }
+                me.set_ready(ok && loaded).await;
+                if ok && loaded {
+                    delay = Duration::from_secs(10);
+                } else {
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+                tokio::time::sleep(delay).await;
+            }
+        });
+    }
+
+    async fn set_ready(&self, ready: bool) {
+        let was = self.ready.swap(ready, Ordering::Relaxed);
+        if was != ready {
+            tracing::info!(ready, "coordinator readiness changed");
+        }
+        let reporter = self.health.lock().expect("poisoned").clone();
+        if let Some(r) = reporter {
+            use distill_proto::v1::{
+                job_service_server::JobServiceServer, worker_service_server::WorkerServiceServer,
+            };
+            use tonic_health::ServingStatus;
+            let status = if ready {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            r.set_service_status("", status).await;
+            if ready {
+                r.set_serving::<JobServiceServer<crate::server::Jobs>>()
+                    .await;
+                r.set_serving::<WorkerServiceServer<crate::server::Workers>>()
+                    .await;
+            } else {
+                r.set_not_serving::<JobServiceServer<crate::server::Jobs>>()
+                    .await;
+                r.set_not_serving::<WorkerServiceServer<crate::server::Workers>>()
+                    .await;
+            }
+        }
+    }
+
+    fn check_ready(&self) -> CallResult<()> {
+        if self.is_ready() {
+            Ok(())
+        } else {
+            Err(Refusal::Unavailable(format!(
+                "the coordinator cannot reach its store {} yet; retry",
+                self.store.url
+            )))
+        }
+    }
+
+    /// Loads every job record: finished jobs for listing, unfinished ones planned again.
+    async fn resume(self: &Arc<Self>) -> distill_cache::Result<()> {
+        if !self.settings.resume {
+            return Ok(());
+        }
+        let mut ids = jobs::list_jobs(&self.store).await?;
+        let mut records = Vec::new();
+        for id in ids.drain(..) {
+            if self.sched().has_job(&id) {
+                continue;
+            }
+            let Some(rec) = jobs::read_json::<JobRecord>(&self.store, &jobs::job_path(&id)).await?
+            else {
+                continue;
+            };
+            records.push(rec);
+        }
+        records.sort_by_key(|r| r.created_unix_ms);
+        let mut unfinished = 0;
+        for rec in records {
+            let result: Option<ResultRecord> =
+                jobs::read_json(&self.store, &jobs::result_path(&rec.job_id)).await?;
+            match result {
+                Some(r) => {
+                    let view = JobView {
+                        info: info_of(&rec),
+                        state: r.state,
+                        error: r.error,
+                        planned: true,
+                        pending: 0,
+                        leased: 0,
+                        done: r.ledger.shards_labeled + r.ledger.cache_hits,
+                        ledger: r.ledger,
+                        failed: r.failed_shards,
+                        reject_files: r.reject_files,
+                        manifest: r.manifest,
+                        created_unix_ms: rec.created_unix_ms,
+                        finished_unix_ms: r.finished_unix_ms,
+                    };
+                    self.sched().add_finished_job(view, Instant::now());
+                }
+                None => {
+                    unfinished += 1;
+                    tracing::info!(job = %rec.job_id, "resuming job");
+                    self.launch(rec, None, true).await;
+                }
+            }
+        }
+        if unfinished > 0 {
+            let until = Instant::now() + self.settings.sched.recovery_window;
+            self.sched().recover_until(until);
+            tracing::info!(
+                jobs = unfinished,
+                window_s = self.settings.sched.recovery_window.as_secs_f64(),
+                "waiting for workers to re-state their leases before leasing again"
+            );
+        }
+        Ok(())
+    }
+
+    // ---- jobs ----------------------------------------------------------------------------------
+
+    /// Validates a submission, records it and starts planning it.
+    pub async fn submit(self: &Arc<Self>, s: Submission) -> CallResult<JobView> {
+        self.check_ready()?;
+        if s.shard_size == 0 {
+            return Err(invalid(
+                "shard_size",
+                "must be at least 1 (corpus entries per shard)",
+            ));
+        }
+        if s.corpus.url.is_empty() {
+            return Err(invalid(
+                "corpus.url",
+                "missing: give the corpus path or URL",
+            ));
+        }
+        if !s.store.is_empty()
+            && s.store.trim_end_matches('/') != self.store.url.trim_end_matches('/')
+        {
+            return Err(invalid(
+                "store",
+                format!(
+                    "{} is not this coordinator's store ({}): submit to its coordinator, or leave the store out",
+                    s.store, self.store.url
+                ),
+            ));
+        }
+        let output: OutputKind = s.output.parse().map_err(|e| invalid("output", e))?;
+        let dtype: Dtype = s.dtype.parse().map_err(|e| invalid("dtype", e))?;
+        if s.teacher.is_empty() {
+            return Err(invalid(
+                "teacher",
+                "missing: give the teacher's model directory",
+            ));
+        }
+        let dir = ModelDir::resolve(&s.teacher)
+            .await
+            .map_err(|e| invalid("teacher", e))?;
+        model_dir::check_output(&dir.head, &s.teacher, output).map_err(|e| invalid("output", e))?;
+        let dir2 = dir.clone();
+        let teacher_fp =
+            tokio::task::spawn_blocking(move || dir2.fingerprint(model_dir::COMPUTE_DTYPE))
+                .await
+                .map_err(|e| Refusal::Internal(e.to_string()))?
+                .map_err(|e| invalid("teacher", e))?;
+        let reader = CorpusReader::open(&s.corpus)
+            .await
+            .map_err(|e| invalid("corpus", e))?;
+        let spec = OutputSpec {
+            kind: output,
+            dtype,
+        };
+        let info = dir.info(teacher_fp.clone(), model_dir::COMPUTE_DTYPE);
+        catalog::write_descriptions(&self.store, &info, &spec)
+            .await
+            .map_err(|e| Refusal::Unavailable(e.to_string()))?;
+        let id = format!("job-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let rec = JobRecord {
+            job_id: id.clone(),
+            corpus: s.corpus,
+            teacher: s.teacher,
+            store: self.store.url.clone(),
+            output: s.output,
+            dtype: s.dtype,
+            shard_size: s.shard_size,
+            strict: s.strict,
+            max_attempts: if s.max_attempts == 0 {
+                self.settings.sched.max_attempts
+            } else {
+                s.max_attempts
+            },
+            teacher_fingerprint: teacher_fp.to_string(),
+            output_fingerprint: spec.fingerprint().to_string(),
+            created_unix_ms: unix_ms(),
+        };
+        jobs::create_json(&self.store, &jobs::job_path(&id), &rec)
+            .await
+            .map_err(|e| Refusal::Unavailable(e.to_string()))?;
+        tracing::info!(job = %id, corpus = %rec.corpus.url, teacher = %rec.teacher, "job accepted");
+        self.launch(rec, Some(reader), false).await;
+        self.view(&id)
+    }
+
+    /// Adds a recorded job to the scheduler and starts its planner.
+    async fn launch(self: &Arc<Self>, rec: JobRecord, reader: Option<CorpusReader>, resumed: bool) {
+        let age = Duration::from_millis((unix_ms() - rec.created_unix_ms).max(0) as u64);
+        let started = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+        {
+            let mut s = self.sched();
+            s.add_job(info_of(&rec), started);
+            s.set_created(&rec.job_id, rec.created_unix_ms);
+        }
+        let permits = Arc::new(Semaphore::new(self.settings.plan_ahead.max(1)));
+        self.staging
+            .lock()
+            .expect("poisoned")
+            .insert(rec.job_id.clone(), permits.clone());
+        let me = self.clone();
+        tokio::spawn(async move {
+            let id = rec.job_id.clone();
+            let result = me.plan(&rec, reader, resumed, permits).await;
+            if let Err(e) = &result {
+                tracing::error!(job = %id, "planning failed: {e}");
+            }
+            let effects = me.sched().planning_done(&id, result, Instant::now());
+            me.apply(effects);
+        });
+    }
+
+    /// Reads the corpus into shards: cache hits are done at once, the rest staged for workers.
+    async fn plan(
+        &self,
+        rec: &JobRecord,
+        reader: Option<CorpusReader>,
+        resumed: bool,
+        permits: Arc<Semaphore>,
+    ) -> Result<(), String> {
+        let store = &self.store;
+        let mut reader = match reader {
+            Some(r) => r,
+            None => CorpusReader::open(&rec.corpus)
+                .await
+                .map_err(|e| e.to_string())?,
+        };
+        let id = rec.job_id.as_str();
+        self.sched().set_progress_total(id, reader.total());
+        let locator = reader.locator();
+        let parse = |s: &str| {
+            distill_cache::fingerprint::Fingerprint::parse(s)
+                .ok_or_else(|| format!("job record {id}: bad fingerprint {s:?}"))
+        };
+        let (teacher, output) = (
+            parse(&rec.teacher_fingerprint)?,
+            parse(&rec.output_fingerprint)?,
+        );
+        let failed_before: Vec<u64> = if resumed {
+            jobs::failed_shards(store, id)
+                .await
+                .map_err(|e| e.to_string())?
+        } else {
+            Vec::new()
+        };
+        let created_s = (rec.created_unix_ms / 1000) as u64;
+        let mut previous_progress = 0;
+        loop {
+            if !self.sched().is_running(id) {
+                return Ok(());
+            }
+            let shard = match reader.next_shard(rec.shard_size as usize).await {
+                Ok(Some(s)) => s,
+                Ok(None) => break,
+                Err(e) => return Err(e.to_string()),
+            };
+            if rec.strict {
+                if let Some(r) = shard.rejects.first() {
+                    return Err(format!(
+                        "corpus {}, {locator} {}: {} (run without --strict to record it as a reject and go on)",
+                        rec.corpus.url, r.line, r.reason
+                    ));
+                }
+            }
+            let key = ShardKey {
+                teacher: teacher.clone(),
+                output: output.clone(),
+                shard: shard.fingerprint.clone(),
+            };
+            let progress = shard.progress.saturating_sub(previous_progress);
+            previous_progress = shard.progress;
+            let status = match commit::shard_meta(store, &key)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                Some((meta, size)) if resumed && meta.created_unix >= created_s => {
+                    PlannedStatus::DoneEarlier(ShardStats {
+                        rows: meta.rows,
+                        tokens: meta.tokens,
+                        padded_tokens: meta.tokens,
+                        truncated_rows: meta.truncated_rows,
+                        device_seconds: meta.device_seconds,
+                        bytes_written: size,
+                    })
+                }
+                Some((meta, _)) => PlannedStatus::Hit {
+                    truncated_rows: meta.truncated_rows,
+                    device_seconds: meta.device_seconds,
+                },
+                None if failed_before.contains(&shard.index) => {
+                    let f: Option<FailedShard> =
+                        jobs::read_json(store, &jobs::failed_path(id, shard.index))
+                            .await
+                            .map_err(|e| e.to_string())?;
+                    match f {
+                        Some(f) => PlannedStatus::FailedEarlier(f),
+                        None => {
+                            return Err(format!("failed-shard record {} vanished", shard.index))
+                        }
+                    }
+                }
+                None => {
+                    // Bound the staged copy of the corpus: wait for a permit.
+                    match permits.acquire().await {
+                        Ok(p) => p.forget(),
+                        Err(_) => return Ok(()), // job ended
+                    }
+                    let input = jobs::write_input(store, id, &shard)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    PlannedStatus::ToLabel { input }
+                }
+            };
+            let planned = PlannedShard {
+                index: shard.index,
+                fingerprint: shard.fingerprint.clone(),
+                rows: shard.rows.len() as u64,
+                rejects: shard.rejects.len() as u64,
+                progress,
+                rejects_file: (!shard.rejects.is_empty())
+                    .then(|| store.display(&store.child(&key.rejects_path()))),
+                status,
+            };
+            self.sched().add_shard(id, planned);
+        }
+        Ok(())
+    }
+
+    pub fn view(&self, id: &str) -> CallResult<JobView> {
+        self.sched().view(id)
+    }
+
+    pub fn views(&self) -> Vec<JobView> {
+        self.sched().views()
+    }
+
+    pub fn cancel(self: &Arc<Self>, id: &str) -> CallResult<JobView> {
+        let effects = self.sched().cancel(id, Instant::now())?;
+        if let Some(p) = self.staging.lock().expect("poisoned").get(id) {
+            p.close();
+        }
+        tracing::info!(job = %id, "job cancelled");
+        self.apply(effects);
+        self.view(id)
+    }
+
+    // ---- workers -------------------------------------------------------------------------------
+
+    pub fn register(
+        &self,
+        version: u32,
+        name: String,
+        device: String,
+        teachers: Vec<String>,
+        held: Vec<Held>,
+    ) -> CallResult<(String, Vec<String>)> {
+        if version != distill_proto::PROTOCOL_VERSION {
+            return Err(Refusal::FailedPrecondition(format!(
+                "worker {name} speaks protocol version {version}, this coordinator speaks {}: run the same distill release on both",
+                distill_proto::PROTOCOL_VERSION
+            )));
+        }
+        let (id, adopted) =
+            self.sched()
+                .register(name.clone(), device.clone(), teachers, held, Instant::now());
+        tracing::info!(worker = %id, %name, %device, adopted = adopted.len(), "worker registered");
+        Ok((id, adopted))
+    }
+
+    /// Carries out the scheduler's effects in the background.
+    pub fn apply(self: &Arc<Self>, effects: Vec<Effect>) {
+        for e in effects {
+            let me = self.clone();
+            match e {
+                Effect::DeleteInput { job, index } => {
+                    me.release_permit(&job);
+                    tokio::spawn(async move {
+                        if let Err(e) =
+                            jobs::delete_rel(&me.store, &jobs::input_path(&job, index)).await
+                        {
+                            tracing::warn!(%job, shard = index, "cannot delete staged input: {e}");
+                        }
+                    });
+                }
+                Effect::RecordFailed { job, shard } => {
+                    me.release_permit(&job);
+                    tracing::error!(%job, shard = shard.index, attempts = shard.attempts, "shard failed: {}", shard.last_error);
+                    tokio::spawn(async move {
+                        if let Err(e) =
+                            jobs::put_json(&me.store, &jobs::failed_path(&job, shard.index), &shard)
+                                .await
+                        {
+                            tracing::warn!(%job, shard = shard.index, "cannot record failed shard: {e}");
+                        }
+                    });
+                }
+                Effect::Finalize { job } => {
+                    tokio::spawn(async move { me.finalize(&job).await });
+                }
+            }
+        }
+    }
+
+    fn release_permit(&self, job: &str) {
+        if let Some(p) = self.staging.lock().expect("poisoned").get(job) {
+            p.add_permits(1);
+        }
+    }
+
+    /// Ends a job: verifies a complete job's shards are all in the cache and writes its manifest,
+    /// then records the result (retrying the store until it answers: a result is never lost).
+    async fn finalize(self: &Arc<Self>, id: &str) {
+        let Ok(view) = self.view(id) else { return };
+        let mut state = view.state;
+        let mut error = view.error.clone();
+        let mut manifest = None;
+        if state == JobState::Running {
+            if !view.failed.is_empty() {
+                state = JobState::Failed;
+                let f = &view.failed[0];
+                error = Some(format!(
+                    "{} of {} shards failed after every attempt; first: shard {} ({}) after {} attempts: {}",
+                    view.failed.len(),
+                    view.ledger.shards,
+                    f.index,
+                    f.fingerprint.short(),
+                    f.attempts,
+                    f.last_error
+                ));
+            } else {
+                match self.write_manifest(id).await {
+                    Ok(path) => {
+                        state = JobState::Succeeded;
+                        manifest = Some(path);
+                    }
+                    Err(e) => {
+                        state = JobState::Failed;
+                        error = Some(e);
+                    }
+                }
+            }
+        }
+        if state == JobState::Cancelled {
+            let _ = jobs::create_json(&self.store, &jobs::cancelled_path(id), &unix_ms()).await;
+        }
+        let finished = unix_ms();
+        let mut ledger = view.ledger.clone();
+        ledger.wall_seconds = view.ledger.wall_seconds;
+        let result = ResultRecord {
+            state,
+            error: error.clone(),
+            ledger,
+            failed_shards: view.failed.clone(),
+            reject_files: view.reject_files.clone(),
+            manifest: manifest.clone(),
+            finished_unix_ms: finished,
+        };
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match jobs::create_json(&self.store, &jobs::result_path(id), &result).await {
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::error!(job = %id, "cannot record the job's result: {e}; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+        if let Err(e) = jobs::delete_inputs(&self.store, id).await {
+            tracing::warn!(job = %id, "cannot delete staged inputs: {e}");
+        }
+        self.staging.lock().expect("poisoned").remove(id);
+        self.sched()
+            .finalized(id, state, error.clone(), manifest, finished);
+        tracing::info!(job = %id, state = ?state, error = error.as_deref().unwrap_or(""), "job finished");
+    }
+
+    async fn write_manifest(&self, id: &str) -> Result<String, String> {
+        let (info, shards, view) = {
+            let s = self.sched();
+            let info = s.job_info(id).cloned().ok_or("job vanished")?;
+            (
+                info,
+                s.shard_list(id),
+                s.view(id).map_err(|_| "job vanished")?,
+            )
+        };
+        let rec: JobRecord = jobs::read_json(&self.store, &jobs::job_path(id))
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("job record {} is missing", jobs::job_path(id)))?;
+        let parse =
+            |s: &str| distill_cache::fingerprint::Fingerprint::parse(s).ok_or("bad fingerprint");
+        let (teacher, output) = (
+            parse(&info.teacher_fingerprint)?,
+            parse(&rec.output_fingerprint)?,
+        );
+        // Every shard must be committed: one listing of the output's shards.
+        let prefix = self
+            .store
+            .child(&format!("{}/shards", layout::output_dir(&teacher, &output)));
+        let present: std::collections::HashSet<String> = catalog::list_under(&self.store, &prefix)
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter_map(|o| o.location.filename().map(str::to_owned))
+            .collect();
+        if let Some((i, fp, _, _)) = shards
+            .iter()
+            .find(|(_, fp, _, _)| !present.contains(&format!("{fp}.parquet")))
+        {
+            return Err(format!(
+                "shard {i} ({}) was reported done but is not in the cache at {}: run the job again to label it",
+                fp.short(),
+                self.store.display(&prefix)
+            ));
+        }
+        let manifest_shards: Vec<ManifestShard> = shards
+            .into_iter()
+            .map(|(index, fingerprint, rows, rejected_rows)| ManifestShard {
+                index,
+                fingerprint,
+                rows,
+                rejected_rows,
+            })
+            .collect();
+        let manifest = CorpusManifest {
+            schema_version: distill_cache::SCHEMA_VERSION,
+            corpus_fingerprint: catalog::corpus_fingerprint(rec.shard_size, &manifest_shards),
+            corpus: rec.corpus.url.clone(),
+            shard_size: rec.shard_size,
+            teacher,
+            output,
+            rows: view.ledger.rows,
+            rejected_rows: view.ledger.rejected_rows,
+            shards: manifest_shards,
+        };
+        catalog::write_manifest(&self.store, &manifest)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+fn info_of(rec: &JobRecord) -> JobInfo {
+    JobInfo {
+        id: rec.job_id.clone(),
+        teacher: rec.teacher.clone(),
+        teacher_fingerprint: rec.teacher_fingerprint.clone(),
+        output: rec.output.clone(),
+        dtype: rec.dtype.clone(),
+        store: rec.store.clone(),
+        corpus: rec.corpus.url.clone(),
+        format: rec
+            .corpus
+            .format
+            .map(|f| format!("{f:?}").to_lowercase())
+            .unwrap_or_default(),
+        text_field: rec.corpus.text_field.clone(),
+        id_field: rec.corpus.id_field.clone(),
+        shard_size: rec.shard_size,
+        strict: rec.strict,
+        output_fingerprint: rec.output_fingerprint.clone(),
+        max_attempts: rec.max_attempts,
+    }
+}
+
+/// Parses a corpus format name ("" = from the file name).
+pub fn parse_format(s: &str) -> CallResult<Option<Format>> {
+    if s.is_empty() {
+        Ok(None)
+    } else {
+        s.parse().map(Some).map_err(|e| invalid("corpus.format", e))
+    }
+}

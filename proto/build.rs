@@ -1,0 +1,13 @@
+//! Generates the tonic/prost code and the descriptor set (for server reflection) from the .proto files,
+//! with the protoc binary vendored in `protoc-bin-vendored` (no system protoc needed).
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    std::env::set_var("PROTOC", protoc);
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out.join("distill_descriptor.bin"))
+        .compile_protos(&["distill/v1/distill.proto"], &["."])?;
+    println!("cargo:rerun-if-changed=distill/v1/distill.proto");
+    Ok(())
+}

@@ -1,0 +1,122 @@
+//! `distill jobs ls|show|cancel`: the jobs of a coordinator.
+
+use crate::remote::{status, RemoteArgs};
+use crate::report::count;
+use clap::{Args, Subcommand};
+use distill_coordinator::JobSummary;
+use distill_proto::v1;
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// List every job: id, state, progress, teacher-seconds spent and saved.
+    Ls(JobsArgs),
+    /// Show one job's ledger, failed shards and errors.
+    Show(JobArgs),
+    /// Cancel a job: no more leases; shards already committed stay in the cache.
+    Cancel(JobArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct JobsArgs {
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct JobArgs {
+    /// The job id (from `distill jobs ls`).
+    pub job_id: String,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(cmd: JobsCommand) -> anyhow::Result<()> {
+    match cmd {
+        JobsCommand::Ls(a) => {
+            let mut c = distill_proto::job_client(a.remote.connect().await?);
+            let jobs = c
+                .list_jobs(v1::ListJobsRequest {})
+                .await
+                .map_err(status)?
+                .into_inner()
+                .jobs;
+            let summaries: Vec<JobSummary> = jobs.iter().map(JobSummary::from_wire).collect();
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&summaries)?);
+                return Ok(());
+            }
+            println!(
+                "{:<18} {:<10} {:>8} {:>8} {:>8} {:>7} {:>11} {:>11}  corpus",
+                "job", "state", "shards", "labeled", "hits", "failed", "teacher s", "saved s"
+            );
+            for s in &summaries {
+                println!(
+                    "{:<18} {:<10} {:>8} {:>8} {:>8} {:>7} {:>11.1} {:>11.1}  {}",
+                    s.job_id,
+                    s.state,
+                    count(s.shards),
+                    count(s.shards_labeled),
+                    count(s.cache_hits),
+                    count(s.shards_failed),
+                    s.teacher_seconds,
+                    s.teacher_seconds_saved,
+                    s.corpus
+                );
+            }
+            Ok(())
+        }
+        JobsCommand::Show(a) => {
+            let mut c = distill_proto::job_client(a.remote.connect().await?);
+            let job = c
+                .get_job(v1::GetJobRequest {
+                    job_id: a.job_id.clone(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner()
+                .job
+                .unwrap_or_default();
+            print_job(&job, a.json)
+        }
+        JobsCommand::Cancel(a) => {
+            let mut c = distill_proto::job_client(a.remote.connect().await?);
+            let job = c
+                .cancel_job(v1::CancelJobRequest {
+                    job_id: a.job_id.clone(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner()
+                .job
+                .unwrap_or_default();
+            print_job(&job, a.json)
+        }
+    }
+}
+
+fn print_job(job: &v1::Job, json: bool) -> anyhow::Result<()> {
+    let s = JobSummary::from_wire(job);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        crate::label::print_summary(&s);
+        println!(
+            "  progress    {} done, {} leased, {} pending{}",
+            count(job.shards_done),
+            count(job.shards_leased),
+            count(job.shards_pending),
+            if job.planned {
+                ""
+            } else {
+                " (still reading the corpus)"
+            }
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,488 @@
+//! Distributed labeling with real processes on loopback: a `distill coordinator`, `distill worker`s,
+//! clients; workers and coordinators killed with SIGKILL; a stale worker played by a raw gRPC client.
+//! Each test ends by reading the cache back: every corpus row exactly once, and the job's ledger right.
+
+use crate::common::*;
+use distill_proto::v1;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A child process killed when dropped; its stderr goes to a log file.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `distill coordinator` on `port` over `store`; returns it once it listens.
+pub fn coordinator(dir: &Path, name: &str, port: u16, store: &str, extra: &[&str]) -> Proc {
+    let log = dir.join(format!("{name}.log"));
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_distill"))
+        .args([
+            "coordinator",
+            "--listen",
+            &listen,
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--store",
+            store,
+            "--lease-ttl-seconds",
+            "2",
+            "--heartbeat-seconds",
+            "0.4",
+            "--retry-backoff-seconds",
+            "0.2",
+            "--speculate-after-seconds",
+            "0",
+        ])
+        .args(extra)
+        .env("DISTILL_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(
+        line.contains("grpc="),
+        "coordinator did not start: {line} {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    Proc { child, log }
+}
+
+/// Starts `distill worker` against `url`.
+pub fn worker(dir: &Path, name: &str, url: &str, extra: &[&str]) -> Proc {
+    let log = dir.join(format!("{name}.log"));
+    let child = Command::new(env!("CARGO_BIN_EXE_distill"))
+        .args([
+            "worker",
+            "--coordinator",
+            url,
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--name",
+            name,
+            "--max-batch-tokens",
+            "2048",
+        ])
+        .args(extra)
+        .env("DISTILL_LOG", "info,distill_worker=debug")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    Proc { child, log }
+}
+
+pub async fn client(url: &str, token: Option<&str>) -> distill_proto::JobClient {
+    let cfg = distill_proto::ClientConfig {
+        url: url.into(),
+        token: token.map(str::to_owned),
+        tls_ca: None,
+    };
+    distill_proto::job_client(distill_proto::connect(&cfg).await.unwrap())
+}
+
+pub async fn worker_client(url: &str) -> distill_proto::WorkerClient {
+    let cfg = distill_proto::ClientConfig {
+        url: url.into(),
+        ..Default::default()
+    };
+    distill_proto::worker_client(distill_proto::connect(&cfg).await.unwrap())
+}
+
+pub fn spec(corpus: &Path, teacher: &Path, shard_size: u64) -> v1::JobSpec {
+    v1::JobSpec {
+        corpus: Some(v1::CorpusSpec {
+            url: corpus.display().to_string(),
+            ..Default::default()
+        }),
+        teacher: teacher.display().to_string(),
+        shard_size,
+        ..Default::default()
+    }
+}
+
+/// Submits, retrying while the coordinator is not ready yet.
+pub async fn submit(c: &mut distill_proto::JobClient, spec: v1::JobSpec) -> v1::Job {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match c
+            .submit_job(v1::SubmitJobRequest {
+                spec: Some(spec.clone()),
+            })
+            .await
+        {
+            Ok(r) => return r.into_inner().job.unwrap(),
+            Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(s) => panic!("submit: {s:?}"),
+        }
+    }
+}
+
+/// Polls a job until it is no longer running.
+pub async fn wait_job(c: &mut distill_proto::JobClient, id: &str, limit: Duration) -> v1::Job {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(r) = c.get_job(v1::GetJobRequest { job_id: id.into() }).await {
+            let job = r.into_inner().job.unwrap();
+            if job.state != v1::JobState::Running as i32 {
+                return job;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job {id} did not finish in {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until `f` holds, polling.
+pub async fn until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every row of the corpus is in the cache exactly once (ids of all shard files, no duplicates), and
+/// the manifest lists them in corpus order.
+pub async fn assert_exactly_once(store: &str, job: &v1::Job, expected_ids: &[String]) {
+    let summary = serde_json::json!({ "manifest": job.manifest });
+    let (ids, values, width) = read_corpus_back(store, &summary).await;
+    assert_eq!(ids, expected_ids, "manifest rows in corpus order");
+    assert_eq!(values.len(), ids.len() * width);
+    // No stray shard file beyond the manifest's: nothing labeled into a second copy.
+    let files = shard_files(store).await;
+    let l = job.ledger.unwrap();
+    assert_eq!(files.len() as u64, l.shards, "{files:?}");
+}
+
+pub fn ids(corpus: &Path) -> Vec<String> {
+    std::fs::read_to_string(corpus)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
+/// Shards committed by the workers whose logs are given (from their "shard labeled" lines).
+pub fn committed(procs: &[&Proc]) -> usize {
+    procs
+        .iter()
+        .map(|p| {
+            p.log_text()
+                .lines()
+                .filter(|l| l.contains("shard labeled") && l.contains("committed=true"))
+                .count()
+        })
+        .sum()
+}
+
+fn stores(dir: &Path, name: &str) -> Vec<String> {
+    let mut v = vec![dir.join(format!("{name}-cache")).display().to_string()];
+    if let Ok(s3) = std::env::var("DISTILL_TEST_S3_URL") {
+        v.push(format!("{s3}/{name}-{}", std::process::id()));
+    }
+    v
+}
+
+fn real_corpus(dir: &Path, rows: usize) -> Option<PathBuf> {
+    let rt = rotten_tomatoes()?;
+    let corpus = dir.join("corpus.jsonl");
+    let body: String = std::fs::read_to_string(rt)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.contains("\"text\": \"\"") && !l.contains("\"text\":\"\""))
+        .take(rows)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&corpus, body).unwrap();
+    Some(corpus)
+}
+
+#[tokio::test]
+async fn three_workers_label_a_corpus_once_on_the_filesystem_and_s3() {
+    let Some(model) = minilm() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let Some(corpus) = real_corpus(dir.path(), 240) else {
+        return;
+    };
+    if s3_url().is_none() && require_all() {
+        return;
+    }
+    for store in stores(dir.path(), "three") {
+        let port = free_port();
+        let url = format!("http://127.0.0.1:{port}");
+        let _c = coordinator(dir.path(), "three-c", port, &store, &[]);
+        let ws: Vec<Proc> = (0..3)
+            .map(|i| worker(dir.path(), &format!("three-w{i}"), &url, &[]))
+            .collect();
+        let mut c = client(&url, None).await;
+        let job = submit(&mut c, spec(&corpus, &model, 20)).await;
+        let job = wait_job(&mut c, &job.job_id, Duration::from_secs(300)).await;
+        assert_eq!(
+            job.state,
+            v1::JobState::Succeeded as i32,
+            "{store}: {job:?}"
+        );
+        let l = job.ledger.unwrap();
+        assert_eq!(
+            (l.shards, l.shards_labeled, l.cache_hits, l.rows),
+            (12, 12, 0, 240),
+            "{store}"
+        );
+        assert!(l.teacher_seconds > 0.0 && l.tokens > 0 && l.bytes_written > 0);
+        assert_exactly_once(&store, &job, &ids(&corpus)).await;
+        let refs: Vec<&Proc> = ws.iter().collect();
+        assert_eq!(
+            committed(&refs),
+            12,
+            "each shard labeled by exactly one worker"
+        );
+        // The same corpus again: every shard a cache hit, with the teacher-seconds it saved.
+        let again = submit(&mut c, spec(&corpus, &model, 20)).await;
+        let again = wait_job(&mut c, &again.job_id, Duration::from_secs(60)).await;
+        let l2 = again.ledger.unwrap();
+        assert_eq!((l2.cache_hits, l2.shards_labeled), (12, 0));
+        assert!((l2.teacher_seconds_saved - l.teacher_seconds).abs() < 1e-6);
+        assert_eq!(committed(&refs), 12);
+        let listed = c
+            .list_jobs(v1::ListJobsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .jobs;
+        assert_eq!(listed.len(), 2);
+    }
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_shard_loses_nothing() {
+    let Some(model) = minilm() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let Some(corpus) = real_corpus(dir.path(), 200) else {
+        return;
+    };
+    let store = stores(dir.path(), "kill").pop().unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let c_proc = coordinator(dir.path(), "kill-c", port, &store, &[]);
+    let mut w1 = worker(dir.path(), "kill-w1", &url, &[]);
+    let mut c = client(&url, None).await;
+    let job = submit(&mut c, spec(&corpus, &model, 40)).await;
+    // Kill w1 once it has committed one shard and leased the next (labeling it now).
+    until("w1 to commit a shard", Duration::from_secs(120), || {
+        committed(&[&w1]) >= 1
+    })
+    .await;
+    w1.kill9();
+    let w2 = worker(dir.path(), "kill-w2", &url, &[]);
+    let job = wait_job(&mut c, &job.job_id, Duration::from_secs(300)).await;
+    assert_eq!(
+        job.state,
+        v1::JobState::Succeeded as i32,
+        "{job:?}\n{}",
+        c_proc.log_text()
+    );
+    let l = job.ledger.unwrap();
+    assert_eq!((l.shards, l.rows), (5, 200));
+    assert!(l.lease_expiries >= 1, "w1's lease expired: {l:?}");
+    assert_eq!(l.shards_labeled, 5);
+    assert_exactly_once(&store, &job, &ids(&corpus)).await;
+    assert!(committed(&[&w1, &w2]) <= 5);
+}
+
+#[tokio::test]
+async fn a_coordinator_killed_mid_job_resumes_with_nothing_lost_or_relabeled() {
+    let Some(model) = minilm() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let Some(corpus) = real_corpus(dir.path(), 200) else {
+        return;
+    };
+    for store in stores(dir.path(), "restart") {
+        let port = free_port();
+        let url = format!("http://127.0.0.1:{port}");
+        let mut c1 = coordinator(dir.path(), "restart-c1", port, &store, &[]);
+        let w = worker(dir.path(), "restart-w", &url, &[]);
+        let mut c = client(&url, None).await;
+        let job = submit(&mut c, spec(&corpus, &model, 25)).await;
+        until("a committed shard", Duration::from_secs(120), || {
+            committed(&[&w]) >= 2
+        })
+        .await;
+        c1.kill9();
+        let c2 = coordinator(
+            dir.path(),
+            "restart-c2",
+            port,
+            &store,
+            &["--recovery-window-seconds", "3"],
+        );
+        let mut c = client(&url, None).await;
+        let done = wait_job(&mut c, &job.job_id, Duration::from_secs(300)).await;
+        assert_eq!(
+            done.state,
+            v1::JobState::Succeeded as i32,
+            "{store}: {done:?}\n{}",
+            c2.log_text()
+        );
+        let l = done.ledger.unwrap();
+        assert_eq!(
+            (l.shards, l.rows, l.shards_labeled, l.cache_hits),
+            (8, 200, 8, 0),
+            "{store}: {l:?}"
+        );
+        assert_exactly_once(&store, &done, &ids(&corpus)).await;
+        assert_eq!(committed(&[&w]), 8, "{store}: no shard labeled twice");
+        assert!(
+            !w.log_text().contains("already in the cache"),
+            "{store}: no lease of a committed shard"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_stale_worker_report_is_refused_and_the_shard_is_labeled_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_encoder(dir.path());
+    let corpus = dir.path().join("corpus.jsonl");
+    write_corpus(&corpus, 30);
+    for store in stores(dir.path(), "stale") {
+        let port = free_port();
+        let url = format!("http://127.0.0.1:{port}");
+        let _c = coordinator(dir.path(), "stale-c", port, &store, &[]);
+        let mut jobs = client(&url, None).await;
+        let job = submit(&mut jobs, spec(&corpus, &model, 10)).await;
+        // Two hand-played workers: A leases shard 0 and goes silent; B gets it after A's lease expires.
+        let mut w = worker_client(&url).await;
+        let reg = |name: &str| v1::RegisterRequest {
+            protocol_version: distill_proto::PROTOCOL_VERSION,
+            name: name.into(),
+            ..Default::default()
+        };
+        let a = w
+            .register(reg("stale-a"))
+            .await
+            .unwrap()
+            .into_inner()
+            .worker_id;
+        let b = w
+            .register(reg("stale-b"))
+            .await
+            .unwrap()
+            .into_inner()
+            .worker_id;
+        let lease = |id: &str| v1::LeaseRequest {
+            worker_id: id.into(),
+            teachers_loaded: vec![],
+        };
+        let la = loop {
+            if let Some(l) = w.lease(lease(&a)).await.unwrap().into_inner().lease {
+                break l;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut others = Vec::new();
+        let lb = loop {
+            // B heartbeats its leases; A does not.
+            w.heartbeat(v1::HeartbeatRequest {
+                worker_id: b.clone(),
+                lease_ids: others.clone(),
+            })
+            .await
+            .unwrap();
+            if let Some(l) = w.lease(lease(&b)).await.unwrap().into_inner().lease {
+                if l.shard_index == la.shard_index {
+                    break l;
+                }
+                others.push(l.lease_id); // another shard: hold it, keep waiting for A's
+            }
+            assert!(Instant::now() < deadline, "A's shard was never re-leased");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(lb.attempt, 2);
+        let stale = w
+            .complete(v1::CompleteRequest {
+                worker_id: a.clone(),
+                lease_id: la.lease_id.clone(),
+                stats: Some(v1::ShardStats {
+                    rows: 10,
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(stale.code(), tonic::Code::FailedPrecondition, "{stale:?}");
+        assert!(
+            stale.message().contains("expired") && stale.message().contains("stale-b"),
+            "{}",
+            stale.message()
+        );
+        // B hands its lease back; a real worker finishes the job.
+        for id in others.into_iter().chain([lb.lease_id]) {
+            w.fail(v1::FailRequest {
+                worker_id: b.clone(),
+                lease_id: id,
+                error: String::new(),
+                release: true,
+            })
+            .await
+            .unwrap();
+        }
+        let real = worker(dir.path(), "stale-real", &url, &[]);
+        let done = wait_job(&mut jobs, &job.job_id, Duration::from_secs(60)).await;
+        assert_eq!(
+            done.state,
+            v1::JobState::Succeeded as i32,
+            "{store}: {done:?}"
+        );
+        let l = done.ledger.unwrap();
+        assert_eq!((l.shards, l.shards_labeled, l.rows), (3, 3, 30));
+        assert!(l.lease_expiries >= 1);
+        assert_exactly_once(&store, &done, &ids(&corpus)).await;
+        assert_eq!(committed(&[&real]), 3, "{}", real.log_text());
+    }
+}
