@@ -68,6 +68,7 @@ pub async fn serve(
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(20)));
     if let Some((cert, key)) = opts.tls {
+        distill_proto::init_tls();
         let identity = tonic::transport::Identity::from_pem(cert, key);
         builder =
             builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;

@@ -59,8 +59,18 @@ pub type Channel =
 pub type JobClient = v1::job_service_client::JobServiceClient<Channel>;
 pub type WorkerClient = v1::worker_service_client::WorkerServiceClient<Channel>;
 
+/// Selects rustls's ring crypto provider for the process (more than one is compiled in through the
+/// object-store clients, so rustls cannot pick one itself). Idempotent.
+pub fn init_tls() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 /// Connects to a coordinator (one attempt; callers that should wait retry with backoff).
 pub async fn connect(cfg: &ClientConfig) -> Result<Channel, TransportError> {
+    init_tls();
     use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
     let bad = |reason: String| TransportError::Url {
         url: cfg.url.clone(),

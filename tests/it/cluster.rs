@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 pub struct Proc {
     pub child: Child,
     pub log: PathBuf,
+    /// The metrics address a coordinator printed (empty for workers).
+    pub metrics: String,
 }
 
 impl Drop for Proc {
@@ -79,7 +81,16 @@ pub fn coordinator(dir: &Path, name: &str, port: u16, store: &str, extra: &[&str
         "coordinator did not start: {line} {}",
         std::fs::read_to_string(&log).unwrap_or_default()
     );
-    Proc { child, log }
+    let metrics = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("metrics="))
+        .unwrap_or_default()
+        .to_owned();
+    Proc {
+        child,
+        log,
+        metrics,
+    }
 }
 
 /// Starts `distill worker` against `url`.
@@ -103,7 +114,11 @@ pub fn worker(dir: &Path, name: &str, url: &str, extra: &[&str]) -> Proc {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    Proc { child, log }
+    Proc {
+        child,
+        log,
+        metrics: String::new(),
+    }
 }
 
 pub async fn client(url: &str, token: Option<&str>) -> distill_proto::JobClient {

@@ -8,6 +8,7 @@
 mod cluster;
 mod common;
 mod faults;
+mod grpc;
 mod kill;
 mod label;
 mod pyarrow;
