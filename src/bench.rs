@@ -14,6 +14,11 @@ use std::time::Instant;
 pub enum BenchCommand {
     /// Teacher forward and end-to-end labeling throughput.
     Teacher(TeacherBenchArgs),
+    /// Coordinator throughput: simulated workers leasing and completing shards of a huge job.
+    Coordinator(crate::bench_coord::CoordBenchArgs),
+    /// The coordinator process of `bench coordinator` (started by it).
+    #[command(hide = true)]
+    CoordinatorServer(crate::bench_coord::CoordServerArgs),
 }
 
 #[derive(Debug, Args)]
@@ -61,6 +66,8 @@ struct Pass {
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Teacher(args) => teacher(args).await,
+        BenchCommand::Coordinator(args) => crate::bench_coord::run(args).await,
+        BenchCommand::CoordinatorServer(args) => crate::bench_coord::server(args).await,
     }
 }
 

@@ -9,11 +9,12 @@
 //! - `distill task fit|ls`: tasks from cached outputs, no teacher pass ([`task_cmd`]);
 //! - `distill train`: distill a student from a task ([`train_cmd`]);
 //! - `distill eval` / `distill predict`: measure a model, label texts ([`eval_cmd`]);
-//! - `distill bench teacher`: teacher throughput figures for the README ([`bench`]).
+//! - `distill bench teacher|coordinator`: throughput figures for the README ([`bench`], [`bench_coord`]).
 //!
 //! Nothing here knows the cache format or the model: it parses flags, builds the pieces and prints.
 
 pub mod bench;
+pub mod bench_coord;
 pub mod cache_cmd;
 pub mod cli;
 pub mod eval_cmd;

@@ -135,8 +135,8 @@ pub struct PlannedShard {
 
 #[derive(Clone, Debug)]
 pub enum PlannedStatus {
-    /// To label; its input is staged at this path.
-    ToLabel { input: String },
+    /// To label; its input is staged at [`distill_cache::jobs::input_path`].
+    ToLabel,
     /// In the cache before this job: a hit, with the device-seconds it cost then.
     Hit {
         truncated_rows: u64,
@@ -211,7 +211,6 @@ enum SlotState {
 #[derive(Debug)]
 struct Slot {
     fingerprint: Fingerprint,
-    input: String,
     rows: u64,
     rejects: u64,
     progress: u64,
@@ -332,6 +331,8 @@ pub struct Scheduler {
     job_ids: HashMap<String, u64>,
     leases: HashMap<u64, Lease>,
     ended: HashMap<u64, (u64, u32, Ended)>,
+    /// `ended` in insertion order: the oldest are forgotten beyond [`ENDED_KEPT`].
+    ended_order: VecDeque<u64>,
     /// Adopted leases of an earlier coordinator: their id string → our number.
     adopted: HashMap<String, u64>,
     expiry: BinaryHeap<Reverse<(Instant, u64)>>,
@@ -339,6 +340,9 @@ pub struct Scheduler {
     recovering_until: Option<Instant>,
     counters: Counters,
 }
+
+/// How many ended leases are remembered (for precise answers to late reports).
+const ENDED_KEPT: usize = 100_000;
 
 fn backoff(base: Duration, failures: u32) -> Duration {
     let exp = failures.saturating_sub(1).min(16);
@@ -355,7 +359,8 @@ impl Scheduler {
             jobs: BTreeMap::new(),
             job_ids: HashMap::new(),
             leases: HashMap::new(),
-            ended: HashMap::new(),
+            ended: HashMap::with_capacity(ENDED_KEPT),
+            ended_order: VecDeque::with_capacity(ENDED_KEPT),
             adopted: HashMap::new(),
             expiry: BinaryHeap::new(),
             workers: HashMap::new(),
@@ -495,7 +500,6 @@ impl Scheduler {
         }
         let mut slot = Slot {
             fingerprint: p.fingerprint,
-            input: String::new(),
             rows: p.rows,
             rejects: p.rejects,
             progress: p.progress,
@@ -506,8 +510,7 @@ impl Scheduler {
             speculated: false,
         };
         match p.status {
-            PlannedStatus::ToLabel { input } => {
-                slot.input = input;
+            PlannedStatus::ToLabel => {
                 slot.state = SlotState::Pending;
                 job.ready.push_back(job.slots.len() as u32);
                 job.pending += 1;
@@ -625,6 +628,8 @@ impl Scheduler {
         // Answers to late reports of this job's leases are no longer needed.
         if let Some(seq) = self.job_ids.get(id).copied() {
             self.ended.retain(|_, (j, _, _)| *j != seq);
+            let ended = &self.ended;
+            self.ended_order.retain(|l| ended.contains_key(l));
         }
     }
 
@@ -781,25 +786,22 @@ impl Scheduler {
         if self.recovering_until.is_some_and(|t| now < t) {
             return Ok(None);
         }
-        let held = self.workers[&w].teachers.clone();
-        let preferred: Vec<u64> = self
-            .jobs
-            .values()
-            .filter(|j| j.state == JobState::Running && held.contains(&j.info.teacher_fingerprint))
-            .map(|j| j.seq)
-            .collect();
-        let others: Vec<u64> = self
-            .jobs
-            .values()
-            .filter(|j| j.state == JobState::Running && !preferred.contains(&j.seq))
-            .map(|j| j.seq)
-            .collect();
-        for &seq in preferred.iter().chain(&others) {
+        // Running jobs, those of a teacher the worker holds first, then by age (stable sort).
+        let mut order: Vec<(bool, u64)> = {
+            let held = &self.workers[&w].teachers;
+            self.jobs
+                .values()
+                .filter(|j| j.state == JobState::Running)
+                .map(|j| (!held.contains(&j.info.teacher_fingerprint), j.seq))
+                .collect()
+        };
+        order.sort_by_key(|(other, _)| *other);
+        for &(_, seq) in &order {
             if let Some(index) = self.next_ready(seq, now) {
                 return Ok(Some(self.grant(seq, index, w, false, now)));
             }
         }
-        for &seq in preferred.iter().chain(&others) {
+        for &(_, seq) in &order {
             if let Some(index) = self.speculation_candidate(seq, w, now) {
                 return Ok(Some(self.grant(seq, index, w, true, now)));
             }
@@ -886,7 +888,7 @@ impl Scheduler {
             job: job.info.id.clone(),
             index: index as u64,
             fingerprint: slot.fingerprint.clone(),
-            input: slot.input.clone(),
+            input: distill_cache::jobs::input_path(&job.info.id, index as u64),
             speculative,
             attempt: slot.failures + 1,
             deadline,
@@ -972,7 +974,7 @@ impl Scheduler {
             Ended::Expired { at } => {
                 if slot.state == SlotState::Pending {
                     // Expired but not given to anyone else yet: the work is committed, take it.
-                    self.ended.insert(l, (seq, index, Ended::Completed));
+                    self.remember(l, (seq, index, Ended::Completed));
                     return Ok(self.shard_done(seq, index, stats, None));
                 }
                 let by = slot
@@ -1135,7 +1137,20 @@ impl Scheduler {
                 slot.leases.retain(|x| *x != l);
             }
         }
-        self.ended.insert(l, (lease.job, lease.index, how));
+        self.remember(l, (lease.job, lease.index, how));
+    }
+
+    /// Remembers how a lease ended, to answer its late reports; the oldest are forgotten, so the map
+    /// stays a fixed size (no rehashing under the lock in a million-shard job).
+    fn remember(&mut self, l: u64, how: (u64, u32, Ended)) {
+        if self.ended.insert(l, how).is_none() {
+            self.ended_order.push_back(l);
+        }
+        while self.ended_order.len() > ENDED_KEPT {
+            if let Some(old) = self.ended_order.pop_front() {
+                self.ended.remove(&old);
+            }
+        }
     }
 
     /// Expires leases past their deadline and forgets workers silent for three lease times.
@@ -1263,9 +1278,7 @@ mod tests {
                     rejects: 0,
                     progress: 5,
                     rejects_file: None,
-                    status: PlannedStatus::ToLabel {
-                        input: format!("in/{i}"),
-                    },
+                    status: PlannedStatus::ToLabel,
                 },
             );
         }

@@ -65,6 +65,9 @@ pub struct Coordinator {
     /// Per job: permits for staging more shards.
     staging: Mutex<HashMap<String, Arc<Semaphore>>>,
     health: Mutex<Option<tonic_health::server::HealthReporter>>,
+    /// Staged inputs to delete, for one background deleter (no task per completed shard).
+    deletions: tokio::sync::mpsc::UnboundedSender<(String, u64)>,
+    deletions_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(String, u64)>>>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -83,7 +86,10 @@ impl Coordinator {
     /// A coordinator of `store`; call [`Coordinator::start`] to run its background tasks.
     pub fn new(store: Location, settings: Settings) -> Arc<Self> {
         let epoch = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+        let (deletions, rx) = tokio::sync::mpsc::unbounded_channel();
         Arc::new(Self {
+            deletions,
+            deletions_rx: Mutex::new(Some(rx)),
             store,
             sched: Mutex::new(Scheduler::new(settings.sched.clone(), epoch)),
             settings,
@@ -117,6 +123,18 @@ impl Coordinator {
     /// Starts the lease-expiry ticker and the store prober; the first successful probe resumes the
     /// store's unfinished jobs and makes the coordinator ready.
     pub fn start(self: &Arc<Self>) {
+        if let Some(mut rx) = self.deletions_rx.lock().expect("poisoned").take() {
+            let me = self.clone();
+            tokio::spawn(async move {
+                while let Some((job, index)) = rx.recv().await {
+                    if let Err(e) =
+                        jobs::delete_rel(&me.store, &jobs::input_path(&job, index)).await
+                    {
+                        tracing::warn!(%job, shard = index, "cannot delete staged input: {e}");
+                    }
+                }
+            });
+        }
         let me = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(200));
@@ -463,10 +481,10 @@ impl Coordinator {
                         Ok(p) => p.forget(),
                         Err(_) => return Ok(()), // job ended
                     }
-                    let input = jobs::write_input(store, id, &shard)
+                    jobs::write_input(store, id, &shard)
                         .await
                         .map_err(|e| e.to_string())?;
-                    PlannedStatus::ToLabel { input }
+                    PlannedStatus::ToLabel
                 }
             };
             let planned = PlannedShard {
@@ -482,6 +500,18 @@ impl Coordinator {
             self.sched().add_shard(id, planned);
         }
         Ok(())
+    }
+
+    /// Adds a job whose shards are already planned, without reading a corpus or writing records:
+    /// for benchmarks of the scheduling path (`distill bench coordinator`).
+    pub fn add_planned_job(&self, info: JobInfo, shards: impl Iterator<Item = PlannedShard>) {
+        let id = info.id.clone();
+        let mut s = self.sched();
+        s.add_job(info, Instant::now());
+        for p in shards {
+            s.add_shard(&id, p);
+        }
+        let _ = s.planning_done(&id, Ok(()), Instant::now());
     }
 
     pub fn view(&self, id: &str) -> CallResult<JobView> {
@@ -532,13 +562,7 @@ impl Coordinator {
             match e {
                 Effect::DeleteInput { job, index } => {
                     me.release_permit(&job);
-                    tokio::spawn(async move {
-                        if let Err(e) =
-                            jobs::delete_rel(&me.store, &jobs::input_path(&job, index)).await
-                        {
-                            tracing::warn!(%job, shard = index, "cannot delete staged input: {e}");
-                        }
-                    });
+                    let _ = me.deletions.send((job, index));
                 }
                 Effect::RecordFailed { job, shard } => {
                     me.release_permit(&job);
