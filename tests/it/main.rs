@@ -7,6 +7,7 @@
 
 mod cluster;
 mod common;
+mod deploy;
 mod faults;
 mod grpc;
 mod kill;
