@@ -179,6 +179,9 @@ pub async fn run(args: LabelArgs) -> anyhow::Result<()> {
 /// Runs a labeling job (on a coordinator, or in this process) and returns its ledger. A job that does
 /// not succeed is an error naming why (its failed shards, or the bad input that stopped planning).
 pub async fn label(args: &LabelArgs, show_progress: bool) -> anyhow::Result<JobSummary> {
+    if args.shard_size == 0 {
+        anyhow::bail!("--shard-size must be at least 1 (corpus entries per shard)");
+    }
     if args.remote.coordinator.is_some() {
         let ch = args.remote.connect().await?;
         return submit_and_watch(ch, args.spec(), show_progress).await;

@@ -48,24 +48,29 @@ pub fn free_port() -> u16 {
 pub fn coordinator(dir: &Path, name: &str, port: u16, store: &str, extra: &[&str]) -> Proc {
     let log = dir.join(format!("{name}.log"));
     let listen = format!("127.0.0.1:{port}");
+    // Quick lease times for tests; `extra` overrides any of them.
+    let defaults = [
+        ("--lease-ttl-seconds", "2"),
+        ("--heartbeat-seconds", "0.4"),
+        ("--retry-backoff-seconds", "0.2"),
+        ("--speculate-after-seconds", "0"),
+    ];
+    let mut args: Vec<&str> = vec![
+        "coordinator",
+        "--listen",
+        &listen,
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--store",
+        store,
+    ];
+    for (flag, value) in defaults {
+        if !extra.contains(&flag) {
+            args.extend([flag, value]);
+        }
+    }
     let mut child = Command::new(env!("CARGO_BIN_EXE_distill"))
-        .args([
-            "coordinator",
-            "--listen",
-            &listen,
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--store",
-            store,
-            "--lease-ttl-seconds",
-            "2",
-            "--heartbeat-seconds",
-            "0.4",
-            "--retry-backoff-seconds",
-            "0.2",
-            "--speculate-after-seconds",
-            "0",
-        ])
+        .args(&args)
         .args(extra)
         .env("DISTILL_LOG", "info")
         .stdout(Stdio::piped())
