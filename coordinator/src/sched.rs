@@ -335,6 +335,8 @@ pub struct Scheduler {
     ended_order: VecDeque<u64>,
     /// Adopted leases of an earlier coordinator: their id string → our number.
     adopted: HashMap<String, u64>,
+    /// Leases re-stated for shards the planner has not reached yet: (job, index) → (worker, lease id).
+    claims: HashMap<(String, u64), (u64, String)>,
     expiry: BinaryHeap<Reverse<(Instant, u64)>>,
     workers: HashMap<u64, Worker>,
     recovering_until: Option<Instant>,
@@ -346,7 +348,9 @@ const ENDED_KEPT: usize = 100_000;
 
 fn backoff(base: Duration, failures: u32) -> Duration {
     let exp = failures.saturating_sub(1).min(16);
-    (base * 2u32.pow(exp)).min(Duration::from_secs(60))
+    base.checked_mul(2u32.pow(exp))
+        .unwrap_or(Duration::MAX)
+        .min(Duration::from_secs(60))
 }
 
 impl Scheduler {
@@ -362,6 +366,7 @@ impl Scheduler {
             ended: HashMap::with_capacity(ENDED_KEPT),
             ended_order: VecDeque::with_capacity(ENDED_KEPT),
             adopted: HashMap::new(),
+            claims: HashMap::new(),
             expiry: BinaryHeap::new(),
             workers: HashMap::new(),
             recovering_until: None,
@@ -398,8 +403,10 @@ impl Scheduler {
     }
 
     fn lease_number(&self, s: &str) -> Option<u64> {
-        self.parse_id("lease", s)
-            .or_else(|| self.adopted.get(s).copied())
+        self.adopted
+            .get(s)
+            .copied()
+            .or_else(|| self.parse_id("lease", s))
     }
 
     // ---- jobs ----------------------------------------------------------------------------------
@@ -512,9 +519,20 @@ impl Scheduler {
         match p.status {
             PlannedStatus::ToLabel => {
                 slot.state = SlotState::Pending;
-                job.ready.push_back(job.slots.len() as u32);
-                job.pending += 1;
                 job.open += 1;
+                let index = job.slots.len() as u32;
+                let claim = self.claims.remove(&(id.to_owned(), p.index));
+                match claim {
+                    Some((w, lease_id)) if self.workers.contains_key(&w) => {
+                        job.slots.push(slot);
+                        self.adopt(seq, index, w, lease_id, Instant::now(), false);
+                        return;
+                    }
+                    _ => {
+                        job.ready.push_back(index);
+                        job.pending += 1;
+                    }
+                }
             }
             PlannedStatus::Hit {
                 truncated_rows,
@@ -558,6 +576,10 @@ impl Scheduler {
                 self.maybe_finish(seq)
             }
             Err(reason) => {
+                let job = &self.jobs[&seq];
+                if job.state != JobState::Running || job.finalizing {
+                    return vec![]; // cancelled or finishing already: that outcome stands
+                }
                 self.end_job(seq, JobState::Failed, Some(reason), now);
                 vec![Effect::Finalize { job: id.to_owned() }]
             }
@@ -568,10 +590,14 @@ impl Scheduler {
     pub fn cancel(&mut self, id: &str, now: Instant) -> Outcome<Vec<Effect>> {
         let seq = self.job_seq(id)?;
         let job = &self.jobs[&seq];
-        if job.state.is_final() {
+        if job.state.is_final() || job.finalizing {
             return Err(Refusal::FailedPrecondition(format!(
                 "job {id} already finished ({:?})",
-                job.state
+                if job.state.is_final() {
+                    job.state
+                } else {
+                    JobState::Succeeded
+                }
             )));
         }
         self.end_job(seq, JobState::Cancelled, None, now);
@@ -720,41 +746,72 @@ impl Scheduler {
             },
         );
         let mut adopted = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for h in held {
+            if !seen.insert(h.lease_id.clone()) || self.adopted.contains_key(&h.lease_id) {
+                continue;
+            }
             let Some(&seq) = self.job_ids.get(&h.job) else {
                 continue;
             };
-            let job = self.jobs.get_mut(&seq).expect("indexed");
-            let Some(slot) = job.slots.get_mut(h.index as usize) else {
-                continue;
-            };
-            if job.state != JobState::Running || slot.state != SlotState::Pending {
+            let job = &self.jobs[&seq];
+            if job.state != JobState::Running || job.finalizing {
                 continue;
             }
-            let l = self.next_id;
-            self.next_id += 1;
-            slot.state = SlotState::Leased;
-            slot.leases.push(l);
-            job.pending -= 1;
-            job.inflight.push_back(l);
-            let deadline = now + self.cfg.lease_ttl;
-            self.leases.insert(
-                l,
-                Lease {
-                    job: seq,
-                    index: h.index as u32,
-                    worker: n,
-                    granted: now,
-                    deadline,
-                    speculative: false,
-                },
-            );
-            self.expiry.push(Reverse((deadline, l)));
-            self.workers.get_mut(&n).expect("inserted").leases.push(l);
-            self.adopted.insert(h.lease_id.clone(), l);
-            adopted.push(h.lease_id);
+            match job.slots.get(h.index as usize).map(|s| s.state) {
+                Some(SlotState::Pending) => {
+                    self.adopt(seq, h.index as u32, n, h.lease_id.clone(), now, true);
+                    adopted.push(h.lease_id);
+                }
+                None if !job.planned => {
+                    // Not planned yet (the planner re-reads the corpus): claim it for this worker.
+                    self.claims
+                        .insert((h.job.clone(), h.index), (n, h.lease_id.clone()));
+                    adopted.push(h.lease_id);
+                }
+                _ => {}
+            }
         }
         (self.id_string("worker", n), adopted)
+    }
+
+    /// Gives a pending shard to `w` under a lease id of an earlier coordinator. `queued`: the shard is
+    /// in the ready or retry queue (counted as pending; its queue entry is skipped lazily).
+    fn adopt(
+        &mut self,
+        seq: u64,
+        index: u32,
+        w: u64,
+        lease_id: String,
+        now: Instant,
+        queued: bool,
+    ) {
+        let l = self.fresh_id();
+        let job = self.jobs.get_mut(&seq).expect("indexed");
+        if queued {
+            job.pending -= 1;
+        }
+        let slot = &mut job.slots[index as usize];
+        slot.state = SlotState::Leased;
+        slot.leases.push(l);
+        job.inflight.push_back(l);
+        let deadline = now + self.cfg.lease_ttl;
+        self.leases.insert(
+            l,
+            Lease {
+                job: seq,
+                index,
+                worker: w,
+                granted: now,
+                deadline,
+                speculative: false,
+            },
+        );
+        self.expiry.push(Reverse((deadline, l)));
+        if let Some(wk) = self.workers.get_mut(&w) {
+            wk.leases.push(l);
+        }
+        self.adopted.insert(lease_id, l);
     }
 
     fn worker(&mut self, id: &str, now: Instant) -> Outcome<u64> {
@@ -767,7 +824,8 @@ impl Scheduler {
                 Ok(n)
             }
             None => Err(Refusal::NotFound(format!(
-                "unknown worker {id:?} (the coordinator restarted or forgot an idle worker): register again"
+                "{} {id:?} (the coordinator restarted or forgot an idle worker): register again",
+                distill_proto::UNKNOWN_WORKER
             ))),
         }
     }
@@ -1026,8 +1084,10 @@ impl Scheduler {
             }
         }
         self.counters.shards_done += 1;
-        self.counters.rows += stats.rows;
-        self.counters.teacher_seconds += stats.device_seconds;
+        self.counters.rows = self.counters.rows.saturating_add(stats.rows);
+        if stats.device_seconds.is_finite() && stats.device_seconds >= 0.0 {
+            self.counters.teacher_seconds += stats.device_seconds;
+        }
         let mut effects = vec![Effect::DeleteInput {
             job: job.info.id.clone(),
             index: index as u64,
@@ -1216,13 +1276,16 @@ impl Scheduler {
     }
 }
 
+/// Adds a shard's figures (saturating: a worker's report cannot overflow the ledger).
 fn add_stats(l: &mut Ledger, s: &ShardStats) {
     l.shards_labeled += 1;
-    l.tokens += s.tokens;
-    l.padded_tokens += s.padded_tokens;
-    l.truncated_rows += s.truncated_rows;
-    l.teacher_seconds += s.device_seconds;
-    l.bytes_written += s.bytes_written;
+    l.tokens = l.tokens.saturating_add(s.tokens);
+    l.padded_tokens = l.padded_tokens.saturating_add(s.padded_tokens);
+    l.truncated_rows = l.truncated_rows.saturating_add(s.truncated_rows);
+    if s.device_seconds.is_finite() && s.device_seconds >= 0.0 {
+        l.teacher_seconds += s.device_seconds;
+    }
+    l.bytes_written = l.bytes_written.saturating_add(s.bytes_written);
 }
 
 #[cfg(test)]
@@ -1511,6 +1574,51 @@ mod tests {
             s.lease("worker-e0-1", &[], t),
             Err(Refusal::NotFound(_))
         ));
+    }
+
+    #[test]
+    fn a_lease_restated_before_its_shard_is_planned_again_is_kept_for_its_worker() {
+        let (mut s, t) = sched(None);
+        job(&mut s, "j", "T", 0, t);
+        // A second job, still being planned (re-read after a coordinator restart).
+        let info = JobInfo {
+            id: "k".into(),
+            ..s.view("j").unwrap().info
+        };
+        s.add_job(info, t);
+        let held = vec![Held {
+            lease_id: "lease-e0-3".into(),
+            job: "k".into(),
+            index: 1,
+        }];
+        let (a, adopted) = s.register("a".into(), "cpu".into(), vec![], held, t);
+        assert_eq!(adopted, vec!["lease-e0-3".to_string()]);
+        for i in 0..2 {
+            s.add_shard(
+                "k",
+                PlannedShard {
+                    index: i,
+                    fingerprint: fp(i),
+                    rows: 10,
+                    rejects: 0,
+                    progress: 5,
+                    rejects_file: None,
+                    status: PlannedStatus::ToLabel,
+                },
+            );
+        }
+        s.planning_done("k", Ok(()), t);
+        let (b, _) = s.register("b".into(), "cpu".into(), vec![], vec![], t);
+        assert_eq!(s.lease(&b, &[], t).unwrap().unwrap().index, 0);
+        assert!(s.lease(&b, &[], t).unwrap().is_none(), "shard 1 is a's");
+        let (dup, e) = s.complete(&a, "lease-e0-3", stats(), t).unwrap();
+        assert!(
+            !dup && e.contains(&Effect::DeleteInput {
+                job: "k".into(),
+                index: 1
+            })
+        );
+        assert_eq!(s.view("k").unwrap().pending, 0);
     }
 
     #[test]

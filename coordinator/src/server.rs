@@ -136,6 +136,7 @@ pub fn job_to_wire(v: JobView) -> v1::Job {
         failed_shards: v
             .failed
             .into_iter()
+            .take(WIRE_LIST_LIMIT)
             .map(|f| v1::FailedShard {
                 index: f.index,
                 fingerprint: f.fingerprint.to_string(),
@@ -151,9 +152,13 @@ pub fn job_to_wire(v: JobView) -> v1::Job {
         manifest: v.manifest.unwrap_or_default(),
         created_unix_ms: v.created_unix_ms,
         finished_unix_ms: v.finished_unix_ms,
-        reject_files: v.reject_files,
+        reject_files: v.reject_files.into_iter().take(WIRE_LIST_LIMIT).collect(),
     }
 }
+
+/// Failed shards and reject files sent per job (the counts are in the ledger, the full lists in the
+/// job's `result.json`): a job of a million shards still fits in a message.
+pub const WIRE_LIST_LIMIT: usize = 100;
 
 fn with_spec(
     coord: &Coordinator,
@@ -249,7 +254,7 @@ impl JobService for Jobs {
         &self,
         req: Request<v1::CancelJobRequest>,
     ) -> Result<Response<v1::CancelJobResponse>, Status> {
-        let view = self.0.cancel(&req.into_inner().job_id)?;
+        let view = self.0.cancel(&req.into_inner().job_id).await?;
         Ok(Response::new(v1::CancelJobResponse {
             job: Some(wire(&self.0, view)),
         }))
@@ -274,18 +279,31 @@ impl JobService for Jobs {
                     return None;
                 }
                 loop {
+                    if last.is_some() {
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
                     let job = match coord.view(&id) {
                         Ok(v) => wire(&coord, v),
                         Err(r) => return Some((Err(Status::from(r)), (coord, id, last, true))),
                     };
                     let finished = job.state != v1::JobState::Running as i32;
-                    if last.as_ref() != Some(&job) {
+                    // Wall time alone is no change worth a message.
+                    let same = last.as_ref().is_some_and(|l| {
+                        let mut a = l.clone();
+                        let mut b = job.clone();
+                        for j in [&mut a, &mut b] {
+                            if let Some(led) = j.ledger.as_mut() {
+                                led.wall_seconds = 0.0;
+                            }
+                        }
+                        a == b
+                    });
+                    if !same || finished {
                         let item = v1::WatchJobResponse {
                             job: Some(job.clone()),
                         };
                         return Some((Ok(item), (coord, id, Some(job), finished)));
                     }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             },
         );
@@ -303,6 +321,7 @@ impl WorkerService for Workers {
         &self,
         req: Request<v1::RegisterRequest>,
     ) -> Result<Response<v1::RegisterResponse>, Status> {
+        self.0.check_ready()?;
         let r = req.into_inner();
         let caps = r.capabilities.unwrap_or_default();
         let held = r
@@ -339,6 +358,7 @@ impl WorkerService for Workers {
         &self,
         req: Request<v1::LeaseRequest>,
     ) -> Result<Response<v1::LeaseResponse>, Status> {
+        self.0.check_ready()?;
         let r = req.into_inner();
         let now = Instant::now();
         let mut s = self.0.sched();
@@ -378,6 +398,7 @@ impl WorkerService for Workers {
         &self,
         req: Request<v1::HeartbeatRequest>,
     ) -> Result<Response<v1::HeartbeatResponse>, Status> {
+        self.0.check_ready()?;
         let r = req.into_inner();
         let revoked = self
             .0
@@ -392,6 +413,7 @@ impl WorkerService for Workers {
         &self,
         req: Request<v1::CompleteRequest>,
     ) -> Result<Response<v1::CompleteResponse>, Status> {
+        self.0.check_ready()?;
         let r = req.into_inner();
         let st = r.stats.unwrap_or_default();
         let stats = ShardStats {
@@ -414,6 +436,7 @@ impl WorkerService for Workers {
         &self,
         req: Request<v1::FailRequest>,
     ) -> Result<Response<v1::FailResponse>, Status> {
+        self.0.check_ready()?;
         let r = req.into_inner();
         let (will_retry, effects) = self.0.sched().fail(
             &r.worker_id,

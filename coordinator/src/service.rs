@@ -205,7 +205,7 @@ impl Coordinator {
         }
     }
 
-    fn check_ready(&self) -> CallResult<()> {
+    pub(crate) fn check_ready(&self) -> CallResult<()> {
         if self.is_ready() {
             Ok(())
         } else {
@@ -234,10 +234,36 @@ impl Coordinator {
             records.push(rec);
         }
         records.sort_by_key(|r| r.created_unix_ms);
-        let mut unfinished = 0;
+        let mut loaded = Vec::new();
         for rec in records {
             let result: Option<ResultRecord> =
                 jobs::read_json(&self.store, &jobs::result_path(&rec.job_id)).await?;
+            let cancelled = result.is_none()
+                && jobs::read_json::<i64>(&self.store, &jobs::cancelled_path(&rec.job_id))
+                    .await?
+                    .is_some();
+            loaded.push((rec, result, cancelled));
+        }
+        // Hold leasing back before any job is launched, so workers can re-state what they hold.
+        let unfinished = loaded.iter().filter(|(_, r, c)| r.is_none() && !c).count();
+        if unfinished > 0 {
+            let until = Instant::now() + self.settings.sched.recovery_window;
+            self.sched().recover_until(until);
+            tracing::info!(
+                jobs = unfinished,
+                window_s = self.settings.sched.recovery_window.as_secs_f64(),
+                "waiting for workers to re-state their leases before leasing again"
+            );
+        }
+        for (rec, result, cancelled) in loaded {
+            if cancelled {
+                // Cancelled, but the coordinator stopped before recording the result: end it now.
+                let id = rec.job_id.clone();
+                self.sched().add_job(info_of(&rec), Instant::now());
+                let effects = self.sched().cancel(&id, Instant::now()).unwrap_or_default();
+                self.apply(effects);
+                continue;
+            }
             match result {
                 Some(r) => {
                     let view = JobView {
@@ -258,20 +284,10 @@ impl Coordinator {
                     self.sched().add_finished_job(view, Instant::now());
                 }
                 None => {
-                    unfinished += 1;
                     tracing::info!(job = %rec.job_id, "resuming job");
                     self.launch(rec, None, true).await;
                 }
             }
-        }
-        if unfinished > 0 {
-            let until = Instant::now() + self.settings.sched.recovery_window;
-            self.sched().recover_until(until);
-            tracing::info!(
-                jobs = unfinished,
-                window_s = self.settings.sched.recovery_window.as_secs_f64(),
-                "waiting for workers to re-state their leases before leasing again"
-            );
         }
         Ok(())
     }
@@ -484,6 +500,11 @@ impl Coordinator {
                     jobs::write_input(store, id, &shard)
                         .await
                         .map_err(|e| e.to_string())?;
+                    if !self.sched().is_running(id) {
+                        // Cancelled while this input was written: it must not outlive the job.
+                        let _ = jobs::delete_rel(store, &jobs::input_path(id, shard.index)).await;
+                        return Ok(());
+                    }
                     PlannedStatus::ToLabel
                 }
             };
@@ -522,7 +543,13 @@ impl Coordinator {
         self.sched().views()
     }
 
-    pub fn cancel(self: &Arc<Self>, id: &str) -> CallResult<JobView> {
+    /// Cancels a job; the cancellation is recorded in the store before the answer, so a coordinator
+    /// restarted before the job's result is written does not resume it.
+    pub async fn cancel(self: &Arc<Self>, id: &str) -> CallResult<JobView> {
+        self.view(id)?;
+        jobs::create_json(&self.store, &jobs::cancelled_path(id), &unix_ms())
+            .await
+            .map_err(|e| Refusal::Unavailable(e.to_string()))?;
         let effects = self.sched().cancel(id, Instant::now())?;
         if let Some(p) = self.staging.lock().expect("poisoned").get(id) {
             p.close();
@@ -622,9 +649,6 @@ impl Coordinator {
                 }
             }
         }
-        if state == JobState::Cancelled {
-            let _ = jobs::create_json(&self.store, &jobs::cancelled_path(id), &unix_ms()).await;
-        }
         let finished = unix_ms();
         let mut ledger = view.ledger.clone();
         ledger.wall_seconds = view.ledger.wall_seconds;
@@ -638,9 +662,19 @@ impl Coordinator {
             finished_unix_ms: finished,
         };
         let mut delay = Duration::from_millis(200);
+        let (mut state, mut error, mut manifest) = (state, error, manifest);
         loop {
             match jobs::create_json(&self.store, &jobs::result_path(id), &result).await {
-                Ok(_) => break,
+                Ok(true) => break,
+                Ok(false) => {
+                    // Recorded already (by a finalize that raced this one): the record stands.
+                    if let Ok(Some(r)) =
+                        jobs::read_json::<ResultRecord>(&self.store, &jobs::result_path(id)).await
+                    {
+                        (state, error, manifest) = (r.state, r.error, r.manifest);
+                    }
+                    break;
+                }
                 Err(e) => {
                     tracing::error!(job = %id, "cannot record the job's result: {e}; retrying");
                     tokio::time::sleep(delay).await;

@@ -24,6 +24,10 @@ pub const DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("distill_d
 /// Version of the worker protocol; a coordinator refuses workers that state another one.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// How a coordinator's NOT_FOUND for a worker id it does not know begins: the worker registers again
+/// (other NOT_FOUNDs, for leases or jobs, must not make it do so).
+pub const UNKNOWN_WORKER: &str = "unknown worker";
+
 /// Largest message either side accepts (larger ones get RESOURCE_EXHAUSTED).
 pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
 

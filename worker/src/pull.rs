@@ -222,6 +222,13 @@ struct Shared {
     teachers: Arc<TeacherSlot>,
     metrics: Arc<WorkerMetrics>,
     stores: Mutex<HashMap<String, Location>>,
+    /// One (re-)registration at a time.
+    registering: tokio::sync::Mutex<()>,
+}
+
+/// Whether a status says the coordinator does not know this worker (it restarted).
+fn unknown_worker(s: &tonic::Status) -> bool {
+    s.code() == Code::NotFound && s.message().starts_with(distill_proto::UNKNOWN_WORKER)
 }
 
 impl Shared {
@@ -300,6 +307,16 @@ impl Shared {
         Ok((resp.heartbeat_interval_ms, resp.lease_ttl_ms))
     }
 
+    /// Registers again after `failed` (the id a call was refused for) became unknown; a no-op when
+    /// another task has registered since.
+    async fn reregister(&self, failed: &str) -> std::result::Result<(), tonic::Status> {
+        let _one = self.registering.lock().await;
+        if self.id() != failed {
+            return Ok(());
+        }
+        self.register().await.map(|_| ())
+    }
+
     async fn heartbeat(&self) {
         let ids: Vec<String> = self
             .held
@@ -308,8 +325,9 @@ impl Shared {
             .keys()
             .cloned()
             .collect();
+        let me = self.id();
         let req = v1::HeartbeatRequest {
-            worker_id: self.id(),
+            worker_id: me.clone(),
             lease_ids: ids,
         };
         match self.client.clone().heartbeat(req).await {
@@ -320,11 +338,11 @@ impl Shared {
                     self.revoked.lock().expect("poisoned").extend(revoked);
                 }
             }
-            Err(s) if s.code() == Code::NotFound => {
+            Err(s) if unknown_worker(&s) => {
                 tracing::warn!(
                     "the coordinator no longer knows this worker (restarted?): registering again"
                 );
-                if let Err(s) = self.register().await {
+                if let Err(s) = self.reregister(&me).await {
                     tracing::warn!("registering again failed: {}", s.message());
                 }
             }
@@ -336,13 +354,14 @@ impl Shared {
     }
 
     async fn lease(&self) -> std::result::Result<Option<v1::ShardLease>, tonic::Status> {
+        let me = self.id();
         let req = v1::LeaseRequest {
-            worker_id: self.id(),
+            worker_id: me.clone(),
             teachers_loaded: self.teachers.fingerprints(),
         };
         match self.client.clone().lease(req.clone()).await {
-            Err(s) if s.code() == Code::NotFound => {
-                self.register().await?;
+            Err(s) if unknown_worker(&s) => {
+                self.reregister(&me).await?;
                 let req = v1::LeaseRequest {
                     worker_id: self.id(),
                     ..req
@@ -379,10 +398,25 @@ impl Shared {
             lease_id: lease.lease_id.clone(),
             stats: Some(stats),
         };
+        // A coordinator restarting (unreachable, or not ready yet) gets the report again for a while:
+        // the shard is committed, and reporting it spares a lease of the next coordinator.
         let mut result = self.client.clone().complete(req.clone()).await;
-        if matches!(&result, Err(s) if s.code() == Code::NotFound) {
+        let mut delay = Duration::from_millis(250);
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
+        while matches!(&result, Err(s) if s.code() == Code::Unavailable)
+            && tokio::time::Instant::now() + delay < give_up
+        {
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+            let req = v1::CompleteRequest {
+                worker_id: self.id(),
+                ..req.clone()
+            };
+            result = self.client.clone().complete(req).await;
+        }
+        if matches!(&result, Err(s) if unknown_worker(s)) {
             // A restarted coordinator: register again, re-stating this lease, and report once more.
-            if self.register().await.is_ok() {
+            if self.reregister(&req.worker_id).await.is_ok() {
                 let req = v1::CompleteRequest {
                     worker_id: self.id(),
                     ..req
@@ -586,6 +620,7 @@ pub async fn run(
         teachers,
         metrics,
         stores: Mutex::new(stores),
+        registering: Default::default(),
     });
     // Register, retrying while the coordinator is unreachable or not ready.
     let mut delay = Duration::from_millis(500);
@@ -674,15 +709,21 @@ async fn work(shared: &Arc<Shared>, shutdown: &mut watch::Receiver<bool>) -> Res
             async move { shared.acquire().await.ok().flatten() }
         }));
         tokio::select! {
-            _ = &mut task => {}
+            r = &mut task => {
+                if let Err(e) = r {
+                    // The shard's task died (a panic): report it rather than hold the lease forever.
+                    shared.fail(&current_lease, format!("worker task failed: {e}"), false).await;
+                }
+            }
             _ = shutdown.changed() => {
+                let deadline = tokio::time::Instant::now() + shared.cfg.drain_grace;
                 tracing::info!(grace_s = shared.cfg.drain_grace.as_secs_f64(), "draining: finishing the current shard, taking no new work");
                 if let Some(p) = prefetch.take() {
-                    if let Ok(Some(p)) = p.await {
+                    if let Ok(Ok(Some(p))) = tokio::time::timeout_at(deadline, p).await {
                         shared.fail(&p.lease, "worker draining".into(), true).await;
                     }
                 }
-                if tokio::time::timeout(shared.cfg.drain_grace, &mut task).await.is_err() {
+                if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
                     tracing::warn!(lease = %current_lease.lease_id, "drain grace elapsed: handing the shard back");
                     shared.fail(&current_lease, "worker draining".into(), true).await;
                 }
