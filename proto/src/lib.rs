@@ -7,8 +7,8 @@
 //! - [`connect`]: a client channel to a coordinator URL (`http://` or, with TLS, `https://`).
 //! - [`http`]: the small HTTP endpoint (`/metrics`, `/healthz`, `/readyz`) of coordinator and workers.
 //!
-//! Conversions between these messages and the domain types live with the domain: the coordinator
-//! crate (`distill_coordinator::wire`).
+//! Conversions between these messages and the domain types live with the domain, in the coordinator
+//! crate: `distill_coordinator::server::job_to_wire` and `JobSummary::from_wire`.
 
 pub mod auth;
 pub mod http;
