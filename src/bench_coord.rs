@@ -26,6 +26,9 @@ pub struct CoordBenchArgs {
     /// Stop after this many seconds of leasing even if shards remain.
     #[arg(long, default_value_t = 60.0)]
     pub seconds: f64,
+    /// Seconds at the start whose cycles are not counted (connections and maps warming up).
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup_seconds: f64,
     /// HTTP/2 connections the simulated workers share (default: one each, as separate processes have).
     #[arg(long)]
     pub connections: Option<usize>,
@@ -240,10 +243,10 @@ async fn drive(
         clients.push((c, id));
     }
     let setup_seconds = setup.elapsed().as_secs_f64();
-    let cpu_before = cpu_seconds(pid);
     let start = Instant::now();
-    let stop_at = start + Duration::from_secs_f64(args.seconds);
-    let go = Arc::new(tokio::sync::Barrier::new(args.workers));
+    let measure_from = start + Duration::from_secs_f64(args.warmup_seconds);
+    let stop_at = measure_from + Duration::from_secs_f64(args.seconds);
+    let go = Arc::new(tokio::sync::Barrier::new(args.workers + 1));
     // Each worker's period between cycle starts; starts staggered over one period.
     let period =
         (args.rate > 0.0).then(|| Duration::from_secs_f64(args.workers as f64 / args.rate));
@@ -291,6 +294,9 @@ async fn drive(
                     })
                     .await?;
                     let t2 = Instant::now();
+                    if t0 < measure_from {
+                        continue;
+                    }
                     leases.push((t1 - t0).as_micros() as u32);
                     completes.push((t2 - t1).as_micros() as u32);
                     cycles.push((t2 - t0).as_micros() as u32);
@@ -307,6 +313,9 @@ async fn drive(
             })
         })
         .collect();
+    go.wait().await;
+    tokio::time::sleep_until(measure_from.into()).await;
+    let cpu_before = cpu_seconds(pid);
     let (mut cycles, mut leases, mut completes) = (Vec::new(), Vec::new(), Vec::new());
     for t in tasks {
         let (c, l, p) = t.await??;
@@ -314,7 +323,7 @@ async fn drive(
         leases.extend(l);
         completes.extend(p);
     }
-    let seconds = start.elapsed().as_secs_f64();
+    let seconds = measure_from.elapsed().as_secs_f64();
     let cpu = cpu_seconds(pid) - cpu_before;
     cycles.sort_unstable();
     leases.sort_unstable();
