@@ -1035,6 +1035,20 @@ impl Scheduler {
                     self.remember(l, (seq, index, Ended::Completed));
                     return Ok(self.shard_done(seq, index, stats, None));
                 }
+                if slot.state == SlotState::Failed
+                    && job.state == JobState::Running
+                    && !job.finalizing
+                {
+                    // That expiry was its last attempt, but the work is committed: the shard is done
+                    // after all, not failed.
+                    let job = self.jobs.get_mut(&seq).expect("indexed");
+                    job.slots[index as usize].state = SlotState::Leased;
+                    job.open += 1;
+                    job.failed.retain(|f| f.index != index as u64);
+                    job.ledger.shards_failed -= 1;
+                    self.remember(l, (seq, index, Ended::Completed));
+                    return Ok(self.shard_done(seq, index, stats, None));
+                }
                 let by = slot
                     .leases
                     .first()
@@ -1470,6 +1484,48 @@ mod tests {
                 v.failed.len()
             ),
             (1, 1, 1)
+        );
+    }
+
+    #[test]
+    fn a_late_report_of_a_shard_failed_by_its_last_expiry_makes_it_done() {
+        let (mut s, t) = sched(None);
+        job(&mut s, "j", "T", 2, t);
+        let (a, _) = s.register("a".into(), "cpu".into(), vec![], vec![], t);
+        let mut now = t;
+        let mut last = None;
+        for _ in 0..2 {
+            // Lease shard 0 and let it expire, twice (max_attempts = 2).
+            let g = loop {
+                let g = s.lease(&a, &[], now).unwrap();
+                now += Duration::from_secs(1);
+                if let Some(g) = g.filter(|g| g.index == 0) {
+                    break g;
+                }
+            };
+            s.heartbeat(&a, &[], now).unwrap();
+            now += Duration::from_secs(11);
+            s.expire(now);
+            last = Some(g);
+        }
+        let v = s.view("j").unwrap();
+        assert_eq!((v.ledger.shards_failed, v.failed.len()), (1, 1));
+        let (dup, effects) = s
+            .complete(&a, &last.unwrap().lease_id, stats(), now)
+            .unwrap();
+        assert!(!dup);
+        assert!(effects.contains(&Effect::DeleteInput {
+            job: "j".into(),
+            index: 0
+        }));
+        let v = s.view("j").unwrap();
+        assert_eq!(
+            (
+                v.ledger.shards_failed,
+                v.failed.len(),
+                v.ledger.shards_labeled
+            ),
+            (0, 0, 1)
         );
     }
 
