@@ -275,7 +275,14 @@ async fn three_workers_label_a_corpus_once_on_the_filesystem_and_s3() {
     for store in stores(dir.path(), "three") {
         let port = free_port();
         let url = format!("http://127.0.0.1:{port}");
-        let _c = coordinator(dir.path(), "three-c", port, &store, &[]);
+        // Lease times with room for three real teachers sharing two cores (expiry is another test's).
+        let _c = coordinator(
+            dir.path(),
+            "three-c",
+            port,
+            &store,
+            &["--lease-ttl-seconds", "20", "--heartbeat-seconds", "1"],
+        );
         let ws: Vec<Proc> = (0..3)
             .map(|i| worker(dir.path(), &format!("three-w{i}"), &url, &[]))
             .collect();

@@ -565,15 +565,30 @@ impl Shared {
             committed = bytes_written > 0,
             "shard labeled"
         );
-        let stats = v1::ShardStats {
+        let mut stats = v1::ShardStats {
             rows: labeled.meta.rows,
             tokens: labeled.meta.tokens,
             padded_tokens: labeled.padded_tokens,
             truncated_rows: labeled.meta.truncated_rows,
             device_seconds: labeled.meta.device_seconds,
             bytes_written,
-            already_present: bytes_written == 0,
+            already_present: false,
         };
+        if outcome == CommitOutcome::AlreadyPresent {
+            // Another copy won the commit: report the shard the cache holds, so the job's ledger
+            // agrees with the cache (this copy's work was wasted, and is counted in the metrics).
+            if let Ok(Some((meta, size))) = commit::shard_meta(&store, &key).await {
+                stats = v1::ShardStats {
+                    rows: meta.rows,
+                    tokens: meta.tokens,
+                    padded_tokens: meta.tokens,
+                    truncated_rows: meta.truncated_rows,
+                    device_seconds: meta.device_seconds,
+                    bytes_written: size,
+                    already_present: true,
+                };
+            }
+        }
         self.complete(&lease, stats).await;
     }
 }
