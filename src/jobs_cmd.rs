@@ -73,34 +73,19 @@ pub async fn run(cmd: JobsCommand) -> anyhow::Result<()> {
         }
         JobsCommand::Show(a) => {
             let mut c = distill_proto::job_client(a.remote.connect().await?);
-            let job = c
-                .get_job(v1::GetJobRequest {
-                    job_id: a.job_id.clone(),
-                })
-                .await
-                .map_err(status)?
-                .into_inner()
-                .job
-                .unwrap_or_default();
-            print_job(&job, a.json)
+            let r = c.get_job(v1::GetJobRequest { job_id: a.job_id });
+            print_job(r.await.map_err(status)?.into_inner().job, a.json)
         }
         JobsCommand::Cancel(a) => {
             let mut c = distill_proto::job_client(a.remote.connect().await?);
-            let job = c
-                .cancel_job(v1::CancelJobRequest {
-                    job_id: a.job_id.clone(),
-                })
-                .await
-                .map_err(status)?
-                .into_inner()
-                .job
-                .unwrap_or_default();
-            print_job(&job, a.json)
+            let r = c.cancel_job(v1::CancelJobRequest { job_id: a.job_id });
+            print_job(r.await.map_err(status)?.into_inner().job, a.json)
         }
     }
 }
 
-fn print_job(job: &v1::Job, json: bool) -> anyhow::Result<()> {
+fn print_job(job: Option<v1::Job>, json: bool) -> anyhow::Result<()> {
+    let job = &job.unwrap_or_default();
     let s = JobSummary::from_wire(job);
     if json {
         println!("{}", serde_json::to_string_pretty(&s)?);

@@ -221,7 +221,7 @@ pub async fn label_in_process(
     coord.start();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
-    let token = uuid_like();
+    let token = uuid::Uuid::new_v4().simple().to_string();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let server = {
         let mut stopped = stopped.clone();
@@ -265,18 +265,6 @@ pub async fn label_in_process(
     worker.await??;
     server.await??;
     result
-}
-
-fn uuid_like() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    format!("{:016x}{:08x}", h.finish(), std::process::id())
 }
 
 /// Submits a job and follows it with a progress bar until it ends.

@@ -270,7 +270,6 @@ enum Ended {
 #[derive(Debug)]
 struct Worker {
     name: String,
-    device: String,
     teachers: Vec<String>,
     leases: Vec<u64>,
     last_seen: Instant,
@@ -729,7 +728,6 @@ impl Scheduler {
     pub fn register(
         &mut self,
         name: String,
-        device: String,
         teachers: Vec<String>,
         held: Vec<Held>,
         now: Instant,
@@ -739,7 +737,6 @@ impl Scheduler {
             n,
             Worker {
                 name,
-                device,
                 teachers,
                 leases: Vec::new(),
                 last_seen: now,
@@ -1280,14 +1277,6 @@ impl Scheduler {
             counters: self.counters.clone(),
         }
     }
-
-    /// `(name, device, leases)` per registered worker.
-    pub fn workers(&self) -> Vec<(String, String, usize)> {
-        self.workers
-            .values()
-            .map(|w| (w.name.clone(), w.device.clone(), w.leases.len()))
-            .collect()
-    }
 }
 
 /// Adds a shard's figures (saturating: a worker's report cannot overflow the ledger).
@@ -1376,7 +1365,7 @@ mod tests {
     fn every_shard_is_leased_once_and_the_job_finalizes_after_the_last() {
         let (mut s, t) = sched(None);
         job(&mut s, "j", "T", 3, t);
-        let (w, _) = s.register("a".into(), "cpu".into(), vec![], vec![], t);
+        let (w, _) = s.register("a".into(), vec![], vec![], t);
         let mut seen = Vec::new();
         let mut effects = Vec::new();
         while let Some(g) = s.lease(&w, &[], t).unwrap() {
@@ -1399,8 +1388,8 @@ mod tests {
     fn an_expired_lease_is_retried_after_backoff_and_a_late_report_is_refused() {
         let (mut s, t) = sched(None);
         job(&mut s, "j", "T", 1, t);
-        let (a, _) = s.register("a".into(), "cpu".into(), vec![], vec![], t);
-        let (b, _) = s.register("b".into(), "cpu".into(), vec![], vec![], t);
+        let (a, _) = s.register("a".into(), vec![], vec![], t);
+        let (b, _) = s.register("b".into(), vec![], vec![], t);
         let ga = s.lease(&a, &[], t).unwrap().unwrap();
         // Renewed at t+8: still alive at t+15.
         assert!(s
@@ -1460,7 +1449,7 @@ mod tests {
     fn a_shard_fails_after_max_attempts_with_its_last_error_and_the_job_ends() {
         let (mut s, t) = sched(None);
         job(&mut s, "j", "T", 2, t);
-        let (w, _) = s.register("a".into(), "cpu".into(), vec![], vec![], t);
+        let (w, _) = s.register("a".into(), vec![], vec![], t);
         let g0 = s.lease(&w, &[], t).unwrap().unwrap();
         let g1 = s.lease(&w, &[], t).unwrap().unwrap();
         s.complete(&w, &g1.lease_id, stats(), t).unwrap();
@@ -1491,7 +1480,7 @@ mod tests {
     fn a_late_report_of_a_shard_failed_by_its_last_expiry_makes_it_done() {
         let (mut s, t) = sched(None);
         job(&mut s, "j", "T", 2, t);
-        let (a, _) = s.register("a".into(), "cpu".into(), vec![], vec![], t);
+        let (a, _) = s.register("a".into(), vec![], vec![], t);
         let mut now = t;
         let mut last = None;
         for _ in 0..2 {
@@ -1533,7 +1522,7 @@ mod tests {
     fn a_released_lease_goes_back_to_the_front_without_costing_an_attempt() {
         let (mut s, t) = sched(None);
         job(&mut s, "j", "T", 2, t);
-        let (w, _) = s.register("a".into(), "cpu".into(), vec![], vec![], t);
+        let (w, _) = s.register("a".into(), vec![], vec![], t);
         let g = s.lease(&w, &[], t).unwrap().unwrap();
         s.fail(&w, &g.lease_id, "draining", true, t).unwrap();
         let again = s.lease(&w, &[], t).unwrap().unwrap();
@@ -1548,8 +1537,8 @@ mod tests {
     fn the_tail_gets_one_speculative_copy_and_the_loser_is_revoked() {
         let (mut s, t) = sched(Some(3));
         job(&mut s, "j", "T", 1, t);
-        let (a, _) = s.register("a".into(), "cpu".into(), vec![], vec![], t);
-        let (b, _) = s.register("b".into(), "cpu".into(), vec![], vec![], t);
+        let (a, _) = s.register("a".into(), vec![], vec![], t);
+        let (b, _) = s.register("b".into(), vec![], vec![], t);
         let ga = s.lease(&a, &[], t).unwrap().unwrap();
         assert!(
             s.lease(&b, &[], t + Duration::from_secs(1))
@@ -1593,7 +1582,7 @@ mod tests {
         let (mut s, t) = sched(None);
         job(&mut s, "old", "T1", 2, t);
         job(&mut s, "new", "T2", 2, t);
-        let (w, _) = s.register("a".into(), "cpu".into(), vec![], vec![], t);
+        let (w, _) = s.register("a".into(), vec![], vec![], t);
         assert_eq!(s.lease(&w, &[], t).unwrap().unwrap().job, "old");
         assert_eq!(s.lease(&w, &["T2".into()], t).unwrap().unwrap().job, "new");
     }
@@ -1603,14 +1592,14 @@ mod tests {
         let (mut s, t) = sched(None);
         job(&mut s, "j", "T", 2, t);
         s.recover_until(t + Duration::from_secs(10));
-        let (b, _) = s.register("b".into(), "cpu".into(), vec![], vec![], t);
+        let (b, _) = s.register("b".into(), vec![], vec![], t);
         assert!(s.lease(&b, &[], t).unwrap().is_none(), "recovery window");
         let held = vec![Held {
             lease_id: "lease-e0-7".into(),
             job: "j".into(),
             index: 1,
         }];
-        let (a, adopted) = s.register("a".into(), "cpu".into(), vec![], held, t);
+        let (a, adopted) = s.register("a".into(), vec![], held, t);
         assert_eq!(adopted, vec!["lease-e0-7".to_string()]);
         let g = s
             .lease(&b, &[], t + Duration::from_secs(11))
@@ -1647,7 +1636,7 @@ mod tests {
             job: "k".into(),
             index: 1,
         }];
-        let (a, adopted) = s.register("a".into(), "cpu".into(), vec![], held, t);
+        let (a, adopted) = s.register("a".into(), vec![], held, t);
         assert_eq!(adopted, vec!["lease-e0-3".to_string()]);
         for i in 0..2 {
             s.add_shard(
@@ -1664,7 +1653,7 @@ mod tests {
             );
         }
         s.planning_done("k", Ok(()), t);
-        let (b, _) = s.register("b".into(), "cpu".into(), vec![], vec![], t);
+        let (b, _) = s.register("b".into(), vec![], vec![], t);
         assert_eq!(s.lease(&b, &[], t).unwrap().unwrap().index, 0);
         assert!(s.lease(&b, &[], t).unwrap().is_none(), "shard 1 is a's");
         let (dup, e) = s.complete(&a, "lease-e0-3", stats(), t).unwrap();
@@ -1681,7 +1670,7 @@ mod tests {
     fn cancelling_revokes_every_lease() {
         let (mut s, t) = sched(None);
         job(&mut s, "j", "T", 3, t);
-        let (w, _) = s.register("a".into(), "cpu".into(), vec![], vec![], t);
+        let (w, _) = s.register("a".into(), vec![], vec![], t);
         let g = s.lease(&w, &[], t).unwrap().unwrap();
         s.cancel("j", t).unwrap();
         assert_eq!(

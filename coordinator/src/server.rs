@@ -99,12 +99,27 @@ fn unix_ms(at: Instant) -> i64 {
         .unwrap_or(0)
 }
 
-/// A job in wire form.
-pub fn job_to_wire(v: JobView) -> v1::Job {
+/// A job in wire form (`store`: the coordinator's store, where every job's cache is).
+pub fn job_to_wire(v: JobView, store: &str) -> v1::Job {
     let l = v.ledger;
+    let info = &v.info;
     v1::Job {
-        job_id: v.info.id.clone(),
-        spec: None,
+        job_id: info.id.clone(),
+        spec: Some(v1::JobSpec {
+            corpus: Some(v1::CorpusSpec {
+                url: info.corpus.clone(),
+                format: info.format.clone(),
+                text_field: info.text_field.clone(),
+                id_field: info.id_field.clone(),
+            }),
+            teacher: info.teacher.clone(),
+            store: store.to_owned(),
+            output: info.output.clone(),
+            dtype: info.dtype.clone(),
+            shard_size: info.shard_size,
+            strict: info.strict,
+            max_attempts: info.max_attempts,
+        }),
         state: match v.state {
             JobState::Running => v1::JobState::Running,
             JobState::Succeeded => v1::JobState::Succeeded,
@@ -160,34 +175,8 @@ pub fn job_to_wire(v: JobView) -> v1::Job {
 /// job's `result.json`): a job of a million shards still fits in a message.
 pub const WIRE_LIST_LIMIT: usize = 100;
 
-fn with_spec(
-    coord: &Coordinator,
-    mut job: v1::Job,
-    rec: Option<&crate::sched::JobInfo>,
-) -> v1::Job {
-    if let Some(info) = rec {
-        job.spec = Some(v1::JobSpec {
-            corpus: Some(v1::CorpusSpec {
-                url: info.corpus.clone(),
-                format: info.format.clone(),
-                text_field: info.text_field.clone(),
-                id_field: info.id_field.clone(),
-            }),
-            teacher: info.teacher.clone(),
-            store: coord.store().url.clone(),
-            output: info.output.clone(),
-            dtype: info.dtype.clone(),
-            shard_size: info.shard_size,
-            strict: info.strict,
-            max_attempts: info.max_attempts,
-        });
-    }
-    job
-}
-
 fn wire(coord: &Coordinator, v: JobView) -> v1::Job {
-    let info = v.info.clone();
-    with_spec(coord, job_to_wire(v), Some(&info))
+    job_to_wire(v, &coord.store().url)
 }
 
 /// `distill.v1.JobService`.

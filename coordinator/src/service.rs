@@ -575,9 +575,9 @@ impl Coordinator {
                 distill_proto::PROTOCOL_VERSION
             )));
         }
-        let (id, adopted) =
-            self.sched()
-                .register(name.clone(), device.clone(), teachers, held, Instant::now());
+        let (id, adopted) = self
+            .sched()
+            .register(name.clone(), teachers, held, Instant::now());
         tracing::info!(worker = %id, %name, %device, adopted = adopted.len(), "worker registered");
         Ok((id, adopted))
     }

@@ -559,8 +559,8 @@ async fn a_worker_sent_sigterm_finishes_its_shard_hands_back_the_next_and_exits(
     assert!(status.success(), "{}", w1.log_text());
     let log = w1.log_text();
     assert!(log.contains("draining"), "{log}");
-    // The shard it was labeling was finished (committed) or handed back, never left to expire.
-    assert!(committed(&[&w1]) >= before);
+    // It finished at most the shard it was labeling and took no new work after SIGTERM.
+    assert!(committed(&[&w1]) <= before + 1, "{log}");
     let w2 = worker(dir.path(), "drain-w2", &url, &[]);
     let done = wait_job(&mut c, &job.job_id, Duration::from_secs(300)).await;
     assert_eq!(done.state, v1::JobState::Succeeded as i32, "{done:?}");
