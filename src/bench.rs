@@ -3,10 +3,11 @@
 //! length-sorted token-budget batches and with fixed batches in corpus order, and end-to-end
 //! `distill label` throughput on the same rows.
 
-use crate::label::{CorpusArgs, LabelArgs, TeacherArgs};
+use crate::label::{CorpusArgs, LabelArgs, OutputArgs, TeacherArgs};
 use clap::{Args, Subcommand};
 use distill_cache::corpus::CorpusReader;
-use distill_cache::format::{Dtype, OutputKind};
+use distill_cache::format::OutputSpec;
+use distill_cache::model_dir::ModelDir;
 use serde::Serialize;
 use std::time::Instant;
 
@@ -27,12 +28,19 @@ pub struct TeacherBenchArgs {
     pub corpus: CorpusArgs,
     #[command(flatten)]
     pub teacher: TeacherArgs,
+    /// What the timed passes compute (as `distill label --output`): embeddings times the model's body
+    /// (for a decoder: prompt scoring), token-topk the body plus the output head at every position.
+    #[command(flatten)]
+    pub output: OutputArgs,
     /// Rows of the corpus to use (from the start).
     #[arg(long, default_value_t = 2048)]
     pub limit: usize,
-    /// Also time fixed batches of this many rows in corpus order (0: skip).
+    /// Also time fixed batches of this many rows in corpus order (0: skip; per-example outputs only).
     #[arg(long, default_value_t = 32)]
     pub unsorted_batch: usize,
+    /// Runs of the end-to-end `distill label` (median taken).
+    #[arg(long, default_value_t = 3)]
+    pub label_runs: usize,
     /// Print the figures as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -42,6 +50,8 @@ pub struct TeacherBenchArgs {
 struct Figures {
     rows: usize,
     threads: usize,
+    output: String,
+    parameters: u64,
     gemm_gflops: f64,
     tokenize_seconds: f64,
     sorted: Pass,
@@ -51,6 +61,8 @@ struct Figures {
     end_to_end_over_forward: f64,
     /// The same, counting also the teacher's load and fingerprint (a fixed cost per process).
     end_to_end_with_load_rows_per_second: f64,
+    /// Bytes of the committed cache entry per real token.
+    cache_bytes_per_token: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -58,6 +70,8 @@ struct Pass {
     seconds: f64,
     texts_per_second: f64,
     real_tokens_per_second: f64,
+    /// Real tokens per second per CPU thread.
+    real_tokens_per_second_per_thread: f64,
     padding_efficiency: f64,
     gflops: f64,
     gemm_ratio: f64,
@@ -97,53 +111,66 @@ fn gemm_gflops() -> anyhow::Result<f64> {
 
 async fn teacher(args: TeacherBenchArgs) -> anyhow::Result<()> {
     let gemm = tokio::task::spawn_blocking(gemm_gflops).await??;
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let mut reader = CorpusReader::open(&args.corpus.spec()).await?;
     let shard = reader
         .next_shard(args.limit)
         .await?
         .ok_or_else(|| anyhow::anyhow!("the corpus is empty"))?;
     let texts: Vec<String> = shard.rows.iter().map(|r| r.text.clone()).collect();
-    let teacher = std::sync::Arc::new(args.teacher.load().await?);
-    let cfg = teacher.model_config().clone();
+    let dir = ModelDir::resolve(&args.teacher.teacher).await?;
+    let spec = args
+        .output
+        .request()?
+        .resolve(&dir)
+        .map_err(|(_, e)| anyhow::anyhow!(e))?;
+    let teacher = std::sync::Arc::new(args.teacher.load_dir(dir).await?);
+    let shape = teacher.shape();
+    let parameters = shape.parameters;
     let budget = args.teacher.max_batch_tokens;
     let unsorted_batch = args.unsorted_batch;
     let t2 = teacher.clone();
+    let spec2 = spec.clone();
     let (tokenize_seconds, sorted, unsorted) =
         tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
             let s = Instant::now();
-            let encoded = t2.tokenize(&refs)?;
+            let encoded = match &spec2 {
+                OutputSpec::TokenTopk(_) => t2.tokenizer().encode(&refs)?,
+                _ => t2.tokenize(&refs)?,
+            };
             let tokenize_seconds = s.elapsed().as_secs_f64();
-            let lengths: Vec<u64> = encoded.iter().map(|e| e.ids.len() as u64).collect();
-            let real: u64 = lengths.iter().sum();
-            let (h, i, layers) = (
-                cfg.hidden_size as f64,
-                cfg.intermediate_size as f64,
-                cfg.num_hidden_layers as f64,
-            );
-            // Useful work: the linear layers per real token, attention over each row's own length.
-            let flops: f64 = lengths
-                .iter()
-                .map(|&l| {
-                    let l = l as f64;
-                    layers * (l * 2.0 * (3.0 * h * h + h * h + 2.0 * h * i) + 4.0 * l * l * h)
-                })
-                .sum();
+            let lengths: Vec<usize> = encoded.iter().map(|e| e.ids.len()).collect();
+            let real: u64 = lengths.iter().map(|&l| l as u64).sum();
+            let head_positions = match &spec2 {
+                OutputSpec::TokenTopk(_) => real,
+                _ => 0,
+            };
+            // Useful work only: the layers per real token, attention over each row's own length,
+            // the output head where it runs.
+            let flops = shape.forward_flops(&lengths, head_positions);
             let pass = |seconds: f64, padded: u64| Pass {
                 seconds,
                 texts_per_second: encoded.len() as f64 / seconds,
                 real_tokens_per_second: real as f64 / seconds,
+                real_tokens_per_second_per_thread: real as f64 / seconds / threads as f64,
                 padding_efficiency: real as f64 / padded as f64,
                 gflops: flops / seconds / 1e9,
                 gemm_ratio: flops / seconds / 1e9 / gemm,
             };
             let mut padded = 0;
             let secs = median_seconds(3, || {
-                padded = t2.label_encoded(&encoded, budget)?.padded_tokens;
+                padded = match &spec2 {
+                    OutputSpec::TokenTopk(t) => t2.label_topk(&encoded, t, budget, 1)?,
+                    _ => t2.label_encoded(&encoded, budget)?,
+                }
+                .padded_tokens;
                 Ok(())
             })?;
             let sorted = pass(secs, padded);
-            let unsorted = if unsorted_batch > 0 {
+            let unsorted = if unsorted_batch > 0 && spec2.is_per_example() {
                 let mut padded = 0u64;
                 let secs = median_seconds(1, || {
                     padded = 0;
@@ -175,10 +202,10 @@ async fn teacher(args: TeacherBenchArgs) -> anyhow::Result<()> {
         body.push('\n');
     }
     std::fs::write(&corpus_path, body)?;
-    // Median of three runs, each into a fresh store (a second run into the same store would be all
-    // cache hits); shards of 1,024 rows, so the 2,048 rows make two full shards.
-    let (mut e2e_runs, mut load_runs) = (Vec::new(), Vec::new());
-    for run in 0..3 {
+    // Median of the runs, each into a fresh store (a second run into the same store would be all
+    // cache hits); shards of 1,024 rows, so 2,048 rows make two full shards.
+    let (mut e2e_runs, mut load_runs, mut bytes_per_token) = (Vec::new(), Vec::new(), 0.0);
+    for run in 0..args.label_runs.max(1) {
         let label_args = LabelArgs {
             corpus: CorpusArgs {
                 corpus: corpus_path.display().to_string(),
@@ -188,8 +215,7 @@ async fn teacher(args: TeacherBenchArgs) -> anyhow::Result<()> {
             },
             teacher: args.teacher.clone(),
             store: Some(dir.join(format!("store-{run}")).display().to_string()),
-            output: OutputKind::Embeddings,
-            dtype: Dtype::F32,
+            output: args.output.clone(),
             shard_size: 1024,
             strict: false,
             max_attempts: 0,
@@ -200,6 +226,7 @@ async fn teacher(args: TeacherBenchArgs) -> anyhow::Result<()> {
         let summary = crate::label::label(&label_args, false).await?;
         load_runs.push(summary.rows as f64 / started.elapsed().as_secs_f64());
         e2e_runs.push(summary.rows as f64 / summary.wall_seconds);
+        bytes_per_token = summary.bytes_written as f64 / summary.tokens.max(1) as f64;
     }
     let _ = std::fs::remove_dir_all(&dir);
     let median = |mut v: Vec<f64>| {
@@ -209,14 +236,15 @@ async fn teacher(args: TeacherBenchArgs) -> anyhow::Result<()> {
     let (e2e, with_load) = (median(e2e_runs), median(load_runs));
     let figures = Figures {
         rows: shard.rows.len(),
-        threads: std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
+        threads,
+        output: spec.describe(),
+        parameters,
         gemm_gflops: gemm,
         tokenize_seconds,
         end_to_end_over_forward: e2e / sorted.texts_per_second,
         end_to_end_rows_per_second: e2e,
         end_to_end_with_load_rows_per_second: with_load,
+        cache_bytes_per_token: bytes_per_token,
         sorted,
         unsorted,
     };
@@ -225,18 +253,19 @@ async fn teacher(args: TeacherBenchArgs) -> anyhow::Result<()> {
     } else {
         let f = &figures;
         println!(
-            "teacher bench: {} rows, {} threads, f32 GEMM peak (candle 2048³) {:.0} GFLOP/s",
-            f.rows, f.threads, f.gemm_gflops
+            "teacher bench: {} rows, {} threads, {} parameters, output {}, f32 GEMM peak (candle 2048³) {:.0} GFLOP/s",
+            f.rows, f.threads, f.parameters, f.output, f.gemm_gflops
         );
         println!(
-            "{:<28} {:>9} {:>12} {:>9} {:>9} {:>8}",
-            "pass", "texts/s", "real tok/s", "padding", "GFLOP/s", "of peak"
+            "{:<28} {:>9} {:>12} {:>14} {:>9} {:>9} {:>8}",
+            "pass", "texts/s", "real tok/s", "tok/s/thread", "padding", "GFLOP/s", "of peak"
         );
         let line = |name: &str, p: &Pass| {
             println!(
-                "{name:<28} {:>9.1} {:>12.0} {:>9.3} {:>9.1} {:>7.1}%",
+                "{name:<28} {:>9.1} {:>12.0} {:>14.0} {:>9.3} {:>9.1} {:>7.1}%",
                 p.texts_per_second,
                 p.real_tokens_per_second,
+                p.real_tokens_per_second_per_thread,
                 p.padding_efficiency,
                 p.gflops,
                 100.0 * p.gemm_ratio
@@ -247,8 +276,8 @@ async fn teacher(args: TeacherBenchArgs) -> anyhow::Result<()> {
             line("corpus order, fixed batch", u);
         }
         println!(
-            "tokenize: {:.2} s; end to end `distill label`: {:.1} rows/s = {:.2} × bare forward",
-            f.tokenize_seconds, f.end_to_end_rows_per_second, f.end_to_end_over_forward
+            "tokenize: {:.2} s; end to end `distill label`: {:.1} rows/s = {:.2} × bare forward; cache {:.1} B/token",
+            f.tokenize_seconds, f.end_to_end_rows_per_second, f.end_to_end_over_forward, f.cache_bytes_per_token
         );
     }
     Ok(())

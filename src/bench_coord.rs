@@ -87,6 +87,9 @@ pub async fn server(args: CoordServerArgs) -> anyhow::Result<()> {
             teacher_fingerprint: fp(u64::MAX).to_string(),
             output: "embeddings".into(),
             dtype: "f32".into(),
+            output_spec: distill_cache::format::OutputSpec::Embeddings {
+                dtype: distill_cache::format::Dtype::F32,
+            },
             store: coord.store().url.clone(),
             corpus: "bench.jsonl".into(),
             format: String::new(),

@@ -40,10 +40,7 @@ pub async fn ls(args: LsArgs) -> anyhow::Result<()> {
         } else {
             source
         };
-        let output = e
-            .output
-            .map(|o| format!("{:?}/{:?}", o.kind, o.dtype).to_lowercase())
-            .unwrap_or_else(|| "?".into());
+        let output = e.output.map(|o| o.describe()).unwrap_or_else(|| "?".into());
         println!(
             "{:<14} {:<28} {:<16} {:>7} {:>10} {:>10} {:>10.1}  {}",
             e.teacher_fingerprint.short(),

@@ -8,7 +8,7 @@ use distill_student_trainer::eval::{self, EvalReport};
 use distill_student_trainer::labels::{self, Fields};
 use distill_student_trainer::metrics::argmax;
 use distill_student_trainer::model::{dir_bytes, Predictor};
-use distill_worker::DeviceSpec;
+use distill_teacher::DeviceSpec;
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};

@@ -9,11 +9,11 @@ use crate::report::{bytes, count};
 use anyhow::Context;
 use clap::Args;
 use distill_cache::corpus::{CorpusSpec, Format};
-use distill_cache::format::{Dtype, OutputKind};
+use distill_cache::format::{Dtype, OutputKind, OutputRequest};
 use distill_cache::model_dir::ModelDir;
 use distill_coordinator::JobSummary;
 use distill_proto::v1;
-use distill_worker::{DeviceSpec, Teacher};
+use distill_teacher::{DeviceSpec, Teacher};
 use std::sync::Arc;
 
 /// Where the corpus is and how to read it.
@@ -48,7 +48,8 @@ impl CorpusArgs {
 /// Which teacher, on which device.
 #[derive(Debug, Clone, Args)]
 pub struct TeacherArgs {
-    /// Teacher: an HF-layout model directory, local or at an object-store URL.
+    /// Teacher: an HF-layout model directory or a GGUF file (llama-family decoders), local or at an
+    /// object-store URL.
     #[arg(long, env = "DISTILL_TEACHER")]
     pub teacher: String,
     /// Device to run the teacher on: cpu or cuda:N.
@@ -62,10 +63,75 @@ pub struct TeacherArgs {
 impl TeacherArgs {
     /// Finds, inspects and loads the teacher.
     pub async fn load(&self) -> anyhow::Result<Teacher> {
-        let dir = ModelDir::resolve(&self.teacher).await?;
+        self.load_dir(ModelDir::resolve(&self.teacher).await?).await
+    }
+
+    /// Loads an inspected teacher on the chosen device.
+    pub async fn load_dir(&self, dir: ModelDir) -> anyhow::Result<Teacher> {
         let device = self.device.clone();
         let teacher = tokio::task::spawn_blocking(move || Teacher::load(&dir, &device)).await??;
         Ok(teacher)
+    }
+}
+
+/// What to cache.
+#[derive(Debug, Clone, Args)]
+pub struct OutputArgs {
+    /// What to cache: embeddings (sentence encoders; decoders: mean of the last states), logits
+    /// (classifiers) or token-topk (decoders: each position's next-token top-k, tail and log-partition).
+    #[arg(long, env = "DISTILL_OUTPUT", default_value = "embeddings")]
+    pub output: OutputKind,
+    /// Storage type of the cached values (token-topk: of the top-k log-probabilities).
+    #[arg(long, env = "DISTILL_DTYPE", default_value = "f32")]
+    pub dtype: Dtype,
+    /// token-topk: entries kept per position [default: 20].
+    #[arg(long, env = "DISTILL_TOP_K")]
+    pub top_k: Option<u32>,
+    /// token-topk: tokens sampled per position from the full distribution (seeded by the shard), kept
+    /// as distinct ids and counts.
+    #[arg(long, env = "DISTILL_SAMPLES")]
+    pub samples: Option<u32>,
+    /// token-topk: longest run of tokens scored at once; longer rows are windowed [default: the
+    /// teacher's context].
+    #[arg(long, env = "DISTILL_WINDOW")]
+    pub window: Option<u32>,
+    /// token-topk: step between the windows of a longer row [default: half the window].
+    #[arg(long, env = "DISTILL_STRIDE")]
+    pub stride: Option<u32>,
+}
+
+impl OutputArgs {
+    /// A per-example output (embeddings or logits) with no token-topk settings.
+    pub fn simple(output: OutputKind, dtype: Dtype) -> Self {
+        Self {
+            output,
+            dtype,
+            top_k: None,
+            samples: None,
+            window: None,
+            stride: None,
+        }
+    }
+
+    /// The request, with 0 for what the teacher decides.
+    pub fn request(&self) -> anyhow::Result<OutputRequest> {
+        for (flag, v) in [
+            ("--top-k", self.top_k),
+            ("--window", self.window),
+            ("--stride", self.stride),
+        ] {
+            if v == Some(0) {
+                anyhow::bail!("{flag} 0 is out of range: leave it out for the default");
+            }
+        }
+        Ok(OutputRequest {
+            kind: self.output,
+            dtype: self.dtype,
+            top_k: self.top_k.unwrap_or(0),
+            samples: self.samples.unwrap_or(0),
+            window: self.window.unwrap_or(0),
+            stride: self.stride.unwrap_or(0),
+        })
     }
 }
 
@@ -80,12 +146,8 @@ pub struct LabelArgs {
     /// With --coordinator: optional, and must be the coordinator's store.
     #[arg(long, env = "DISTILL_STORE", required_unless_present = "coordinator")]
     pub store: Option<String>,
-    /// What to cache per example: embeddings (sentence encoders) or logits (classifiers).
-    #[arg(long, env = "DISTILL_OUTPUT", default_value = "embeddings")]
-    pub output: OutputKind,
-    /// Storage type of the cached values.
-    #[arg(long, env = "DISTILL_DTYPE", default_value = "f32")]
-    pub dtype: Dtype,
+    #[command(flatten)]
+    pub output: OutputArgs,
     /// Corpus entries per shard (the unit of caching, retry and parallelism).
     #[arg(long, env = "DISTILL_SHARD_SIZE", default_value_t = 1000)]
     pub shard_size: usize,
@@ -117,11 +179,15 @@ impl LabelArgs {
             }),
             teacher: self.teacher.teacher.clone(),
             store: self.store.clone().unwrap_or_default(),
-            output: format!("{:?}", self.output).to_lowercase(),
-            dtype: format!("{:?}", self.dtype).to_lowercase(),
+            output: self.output.output.name().into(),
+            dtype: self.output.dtype.to_string(),
             shard_size: self.shard_size as u64,
             strict: self.strict,
             max_attempts: self.max_attempts,
+            top_k: self.output.top_k.unwrap_or(0),
+            samples: self.output.samples.unwrap_or(0),
+            window: self.output.window.unwrap_or(0),
+            stride: self.output.stride.unwrap_or(0),
         }
     }
 }
@@ -192,8 +258,11 @@ pub async fn label(args: &LabelArgs, show_progress: bool) -> anyhow::Result<JobS
         .expect("clap requires --store without --coordinator");
     let store = distill_cache::store::open(store_url, true)?;
     distill_cache::store::probe(&store).await?;
-    let teacher = args.teacher.load().await?;
-    distill_worker::pass::check_output(&teacher, args.output)?;
+    let request = args.output.request()?;
+    let dir = ModelDir::resolve(&args.teacher.teacher).await?;
+    // Refuse a bad output request before loading anything.
+    request.resolve(&dir).map_err(|(_, e)| anyhow::anyhow!(e))?;
+    let teacher = args.teacher.load_dir(dir).await?;
     label_in_process(args, store, Arc::new(teacher), show_progress).await
 }
 

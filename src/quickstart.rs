@@ -26,7 +26,7 @@ use distill_student_trainer::model::{dir_bytes, Predictor};
 use distill_student_trainer::rng::Rng;
 use distill_student_trainer::task as tasks;
 use distill_student_trainer::transformer::TransformerOptions;
-use distill_worker::{DeviceSpec, Teacher};
+use distill_teacher::{DeviceSpec, Teacher};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -223,8 +223,7 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
             max_batch_tokens: args.max_batch_tokens,
         },
         store: Some(args.store.clone()),
-        output: OutputKind::Embeddings,
-        dtype: Dtype::F32,
+        output: crate::label::OutputArgs::simple(OutputKind::Embeddings, Dtype::F32),
         shard_size: 1000,
         strict: false,
         max_attempts: 0,
@@ -239,9 +238,12 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
     let loc = store::open(&args.store, false)?;
     let entry = tasks::find_entry(
         &loc,
-        Some(&args.corpus),
-        Some(job.teacher_fingerprint.as_str()),
-        Some(OutputKind::Embeddings),
+        &tasks::EntryQuery {
+            corpus: Some(&args.corpus),
+            teacher: Some(job.teacher_fingerprint.as_str()),
+            output: Some(job.output_fingerprint.as_str()),
+            kind: Some(OutputKind::Embeddings),
+        },
     )
     .await?;
 

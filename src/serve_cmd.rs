@@ -4,7 +4,7 @@ use crate::label::TeacherArgs;
 use crate::remote::RemoteArgs;
 use anyhow::Context;
 use clap::Args;
-use distill_worker::DeviceSpec;
+use distill_teacher::DeviceSpec;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

@@ -9,7 +9,7 @@ use distill_cache::task::TaskRecord;
 use distill_student_trainer::labels::{self, Fields};
 use distill_student_trainer::logreg::LogRegOptions;
 use distill_student_trainer::task;
-use distill_worker::{DeviceSpec, Teacher};
+use distill_teacher::{DeviceSpec, Teacher};
 use std::path::PathBuf;
 
 #[derive(Debug, Subcommand)]
@@ -34,6 +34,21 @@ pub struct EntryArgs {
     /// Which teacher, when the corpus was labeled by several: a prefix of its fingerprint.
     #[arg(long, env = "DISTILL_TEACHER_FINGERPRINT")]
     pub teacher_fingerprint: Option<String>,
+    /// Which output, when one teacher labeled the corpus several ways: as `cache ls` shows it
+    /// (`embeddings/f16`) or a prefix of its fingerprint.
+    #[arg(long = "output", env = "DISTILL_TASK_OUTPUT")]
+    pub output: Option<String>,
+}
+
+impl EntryArgs {
+    fn query(&self, kind: Option<OutputKind>) -> task::EntryQuery<'_> {
+        task::EntryQuery {
+            corpus: self.corpus.as_deref(),
+            teacher: self.teacher_fingerprint.as_deref(),
+            output: self.output.as_deref(),
+            kind,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -129,13 +144,7 @@ pub async fn fit(args: &FitArgs) -> anyhow::Result<TaskRecord> {
         group: None,
     };
     if !args.describe.is_empty() {
-        let entry = task::find_entry(
-            &loc,
-            args.entry.corpus.as_deref(),
-            args.entry.teacher_fingerprint.as_deref(),
-            Some(OutputKind::Embeddings),
-        )
-        .await?;
+        let entry = task::find_entry(&loc, &args.entry.query(Some(OutputKind::Embeddings))).await?;
         let mut labels = Vec::new();
         let mut descriptions = Vec::new();
         for d in &args.describe {
@@ -167,7 +176,8 @@ pub async fn fit(args: &FitArgs) -> anyhow::Result<TaskRecord> {
                 }
                 let texts: Vec<&str> = descriptions.iter().map(String::as_str).collect();
                 let out = teacher.label(&texts, 4096)?;
-                Ok((out.values.chunks(out.width).map(<[f32]>::to_vec).collect(), out.device_seconds))
+                let v = out.vectors();
+                Ok((v.values.chunks(v.width).map(<[f32]>::to_vec).collect(), out.device_seconds))
             }
         })
         .await??;
@@ -192,15 +202,9 @@ pub async fn fit(args: &FitArgs) -> anyhow::Result<TaskRecord> {
         .as_ref()
         .map(|p| p.display().to_string())
         .unwrap_or_default();
-    let entry = task::find_entry(
-        &loc,
-        args.entry.corpus.as_deref(),
-        args.entry.teacher_fingerprint.as_deref(),
-        None,
-    )
-    .await?;
-    match entry.spec.kind {
-        OutputKind::Embeddings => {
+    let entry = task::find_entry(&loc, &args.entry.query(None)).await?;
+    match entry.spec.kind() {
+        Some(OutputKind::Embeddings) => {
             if gold.is_empty() {
                 anyhow::bail!(
                     "{} is cached as embeddings: give gold labels (--labels FILE) or label descriptions (--describe LABEL=TEXT)",
@@ -222,12 +226,13 @@ pub async fn fit(args: &FitArgs) -> anyhow::Result<TaskRecord> {
             )
             .await?)
         }
-        OutputKind::Logits => {
+        Some(OutputKind::Logits) => {
             let info = distill_cache::catalog::read_teacher(&loc, &entry.manifest.teacher).await?;
             if !gold.is_empty() {
                 task::gold_embeddings(&loc, &entry, &gold, &path).await?;
             }
             Ok(task::from_teacher(&loc, &args.name, &entry, &info, &gold, &path).await?)
         }
+        _ => unreachable!("find_entry returns per-example entries only"),
     }
 }

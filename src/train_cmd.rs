@@ -11,7 +11,7 @@ use distill_student_trainer::model::{save_ngram, write_dir, StudentInfo};
 use distill_student_trainer::ngram::{self, NgramConfig, NgramTrainOptions, StepReport};
 use distill_student_trainer::optim::AdamW;
 use distill_student_trainer::transformer::{self, Phase, TransformerOptions, TransformerStudent};
-use distill_worker::DeviceSpec;
+use distill_teacher::DeviceSpec;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
@@ -332,8 +332,10 @@ pub async fn teacher_dir(
     let dir = ModelDir::resolve(&source).await?;
     let fp = {
         let dir = dir.clone();
-        tokio::task::spawn_blocking(move || dir.fingerprint(distill_worker::teacher::COMPUTE_DTYPE))
-            .await??
+        tokio::task::spawn_blocking(move || {
+            dir.fingerprint(distill_teacher::teacher::COMPUTE_DTYPE)
+        })
+        .await??
     };
     if fp != task.teacher {
         anyhow::bail!(

@@ -9,20 +9,17 @@
 //! | `text`      | utf8                                        | the text as read                          |
 //! | `tokens`    | int32                                       | tokens the teacher saw (after truncation) |
 //! | `truncated` | bool                                        | whether the text was cut to fit           |
-//! | `embedding` | fixed_size_list<float32 or float16, dim>    | output kind `embeddings`                  |
-//! | `logits`    | fixed_size_list<float32 or float16, labels> | output kind `logits`                      |
+//! | …           | the output kind's columns, see [`crate::values`]                                        |
 //!
 //! Key-value metadata (all strings) carries the teacher, output spec, fingerprints, counts and cost;
-//! see [`ShardMeta`]. Later output kinds (per-token outputs of decoder teachers) add columns and
-//! metadata keys under the same schema version only if old readers can ignore them.
+//! see [`ShardMeta`]. New output kinds add columns and metadata under the same schema version; a
+//! reader lists a kind it does not know ([`OutputSpec::Unknown`]) and reads none of its values.
 
 use crate::fingerprint::{Fingerprint, Hasher};
 use crate::model_dir::TeacherInfo;
+use crate::values::{self, OutputValues, Vectors};
 use crate::{CacheError, Result};
-use arrow_array::{
-    Array, ArrayRef, BooleanArray, FixedSizeListArray, Float16Array, Float32Array, Int32Array,
-    RecordBatch, StringArray,
-};
+use arrow_array::{ArrayRef, BooleanArray, Int32Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -46,12 +43,25 @@ impl std::str::FromStr for Dtype {
     }
 }
 
-/// Which per-example output a shard holds.
+impl std::fmt::Display for Dtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+        })
+    }
+}
+
+/// The output kinds a user can ask for (`--output`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum OutputKind {
+    /// One vector per example: a sentence encoder's pooled states, or a decoder's mean last states.
     Embeddings,
+    /// Class logits per example (a classifier teacher, or a task head).
     Logits,
+    /// Per token, the next-token distribution's top-k, tail mass and log-partition (decoder teachers).
+    TokenTopk,
 }
 
 impl std::str::FromStr for OutputKind {
@@ -60,26 +70,138 @@ impl std::str::FromStr for OutputKind {
         match s {
             "embeddings" | "embedding" => Ok(Self::Embeddings),
             "logits" => Ok(Self::Logits),
-            _ => Err(format!("unknown output {s:?}: use embeddings or logits")),
+            "token-topk" | "token_topk" => Ok(Self::TokenTopk),
+            _ => Err(format!(
+                "unknown output {s:?}: use embeddings, logits or token-topk"
+            )),
         }
     }
 }
 
 impl OutputKind {
-    /// The column holding the values.
-    pub fn column(self) -> &'static str {
+    /// The name on the command line and the wire.
+    pub fn name(self) -> &'static str {
         match self {
-            Self::Embeddings => "embedding",
+            Self::Embeddings => "embeddings",
             Self::Logits => "logits",
+            Self::TokenTopk => "token-topk",
         }
     }
 }
 
-/// What is stored per example. Its fingerprint is part of every shard's address.
+impl std::fmt::Display for OutputKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Settings of a `token_topk` entry: what is kept of each position's next-token distribution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OutputSpec {
-    pub kind: OutputKind,
+pub struct TopkSpec {
+    /// Storage type of `topk_logprobs` (`tail_logprob` and `log_partition` are always f32).
     pub dtype: Dtype,
+    /// Entries kept per position, sorted by log-probability.
+    pub top_k: u32,
+    /// Draws per position from the full distribution (0: none), stored as distinct ids and counts.
+    pub samples: u32,
+    /// Longest run of tokens the teacher sees at once; longer rows are windowed.
+    pub window: u32,
+    /// How far each further window of a long row moves (every position of a window after the first
+    /// sees at least `window - stride` tokens of context).
+    pub stride: u32,
+}
+
+impl TopkSpec {
+    /// Checks the settings against a teacher's vocabulary; the message names the flag.
+    pub fn validate(&self, vocab_size: usize) -> Result<(), String> {
+        if self.top_k == 0 || self.top_k as usize > vocab_size {
+            return Err(format!(
+                "--top-k {} is out of range: it must be between 1 and the vocabulary size {vocab_size}",
+                self.top_k
+            ));
+        }
+        if self.window < 2 {
+            return Err(format!(
+                "--window {} is too small: at least 2 tokens",
+                self.window
+            ));
+        }
+        if self.stride == 0 || self.stride > self.window {
+            return Err(format!(
+                "--stride {} is out of range: between 1 and the window {}",
+                self.stride, self.window
+            ));
+        }
+        if self.samples > u16::MAX as u32 {
+            return Err(format!(
+                "--samples {} is too large (at most 65535)",
+                self.samples
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What is stored per example (or per token). Its fingerprint is part of every shard's address.
+///
+/// Serialised as a JSON object tagged by `kind`; the kinds of the first release serialise exactly as
+/// they did then (`{"kind":"embeddings","dtype":"f32"}`), so their fingerprints never change. A kind
+/// this release does not know (written by a newer one) is kept as [`OutputSpec::Unknown`]: listed,
+/// never read or written.
+#[derive(Clone, Debug, PartialEq)]
+pub enum OutputSpec {
+    Embeddings {
+        dtype: Dtype,
+    },
+    Logits {
+        dtype: Dtype,
+    },
+    TokenTopk(TopkSpec),
+    Unknown {
+        kind: String,
+        json: serde_json::Value,
+    },
+}
+
+/// The serialised form of the known kinds (tag first, then the fields in declaration order).
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum KnownSpec {
+    Embeddings { dtype: Dtype },
+    Logits { dtype: Dtype },
+    TokenTopk(TopkSpec),
+}
+
+impl Serialize for OutputSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match *self {
+            Self::Embeddings { dtype } => KnownSpec::Embeddings { dtype }.serialize(s),
+            Self::Logits { dtype } => KnownSpec::Logits { dtype }.serialize(s),
+            Self::TokenTopk(t) => KnownSpec::TokenTopk(t).serialize(s),
+            Self::Unknown { ref json, .. } => json.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for OutputSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let json = serde_json::Value::deserialize(d)?;
+        let kind = json
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .ok_or_else(|| serde::de::Error::custom("output spec without a \"kind\""))?
+            .to_owned();
+        if !matches!(kind.as_str(), "embeddings" | "logits" | "token_topk") {
+            return Ok(Self::Unknown { kind, json });
+        }
+        Ok(
+            match serde_json::from_value::<KnownSpec>(json).map_err(serde::de::Error::custom)? {
+                KnownSpec::Embeddings { dtype } => Self::Embeddings { dtype },
+                KnownSpec::Logits { dtype } => Self::Logits { dtype },
+                KnownSpec::TokenTopk(t) => Self::TokenTopk(t),
+            },
+        )
+    }
 }
 
 impl OutputSpec {
@@ -88,6 +210,160 @@ impl OutputSpec {
             .str(&serde_json::to_string(self).expect("serialisable"))
             .clone()
             .finish()
+    }
+
+    /// The kind, or `None` for a kind this release does not know.
+    pub fn kind(&self) -> Option<OutputKind> {
+        match self {
+            Self::Embeddings { .. } => Some(OutputKind::Embeddings),
+            Self::Logits { .. } => Some(OutputKind::Logits),
+            Self::TokenTopk(_) => Some(OutputKind::TokenTopk),
+            Self::Unknown { .. } => None,
+        }
+    }
+
+    /// The kind's name as stored (`embeddings`, `logits`, `token_topk`, or an unknown kind's own).
+    pub fn kind_name(&self) -> &str {
+        match self {
+            Self::Embeddings { .. } => "embeddings",
+            Self::Logits { .. } => "logits",
+            Self::TokenTopk(_) => "token_topk",
+            Self::Unknown { kind, .. } => kind,
+        }
+    }
+
+    /// The storage dtype of the main values (`None` for an unknown kind).
+    pub fn dtype(&self) -> Option<Dtype> {
+        match self {
+            Self::Embeddings { dtype } | Self::Logits { dtype } => Some(*dtype),
+            Self::TokenTopk(t) => Some(t.dtype),
+            Self::Unknown { .. } => None,
+        }
+    }
+
+    /// A short description for tables: `embeddings/f32`, `token_topk/f16/k20`, `future_kind?`.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Embeddings { dtype } | Self::Logits { dtype } => {
+                format!("{}/{dtype}", self.kind_name())
+            }
+            Self::TokenTopk(t) if t.samples > 0 => {
+                format!("token_topk/{}/k{}/s{}", t.dtype, t.top_k, t.samples)
+            }
+            Self::TokenTopk(t) => format!("token_topk/{}/k{}", t.dtype, t.top_k),
+            Self::Unknown { kind, .. } => format!("{kind} (unknown kind)"),
+        }
+    }
+
+    /// Whether the output holds one vector per example (embeddings, logits).
+    pub fn is_per_example(&self) -> bool {
+        matches!(self, Self::Embeddings { .. } | Self::Logits { .. })
+    }
+}
+
+/// Default of `--top-k`.
+pub const DEFAULT_TOP_K: u32 = 20;
+
+/// What a user asks for (`--output`, `--dtype`, `--top-k`, …; 0 means "the default"), before it is
+/// resolved against a teacher into an [`OutputSpec`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutputRequest {
+    pub kind: OutputKind,
+    pub dtype: Dtype,
+    pub top_k: u32,
+    pub samples: u32,
+    pub window: u32,
+    pub stride: u32,
+}
+
+impl OutputRequest {
+    /// A per-example request (embeddings or logits).
+    pub fn simple(kind: OutputKind, dtype: Dtype) -> Self {
+        Self {
+            kind,
+            dtype,
+            top_k: 0,
+            samples: 0,
+            window: 0,
+            stride: 0,
+        }
+    }
+
+    /// The spec for a teacher, with defaults filled in (`top_k` 20, `window` the teacher's context,
+    /// `stride` half the window). An error names the flag and what to do.
+    pub fn resolve(
+        &self,
+        teacher: &crate::model_dir::ModelDir,
+    ) -> Result<OutputSpec, (&'static str, String)> {
+        crate::model_dir::check_output(&teacher.head, &teacher.location, self.kind)
+            .map_err(|e| ("output", e))?;
+        if self.kind != OutputKind::TokenTopk {
+            for (flag, v) in [
+                ("top_k", self.top_k),
+                ("samples", self.samples),
+                ("window", self.window),
+                ("stride", self.stride),
+            ] {
+                if v != 0 {
+                    return Err((
+                        flag,
+                        format!(
+                            "--{} applies to --output token-topk only",
+                            flag.replace('_', "-")
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(match self.kind {
+            OutputKind::Embeddings => OutputSpec::Embeddings { dtype: self.dtype },
+            OutputKind::Logits => OutputSpec::Logits { dtype: self.dtype },
+            OutputKind::TokenTopk => {
+                let context = teacher.max_seq_length as u32;
+                let window = if self.window == 0 {
+                    context
+                } else {
+                    self.window
+                };
+                if window > context {
+                    return Err((
+                        "window",
+                        format!(
+                        "--window {window} is longer than teacher {}'s context of {context} tokens",
+                        teacher.location
+                    ),
+                    ));
+                }
+                let spec = TopkSpec {
+                    dtype: self.dtype,
+                    top_k: if self.top_k == 0 {
+                        DEFAULT_TOP_K
+                    } else {
+                        self.top_k
+                    },
+                    samples: self.samples,
+                    window,
+                    stride: if self.stride == 0 {
+                        (window / 2).max(1)
+                    } else {
+                        self.stride
+                    },
+                };
+                spec.validate(teacher.vocab_size).map_err(|e| {
+                    let flag = if e.starts_with("--top-k") {
+                        "top_k"
+                    } else if e.starts_with("--window") {
+                        "window"
+                    } else if e.starts_with("--stride") {
+                        "stride"
+                    } else {
+                        "samples"
+                    };
+                    (flag, format!("teacher {}: {e}", teacher.location))
+                })?;
+                OutputSpec::TokenTopk(spec)
+            }
+        })
     }
 }
 
@@ -215,9 +491,7 @@ pub struct ShardData {
     pub texts: Vec<String>,
     pub tokens: Vec<u32>,
     pub truncated: Vec<bool>,
-    /// Row-major, `rows × width`, widened to f32 when stored as f16.
-    pub values: Vec<f32>,
-    pub width: usize,
+    pub values: OutputValues,
 }
 
 impl ShardData {
@@ -225,63 +499,51 @@ impl ShardData {
         self.ids.len()
     }
 
-    /// The output vector of row `i`.
-    pub fn row(&self, i: usize) -> &[f32] {
-        &self.values[i * self.width..(i + 1) * self.width]
+    /// The per-example vectors (embeddings, logits); `None` for per-token values.
+    pub fn vectors(&self) -> Option<&Vectors> {
+        match &self.values {
+            OutputValues::Vectors(v) => Some(v),
+            OutputValues::TokenTopk(_) => None,
+        }
+    }
+
+    /// The per-example vectors, or an error naming the shard for per-token values.
+    pub fn expect_vectors(&self, shard: &str) -> Result<&Vectors> {
+        self.vectors().ok_or_else(|| CacheError::Shard {
+            path: shard.to_owned(),
+            reason: "holds per-token values, not one vector per row".into(),
+        })
     }
 }
 
-/// The Arrow schema of a shard.
+/// The Arrow schema of a shard (`width`: values per row of per-example kinds).
 pub fn arrow_schema(spec: &OutputSpec, width: usize) -> Schema {
-    let item = match spec.dtype {
-        Dtype::F32 => DataType::Float32,
-        Dtype::F16 => DataType::Float16,
-    };
-    Schema::new(vec![
+    let mut fields = vec![
         Field::new("id", DataType::Utf8, false),
         Field::new("text", DataType::Utf8, false),
         Field::new("tokens", DataType::Int32, false),
         Field::new("truncated", DataType::Boolean, false),
-        Field::new(
-            spec.kind.column(),
-            DataType::FixedSizeList(Arc::new(Field::new("item", item, false)), width as i32),
-            false,
-        ),
-    ])
+    ];
+    fields.extend(values::fields(spec, width));
+    Schema::new(fields)
 }
 
 /// Encodes a shard as one Parquet file (bytes), ready for a single atomic put.
 pub fn encode(meta: &ShardMeta, data: &ShardData) -> Result<bytes::Bytes> {
     let n = data.rows();
     assert!(data.texts.len() == n && data.tokens.len() == n && data.truncated.len() == n);
-    assert_eq!(
-        data.values.len(),
-        n * data.width,
-        "values must be rows × width"
-    );
-    let schema = Arc::new(arrow_schema(&meta.output, data.width));
-    let values: ArrayRef = match meta.output.dtype {
-        Dtype::F32 => Arc::new(Float32Array::from(data.values.clone())),
-        Dtype::F16 => Arc::new(Float16Array::from(
-            data.values
-                .iter()
-                .map(|v| half::f16::from_f32(*v))
-                .collect::<Vec<_>>(),
-        )),
-    };
-    let DataType::FixedSizeList(item, _) = schema.field(4).data_type().clone() else {
-        unreachable!()
-    };
-    let list = FixedSizeListArray::try_new(item, data.width as i32, values, None)?;
-    let columns: Vec<ArrayRef> = vec![
+    assert_eq!(data.values.rows(), n, "one output per row");
+    let width = data.vectors().map(|v| v.width).unwrap_or(0);
+    let schema = Arc::new(arrow_schema(&meta.output, width));
+    let mut columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from_iter_values(&data.ids)),
         Arc::new(StringArray::from_iter_values(&data.texts)),
         Arc::new(Int32Array::from_iter_values(
             data.tokens.iter().map(|t| *t as i32),
         )),
         Arc::new(BooleanArray::from(data.truncated.clone())),
-        Arc::new(list),
     ];
+    columns.extend(values::encode(&meta.output, &data.values)?);
     let batch = RecordBatch::try_new(schema.clone(), columns)?;
     let kv = meta
         .to_kv()
@@ -301,7 +563,7 @@ pub fn encode(meta: &ShardMeta, data: &ShardData) -> Result<bytes::Bytes> {
         source,
     };
     let mut w = parquet::arrow::ArrowWriter::try_new(
-        Vec::with_capacity(n * (data.width * 4 + 128)),
+        Vec::with_capacity(n * (width * 4 + 128)),
         schema,
         Some(props),
     )
@@ -335,21 +597,29 @@ pub fn decode(path: &str, bytes: bytes::Bytes) -> Result<(ShardMeta, ShardData)>
         path,
         builder.metadata().file_metadata().key_value_metadata(),
     )?;
-    let reader = builder.build().map_err(perr)?;
     let bad = |reason: String| CacheError::Shard {
         path: path.to_owned(),
         reason,
     };
+    // One batch for the whole file, so list columns decode without stitching.
+    let reader = builder
+        .with_batch_size((meta.rows as usize).max(1))
+        .build()
+        .map_err(perr)?;
     let mut data = ShardData {
         ids: vec![],
         texts: vec![],
         tokens: vec![],
         truncated: vec![],
-        values: vec![],
-        width: 0,
+        values: OutputValues::empty(&meta.output, 0),
     };
+    let mut batches = 0;
     for batch in reader {
         let batch = batch?;
+        batches += 1;
+        if batches > 1 {
+            return Err(bad("more rows than its metadata says".into()));
+        }
         let col = |name: &str| {
             batch
                 .column_by_name(name)
@@ -381,27 +651,9 @@ pub fn decode(path: &str, bytes: bytes::Bytes) -> Result<(ShardMeta, ShardData)>
                 .iter()
                 .map(|b| b.unwrap_or(false)),
         );
-        let list = col(meta.output.kind.column())?;
-        let list = list.as_fixed_size_list();
-        data.width = list.value_length() as usize;
-        let values = list.values();
-        match values.data_type() {
-            DataType::Float32 => data.values.extend_from_slice(
-                values
-                    .as_primitive::<arrow_array::types::Float32Type>()
-                    .values(),
-            ),
-            DataType::Float16 => data.values.extend(
-                values
-                    .as_primitive::<arrow_array::types::Float16Type>()
-                    .values()
-                    .iter()
-                    .map(|v| v.to_f32()),
-            ),
-            other => return Err(bad(format!("output column has type {other}"))),
-        }
+        data.values = values::decode(path, &meta.output, &batch)?;
     }
-    if data.rows() as u64 != meta.rows {
+    if data.rows() as u64 != meta.rows || data.values.rows() != data.rows() {
         return Err(bad(format!(
             "metadata says {} rows, file holds {}",
             meta.rows,
@@ -423,16 +675,14 @@ pub(crate) mod tests_support {
             texts: (0..rows).map(|i| format!("text {i}")).collect(),
             tokens: vec![4; rows],
             truncated: vec![false; rows],
-            values: (0..rows * 3).map(|i| i as f32 * 0.5).collect(),
-            width: 3,
+            values: OutputValues::Vectors(Vectors {
+                width: 3,
+                values: (0..rows * 3).map(|i| i as f32 * 0.5).collect(),
+            }),
         }
     }
 
-    pub(crate) fn meta(dtype: Dtype, rows: u64) -> ShardMeta {
-        let output = OutputSpec {
-            kind: OutputKind::Embeddings,
-            dtype,
-        };
+    pub(crate) fn meta_with(output: OutputSpec, rows: u64) -> ShardMeta {
         ShardMeta {
             schema_version: crate::SCHEMA_VERSION,
             producer: crate::PRODUCER.into(),
@@ -447,9 +697,10 @@ pub(crate) mod tests_support {
                 },
                 max_seq_length: 16,
                 dtype: "f32".into(),
+                tokenizer: None,
             },
-            output,
             output_fingerprint: output.fingerprint(),
+            output,
             shard_fingerprint: Hasher::new("s").finish(),
             corpus: "c.jsonl".into(),
             shard_index: 0,
@@ -462,22 +713,30 @@ pub(crate) mod tests_support {
             created_unix: 1,
         }
     }
+
+    pub(crate) fn meta(dtype: Dtype, rows: u64) -> ShardMeta {
+        meta_with(OutputSpec::Embeddings { dtype }, rows)
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::tests_support::meta as sample_meta;
+    use super::tests_support::{meta as sample_meta, meta_with};
     use super::*;
+    use crate::values::{Samples, TokenTopk};
 
     #[test]
     fn roundtrip_f32_and_f16() {
+        let values = vec![0.1, -0.2, 0.3, 1.0, 0.5, -0.25];
         let data = ShardData {
             ids: vec!["a".into(), "b".into()],
             texts: vec!["x".into(), "y".into()],
             tokens: vec![4, 5],
             truncated: vec![false, true],
-            values: vec![0.1, -0.2, 0.3, 1.0, 0.5, -0.25],
-            width: 3,
+            values: OutputValues::Vectors(Vectors {
+                width: 3,
+                values: values.clone(),
+            }),
         };
         for dtype in [Dtype::F32, Dtype::F16] {
             let meta = sample_meta(dtype, 2);
@@ -487,37 +746,158 @@ mod tests {
             assert_eq!(d2.ids, data.ids);
             assert_eq!(d2.truncated, data.truncated);
             let tol = if dtype == Dtype::F16 { 1e-3 } else { 0.0 };
-            for (a, b) in d2.values.iter().zip(&data.values) {
+            let got = d2.vectors().unwrap();
+            assert_eq!(got.width, 3);
+            for (a, b) in got.values.iter().zip(&values) {
+                assert!((a - b).abs() <= tol, "{a} vs {b}");
+            }
+        }
+    }
+
+    /// The specs of the first release serialise as they did then: their fingerprints are the
+    /// addresses of every cache entry it wrote (see tests/data/compat-0.1.0).
+    #[test]
+    fn first_release_output_fingerprints_are_unchanged() {
+        let cases = [
+            (
+                OutputSpec::Embeddings { dtype: Dtype::F32 },
+                r#"{"kind":"embeddings","dtype":"f32"}"#,
+                "26052538ee7fdf2d9765ae98f2c0398a",
+            ),
+            (
+                OutputSpec::Embeddings { dtype: Dtype::F16 },
+                r#"{"kind":"embeddings","dtype":"f16"}"#,
+                "d26be282dd03820813af14cd76cc0b3f",
+            ),
+            (
+                OutputSpec::Logits { dtype: Dtype::F32 },
+                r#"{"kind":"logits","dtype":"f32"}"#,
+                "ea270e68d27489f5b1fc21b9c6f18369",
+            ),
+        ];
+        for (spec, json, fp) in cases {
+            assert_eq!(serde_json::to_string(&spec).unwrap(), json);
+            assert_eq!(spec.fingerprint().as_str(), fp, "{json}");
+            assert_eq!(serde_json::from_str::<OutputSpec>(json).unwrap(), spec);
+        }
+    }
+
+    #[test]
+    fn an_unknown_kind_is_kept_and_listed_not_misread() {
+        let json = r#"{"kind":"future_kind","dtype":"f32","extra":[1,2]}"#;
+        let spec: OutputSpec = serde_json::from_str(json).unwrap();
+        assert_eq!(spec.kind(), None);
+        assert_eq!(spec.kind_name(), "future_kind");
+        assert!(spec.describe().contains("unknown"));
+        // Serialised back as it was (so its fingerprint is the one its writer computed).
+        let back: serde_json::Value = serde_json::to_value(&spec).unwrap();
+        assert_eq!(
+            back,
+            serde_json::from_str::<serde_json::Value>(json).unwrap()
+        );
+    }
+
+    fn topk_values(k: usize, samples: bool) -> TokenTopk {
+        // Two rows of 3 and 2 positions.
+        let n = 5;
+        TokenTopk {
+            k,
+            offsets: vec![0, 3, 5],
+            token_ids: vec![7, 8, 9, 1, 2],
+            topk_ids: (0..n * k).map(|i| (i * 3 % 50) as u32).collect(),
+            topk_logprobs: (0..n * k).map(|i| -0.25 * (i % k) as f32 - 0.5).collect(),
+            tail_logprob: vec![-3.0, -2.5, f32::NEG_INFINITY, -4.0, -1.0],
+            log_partition: vec![10.0, 11.5, 9.25, 12.0, 8.0],
+            samples: samples.then(|| Samples {
+                offsets: vec![0, 2, 3, 3, 5, 6],
+                ids: vec![4, 5, 6, 7, 8, 9],
+                counts: vec![3, 1, 4, 2, 2, 4],
+            }),
+        }
+    }
+
+    #[test]
+    fn token_topk_roundtrip_with_and_without_samples() {
+        for (dtype, samples) in [(Dtype::F32, false), (Dtype::F16, true)] {
+            let spec = OutputSpec::TokenTopk(TopkSpec {
+                dtype,
+                top_k: 3,
+                samples: if samples { 4 } else { 0 },
+                window: 8,
+                stride: 4,
+            });
+            let v = topk_values(3, samples);
+            let data = ShardData {
+                ids: vec!["a".into(), "b".into()],
+                texts: vec!["x y z".into(), "u v".into()],
+                tokens: vec![3, 2],
+                truncated: vec![false, false],
+                values: OutputValues::TokenTopk(v.clone()),
+            };
+            let meta = meta_with(spec.clone(), 2);
+            let (m2, d2) = decode("mem", encode(&meta, &data).unwrap()).unwrap();
+            assert_eq!(m2.output, spec);
+            let OutputValues::TokenTopk(got) = d2.values else {
+                panic!("kind changed")
+            };
+            assert_eq!(got.offsets, v.offsets);
+            assert_eq!(got.token_ids, v.token_ids);
+            assert_eq!(got.topk_ids, v.topk_ids);
+            assert_eq!(got.tail_logprob[..2], v.tail_logprob[..2]);
+            assert!(got.tail_logprob[2].is_infinite());
+            assert_eq!(got.log_partition, v.log_partition);
+            assert_eq!(got.samples, v.samples);
+            let tol = if dtype == Dtype::F16 { 2e-3 } else { 0.0 };
+            for (a, b) in got.topk_logprobs.iter().zip(&v.topk_logprobs) {
                 assert!((a - b).abs() <= tol, "{a} vs {b}");
             }
         }
     }
 
     #[test]
+    fn a_shard_of_an_unknown_kind_reads_its_metadata_but_not_its_values() {
+        // The footer as a newer release would write it.
+        let mut meta = sample_meta(Dtype::F32, 1);
+        meta.output = serde_json::from_str(r#"{"kind":"future_kind"}"#).unwrap();
+        let kv: Vec<_> = meta
+            .to_kv()
+            .into_iter()
+            .map(|(k, v)| parquet::file::metadata::KeyValue::new(k, v))
+            .collect();
+        let m = decode_meta("s.parquet", Some(&kv)).unwrap();
+        assert_eq!(m.output.kind_name(), "future_kind");
+        assert_eq!(m.rows, 1);
+        let batch = RecordBatch::new_empty(Arc::new(Schema::empty()));
+        let err = values::decode("s.parquet", &m.output, &batch)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("future_kind") && err.contains("newer release"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn output_fingerprint_depends_on_spec() {
-        let a = OutputSpec {
-            kind: OutputKind::Embeddings,
-            dtype: Dtype::F32,
-        }
-        .fingerprint();
-        let b = OutputSpec {
-            kind: OutputKind::Embeddings,
-            dtype: Dtype::F16,
-        }
-        .fingerprint();
+        let a = OutputSpec::Embeddings { dtype: Dtype::F32 }.fingerprint();
+        let b = OutputSpec::Embeddings { dtype: Dtype::F16 }.fingerprint();
+        let topk = |k| {
+            OutputSpec::TokenTopk(TopkSpec {
+                dtype: Dtype::F16,
+                top_k: k,
+                samples: 0,
+                window: 2048,
+                stride: 1024,
+            })
+            .fingerprint()
+        };
         assert_ne!(a, b);
+        assert_ne!(topk(20), topk(21));
     }
 
     #[test]
     fn wrong_row_count_is_refused() {
-        let data = ShardData {
-            ids: vec!["a".into()],
-            texts: vec!["x".into()],
-            tokens: vec![1],
-            truncated: vec![false],
-            values: vec![0.0; 3],
-            width: 3,
-        };
+        let data = tests_support::data(1);
         let bytes = encode(&sample_meta(Dtype::F32, 2), &data).unwrap();
         let err = decode("s.parquet", bytes).unwrap_err().to_string();
         assert!(err.contains("s.parquet") && err.contains("2 rows"), "{err}");

@@ -7,10 +7,12 @@
 //!   `memory://`, `http(s)://`), with credentials from the usual environment variables;
 //! - [`corpus`]: reading corpora (JSONL, text lines, Parquet; gzip / zstd) into deterministic shards;
 //! - [`fingerprint`]: the content fingerprints that key the cache (shard content, teacher, output spec);
-//! - [`model_dir`]: inspecting an HF-layout model directory (local or remote) and fingerprinting it,
-//!   without loading any weights, so a planner can find cache hits without a GPU;
+//! - [`model_dir`] and [`gguf`]: inspecting a teacher — an HF-layout directory or a GGUF file, local
+//!   or remote — and fingerprinting it without loading any weights, so a planner can find cache hits
+//!   without a GPU;
 //! - [`layout`]: where each object lives in the store (content-addressed, schema-versioned paths);
-//! - [`format`]: the Parquet schema and key-value metadata of a cached shard (see `docs/cache-format.md`);
+//! - [`format`] and [`values`]: the Parquet schema and key-value metadata of a cached shard, and one
+//!   values type with one Arrow codec per output kind (see `docs/cache-format.md`);
 //! - [`commit`]: the all-or-nothing commit of a shard (conditional put) and reading it back;
 //! - [`catalog`]: listing what a store holds;
 //! - [`task`]: task records and their derived logits entries;
@@ -26,12 +28,14 @@ pub mod corpus;
 pub mod error;
 pub mod fingerprint;
 pub mod format;
+pub mod gguf;
 pub mod jobs;
 pub mod layout;
 pub mod model_dir;
 pub mod parquet_io;
 pub mod store;
 pub mod task;
+pub mod values;
 
 pub use error::{CacheError, Result};
 

@@ -1,10 +1,16 @@
-//! HF-layout model directories: what a teacher is, and its fingerprint, without loading any weights.
+//! Teacher models on disk: what a teacher is, and its fingerprint, without loading any weights.
 //!
-//! A model is a directory (local path, `file://`, or any object-store URL) in the Hugging Face layout:
-//! `config.json`, `tokenizer.json`, `model.safetensors` (or a sharded `model.safetensors.index.json`),
-//! and for sentence-transformers models `modules.json`, `sentence_bert_config.json` and the pooling
-//! module's `config.json`. Remote directories are downloaded once into a local model cache
-//! (`DISTILL_MODEL_CACHE`, default `~/.cache/distill/models`).
+//! A model is either
+//! - a directory (local path, `file://`, or any object-store URL) in the Hugging Face layout:
+//!   `config.json`, `tokenizer.json`, `model.safetensors` (or a sharded `model.safetensors.index.json`),
+//!   and for sentence-transformers models `modules.json`, `sentence_bert_config.json` and the pooling
+//!   module's `config.json` — BERT-family encoders, or llama-family decoders (`model_type` `llama`,
+//!   `mistral`, `qwen2`); or
+//! - one GGUF file (`*.gguf`, local or at a URL) of a llama-family decoder: weights, hyper-parameters and
+//!   tokenizer in one file (see [`crate::gguf`]).
+//!
+//! Remote models are downloaded once into a local model cache (`DISTILL_MODEL_CACHE`, default
+//! `~/.cache/distill/models`).
 //!
 //! The planner needs the teacher fingerprint to find cache hits, and it must not need a GPU for that;
 //! so the fingerprint is computed here, from the files, and the worker loads the same files.
@@ -36,6 +42,48 @@ pub enum Head {
     },
     /// A sequence classifier (`BertForSequenceClassification`): class logits, labels in id order.
     Classifier { labels: Vec<String> },
+    /// A causal language model: next-token logits over `vocab` tokens from `dim`-wide states.
+    CausalLm { vocab: usize, dim: usize },
+    /// A head this release does not know (written by a newer one).
+    #[serde(other)]
+    Unknown,
+}
+
+/// Which family of architectures, and so which model file, runs a teacher.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    /// BERT-family encoders (`bert.rs`).
+    Bert,
+    /// Llama-family decoders: Llama 2/3, Mistral, SmolLM2, Qwen2 (`llama.rs`).
+    Llama,
+}
+
+/// How the model's files are laid out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ModelFormat {
+    /// A Hugging Face directory: `config.json`, `tokenizer.json`, safetensors weights.
+    Hf,
+    /// One GGUF file.
+    Gguf,
+}
+
+/// What special-token text inside corpus rows becomes, for decoder teachers: ordinary text. A row
+/// containing `<|im_end|>` is tokenized as those characters, never as the control token, so corpus
+/// text cannot inject control tokens. Part of the tokenizer fingerprint.
+pub const SPECIAL_TEXT_POLICY: &str = "special-token text in rows is plain text";
+
+/// A decoder teacher's tokenizer, as recorded with its cache entries: students of its `token_topk`
+/// entries must use exactly this tokenizer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TokenizerInfo {
+    /// Vocabulary, merges, pre-tokenizer, special tokens, BOS rule and [`SPECIAL_TEXT_POLICY`].
+    pub fingerprint: Fingerprint,
+    pub vocab_size: usize,
+    pub bos: Option<u32>,
+    pub eos: Option<u32>,
+    pub add_bos: bool,
+    pub special_text: String,
 }
 
 /// The parts of `config.json` distill reads. Unknown fields are ignored.
@@ -50,24 +98,38 @@ struct HfConfig {
     max_position_embeddings: Option<usize>,
     #[serde(default)]
     id2label: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(default)]
+    sliding_window: Option<usize>,
+    #[serde(default)]
+    bos_token_id: Option<serde_json::Value>,
+    #[serde(default)]
+    eos_token_id: Option<serde_json::Value>,
 }
 
-/// An inspected model directory.
+/// An inspected model (HF directory or GGUF file).
 #[derive(Clone, Debug)]
 pub struct ModelDir {
     /// Where the user said the model is.
     pub location: String,
     /// The local directory holding its files.
     pub dir: PathBuf,
+    pub format: ModelFormat,
+    pub family: Family,
     pub architecture: String,
     pub head: Head,
-    /// Inputs are truncated to this many tokens (special tokens included).
+    /// Inputs are truncated to this many tokens (special tokens included); for decoders, the context
+    /// window.
     pub max_seq_length: usize,
     pub vocab_size: usize,
     pub hidden_size: usize,
+    /// The safetensors files, or the GGUF file.
     pub weights: Vec<PathBuf>,
-    pub tokenizer: PathBuf,
-    pub config: PathBuf,
+    /// `tokenizer.json` (HF layout; a GGUF file holds its tokenizer).
+    pub tokenizer: Option<PathBuf>,
+    /// `config.json` (HF layout).
+    pub config: Option<PathBuf>,
+    /// Decoder teachers: the tokenizer's identity (encoders: `None`).
+    pub tokenizer_info: Option<TokenizerInfo>,
 }
 
 /// Compute dtype of the teacher's forward pass (part of its fingerprint).
@@ -81,12 +143,20 @@ pub fn check_output(
 ) -> std::result::Result<(), String> {
     use crate::format::OutputKind;
     match (head, kind) {
-        (Head::Embedding { .. }, OutputKind::Embeddings) | (Head::Classifier { .. }, OutputKind::Logits) => Ok(()),
-        (Head::Embedding { .. }, OutputKind::Logits) => Err(format!(
+        (Head::Embedding { .. }, OutputKind::Embeddings)
+        | (Head::Classifier { .. }, OutputKind::Logits)
+        | (Head::CausalLm { .. }, OutputKind::Embeddings | OutputKind::TokenTopk) => Ok(()),
+        (Head::Embedding { .. }, _) => Err(format!(
             "teacher {source} is a sentence encoder without a classification head: use --output embeddings"
         )),
-        (Head::Classifier { .. }, OutputKind::Embeddings) => Err(format!(
+        (Head::Classifier { .. }, _) => Err(format!(
             "teacher {source} is a sequence classifier: use --output logits"
+        )),
+        (Head::CausalLm { .. }, _) => Err(format!(
+            "teacher {source} is a causal language model: use --output token-topk or embeddings"
+        )),
+        (Head::Unknown, _) => Err(format!(
+            "teacher {source} has a head this distill does not know"
         )),
     }
 }
@@ -102,6 +172,9 @@ pub struct TeacherInfo {
     pub head: Head,
     pub max_seq_length: usize,
     pub dtype: String,
+    /// Decoder teachers: the tokenizer (absent for encoders, and in entries of the first release).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<TokenizerInfo>,
 }
 
 fn model_err(location: &str, reason: impl Into<String>) -> CacheError {
@@ -148,22 +221,35 @@ struct StConfig {
 }
 
 impl ModelDir {
-    /// Finds and inspects a model directory. Remote directories are downloaded first.
+    /// Finds and inspects a model: an HF directory or a GGUF file, local or remote (downloaded first).
     pub async fn resolve(location: &str) -> Result<Self> {
-        let dir = if location.contains("://") && !location.starts_with("file://") {
-            download(location).await?
+        let remote = location.contains("://") && !location.starts_with("file://");
+        let path = if remote {
+            if is_gguf(location) {
+                download_file(location).await?
+            } else {
+                download(location).await?
+            }
         } else {
             PathBuf::from(location.strip_prefix("file://").unwrap_or(location))
         };
-        Self::inspect(location, &dir)
+        Self::inspect(location, &path)
     }
 
-    /// Inspects a local model directory.
-    pub fn inspect(location: &str, dir: &Path) -> Result<Self> {
+    /// Inspects a local model directory or GGUF file.
+    pub fn inspect(location: &str, path: &Path) -> Result<Self> {
+        if path.is_file() && is_gguf(&path.to_string_lossy()) {
+            return Self::inspect_gguf(location, path);
+        }
+        let dir = path;
         if !dir.is_dir() {
             return Err(model_err(
                 location,
-                "not a directory (expected an HF-layout model directory)",
+                if is_gguf(location) {
+                    "no such GGUF file"
+                } else {
+                    "not a directory (expected an HF-layout model directory or a .gguf file)"
+                },
             ));
         }
         let config_path = dir.join("config.json");
@@ -175,11 +261,15 @@ impl ModelDir {
         }
         let cfg: HfConfig = read_json(location, &config_path)?;
         let model_type = cfg.model_type.clone().unwrap_or_default();
+        if DECODER_MODEL_TYPES.contains(&model_type.as_str()) {
+            return Self::inspect_hf_decoder(location, dir, &config_path, &cfg);
+        }
         if !matches!(model_type.as_str(), "bert" | "") {
             return Err(model_err(
                 location,
                 format!(
-                    "config.json model_type {model_type:?} is not supported (BERT family only)"
+                    "config.json model_type {model_type:?} is not supported (bert, {})",
+                    DECODER_MODEL_TYPES.join(", ")
                 ),
             ));
         }
@@ -248,28 +338,209 @@ impl ModelDir {
         Ok(Self {
             location: location.to_owned(),
             dir: dir.to_owned(),
+            format: ModelFormat::Hf,
+            family: Family::Bert,
             architecture,
             head,
             max_seq_length,
             vocab_size,
             hidden_size,
             weights,
-            tokenizer,
-            config: config_path,
+            tokenizer: Some(tokenizer),
+            config: Some(config_path),
+            tokenizer_info: None,
         })
     }
 
-    /// The teacher fingerprint: weights, config, tokenizer, head (pooling / normalisation / labels),
-    /// truncation length and compute dtype. Reads every weight byte (about 0.3 s per 100 MB).
-    pub fn fingerprint(&self, dtype: &str) -> Result<Fingerprint> {
-        let mut h = Hasher::new("distill.teacher.v1");
-        for p in [&self.config, &self.tokenizer] {
-            let bytes = std::fs::read(p).map_err(|source| CacheError::Io {
-                path: p.clone(),
-                source,
-            })?;
-            h.field(&bytes);
+    /// A llama-family decoder in the HF layout.
+    fn inspect_hf_decoder(
+        location: &str,
+        dir: &Path,
+        config_path: &Path,
+        cfg: &HfConfig,
+    ) -> Result<Self> {
+        let need = |v: Option<usize>, key: &str| {
+            v.ok_or_else(|| model_err(location, format!("config.json has no {key}")))
+        };
+        let hidden_size = need(cfg.hidden_size, "hidden_size")?;
+        let vocab_size = need(cfg.vocab_size, "vocab_size")?;
+        let mut context = cfg.max_position_embeddings.unwrap_or(2048);
+        if let Some(w) = cfg.sliding_window {
+            // Beyond its sliding window the model attends locally; distill attends fully, so it stays
+            // inside the window, where both agree.
+            context = context.min(w);
         }
+        let tokenizer = dir.join("tokenizer.json");
+        if !tokenizer.is_file() {
+            return Err(model_err(
+                location,
+                "no tokenizer.json (a fast-tokenizer file is required)",
+            ));
+        }
+        let weights = weight_files(location, dir)?;
+        let bytes = std::fs::read(&tokenizer).map_err(|source| CacheError::Io {
+            path: tokenizer.clone(),
+            source,
+        })?;
+        let tok: HfTokenizerJson = serde_json::from_slice(&bytes)
+            .map_err(|e| model_err(location, format!("tokenizer.json: invalid JSON: {e}")))?;
+        let tok_vocab = tok.vocab_size();
+        if tok_vocab > vocab_size {
+            return Err(model_err(
+                location,
+                format!(
+                    "tokenizer.json has {tok_vocab} tokens but config.json vocab_size is {vocab_size}: they do not belong together"
+                ),
+            ));
+        }
+        let mut h = Hasher::new("distill.tokenizer.hf.v1");
+        h.field(&bytes).str(SPECIAL_TEXT_POLICY);
+        let tokenizer_info = TokenizerInfo {
+            fingerprint: h.finish(),
+            vocab_size: tok_vocab,
+            bos: cfg.bos_token_id.as_ref().and_then(first_id),
+            eos: cfg.eos_token_id.as_ref().and_then(first_id),
+            add_bos: tok.adds_bos(cfg.bos_token_id.as_ref().and_then(first_id)),
+            special_text: SPECIAL_TEXT_POLICY.into(),
+        };
+        Ok(Self {
+            location: location.to_owned(),
+            dir: dir.to_owned(),
+            format: ModelFormat::Hf,
+            family: Family::Llama,
+            architecture: cfg
+                .architectures
+                .first()
+                .cloned()
+                .unwrap_or_else(|| "LlamaForCausalLM".into()),
+            head: Head::CausalLm {
+                vocab: vocab_size,
+                dim: hidden_size,
+            },
+            max_seq_length: context,
+            vocab_size,
+            hidden_size,
+            weights,
+            tokenizer: Some(tokenizer),
+            config: Some(config_path.to_owned()),
+            tokenizer_info: Some(tokenizer_info),
+        })
+    }
+
+    /// A llama-family decoder in one GGUF file.
+    fn inspect_gguf(location: &str, file: &Path) -> Result<Self> {
+        let g = crate::gguf::Gguf::open(location, file)?;
+        let tok = g.tokenizer(location)?;
+        let hidden_size = g.arch_usize(location, "embedding_length")?;
+        let context = g.arch_usize(location, "context_length")?;
+        let vocab_size = g.embedding_rows(location)?;
+        if tok.tokens.len() > vocab_size {
+            return Err(model_err(
+                location,
+                format!(
+                    "the tokenizer has {} tokens but token_embd.weight has {vocab_size} rows: they do not belong together",
+                    tok.tokens.len()
+                ),
+            ));
+        }
+        let mut h = Hasher::new("distill.tokenizer.gguf.v1");
+        h.str(&tok.pre);
+        h.u64(tok.tokens.len() as u64);
+        for (t, ty) in tok.tokens.iter().zip(&tok.token_types) {
+            h.str(t).u64(*ty as u64);
+        }
+        h.u64(tok.merges.len() as u64);
+        for (a, b) in &tok.merges {
+            h.str(a).str(b);
+        }
+        for id in [tok.bos, tok.eos] {
+            h.u64(id.map(|i| i as u64 + 1).unwrap_or(0));
+        }
+        h.u64(tok.add_bos as u64).str(SPECIAL_TEXT_POLICY);
+        let tokenizer_info = TokenizerInfo {
+            fingerprint: h.finish(),
+            vocab_size: tok.tokens.len(),
+            bos: tok.bos,
+            eos: tok.eos,
+            add_bos: tok.add_bos,
+            special_text: SPECIAL_TEXT_POLICY.into(),
+        };
+        Ok(Self {
+            location: location.to_owned(),
+            dir: file.parent().unwrap_or(Path::new(".")).to_owned(),
+            format: ModelFormat::Gguf,
+            family: Family::Llama,
+            architecture: g.architecture.clone(),
+            head: Head::CausalLm {
+                vocab: vocab_size,
+                dim: hidden_size,
+            },
+            max_seq_length: context,
+            vocab_size,
+            hidden_size,
+            weights: vec![file.to_owned()],
+            tokenizer: None,
+            config: None,
+            tokenizer_info: Some(tokenizer_info),
+        })
+    }
+
+    /// `config.json`, for models in the HF layout.
+    pub fn hf_config(&self) -> Result<&Path> {
+        self.config.as_deref().ok_or_else(|| {
+            model_err(
+                &self.location,
+                "not an HF-layout directory (no config.json)",
+            )
+        })
+    }
+
+    /// `tokenizer.json`, for models in the HF layout.
+    pub fn hf_tokenizer(&self) -> Result<&Path> {
+        self.tokenizer.as_deref().ok_or_else(|| {
+            model_err(
+                &self.location,
+                "not an HF-layout directory (no tokenizer.json)",
+            )
+        })
+    }
+
+    /// The teacher fingerprint. Encoders: weights, config, tokenizer, head (pooling / normalisation /
+    /// labels), truncation length and compute dtype — unchanged since the first release. Decoders: the
+    /// model files (GGUF: the whole file, so the quantization too), the tokenizer fingerprint (with its
+    /// special-text policy), head, context window and compute dtype. Reads every weight byte (about
+    /// 0.3 s per 100 MB).
+    pub fn fingerprint(&self, dtype: &str) -> Result<Fingerprint> {
+        let read = |p: &Path| {
+            std::fs::read(p).map_err(|source| CacheError::Io {
+                path: p.to_owned(),
+                source,
+            })
+        };
+        let mut h = match self.family {
+            Family::Bert => {
+                let mut h = Hasher::new("distill.teacher.v1");
+                h.field(&read(self.hf_config()?)?);
+                h.field(&read(self.hf_tokenizer()?)?);
+                h
+            }
+            Family::Llama => {
+                let mut h = Hasher::new("distill.teacher.decoder.v1");
+                h.str(match self.format {
+                    ModelFormat::Hf => "hf",
+                    ModelFormat::Gguf => "gguf",
+                });
+                if let Some(c) = &self.config {
+                    h.field(&read(c)?);
+                }
+                let tok = self
+                    .tokenizer_info
+                    .as_ref()
+                    .expect("decoders have tokenizer info");
+                h.str(tok.fingerprint.as_str());
+                h
+            }
+        };
         for w in &self.weights {
             hash_file(&mut h, w)?;
         }
@@ -288,7 +559,74 @@ impl ModelDir {
             head: self.head.clone(),
             max_seq_length: self.max_seq_length,
             dtype: dtype.to_owned(),
+            tokenizer: self.tokenizer_info.clone(),
         }
+    }
+}
+
+/// `model_type`s of llama-family decoders in the HF layout.
+pub const DECODER_MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2"];
+
+fn is_gguf(location: &str) -> bool {
+    location.to_ascii_lowercase().ends_with(".gguf")
+}
+
+/// `bos_token_id` / `eos_token_id` may be a number or a list of numbers.
+fn first_id(v: &serde_json::Value) -> Option<u32> {
+    match v {
+        serde_json::Value::Number(n) => n.as_u64().map(|x| x as u32),
+        serde_json::Value::Array(a) => a.first().and_then(first_id),
+        _ => None,
+    }
+}
+
+/// The parts of an HF `tokenizer.json` inspection needs.
+#[derive(Deserialize)]
+struct HfTokenizerJson {
+    model: HfTokenizerModel,
+    #[serde(default)]
+    added_tokens: Vec<HfAddedToken>,
+    #[serde(default)]
+    post_processor: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct HfTokenizerModel {
+    #[serde(default)]
+    vocab: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct HfAddedToken {
+    id: usize,
+}
+
+impl HfTokenizerJson {
+    fn vocab_size(&self) -> usize {
+        let base = self
+            .model
+            .vocab
+            .values()
+            .filter_map(|v| v.as_u64())
+            .max()
+            .map(|m| m as usize + 1)
+            .unwrap_or(0);
+        let added = self
+            .added_tokens
+            .iter()
+            .map(|t| t.id + 1)
+            .max()
+            .unwrap_or(0);
+        base.max(added)
+    }
+
+    /// Whether the post-processor puts the BOS token in front (as Llama's `TemplateProcessing` does).
+    fn adds_bos(&self, bos: Option<u32>) -> bool {
+        let (Some(pp), Some(bos)) = (&self.post_processor, bos) else {
+            return false;
+        };
+        let text = pp.to_string();
+        text.contains("TemplateProcessing") && text.contains(&format!("\"ids\":[{bos}]"))
     }
 }
 
@@ -422,6 +760,49 @@ pub fn model_cache_dir() -> PathBuf {
             PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/tmp".into())).join(".cache")
         });
     base.join("distill").join("models")
+}
+
+/// Downloads a remote GGUF file into the model cache (kept when a file of the remote size is there).
+async fn download_file(url: &str) -> Result<PathBuf> {
+    let (parent, name) = url
+        .trim_end_matches('/')
+        .rsplit_once('/')
+        .ok_or_else(|| model_err(url, "not a file URL"))?;
+    let loc = crate::store::open(parent, false)?;
+    let key = Hasher::new("distill.model-url").str(url).clone().finish();
+    let local = model_cache_dir().join(key.short());
+    let dest = local.join(name);
+    let path = loc.child(name);
+    let meta = match loc.store.head(&path).await {
+        Ok(m) => m,
+        Err(object_store::Error::NotFound { .. }) => {
+            return Err(model_err(url, "no such GGUF file"))
+        }
+        Err(e) => return Err(model_err(url, crate::store::describe_store_error(&e))),
+    };
+    if std::fs::metadata(&dest)
+        .map(|m| m.len() == meta.size)
+        .unwrap_or(false)
+    {
+        return Ok(dest);
+    }
+    let io = |path: &Path, source| CacheError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(&local).map_err(|e| io(&local, e))?;
+    let bytes = loc
+        .store
+        .get(&path)
+        .await
+        .map_err(|e| model_err(url, e.to_string()))?
+        .bytes()
+        .await
+        .map_err(|e| model_err(url, e.to_string()))?;
+    let tmp = dest.with_extension("partial");
+    std::fs::write(&tmp, &bytes).map_err(|e| io(&tmp, e))?;
+    std::fs::rename(&tmp, &dest).map_err(|e| io(&dest, e))?;
+    Ok(dest)
 }
 
 /// Downloads the files of a remote model directory (those distill reads) into the model cache.

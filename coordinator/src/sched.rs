@@ -156,6 +156,7 @@ pub struct JobInfo {
     pub teacher_fingerprint: String,
     pub output: String,
     pub dtype: String,
+    pub output_spec: distill_cache::format::OutputSpec,
     pub store: String,
     pub corpus: String,
     pub format: String,
@@ -1322,6 +1323,9 @@ mod tests {
                 teacher_fingerprint: teacher.into(),
                 output: "embeddings".into(),
                 dtype: "f32".into(),
+                output_spec: distill_cache::format::OutputSpec::Embeddings {
+                    dtype: distill_cache::format::Dtype::F32,
+                },
                 store: "memory://x".into(),
                 corpus: "c".into(),
                 format: String::new(),

@@ -103,6 +103,10 @@ fn unix_ms(at: Instant) -> i64 {
 pub fn job_to_wire(v: JobView, store: &str) -> v1::Job {
     let l = v.ledger;
     let info = &v.info;
+    let topk = match &info.output_spec {
+        distill_cache::format::OutputSpec::TokenTopk(t) => Some(*t),
+        _ => None,
+    };
     v1::Job {
         job_id: info.id.clone(),
         spec: Some(v1::JobSpec {
@@ -119,6 +123,10 @@ pub fn job_to_wire(v: JobView, store: &str) -> v1::Job {
             shard_size: info.shard_size,
             strict: info.strict,
             max_attempts: info.max_attempts,
+            top_k: topk.map(|t| t.top_k).unwrap_or(0),
+            samples: topk.map(|t| t.samples).unwrap_or(0),
+            window: topk.map(|t| t.window).unwrap_or(0),
+            stride: topk.map(|t| t.stride).unwrap_or(0),
         }),
         state: match v.state {
             JobState::Running => v1::JobState::Running,
@@ -206,6 +214,10 @@ impl JobService for Jobs {
             store: spec.store,
             output: or(spec.output, "embeddings"),
             dtype: or(spec.dtype, "f32"),
+            top_k: spec.top_k,
+            samples: spec.samples,
+            window: spec.window,
+            stride: spec.stride,
             shard_size: spec.shard_size,
             strict: spec.strict,
             max_attempts: spec.max_attempts,
@@ -375,6 +387,7 @@ impl WorkerService for Workers {
             deadline_unix_ms: unix_ms(g.deadline),
             speculative: g.speculative,
             attempt: g.attempt,
+            output_spec: serde_json::to_string(&info.output_spec).expect("serialisable"),
         };
         drop(s);
         Ok(Response::new(v1::LeaseResponse {

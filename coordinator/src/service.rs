@@ -9,7 +9,7 @@ use crate::sched::{
 use distill_cache::catalog::{self, CorpusManifest, ManifestShard};
 use distill_cache::commit;
 use distill_cache::corpus::{CorpusReader, CorpusSpec, Format};
-use distill_cache::format::{Dtype, OutputKind, OutputSpec};
+use distill_cache::format::OutputRequest;
 use distill_cache::jobs;
 use distill_cache::layout::{self, ShardKey};
 use distill_cache::model_dir::{self, ModelDir};
@@ -48,6 +48,11 @@ pub struct Submission {
     pub store: String,
     pub output: String,
     pub dtype: String,
+    /// `token-topk` settings (0: the defaults; see [`OutputRequest`]).
+    pub top_k: u32,
+    pub samples: u32,
+    pub window: u32,
+    pub stride: u32,
     pub shard_size: u64,
     pub strict: bool,
     pub max_attempts: u32,
@@ -320,8 +325,14 @@ impl Coordinator {
                 ),
             ));
         }
-        let output: OutputKind = s.output.parse().map_err(|e| invalid("output", e))?;
-        let dtype: Dtype = s.dtype.parse().map_err(|e| invalid("dtype", e))?;
+        let request = OutputRequest {
+            kind: s.output.parse().map_err(|e| invalid("output", e))?,
+            dtype: s.dtype.parse().map_err(|e| invalid("dtype", e))?,
+            top_k: s.top_k,
+            samples: s.samples,
+            window: s.window,
+            stride: s.stride,
+        };
         if s.teacher.is_empty() {
             return Err(invalid(
                 "teacher",
@@ -331,7 +342,9 @@ impl Coordinator {
         let dir = ModelDir::resolve(&s.teacher)
             .await
             .map_err(|e| invalid("teacher", e))?;
-        model_dir::check_output(&dir.head, &s.teacher, output).map_err(|e| invalid("output", e))?;
+        let spec = request
+            .resolve(&dir)
+            .map_err(|(field, e)| invalid(field, e))?;
         let dir2 = dir.clone();
         let teacher_fp =
             tokio::task::spawn_blocking(move || dir2.fingerprint(model_dir::COMPUTE_DTYPE))
@@ -341,10 +354,6 @@ impl Coordinator {
         let reader = CorpusReader::open(&s.corpus)
             .await
             .map_err(|e| invalid("corpus", e))?;
-        let spec = OutputSpec {
-            kind: output,
-            dtype,
-        };
         let info = dir.info(teacher_fp.clone(), model_dir::COMPUTE_DTYPE);
         catalog::write_descriptions(&self.store, &info, &spec)
             .await
@@ -357,6 +366,7 @@ impl Coordinator {
             store: self.store.url.clone(),
             output: s.output,
             dtype: s.dtype,
+            output_spec: Some(spec.clone()),
             shard_size: s.shard_size,
             strict: s.strict,
             max_attempts: if s.max_attempts == 0 {
@@ -764,6 +774,7 @@ fn info_of(rec: &JobRecord) -> JobInfo {
         teacher_fingerprint: rec.teacher_fingerprint.clone(),
         output: rec.output.clone(),
         dtype: rec.dtype.clone(),
+        output_spec: rec.spec(),
         store: rec.store.clone(),
         corpus: rec.corpus.url.clone(),
         format: rec

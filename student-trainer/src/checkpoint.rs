@@ -86,7 +86,7 @@ pub fn load(dir: &Path, run: &str, device: &Device) -> Result<Option<(Position, 
                 &name,
                 format!(
                     "state.safetensors is corrupt ({})",
-                    distill_worker::error::without_backtrace(e)
+                    distill_teacher::error::without_backtrace(e)
                 ),
             )
         })?;

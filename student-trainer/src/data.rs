@@ -176,10 +176,11 @@ impl TrainData {
             shard: shard.clone(),
         };
         let (_, data) = self.handle.block_on(read_shard(&self.loc, &key))?;
-        if data.width != self.labels.len() {
+        let soft = data.expect_vectors(shard.as_str())?;
+        if soft.width != self.labels.len() {
             return Err(StudentError::Invalid(format!(
                 "shard {shard}: {} logits per row but the task has {} labels: the cache does not belong to this task",
-                data.width,
+                soft.width,
                 self.labels.len()
             )));
         }
@@ -195,6 +196,7 @@ impl TrainData {
                         "shard {shard}: the embeddings and the task logits list different rows"
                     )));
                 }
+                e.expect_vectors(shard.as_str())?;
                 Some(e)
             }
             None => None,
@@ -211,9 +213,12 @@ impl TrainData {
             out.push(Example {
                 id: data.ids[i].clone(),
                 text: data.texts[i].clone(),
-                soft: data.row(i).to_vec(),
+                soft: soft.row(i).to_vec(),
                 gold: self.gold.get(&data.ids[i]).copied(),
-                embedding: emb.as_ref().map(|e| e.row(i).to_vec()),
+                embedding: emb
+                    .as_ref()
+                    .and_then(|e| e.vectors())
+                    .map(|e| e.row(i).to_vec()),
             });
         }
         Ok(out)

@@ -8,7 +8,7 @@ pub enum StudentError {
     Cache(#[from] distill_cache::CacheError),
 
     #[error(transparent)]
-    Worker(#[from] distill_worker::WorkerError),
+    Teacher(#[from] distill_teacher::TeacherError),
 
     #[error("{path}, line {line}: {reason}")]
     Line {
@@ -40,7 +40,7 @@ pub enum StudentError {
 
 impl From<candle_core::Error> for StudentError {
     fn from(e: candle_core::Error) -> Self {
-        Self::Candle(distill_worker::error::without_backtrace(e).to_string())
+        Self::Candle(distill_teacher::error::without_backtrace(e).to_string())
     }
 }
 

@@ -9,7 +9,7 @@ use crate::ngram::{NgramConfig, NgramModel};
 use crate::{Result, StudentError};
 use candle_core::{Device, Tensor};
 use distill_cache::model_dir::{Head, ModelDir};
-use distill_worker::{DeviceSpec, Teacher};
+use distill_teacher::{DeviceSpec, Teacher};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -204,7 +204,7 @@ impl Predictor {
             let t = candle_core::safetensors::load(&weights, &Device::Cpu).map_err(|e| {
                 model_err(format!(
                     "model.safetensors: {}",
-                    distill_worker::error::without_backtrace(e)
+                    distill_teacher::error::without_backtrace(e)
                 ))
             })?;
             let get = |k: &str, shape: &[usize]| -> Result<Vec<f32>> {
@@ -283,12 +283,14 @@ impl Predictor {
             Self::Ngram(m) => texts.iter().map(|t| m.logits(t)).collect(),
             Self::Bert(t, _) => {
                 let out = t.label(texts, 8192)?;
-                out.values.chunks(out.width).map(<[f32]>::to_vec).collect()
+                let v = out.vectors();
+                v.values.chunks(v.width).map(<[f32]>::to_vec).collect()
             }
             Self::TeacherHead(t, head, _) => {
                 let out = t.label(texts, 8192)?;
-                out.values
-                    .chunks(out.width)
+                let v = out.vectors();
+                v.values
+                    .chunks(v.width)
                     .map(|e| {
                         let mut z = vec![0.0; head.classes];
                         head.apply(e, &mut z);

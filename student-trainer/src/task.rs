@@ -12,6 +12,7 @@ use distill_cache::layout::{self, ShardKey};
 use distill_cache::model_dir::{Head, TeacherInfo};
 use distill_cache::store::Location;
 use distill_cache::task::{self, GoldLabel, LinearHead, TaskKind, TaskRecord};
+use distill_cache::values::{OutputValues, Vectors};
 use std::collections::{BTreeMap, HashMap};
 
 /// Which cached entry a task reads.
@@ -21,21 +22,29 @@ pub struct Entry {
     pub spec: OutputSpec,
 }
 
-/// Finds the teacher-output entry of a corpus: the store's only one, or the one whose corpus name
-/// contains `corpus` and whose teacher fingerprint starts with `teacher`. Derived task entries are not
-/// candidates. Zero or several matches are errors that list the candidates.
-pub async fn find_entry(
-    loc: &Location,
-    corpus: Option<&str>,
-    teacher: Option<&str>,
-    kind: Option<OutputKind>,
-) -> Result<Entry> {
+/// Which entry a task reads, when a store holds several; every part that is set must match.
+#[derive(Clone, Debug, Default)]
+pub struct EntryQuery<'a> {
+    /// A part of the corpus's path or URL.
+    pub corpus: Option<&'a str>,
+    /// A prefix of the teacher fingerprint.
+    pub teacher: Option<&'a str>,
+    /// The output as `cache ls` shows it (`embeddings/f16`) or a prefix of its fingerprint.
+    pub output: Option<&'a str>,
+    pub kind: Option<OutputKind>,
+}
+
+/// Finds the teacher-output entry of a corpus: the store's only one, or the one the query picks.
+/// Derived task entries, and entries of per-token kinds or of kinds this release does not know, are
+/// not candidates. Zero or several matches are errors that list the candidates with their outputs.
+pub async fn find_entry(loc: &Location, q: &EntryQuery<'_>) -> Result<Entry> {
     let all = catalog::manifests(loc).await?;
     let mut found: Vec<Entry> = all
         .into_iter()
         .filter_map(|(m, spec)| {
             let spec = spec?;
-            (spec.fingerprint() == m.output).then_some(Entry { manifest: m, spec })
+            (spec.is_per_example() && spec.fingerprint() == m.output)
+                .then_some(Entry { manifest: m, spec })
         })
         .collect();
     if found.is_empty() {
@@ -48,10 +57,11 @@ pub async fn find_entry(
         es.iter()
             .map(|e| {
                 format!(
-                    "{} (teacher {}, {:?})",
+                    "{} (teacher {}, output {} {})",
                     e.manifest.corpus,
                     e.manifest.teacher.short(),
-                    e.spec.kind
+                    e.spec.describe(),
+                    e.manifest.output.short()
                 )
             })
             .collect::<Vec<_>>()
@@ -59,9 +69,12 @@ pub async fn find_entry(
     };
     let everything = describe(&found);
     found.retain(|e| {
-        corpus.is_none_or(|c| e.manifest.corpus.contains(c))
-            && teacher.is_none_or(|t| e.manifest.teacher.as_str().starts_with(t))
-            && kind.is_none_or(|k| e.spec.kind == k)
+        q.corpus.is_none_or(|c| e.manifest.corpus.contains(c))
+            && q.teacher
+                .is_none_or(|t| e.manifest.teacher.as_str().starts_with(t))
+            && q.output
+                .is_none_or(|o| e.spec.describe() == o || e.manifest.output.as_str().starts_with(o))
+            && q.kind.is_none_or(|k| e.spec.kind() == Some(k))
     });
     // The same corpus labeled twice with one teacher (other shard sizes) counts once: take the largest.
     found.sort_by_key(|e| std::cmp::Reverse(e.manifest.rows));
@@ -76,11 +89,11 @@ pub async fn find_entry(
     match found.len() {
         1 => Ok(found.pop().expect("one")),
         0 => Err(StudentError::Invalid(format!(
-            "no cached corpus in {} matches (it has: {everything}); use --corpus / --teacher-fingerprint",
+            "no cached corpus in {} matches (it has: {everything}); use --corpus / --teacher-fingerprint / --output",
             loc.url
         ))),
         _ => Err(StudentError::Invalid(format!(
-            "several cached corpora in {} match ({}); choose one with --corpus / --teacher-fingerprint",
+            "several cached corpora in {} match ({}); choose one with --corpus / --teacher-fingerprint / --output",
             loc.url,
             describe(&found)
         ))),
@@ -117,9 +130,10 @@ pub async fn gold_embeddings(
     let mut out: Vec<Option<Vec<f32>>> = vec![None; gold.len()];
     for s in &entry.manifest.shards {
         let (_, data) = read_shard(loc, &key(&entry.manifest, &s.fingerprint)).await?;
+        let v = data.expect_vectors(s.fingerprint.as_str())?;
         for (i, id) in data.ids.iter().enumerate() {
             if let Some(&j) = want.get(id.as_str()) {
-                out[j] = Some(data.row(i).to_vec());
+                out[j] = Some(v.row(i).to_vec());
             }
         }
     }
@@ -207,10 +221,11 @@ pub async fn fit_head(
     min_per_class: usize,
 ) -> Result<TaskRecord> {
     task::check_name(name)?;
-    if entry.spec.kind != OutputKind::Embeddings {
+    if entry.spec.kind() != Some(OutputKind::Embeddings) {
         return Err(StudentError::Invalid(format!(
-            "{} is cached as {:?}: a head is fitted on embeddings (a classifier teacher's logits are a task already: fit without --labels)",
-            entry.manifest.corpus, entry.spec.kind
+            "{} is cached as {}: a head is fitted on embeddings (a classifier teacher's logits are a task already: fit without --labels)",
+            entry.manifest.corpus,
+            entry.spec.describe()
         )));
     }
     let labels = check_classes(gold, min_per_class, labels_path)?;
@@ -366,10 +381,7 @@ async fn publish(
         None => base.output.clone(),
     };
     if let Some(head) = &head {
-        let spec = OutputSpec {
-            kind: OutputKind::Logits,
-            dtype: Dtype::F32,
-        };
+        let spec = OutputSpec::Logits { dtype: Dtype::F32 };
         for s in &base.shards {
             let dkey = ShardKey {
                 teacher: base.teacher.clone(),
@@ -380,26 +392,29 @@ async fn publish(
                 continue;
             }
             let (meta, data) = read_shard(loc, &key(base, &s.fingerprint)).await?;
-            if data.width != head.dim {
+            let emb = data.expect_vectors(s.fingerprint.as_str())?;
+            if emb.width != head.dim {
                 return Err(StudentError::Invalid(format!(
                     "shard {}: embeddings of width {} but the head expects {}",
-                    s.fingerprint, data.width, head.dim
+                    s.fingerprint, emb.width, head.dim
                 )));
             }
             let mut values = vec![0f32; data.rows() * head.classes];
             for i in 0..data.rows() {
                 head.apply(
-                    data.row(i),
+                    emb.row(i),
                     &mut values[i * head.classes..(i + 1) * head.classes],
                 );
             }
             let out = ShardData {
-                values,
-                width: head.classes,
+                values: OutputValues::Vectors(Vectors {
+                    width: head.classes,
+                    values,
+                }),
                 ..data
             };
             let dmeta = ShardMeta {
-                output: spec,
+                output: spec.clone(),
                 output_fingerprint: output.clone(),
                 device_seconds: 0.0,
                 device: format!("task head ({kind:?})"),

@@ -140,8 +140,9 @@ impl TransformerStudent {
             path: loc.clone(),
             reason,
         };
+        let config_path = teacher.hf_config()?;
         let config: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(&teacher.config).map_err(StudentError::io(&teacher.config))?,
+            &std::fs::read(config_path).map_err(StudentError::io(config_path))?,
         )
         .map_err(|e| model_err(format!("config.json: {e}")))?;
         let get = |k: &str| config.get(k).and_then(|v| v.as_u64()).map(|v| v as usize);
@@ -168,10 +169,10 @@ impl TransformerStudent {
                 opts.max_seq
             )));
         }
-        let all = distill_worker::bert::load_tensors(&teacher.weights, device).map_err(|e| {
+        let all = distill_teacher::bert::load_tensors(&teacher.weights, device).map_err(|e| {
             model_err(format!(
                 "cannot read weights: {}",
-                distill_worker::error::without_backtrace(e)
+                distill_teacher::error::without_backtrace(e)
             ))
         })?;
         let prefix = if all.contains_key("bert.embeddings.word_embeddings.weight") {
@@ -438,8 +439,8 @@ pub fn tokenizer(teacher: &ModelDir, max_seq: usize) -> Result<tokenizers::Token
         path: teacher.location.clone(),
         reason: format!("tokenizer.json: {e}"),
     };
-    let mut tok =
-        tokenizers::Tokenizer::from_file(&teacher.tokenizer).map_err(|e| bad(e.to_string()))?;
+    let mut tok = tokenizers::Tokenizer::from_file(teacher.hf_tokenizer()?)
+        .map_err(|e| bad(e.to_string()))?;
     tok.with_padding(None);
     tok.with_truncation(Some(tokenizers::TruncationParams {
         max_length: max_seq,
@@ -680,7 +681,7 @@ pub fn train_phase(
                             StudentError::Invalid("mimicry needs cached embeddings".into())
                         })?;
                         if opts.normalize_target {
-                            mimic_loss(&pooled, &distill_worker::bert::l2_normalize(target)?)?
+                            mimic_loss(&pooled, &distill_teacher::outputs::l2_normalize(target)?)?
                         } else {
                             mimic_loss(&pooled, target)?
                         }
@@ -824,7 +825,7 @@ fn load_checkpoint(
 mod tests {
     use super::*;
     use crate::model::{write_dir, Predictor};
-    use distill_worker::fixtures::{write_tiny_bert, TinyKind};
+    use distill_teacher::fixtures::{write_tiny_bert, TinyKind};
 
     fn tiny_teacher(dir: &Path) -> ModelDir {
         let kind = TinyKind::SentenceEncoder {
@@ -861,7 +862,7 @@ mod tests {
                 text: t.to_string(),
                 soft: s.to_vec(),
                 gold: *g,
-                embedding: Some(vec![0.1; distill_worker::fixtures::HIDDEN]),
+                embedding: Some(vec![0.1; distill_teacher::fixtures::HIDDEN]),
             })
             .collect();
         let rows: Vec<(Vec<u32>, &Example)> = examples
@@ -914,7 +915,7 @@ mod tests {
         };
         write_dir(&out, |d| student.save_hf(d, &info)).unwrap();
         // Reloaded as a standard BertForSequenceClassification by the worker's loader, batched (padded).
-        let loaded = Predictor::load(&out, &distill_worker::DeviceSpec::Cpu).unwrap();
+        let loaded = Predictor::load(&out, &distill_teacher::DeviceSpec::Cpu).unwrap();
         assert_eq!(loaded.labels(), labels().as_slice());
         let got = loaded.logits(&texts).unwrap();
         for (e, g) in expected.iter().zip(&got) {

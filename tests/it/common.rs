@@ -1,6 +1,6 @@
 //! Shared helpers: tiny models, corpora, running the binary, prerequisites.
 
-use distill_worker::fixtures::{write_tiny_bert, TinyKind};
+use distill_teacher::fixtures::{write_tiny_bert, TinyKind};
 use object_store::ObjectStoreExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -168,8 +168,9 @@ pub async fn read_corpus_back(
         let (meta, data) = distill_cache::commit::read_shard(&loc, &key).await.unwrap();
         assert_eq!(meta.rows, s.rows);
         ids.extend(data.ids.clone());
-        values.extend(data.values.clone());
-        width = data.width;
+        let v = data.vectors().expect("per-example values");
+        values.extend(v.values.clone());
+        width = v.width;
     }
     (ids, values, width)
 }

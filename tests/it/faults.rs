@@ -131,7 +131,7 @@ async fn run_job(
         unreachable!()
     };
     let dir = distill_cache::model_dir::ModelDir::inspect(model.to_str().unwrap(), model).unwrap();
-    let teacher = distill_worker::Teacher::load(&dir, &distill_worker::DeviceSpec::Cpu).unwrap();
+    let teacher = distill_teacher::Teacher::load(&dir, &distill_teacher::DeviceSpec::Cpu).unwrap();
     distill::label::label_in_process(&args, store, Arc::new(teacher), false).await
 }
 

@@ -2,7 +2,7 @@
 
 use crate::common::*;
 use distill_cache::model_dir::ModelDir;
-use distill_worker::{DeviceSpec, Teacher};
+use distill_teacher::{DeviceSpec, Teacher};
 #[allow(unused_imports)]
 use object_store::ObjectStoreExt;
 
@@ -49,7 +49,7 @@ async fn second_label_of_the_same_corpus_is_all_cache_hits() {
     // Rows come back in corpus order with their own ids.
     let (ids, values, width) = read_corpus_back(&store, &first).await;
     assert_eq!(ids, (0..50).map(|i| format!("doc-{i}")).collect::<Vec<_>>());
-    assert_eq!(width, distill_worker::fixtures::HIDDEN);
+    assert_eq!(width, distill_teacher::fixtures::HIDDEN);
     for row in values.chunks(width) {
         let norm: f32 = row.iter().map(|v| v * v).sum::<f32>().sqrt();
         assert!(
@@ -109,7 +109,12 @@ async fn batched_outputs_equal_one_at_a_time_outputs() {
             let alone = teacher
                 .label(&[text(n, 2 + (n * 13) % 30).as_str()], 1)
                 .unwrap();
-            for (a, b) in alone.values.iter().zip(&values[i * width..(i + 1) * width]) {
+            for (a, b) in alone
+                .vectors()
+                .values
+                .iter()
+                .zip(&values[i * width..(i + 1) * width])
+            {
                 assert!((a - b).abs() < 1e-5, "{output} row {id}: {a} vs {b}");
             }
         }

@@ -7,6 +7,8 @@
 
 mod cluster;
 mod common;
+mod compat;
+mod decoder;
 mod deploy;
 mod faults;
 mod grpc;

@@ -3,7 +3,7 @@
 
 use crate::common::*;
 use distill_cache::model_dir::ModelDir;
-use distill_worker::{DeviceSpec, Teacher};
+use distill_teacher::{DeviceSpec, Teacher};
 
 #[derive(serde::Deserialize)]
 struct Reference {
@@ -41,7 +41,7 @@ fn minilm_matches_the_reference_to_1e4_in_one_batch_and_alone() {
     // All together (one padded batch), and each alone.
     for budget in [1_000_000, 1] {
         let labels = teacher.label(&texts, budget).unwrap();
-        assert_eq!(labels.width, 384);
+        assert_eq!(labels.vectors().width, 384);
         for (i, s) in r.sentences.iter().enumerate() {
             assert_eq!(
                 labels.tokens[i] as usize, s.tokens,
@@ -49,7 +49,7 @@ fn minilm_matches_the_reference_to_1e4_in_one_batch_and_alone() {
                 s.text
             );
             assert_eq!(labels.truncated[i], s.tokens == 256, "{:?}", s.text);
-            let got = &labels.values[i * 384..(i + 1) * 384];
+            let got = &labels.vectors().values[i * 384..(i + 1) * 384];
             let max = got
                 .iter()
                 .zip(&s.embedding)

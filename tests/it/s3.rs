@@ -136,9 +136,9 @@ async fn concurrent_commits_of_one_shard_have_exactly_one_winner() {
     let loc = distill_cache::store::open(&unique(&base, "race"), false).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_encoder(dir.path());
-    let teacher = distill_worker::Teacher::load(
+    let teacher = distill_teacher::Teacher::load(
         &distill_cache::model_dir::ModelDir::inspect("tiny", &model).unwrap(),
-        &distill_worker::DeviceSpec::Cpu,
+        &distill_teacher::DeviceSpec::Cpu,
     )
     .unwrap();
     let corpus = dir.path().join("c.jsonl");
@@ -149,12 +149,11 @@ async fn concurrent_commits_of_one_shard_have_exactly_one_winner() {
     .await
     .unwrap();
     let shard = reader.next_shard(8).await.unwrap().unwrap();
-    let spec = distill_cache::format::OutputSpec {
-        kind: distill_cache::format::OutputKind::Embeddings,
+    let spec = distill_cache::format::OutputSpec::Embeddings {
         dtype: distill_cache::format::Dtype::F32,
     };
     let labeled =
-        distill_worker::pass::label_shard(&teacher, &shard, spec, "c.jsonl", 512).unwrap();
+        distill_teacher::pass::label_shard(&teacher, &shard, &spec, "c.jsonl", 512).unwrap();
     let key = distill_cache::layout::ShardKey {
         teacher: teacher.info().fingerprint.clone(),
         output: spec.fingerprint(),

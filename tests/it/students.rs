@@ -452,9 +452,9 @@ fn bad_task_and_student_input_gets_one_clear_line() {
 
     // A teacher other than the cache's: the student would get another tokenizer and weights.
     let other = tmp.path().join("other-teacher");
-    distill_worker::fixtures::write_tiny_bert(
+    distill_teacher::fixtures::write_tiny_bert(
         &other,
-        &distill_worker::fixtures::TinyKind::SentenceEncoder {
+        &distill_teacher::fixtures::TinyKind::SentenceEncoder {
             pooling: "mean",
             normalize: true,
         },

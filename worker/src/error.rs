@@ -1,40 +1,21 @@
-//! Errors of the worker: each names the model, shard or setting it is about.
+//! Errors of the worker's pull loop: each names the lease, model or setting it is about.
 
-/// Errors of teacher loading and labeling.
+use distill_teacher::TeacherError;
+
+/// Errors of leasing, labeling and committing shards.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
+    #[error(transparent)]
+    Teacher(#[from] TeacherError),
+
     #[error("model {location}: {reason}")]
     Model { location: String, reason: String },
 
-    #[error("device {device}: {reason}")]
-    Device { device: String, reason: String },
-
     #[error("{0}")]
     Config(String),
-
-    #[error("teacher forward pass failed: {0}")]
-    Candle(candle_core::Error),
-
-    #[error("tokenizer: {0}")]
-    Tokenizer(String),
 
     #[error(transparent)]
     Cache(#[from] distill_cache::CacheError),
 }
 
 pub type Result<T, E = WorkerError> = std::result::Result<T, E>;
-
-impl From<candle_core::Error> for WorkerError {
-    fn from(e: candle_core::Error) -> Self {
-        Self::Candle(without_backtrace(e))
-    }
-}
-
-/// candle attaches a multi-line backtrace to its errors when `RUST_BACKTRACE` is set; a user's error
-/// message stays one line.
-pub fn without_backtrace(e: candle_core::Error) -> candle_core::Error {
-    match e {
-        candle_core::Error::WithBacktrace { inner, .. } => without_backtrace(*inner),
-        e => e,
-    }
-}

@@ -1,23 +1,13 @@
-//! The worker side of distill: teachers in candle and the labeling of one shard.
+//! The worker daemon (`distill worker`): lease shards from a coordinator, label them with a teacher
+//! from `distill-teacher`, commit them to the cache, report.
 //!
-//! - [`bert`]: the BERT encoder (one file per architecture, config read straight from `config.json`);
-//! - [`teacher`]: a loaded teacher — model, tokenizer (no fixed padding, truncation at the model's limit)
-//!   and head (sentence-transformers pooling / normalisation, or a sequence-classification head);
-//! - [`batching`]: length-sorted batches under a token budget, so padding wastes almost nothing;
-//! - [`pass`]: labels one shard and returns its rows and metadata in the cache format;
-//! - [`pull`]: the `distill worker` loop: lease shards from a coordinator, label, commit, report;
-//! - [`fixtures`]: tiny random BERT models for fast tests.
+//! - [`pull`]: register, lease with prefetch, heartbeat, label on a blocking thread, commit, complete,
+//!   drain on SIGTERM, re-register with a restarted coordinator.
 //!
 //! What runs where: forward passes are CPU/GPU-bound and run on a blocking thread; the pull loop's
 //! gRPC calls, heartbeats and store reads and writes run on the async runtime beside them.
 
-pub mod batching;
-pub mod bert;
 pub mod error;
-pub mod fixtures;
-pub mod pass;
 pub mod pull;
-pub mod teacher;
 
 pub use error::{Result, WorkerError};
-pub use teacher::{DeviceSpec, Teacher};

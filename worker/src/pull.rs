@@ -13,18 +13,18 @@
 //!   current shard within `drain_grace` or hands it back too.
 //! - An unreachable coordinator is retried with exponential backoff (0.5 s to 30 s), saying so.
 
-use crate::pass::label_shard;
-use crate::teacher::{DeviceSpec, Teacher};
 use crate::{Result, WorkerError};
 use distill_cache::commit::{self, CommitOutcome};
 use distill_cache::corpus::Shard;
 use distill_cache::fingerprint::Fingerprint;
-use distill_cache::format::OutputSpec;
+use distill_cache::format::{Dtype, OutputKind, OutputSpec};
 use distill_cache::layout::ShardKey;
 use distill_cache::model_dir::ModelDir;
 use distill_cache::store::Location;
 use distill_proto::v1;
 use distill_proto::{ClientConfig, WorkerClient};
+use distill_teacher::pass::label_shard;
+use distill_teacher::{DeviceSpec, Teacher};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -456,10 +456,7 @@ impl Shared {
 
     async fn prepare(&self, lease: &v1::ShardLease) -> Result<Option<Prepared>> {
         let store = self.store(&lease.store)?;
-        let spec = OutputSpec {
-            kind: lease.output.parse().map_err(WorkerError::Config)?,
-            dtype: lease.dtype.parse().map_err(WorkerError::Config)?,
-        };
+        let spec = lease_spec(lease)?;
         let bad_fp = |s: &str| {
             WorkerError::Config(format!("lease {}: bad fingerprint {s:?}", lease.lease_id))
         };
@@ -523,8 +520,9 @@ impl Shared {
             ..
         } = p;
         let corpus = lease.corpus.clone();
+        let output = spec.fingerprint();
         let labeled = tokio::task::spawn_blocking(move || {
-            let r = label_shard(&teacher, &shard, spec, &corpus, max_tokens);
+            let r = label_shard(&teacher, &shard, &spec, &corpus, max_tokens);
             (shard, r)
         })
         .await;
@@ -539,7 +537,7 @@ impl Shared {
         };
         let key = ShardKey {
             teacher: labeled.meta.teacher.fingerprint.clone(),
-            output: spec.fingerprint(),
+            output,
             shard: shard.fingerprint.clone(),
         };
         let outcome =
@@ -609,6 +607,22 @@ async fn connect(cfg: &PullConfig, shutdown: &mut watch::Receiver<bool>) -> Opti
         }
         delay = (delay * 2).min(Duration::from_secs(30));
     }
+}
+
+/// The output spec of a lease: its `output_spec` JSON, or (from a coordinator of the first release)
+/// its `output` and `dtype`.
+fn lease_spec(lease: &v1::ShardLease) -> Result<OutputSpec> {
+    if !lease.output_spec.is_empty() {
+        return serde_json::from_str(&lease.output_spec).map_err(|e| {
+            WorkerError::Config(format!("lease {}: output spec: {e}", lease.lease_id))
+        });
+    }
+    let kind: OutputKind = lease.output.parse().map_err(WorkerError::Config)?;
+    let dtype: Dtype = lease.dtype.parse().map_err(WorkerError::Config)?;
+    Ok(match kind {
+        OutputKind::Logits => OutputSpec::Logits { dtype },
+        _ => OutputSpec::Embeddings { dtype },
+    })
 }
 
 /// Runs the worker until `shutdown` becomes true, then drains.

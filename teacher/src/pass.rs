@@ -1,15 +1,10 @@
 //! Labeling one shard: the unit of work a worker does, and what a cache commit holds.
 
 use crate::teacher::{Labels, Teacher};
-use crate::{Result, WorkerError};
+use crate::Result;
 use distill_cache::corpus::Shard;
-use distill_cache::format::{OutputKind, OutputSpec, ShardData, ShardMeta};
-
-/// Checks that a teacher can produce an output kind; the message says what to do instead.
-pub fn check_output(teacher: &Teacher, kind: OutputKind) -> Result<()> {
-    distill_cache::model_dir::check_output(&teacher.info().head, &teacher.info().source, kind)
-        .map_err(WorkerError::Config)
-}
+use distill_cache::format::{OutputSpec, ShardData, ShardMeta};
+use distill_cache::values::OutputValues;
 
 /// A labeled shard, ready to commit, with the padding it cost.
 #[derive(Debug)]
@@ -19,23 +14,31 @@ pub struct LabeledShard {
     pub padded_tokens: u64,
 }
 
+/// The seed of a shard's sampled tokens: its fingerprint, so a relabel draws the same samples.
+pub fn shard_seed(shard: &Shard) -> u64 {
+    u64::from_str_radix(&shard.fingerprint.as_str()[..16], 16).unwrap_or(0)
+}
+
 /// Runs the teacher over a shard's rows.
 pub fn label_shard(
     teacher: &Teacher,
     shard: &Shard,
-    spec: OutputSpec,
+    spec: &OutputSpec,
     corpus: &str,
     max_batch_tokens: usize,
 ) -> Result<LabeledShard> {
-    check_output(teacher, spec.kind)?;
+    teacher.check_output(spec)?;
     let texts: Vec<&str> = shard.rows.iter().map(|r| r.text.as_str()).collect();
     let labels: Labels = if texts.is_empty() {
         Labels {
-            width: teacher.width(),
-            ..Default::default()
+            values: OutputValues::empty(spec, teacher.width()),
+            tokens: vec![],
+            truncated: vec![],
+            device_seconds: 0.0,
+            padded_tokens: 0,
         }
     } else {
-        teacher.label(&texts, max_batch_tokens)?
+        teacher.label_spec(&texts, spec, max_batch_tokens, shard_seed(shard))?
     };
     let data = ShardData {
         ids: shard.rows.iter().map(|r| r.id.clone()).collect(),
@@ -43,13 +46,12 @@ pub fn label_shard(
         tokens: labels.tokens,
         truncated: labels.truncated,
         values: labels.values,
-        width: labels.width,
     };
     let meta = ShardMeta {
         schema_version: distill_cache::SCHEMA_VERSION,
         producer: distill_cache::PRODUCER.to_owned(),
         teacher: teacher.info().clone(),
-        output: spec,
+        output: spec.clone(),
         output_fingerprint: spec.fingerprint(),
         shard_fingerprint: shard.fingerprint.clone(),
         corpus: corpus.to_owned(),
@@ -58,7 +60,9 @@ pub fn label_shard(
         rejected_rows: shard.rejects.len() as u64,
         truncated_rows: data.truncated.iter().filter(|t| **t).count() as u64,
         tokens: data.tokens.iter().map(|t| *t as u64).sum(),
-        device_seconds: labels.device_seconds,
+        // Rounded as the metadata stores it, so what a worker reports equals what a later cache hit
+        // reads back.
+        device_seconds: (labels.device_seconds * 1e6).round() / 1e6,
         device: teacher.device().to_string(),
         created_unix: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -6,8 +6,10 @@
 //! contiguous, and layer norm / softmax use candle's fused kernels. Dropout is absent (inference only).
 //! Tensor names follow HF checkpoints, with or without the `bert.` prefix.
 
-use crate::{Result, WorkerError};
-use candle_core::{DType, Device, IndexOp, Tensor, D};
+use crate::cpu::{CpuAttention, CpuGeluErf};
+use crate::model::{Model, ModelShape};
+use crate::{Result, TeacherError};
+use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
@@ -181,7 +183,7 @@ impl Bert {
         num_labels: Option<usize>,
         device: &Device,
     ) -> Result<Self> {
-        let model_err = |reason: String| WorkerError::Model {
+        let model_err = |reason: String| TeacherError::Model {
             location: location.to_owned(),
             reason,
         };
@@ -336,261 +338,39 @@ impl Bert {
     }
 }
 
-/// The f32 values of a contiguous CPU tensor, for the custom CPU ops below.
-fn contiguous_f32<'a>(
-    storage: &'a candle_core::CpuStorage,
-    layout: &candle_core::Layout,
-    op: &str,
-) -> candle_core::Result<&'a [f32]> {
-    match (storage, layout.contiguous_offsets()) {
-        (candle_core::CpuStorage::F32(v), Some((start, end))) => Ok(&v[start..end]),
-        _ => candle_core::bail!("{op}: expects a contiguous f32 tensor"),
-    }
-}
-
-/// Multi-head self-attention on the CPU, straight from the fused `[b·t, 3·hidden]` QKV matrix to the
-/// `[b·t, hidden]` context matrix.
-///
-/// candle's batched matmul runs one small multi-threaded GEMM per (row, head) — thousands of tiny
-/// calls per layer, dominated by thread hand-offs — and needs two transposing copies around it. Here
-/// rows run in parallel, each head in one pass over its own keys, and only each row's real tokens are
-/// touched: padded keys are skipped (exactly what the additive mask does: their softmax weight is 0) and
-/// padded queries are left at zero (no pooling or head reads them).
-#[derive(Clone, Debug)]
-struct CpuAttention {
-    batch: usize,
-    seq: usize,
-    heads: usize,
-    lengths: Vec<usize>,
-    scale: f32,
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight independent partial sums, so the compiler vectorises the loop.
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
+impl Model for Bert {
+    fn shape(&self) -> ModelShape {
+        let c = &self.config;
+        let (h, i, l) = (c.hidden_size, c.intermediate_size, c.num_hidden_layers);
+        let per_layer = 4 * h * h + 2 * h * i;
+        let mut parameters = (c.vocab_size + c.max_position_embeddings + c.type_vocab_size) * h
+            + l * (per_layer + 9 * h + i);
+        if let Some((p, cl)) = &self.classifier {
+            parameters += p.wt.elem_count() + cl.wt.elem_count();
         }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
-impl candle_core::CustomOp1 for CpuAttention {
-    fn name(&self) -> &'static str {
-        "distill-cpu-attention"
-    }
-
-    fn cpu_fwd(
-        &self,
-        storage: &candle_core::CpuStorage,
-        layout: &candle_core::Layout,
-    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        use rayon::prelude::*;
-        let (n, width) = layout.shape().dims2()?;
-        let h = width / 3;
-        let hd = h / self.heads;
-        if n != self.batch * self.seq || width != 3 * h || self.lengths.len() != self.batch {
-            candle_core::bail!(
-                "attention: qkv shape {:?} does not fit batch {} × seq {}",
-                layout.shape(),
-                self.batch,
-                self.seq
-            );
-        }
-        let qkv = contiguous_f32(storage, layout, "attention")?;
-        let t = self.seq;
-        let mut out = vec![0f32; n * h];
-        out.par_chunks_mut(t * h)
-            .enumerate()
-            .for_each(|(row, out_row)| {
-                let len = self.lengths[row].min(t);
-                let base = row * t * width;
-                let mut probs = vec![0f32; len];
-                // This head's keys and values, packed contiguously: rows of the QKV matrix are 3·hidden
-                // apart, which would make every key a cache miss.
-                let (mut keys, mut values) = (vec![0f32; len * hd], vec![0f32; len * hd]);
-                for head in 0..self.heads {
-                    let (qo, ko, vo) = (head * hd, h + head * hd, 2 * h + head * hd);
-                    for j in 0..len {
-                        keys[j * hd..(j + 1) * hd]
-                            .copy_from_slice(&qkv[base + j * width + ko..][..hd]);
-                        values[j * hd..(j + 1) * hd]
-                            .copy_from_slice(&qkv[base + j * width + vo..][..hd]);
-                    }
-                    for i in 0..len {
-                        let q = &qkv[base + i * width + qo..][..hd];
-                        let mut max = f32::NEG_INFINITY;
-                        for (p, k) in probs.iter_mut().zip(keys.chunks_exact(hd)) {
-                            *p = dot(q, k) * self.scale;
-                            max = max.max(*p);
-                        }
-                        let mut sum = 0f32;
-                        for p in probs.iter_mut() {
-                            *p = (*p - max).exp();
-                            sum += *p;
-                        }
-                        let inv = 1.0 / sum;
-                        let o = &mut out_row[i * h + qo..][..hd];
-                        for (p, v) in probs.iter().zip(values.chunks_exact(hd)) {
-                            let w = p * inv;
-                            for (od, vd) in o.iter_mut().zip(v) {
-                                *od += w * vd;
-                            }
-                        }
-                    }
-                }
-            });
-        Ok((
-            candle_core::CpuStorage::F32(out),
-            candle_core::Shape::from((n, h)),
-        ))
-    }
-}
-
-/// Exact (erf) GELU on the CPU: `0.5·x·(1 + erf(x/√2))`, in parallel chunks, with a rational erf
-/// approximation (max abs error about 1e-7 on f32, see the test) that the compiler vectorises.
-/// candle's `gelu_erf` calls libm's scalar `erf` per element, which cost a quarter of a forward pass.
-#[derive(Clone, Copy, Debug)]
-struct CpuGeluErf;
-
-/// erf(x) for f32: odd rational function on [-4, 4] (erf is ±1 to f32 precision beyond). Coefficients
-/// of the rational approximation used by Eigen's `generic_fast_erf_float`.
-#[inline]
-fn erf_f32(x: f32) -> f32 {
-    let x = x.clamp(-4.0, 4.0);
-    let x2 = x * x;
-    let mut p = -2.726_142_3e-10_f32;
-    p = p * x2 + 2.770_681_4e-8;
-    p = p * x2 - 2.101_024e-6;
-    p = p * x2 - 5.692_506_4e-5;
-    p = p * x2 - 7.349_906_3e-4;
-    p = p * x2 - 2.954_600_1e-3;
-    p = p * x2 - 1.609_603_3e-2;
-    let mut q = -1.456_607_2e-5_f32;
-    q = q * x2 - 2.133_740_6e-4;
-    q = q * x2 - 1.682_827e-3;
-    q = q * x2 - 7.373_329e-3;
-    q = q * x2 - 1.426_473_9e-2;
-    x * p / q
-}
-
-impl candle_core::CustomOp1 for CpuGeluErf {
-    fn name(&self) -> &'static str {
-        "distill-cpu-gelu-erf"
-    }
-
-    fn cpu_fwd(
-        &self,
-        storage: &candle_core::CpuStorage,
-        layout: &candle_core::Layout,
-    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        use rayon::prelude::*;
-        let input = contiguous_f32(storage, layout, "gelu")?;
-        let mut out = vec![0f32; input.len()];
-        out.par_chunks_mut(1 << 14)
-            .zip(input.par_chunks(1 << 14))
-            .for_each(|(o, x)| {
-                for (o, &x) in o.iter_mut().zip(x) {
-                    *o = 0.5 * x * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2));
-                }
-            });
-        Ok((candle_core::CpuStorage::F32(out), layout.shape().clone()))
-    }
-}
-
-/// Pools token states `[b, t, h]` with `mask` `[b, t]` into `[b, h]`.
-pub fn pool(
-    states: &Tensor,
-    mask: &Tensor,
-    pooling: distill_cache::model_dir::Pooling,
-) -> candle_core::Result<Tensor> {
-    use distill_cache::model_dir::Pooling;
-    match pooling {
-        Pooling::Cls => states.i((.., 0))?.contiguous(),
-        Pooling::Mean => {
-            let m = mask.unsqueeze(2)?;
-            let sum = states.broadcast_mul(&m)?.sum(1)?;
-            sum.broadcast_div(&mask.sum_keepdim(1)?)
-        }
-        Pooling::Max => {
-            let neg = ((mask.ones_like()? - mask)? * -1e9f64)?.unsqueeze(2)?;
-            states.broadcast_add(&neg)?.max(1)
-        }
-    }
-}
-
-/// L2-normalises rows of `[b, h]`.
-pub fn l2_normalize(x: &Tensor) -> candle_core::Result<Tensor> {
-    let norm = x
-        .sqr()?
-        .sum_keepdim(D::Minus1)?
-        .sqrt()?
-        .clamp(1e-12f32, f32::MAX)?;
-    x.broadcast_div(&norm)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fast_erf_matches_libm() {
-        let mut worst = 0f64;
-        for i in -60_000..=60_000 {
-            let x = i as f32 * 1e-4;
-            let exact = libm_erf(x as f64);
-            worst = worst.max((erf_f32(x) as f64 - exact).abs());
-        }
-        assert!(worst < 5e-7, "max abs error {worst}");
-    }
-
-    /// erf by its Taylor series / continued fraction in f64: an independent reference.
-    fn libm_erf(x: f64) -> f64 {
-        if x.abs() < 3.0 {
-            // Taylor series: 2/√π Σ (-1)^n x^(2n+1) / (n! (2n+1))
-            let mut sum = 0.0;
-            let mut term = x;
-            let mut n = 0.0;
-            while term.abs() > 1e-17 || n < 5.0 {
-                sum += term / (2.0 * n + 1.0);
-                n += 1.0;
-                term *= -x * x / n;
-                if n > 200.0 {
-                    break;
-                }
-            }
-            sum * 2.0 / std::f64::consts::PI.sqrt()
-        } else {
-            // Continued fraction for erfc, accurate for |x| ≥ 3.
-            let ax = x.abs();
-            let mut f = 0.0;
-            for k in (1..60).rev() {
-                f = (k as f64 / 2.0) / (ax + f);
-            }
-            let erfc = (-ax * ax).exp() / std::f64::consts::PI.sqrt() / (ax + f);
-            (1.0 - erfc).copysign(x)
+        ModelShape {
+            hidden: h,
+            layers: l,
+            vocab: c.vocab_size,
+            parameters: parameters as u64,
+            body_flops_per_token: 2.0 * (l * per_layer) as f64,
+            attention_flops_per_context_token: 4.0 * (l * h) as f64,
+            causal: false,
+            lm_head_flops_per_token: 0.0,
         }
     }
 
-    #[test]
-    fn cpu_gelu_matches_candle_gelu_erf() {
-        let x = Tensor::arange(-600i64, 600, &Device::Cpu)
-            .unwrap()
-            .to_dtype(DType::F32)
-            .unwrap();
-        let x = (x * 0.01).unwrap();
-        let ours: Vec<f32> = x.apply_op1_no_bwd(&CpuGeluErf).unwrap().to_vec1().unwrap();
-        let theirs: Vec<f32> = x.gelu_erf().unwrap().to_vec1().unwrap();
-        for (a, b) in ours.iter().zip(&theirs) {
-            assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+    fn hidden_states(&self, ids: &Tensor, lengths: &[usize]) -> Result<Tensor> {
+        let mask = crate::outputs::padding_mask(ids.dims2()?, lengths, ids.device())?;
+        Ok(self.forward(ids, &mask, lengths)?)
+    }
+
+    fn class_logits(&self, states: &Tensor) -> Result<Tensor> {
+        if self.classifier.is_none() {
+            return Err(TeacherError::Config(
+                "this BERT model was loaded without its classification head".into(),
+            ));
         }
+        Ok(self.classify(states)?)
     }
 }

@@ -1,0 +1,35 @@
+//! Teachers: the expensive models distill runs once per shard, behind one seam.
+//!
+//! - [`model`]: the [`Model`] trait every architecture implements (ids → final states, plus its
+//!   heads), so the labeling pass, the benchmark and the trainer never name an architecture;
+//! - [`bert`]: BERT-family encoders; [`llama`]: llama-family decoders (GGUF or HF) — one file each,
+//!   config read straight from the model's own files;
+//! - [`cpu`]: the custom CPU kernels both use (attention over each row's real tokens, GELU, SwiGLU,
+//!   rotary embeddings);
+//! - [`tokenizer`]: tokenizers from `tokenizer.json` or GGUF metadata, with distill's overrides;
+//! - [`batching`]: length-sorted batches under a token budget, so padding wastes almost nothing;
+//! - [`outputs`]: heads shared by the architectures — pooling, and the per-position top-k / tail /
+//!   log-partition / samples of a decoder's next-token distribution;
+//! - [`teacher`]: a loaded teacher (model, tokenizer, head) labeling texts for an output spec;
+//! - [`pass`]: labels one shard and returns its rows and metadata in the cache format;
+//! - [`fixtures`]: tiny random models (BERT; llama as GGUF and HF) for fast tests.
+//!
+//! Forward passes are CPU/GPU-bound: callers run them on a blocking thread.
+
+pub mod batching;
+pub mod bert;
+pub mod cpu;
+pub mod device;
+pub mod error;
+pub mod fixtures;
+pub mod llama;
+pub mod model;
+pub mod outputs;
+pub mod pass;
+pub mod teacher;
+pub mod tokenizer;
+
+pub use device::DeviceSpec;
+pub use error::{Result, TeacherError};
+pub use model::{Model, ModelShape};
+pub use teacher::Teacher;

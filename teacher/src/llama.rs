@@ -1,0 +1,841 @@
+//! Llama-family decoders (Llama 2/3, Mistral, SmolLM2; Qwen2's Q/K/V biases), from a GGUF file or an
+//! HF directory, written for scoring whole sequences: every position's state in one pass, no KV cache
+//! kept between rows.
+//!
+//! Like the BERT encoder, every linear layer runs on the flattened `[batch × tokens, hidden]` matrix,
+//! Q/K/V come from one fused projection and gate/up from another, and weights are stored transposed
+//! and contiguous. GGUF weights of any quantization candle reads are dequantized to f32 at load: the
+//! teacher pass is compute-bound, and f32 GEMMs beat quantized dot products there (and give the
+//! reference numerics). On the CPU, attention (with rotary embeddings applied on the way in) and
+//! SwiGLU are custom kernels over each row's real tokens ([`crate::cpu`]); other devices use candle's
+//! ops. Rows are right-padded, which the causal mask makes exact: no real token attends to a pad.
+//!
+//! Rotary convention: llama.cpp's converter permutes the Q/K weights of `llama` models so that rotary
+//! pairs are adjacent (`(2i, 2i+1)`); HF checkpoints and GGUF `qwen2` models rotate halves
+//! (`(i, i + d/2)`).
+
+use crate::cpu::{CpuCausalAttention, CpuSiluMul, Rotary};
+use crate::model::{Model, ModelShape};
+use crate::{Result, TeacherError};
+use candle_core::quantized::gguf_file;
+use candle_core::{DType, Device, Tensor, D};
+use distill_cache::gguf::Gguf;
+use distill_cache::model_dir::{ModelDir, ModelFormat};
+use serde::Deserialize;
+use std::collections::HashMap;
+
+/// The longest run of tokens a decoder teacher sees at once (its rotary tables are this long); rows
+/// beyond the model's context, or beyond this, are windowed.
+pub const MAX_CONTEXT: usize = 8192;
+
+/// Hyper-parameters of a llama-family decoder.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LlamaConfig {
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    /// Dimensions of each head that rotary embeddings rotate.
+    pub rope_dims: usize,
+    pub rope_theta: f64,
+    pub rms_eps: f64,
+    pub vocab: usize,
+    pub context: usize,
+    /// Adjacent rotary pairs (GGUF `llama`) rather than halves.
+    pub rope_interleaved: bool,
+    /// Llama 3.1's frequency scaling, from an HF config (GGUF stores factors in `rope_freqs.weight`).
+    pub rope_scaling: Option<Llama3Scaling>,
+}
+
+/// `rope_scaling` of type `llama3`.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct Llama3Scaling {
+    pub factor: f64,
+    pub low_freq_factor: f64,
+    pub high_freq_factor: f64,
+    pub original_max_position_embeddings: f64,
+}
+
+#[derive(Deserialize)]
+struct HfLlamaConfig {
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    rope_theta: Option<f64>,
+    rms_norm_eps: Option<f64>,
+    vocab_size: usize,
+    max_position_embeddings: Option<usize>,
+    #[serde(default)]
+    rope_scaling: Option<serde_json::Value>,
+    #[serde(default)]
+    hidden_act: Option<String>,
+}
+
+impl LlamaConfig {
+    /// From an HF `config.json`.
+    pub fn from_hf(location: &str, bytes: &[u8], context: usize) -> Result<Self> {
+        let err = |reason: String| TeacherError::Model {
+            location: location.to_owned(),
+            reason,
+        };
+        let c: HfLlamaConfig =
+            serde_json::from_slice(bytes).map_err(|e| err(format!("config.json: {e}")))?;
+        if let Some(act) = c.hidden_act.as_deref().filter(|a| *a != "silu") {
+            return Err(err(format!(
+                "config.json hidden_act {act:?} is not supported (silu)"
+            )));
+        }
+        let rope_scaling = match &c.rope_scaling {
+            None | Some(serde_json::Value::Null) => None,
+            Some(v) => {
+                let kind = v
+                    .get("rope_type")
+                    .or_else(|| v.get("type"))
+                    .and_then(|t| t.as_str())
+                    .unwrap_or("");
+                if kind != "llama3" {
+                    return Err(err(format!(
+                        "config.json rope_scaling of type {kind:?} is not supported (llama3)"
+                    )));
+                }
+                Some(
+                    serde_json::from_value(v.clone())
+                        .map_err(|e| err(format!("config.json rope_scaling: {e}")))?,
+                )
+            }
+        };
+        let head_dim = c
+            .head_dim
+            .unwrap_or(c.hidden_size / c.num_attention_heads.max(1));
+        Self {
+            hidden: c.hidden_size,
+            intermediate: c.intermediate_size,
+            layers: c.num_hidden_layers,
+            heads: c.num_attention_heads,
+            kv_heads: c.num_key_value_heads.unwrap_or(c.num_attention_heads),
+            head_dim,
+            rope_dims: head_dim,
+            rope_theta: c.rope_theta.unwrap_or(10_000.0),
+            rms_eps: c.rms_norm_eps.unwrap_or(1e-6),
+            vocab: c.vocab_size,
+            context: context.min(c.max_position_embeddings.unwrap_or(context)),
+            rope_interleaved: false,
+            rope_scaling,
+        }
+        .validated(location)
+    }
+
+    /// From GGUF metadata.
+    pub fn from_gguf(location: &str, g: &Gguf, vocab: usize, context: usize) -> Result<Self> {
+        let heads = g.arch_usize(location, "attention.head_count")?;
+        let hidden = g.arch_usize(location, "embedding_length")?;
+        let head_dim = g
+            .arch_usize(location, "attention.key_length")
+            .unwrap_or(hidden / heads.max(1));
+        Self {
+            hidden,
+            intermediate: g.arch_usize(location, "feed_forward_length")?,
+            layers: g.arch_usize(location, "block_count")?,
+            heads,
+            kv_heads: g
+                .arch_usize(location, "attention.head_count_kv")
+                .unwrap_or(heads),
+            head_dim,
+            rope_dims: g
+                .arch_usize(location, "rope.dimension_count")
+                .unwrap_or(head_dim),
+            rope_theta: g.arch_f64("rope.freq_base").unwrap_or(10_000.0),
+            rms_eps: g
+                .arch_f64("attention.layer_norm_rms_epsilon")
+                .unwrap_or(1e-5),
+            vocab,
+            context,
+            rope_interleaved: g.architecture == "llama",
+            rope_scaling: None,
+        }
+        .validated(location)
+    }
+
+    fn validated(self, location: &str) -> Result<Self> {
+        let bad = |reason: String| {
+            Err(TeacherError::Model {
+                location: location.to_owned(),
+                reason,
+            })
+        };
+        if self.heads == 0 || self.kv_heads == 0 || !self.heads.is_multiple_of(self.kv_heads) {
+            return bad(format!(
+                "{} attention heads are not a multiple of {} key/value heads",
+                self.heads, self.kv_heads
+            ));
+        }
+        if !self.rope_dims.is_multiple_of(2) || self.rope_dims > self.head_dim {
+            return bad(format!(
+                "rotary dimensions {} do not fit heads of {}",
+                self.rope_dims, self.head_dim
+            ));
+        }
+        Ok(self)
+    }
+
+    /// Rotary inverse frequencies, with Llama 3.1 scaling or GGUF `rope_freqs` factors applied.
+    fn inv_freq(&self, factors: Option<&[f32]>) -> Vec<f64> {
+        let d = self.rope_dims as f64;
+        let mut f: Vec<f64> = (0..self.rope_dims / 2)
+            .map(|i| self.rope_theta.powf(-((2 * i) as f64) / d))
+            .collect();
+        if let Some(s) = &self.rope_scaling {
+            let low = s.original_max_position_embeddings / s.low_freq_factor;
+            let high = s.original_max_position_embeddings / s.high_freq_factor;
+            for x in f.iter_mut() {
+                let wavelen = 2.0 * std::f64::consts::PI / *x;
+                if wavelen > low {
+                    *x /= s.factor;
+                } else if wavelen >= high {
+                    let smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor)
+                        / (s.high_freq_factor - s.low_freq_factor);
+                    *x = (1.0 - smooth) * *x / s.factor + smooth * *x;
+                }
+            }
+        }
+        if let Some(fac) = factors {
+            for (x, &k) in f.iter_mut().zip(fac) {
+                *x /= k as f64;
+            }
+        }
+        f
+    }
+}
+
+/// `y = x · Wᵀ (+ b)` with `Wᵀ` stored contiguous.
+#[derive(Clone, Debug)]
+struct Dense {
+    wt: Tensor,
+    b: Option<Tensor>,
+}
+
+impl Dense {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = x.matmul(&self.wt)?;
+        match &self.b {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Layer {
+    attn_norm: Tensor,
+    qkv: Dense,
+    out: Dense,
+    ffn_norm: Tensor,
+    gate_up: Dense,
+    down: Dense,
+}
+
+/// A llama-family decoder with its weights loaded.
+#[derive(Debug)]
+pub struct Llama {
+    pub config: LlamaConfig,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    /// The output head transposed, `[hidden, vocab]` (the embeddings when they are tied).
+    head_t: Tensor,
+    rotary: Rotary,
+    /// `cos`/`sin` tables as tensors, for devices other than the CPU.
+    rotary_tensors: Option<(Tensor, Tensor)>,
+    parameters: u64,
+}
+
+/// Where the weights come from; names are given in HF form and mapped for GGUF.
+enum Source {
+    Gguf {
+        file: std::fs::File,
+        content: gguf_file::Content,
+    },
+    Safetensors(HashMap<String, Tensor>),
+}
+
+/// The GGUF name of an HF-style weight name.
+fn gguf_name(hf: &str) -> String {
+    let map = |s: &str| -> String {
+        match s {
+            "model.embed_tokens.weight" => "token_embd.weight".into(),
+            "model.norm.weight" => "output_norm.weight".into(),
+            "lm_head.weight" => "output.weight".into(),
+            other => other.into(),
+        }
+    };
+    if let Some(rest) = hf.strip_prefix("model.layers.") {
+        let (i, part) = rest.split_once('.').unwrap_or((rest, ""));
+        let part = match part {
+            "input_layernorm.weight" => "attn_norm.weight",
+            "post_attention_layernorm.weight" => "ffn_norm.weight",
+            "self_attn.q_proj.weight" => "attn_q.weight",
+            "self_attn.q_proj.bias" => "attn_q.bias",
+            "self_attn.k_proj.weight" => "attn_k.weight",
+            "self_attn.k_proj.bias" => "attn_k.bias",
+            "self_attn.v_proj.weight" => "attn_v.weight",
+            "self_attn.v_proj.bias" => "attn_v.bias",
+            "self_attn.o_proj.weight" => "attn_output.weight",
+            "self_attn.o_proj.bias" => "attn_output.bias",
+            "mlp.gate_proj.weight" => "ffn_gate.weight",
+            "mlp.up_proj.weight" => "ffn_up.weight",
+            "mlp.down_proj.weight" => "ffn_down.weight",
+            other => other,
+        };
+        return format!("blk.{i}.{part}");
+    }
+    map(hf)
+}
+
+impl Source {
+    /// An f32 tensor on `device`, or `None` when the checkpoint has no such weight.
+    fn get(&mut self, name: &str, device: &Device) -> candle_core::Result<Option<Tensor>> {
+        match self {
+            Self::Gguf { file, content } => {
+                let g = gguf_name(name);
+                if !content.tensor_infos.contains_key(&g) {
+                    return Ok(None);
+                }
+                let q = content.tensor(file, &g, device)?;
+                Ok(Some(q.dequantize(device)?))
+            }
+            Self::Safetensors(all) => match all.remove(name) {
+                Some(t) => Ok(Some(t.to_dtype(DType::F32)?.to_device(device)?)),
+                None => Ok(None),
+            },
+        }
+    }
+
+    fn name_of(&self, hf: &str) -> String {
+        match self {
+            Self::Gguf { .. } => gguf_name(hf),
+            Self::Safetensors(_) => hf.to_owned(),
+        }
+    }
+}
+
+/// Reads weights by HF name, checks their shapes, counts parameters; errors name the weight as the
+/// checkpoint names it.
+struct Loader<'a> {
+    source: Source,
+    device: &'a Device,
+    location: &'a str,
+    parameters: u64,
+}
+
+impl Loader<'_> {
+    fn optional(&mut self, name: &str, shape: &[usize]) -> Result<Option<Tensor>> {
+        let stored = self.source.name_of(name);
+        let err = |reason: String| TeacherError::Model {
+            location: self.location.to_owned(),
+            reason: format!("weight {stored}: {reason}"),
+        };
+        let t = self
+            .source
+            .get(name, self.device)
+            .map_err(|e| err(crate::error::without_backtrace(e).to_string()))?;
+        match t {
+            Some(t) if t.dims() != shape => Err(err(format!(
+                "has shape {:?}, the config says {shape:?}: the weights do not fit the config",
+                t.dims()
+            ))),
+            Some(t) => {
+                self.parameters += t.elem_count() as u64;
+                Ok(Some(t))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn need(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.optional(name, shape)?
+            .ok_or_else(|| TeacherError::Model {
+                location: self.location.to_owned(),
+                reason: format!("weight {} is missing", self.source.name_of(name)),
+            })
+    }
+}
+
+impl Llama {
+    /// Loads a decoder from an inspected GGUF file or HF directory.
+    pub fn load(dir: &ModelDir, device: &Device) -> Result<Self> {
+        let loc = dir.location.as_str();
+        let model_err = |reason: String| TeacherError::Model {
+            location: loc.to_owned(),
+            reason,
+        };
+        let context = dir.max_seq_length;
+        let (config, source) = match dir.format {
+            ModelFormat::Gguf => {
+                let path = &dir.weights[0];
+                let g = Gguf::open(loc, path)?;
+                let config = LlamaConfig::from_gguf(loc, &g, dir.vocab_size, context)?;
+                let file = std::fs::File::open(path)
+                    .map_err(|e| model_err(format!("cannot open {}: {e}", path.display())))?;
+                (
+                    config,
+                    Source::Gguf {
+                        file,
+                        content: g.content,
+                    },
+                )
+            }
+            ModelFormat::Hf => {
+                let bytes = std::fs::read(dir.hf_config()?)
+                    .map_err(|e| model_err(format!("cannot read config.json: {e}")))?;
+                let config = LlamaConfig::from_hf(loc, &bytes, context)?;
+                let tensors =
+                    crate::bert::load_tensors(&dir.weights, &Device::Cpu).map_err(|e| {
+                        model_err(format!(
+                            "cannot read weights: {}",
+                            crate::error::without_backtrace(e)
+                        ))
+                    })?;
+                (config, Source::Safetensors(tensors))
+            }
+        };
+        let c = config.clone();
+        let (h, f, d) = (c.hidden, c.intermediate, c.head_dim);
+        let mut w = Loader {
+            source,
+            device,
+            location: loc,
+            parameters: 0,
+        };
+        let embed = w.need("model.embed_tokens.weight", &[c.vocab, h])?;
+        let mut layers = Vec::with_capacity(c.layers);
+        let (q_out, kv_out) = (c.heads * d, c.kv_heads * d);
+        let t = |w: &Tensor| -> candle_core::Result<Tensor> { w.t()?.contiguous() };
+        for i in 0..c.layers {
+            let p = format!("model.layers.{i}.");
+            let attn_norm = w.need(&format!("{p}input_layernorm.weight"), &[h])?;
+            let q = w.need(&format!("{p}self_attn.q_proj.weight"), &[q_out, h])?;
+            let k = w.need(&format!("{p}self_attn.k_proj.weight"), &[kv_out, h])?;
+            let v = w.need(&format!("{p}self_attn.v_proj.weight"), &[kv_out, h])?;
+            let o = w.need(&format!("{p}self_attn.o_proj.weight"), &[h, q_out])?;
+            let ffn_norm = w.need(&format!("{p}post_attention_layernorm.weight"), &[h])?;
+            let gate = w.need(&format!("{p}mlp.gate_proj.weight"), &[f, h])?;
+            let up = w.need(&format!("{p}mlp.up_proj.weight"), &[f, h])?;
+            let down = w.need(&format!("{p}mlp.down_proj.weight"), &[h, f])?;
+            let qb = w.optional(&format!("{p}self_attn.q_proj.bias"), &[q_out])?;
+            let kb = w.optional(&format!("{p}self_attn.k_proj.bias"), &[kv_out])?;
+            let vb = w.optional(&format!("{p}self_attn.v_proj.bias"), &[kv_out])?;
+            let ob = w.optional(&format!("{p}self_attn.o_proj.bias"), &[h])?;
+            let qkv_b = match (qb, kb, vb) {
+                (None, None, None) => None,
+                (q, k, v) => {
+                    let or_zeros = |b: Option<Tensor>, n| match b {
+                        Some(b) => Ok(b),
+                        None => Tensor::zeros(n, DType::F32, device),
+                    };
+                    Some(Tensor::cat(
+                        &[
+                            or_zeros(q, q_out)?,
+                            or_zeros(k, kv_out)?,
+                            or_zeros(v, kv_out)?,
+                        ],
+                        0,
+                    )?)
+                }
+            };
+            layers.push(Layer {
+                attn_norm,
+                qkv: Dense {
+                    wt: Tensor::cat(&[t(&q)?, t(&k)?, t(&v)?], 1)?,
+                    b: qkv_b,
+                },
+                out: Dense { wt: t(&o)?, b: ob },
+                ffn_norm,
+                gate_up: Dense {
+                    wt: Tensor::cat(&[t(&gate)?, t(&up)?], 1)?,
+                    b: None,
+                },
+                down: Dense {
+                    wt: t(&down)?,
+                    b: None,
+                },
+            });
+        }
+        let norm = w.need("model.norm.weight", &[h])?;
+        // Without an output matrix the head is tied to the embeddings.
+        let head = match w.optional("lm_head.weight", &[c.vocab, h])? {
+            Some(head) => head,
+            None => embed.clone(),
+        };
+        let factors = w
+            .optional("rope_freqs.weight", &[c.rope_dims / 2])?
+            .map(|t| t.to_vec1::<f32>())
+            .transpose()?;
+        let parameters = w.parameters;
+        let rotary = Rotary::new(
+            &c.inv_freq(factors.as_deref()),
+            c.rope_interleaved,
+            c.context.clamp(1, MAX_CONTEXT),
+        );
+        let rotary_tensors = if device.is_cpu() {
+            None
+        } else {
+            let half = rotary.dims / 2;
+            Some((
+                Tensor::from_slice(&rotary.cos, (rotary.positions, half), device)?,
+                Tensor::from_slice(&rotary.sin, (rotary.positions, half), device)?,
+            ))
+        };
+        Ok(Self {
+            head_t: head.t()?.contiguous()?,
+            config,
+            embed,
+            layers,
+            norm,
+            rotary,
+            rotary_tensors,
+            parameters,
+        })
+    }
+
+    /// Attention on devices other than the CPU, with candle's ops.
+    fn attention_ops(&self, qkv: &Tensor, b: usize, t: usize) -> candle_core::Result<Tensor> {
+        let c = &self.config;
+        let (h, kv, d) = (c.heads, c.kv_heads, c.head_dim);
+        let qkv = qkv.reshape((b, t, h + 2 * kv, d))?;
+        let part = |start, n| qkv.narrow(2, start, n)?.transpose(1, 2)?.contiguous();
+        let (q, k, v) = (part(0, h)?, part(h, kv)?, part(h + kv, kv)?);
+        let (cos, sin) = self.rotary_tensors.as_ref().expect("tables on this device");
+        let (cos, sin) = (cos.narrow(0, 0, t)?, sin.narrow(0, 0, t)?);
+        let rope = |x: &Tensor| -> candle_core::Result<Tensor> {
+            let rd = self.rotary.dims;
+            let rot = x.narrow(3, 0, rd)?.contiguous()?;
+            let rot = if self.rotary.interleaved {
+                candle_nn::rotary_emb::rope_i(&rot, &cos, &sin)?
+            } else {
+                candle_nn::rotary_emb::rope(&rot, &cos, &sin)?
+            };
+            if rd == d {
+                Ok(rot)
+            } else {
+                Tensor::cat(&[rot, x.narrow(3, rd, d - rd)?], 3)
+            }
+        };
+        let (q, k) = (rope(&q)?, rope(&k)?);
+        let group = h / kv;
+        let repeat = |x: Tensor| -> candle_core::Result<Tensor> {
+            if group == 1 {
+                return Ok(x);
+            }
+            x.unsqueeze(2)?
+                .expand((b, kv, group, t, d))?
+                .reshape((b, h, t, d))
+        };
+        let (k, v) = (repeat(k)?, repeat(v)?);
+        let scores = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?;
+        let mask: Vec<f32> = (0..t)
+            .flat_map(|i| (0..t).map(move |j| if j <= i { 0.0 } else { f32::NEG_INFINITY }))
+            .collect();
+        let mask = Tensor::from_vec(mask, (t, t), qkv.device())?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&mask)?)?;
+        probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b * t, h * d))
+    }
+}
+
+impl Model for Llama {
+    fn shape(&self) -> ModelShape {
+        let c = &self.config;
+        let (h, f, d) = (c.hidden, c.intermediate, c.head_dim);
+        let per_layer = h * (c.heads + 2 * c.kv_heads) * d + c.heads * d * h + 3 * h * f;
+        ModelShape {
+            hidden: h,
+            layers: c.layers,
+            vocab: c.vocab,
+            parameters: self.parameters,
+            body_flops_per_token: 2.0 * (c.layers * per_layer) as f64,
+            attention_flops_per_context_token: 4.0 * (c.layers * c.heads * d) as f64,
+            causal: true,
+            lm_head_flops_per_token: 2.0 * (h * c.vocab) as f64,
+        }
+    }
+
+    fn hidden_states(&self, ids: &Tensor, lengths: &[usize]) -> Result<Tensor> {
+        let c = &self.config;
+        let (b, t) = ids.dims2()?;
+        if t > self.rotary.positions {
+            return Err(TeacherError::Config(format!(
+                "a window of {t} tokens is longer than the teacher's context of {}",
+                self.rotary.positions
+            )));
+        }
+        let eps = c.rms_eps as f32;
+        let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?;
+        let cpu = ids.device().is_cpu();
+        let attention = CpuCausalAttention {
+            batch: b,
+            seq: t,
+            heads: c.heads,
+            kv_heads: c.kv_heads,
+            head_dim: c.head_dim,
+            lengths,
+            scale: 1.0 / (c.head_dim as f32).sqrt(),
+            rotary: &self.rotary,
+        };
+        for l in &self.layers {
+            let hn = candle_nn::ops::rms_norm(&x, &l.attn_norm, eps)?;
+            let qkv = l.qkv.forward(&hn)?;
+            let ctx = if cpu {
+                qkv.apply_op1_no_bwd(&attention)?
+            } else {
+                self.attention_ops(&qkv, b, t)?
+            };
+            x = (x + l.out.forward(&ctx)?)?;
+            let hn = candle_nn::ops::rms_norm(&x, &l.ffn_norm, eps)?;
+            let gu = l.gate_up.forward(&hn)?;
+            let act = if cpu {
+                gu.apply_op1_no_bwd(&CpuSiluMul)?
+            } else {
+                let f = c.intermediate;
+                (candle_nn::ops::silu(&gu.narrow(D::Minus1, 0, f)?)?
+                    * gu.narrow(D::Minus1, f, f)?)?
+            };
+            x = (x + l.down.forward(&act)?)?;
+        }
+        let x = candle_nn::ops::rms_norm(&x, &self.norm, eps)?;
+        Ok(x.reshape((b, t, c.hidden))?)
+    }
+
+    fn token_logits(&self, states: &Tensor) -> Result<Tensor> {
+        Ok(states.matmul(&self.head_t)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::fixtures::{write_tiny_llama_gguf, write_tiny_llama_hf, TinyLlama, LLAMA_CONTEXT};
+    use crate::{DeviceSpec, Teacher};
+    use candle_core::quantized::GgmlDType;
+    use distill_cache::format::{Dtype, OutputSpec, TopkSpec};
+    use distill_cache::model_dir::ModelDir;
+    use distill_cache::values::{OutputValues, TokenTopk};
+
+    const TEXTS: &[&str] = &[
+        "the movie was good",
+        "a very boring film, not fun at all",
+        "great",
+        "12345 and 6.78: the review is positive!",
+        "<|im_start|>user said the film was awful<|im_end|>",
+        "naïve café 東京 🎬",
+    ];
+
+    fn load(path: &std::path::Path) -> Teacher {
+        let dir = ModelDir::inspect(&path.display().to_string(), path).unwrap();
+        Teacher::load(&dir, &DeviceSpec::Cpu).unwrap()
+    }
+
+    fn gguf(tmp: &std::path::Path, spec: &TinyLlama, name: &str) -> Teacher {
+        let p = tmp.join(name);
+        write_tiny_llama_gguf(&p, spec).unwrap();
+        load(&p)
+    }
+
+    fn topk(k: u32, window: u32, stride: u32) -> OutputSpec {
+        OutputSpec::TokenTopk(TopkSpec {
+            dtype: Dtype::F32,
+            top_k: k,
+            samples: 0,
+            window,
+            stride,
+        })
+    }
+
+    fn label(t: &Teacher, texts: &[&str], spec: &OutputSpec, budget: usize) -> TokenTopk {
+        match t.label_spec(texts, spec, budget, 7).unwrap().values {
+            OutputValues::TokenTopk(v) => v,
+            _ => panic!("per-token values expected"),
+        }
+    }
+
+    #[test]
+    fn gguf_and_hf_layouts_of_one_model_agree() {
+        // The GGUF holds the HF weights with Q/K permuted for adjacent rotary pairs: both rotary
+        // conventions and both weight layouts must compute the same function.
+        let tmp = tempfile::tempdir().unwrap();
+        let spec = TinyLlama {
+            untied_head: true,
+            ..Default::default()
+        };
+        let g = gguf(tmp.path(), &spec, "tiny.gguf");
+        write_tiny_llama_hf(&tmp.path().join("hf"), &spec, candle_core::DType::F32).unwrap();
+        let h = load(&tmp.path().join("hf"));
+        let out = topk(8, LLAMA_CONTEXT as u32, 24);
+        let (a, b) = (label(&g, TEXTS, &out, 4096), label(&h, TEXTS, &out, 4096));
+        assert_eq!(a.token_ids, b.token_ids, "same tokenizer");
+        assert_eq!(a.topk_ids, b.topk_ids);
+        for (x, y) in a.topk_logprobs.iter().zip(&b.topk_logprobs) {
+            assert!((x - y).abs() < 1e-4, "{x} vs {y}");
+        }
+        // And the bf16 checkpoint of the same weights stays close.
+        write_tiny_llama_hf(&tmp.path().join("bf16"), &spec, candle_core::DType::BF16).unwrap();
+        let c = label(&load(&tmp.path().join("bf16")), TEXTS, &out, 4096);
+        let top1 = a
+            .topk_ids
+            .chunks(8)
+            .zip(c.topk_ids.chunks(8))
+            .filter(|(x, y)| x[0] == y[0])
+            .count();
+        assert!(
+            top1 as f64 >= 0.9 * a.positions() as f64,
+            "{top1} of {}",
+            a.positions()
+        );
+    }
+
+    #[test]
+    fn probabilities_add_up_and_rows_do_not_depend_on_their_batch() {
+        let tmp = tempfile::tempdir().unwrap();
+        let t = gguf(tmp.path(), &TinyLlama::default(), "tiny.gguf");
+        let out = topk(5, LLAMA_CONTEXT as u32, 24);
+        let together = label(&t, TEXTS, &out, 1 << 20);
+        for i in 0..together.positions() {
+            let mass: f64 = together.topk_logprobs[i * 5..(i + 1) * 5]
+                .iter()
+                .map(|&l| (l as f64).exp())
+                .sum::<f64>()
+                + (together.tail_logprob[i] as f64).exp();
+            assert!((mass - 1.0).abs() < 1e-3, "position {i}: {mass}");
+            let lp = &together.topk_logprobs[i * 5..(i + 1) * 5];
+            assert!(lp.windows(2).all(|w| w[0] >= w[1]), "sorted: {lp:?}");
+        }
+        for (r, text) in TEXTS.iter().enumerate() {
+            let alone = label(&t, &[text], &out, 1);
+            let range = together.row_positions(r);
+            assert_eq!(alone.token_ids[..], together.token_ids[range.clone()]);
+            assert_eq!(
+                alone.topk_ids[..],
+                together.topk_ids[range.start * 5..range.end * 5]
+            );
+            for (a, b) in alone
+                .topk_logprobs
+                .iter()
+                .zip(&together.topk_logprobs[range.start * 5..range.end * 5])
+            {
+                assert!((a - b).abs() < 1e-5, "row {r}: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn long_rows_are_windowed_and_the_first_window_is_exact() {
+        let tmp = tempfile::tempdir().unwrap();
+        let t = gguf(tmp.path(), &TinyLlama::default(), "tiny.gguf");
+        let long = "the movie was good and the film was great ".repeat(3);
+        let full = label(&t, &[&long], &topk(4, LLAMA_CONTEXT as u32, 24), 4096);
+        let n = full.positions();
+        assert!(n > 20 && n <= LLAMA_CONTEXT, "{n} tokens");
+        let windowed = label(&t, &[&long], &topk(4, 12, 4), 4096);
+        assert_eq!(windowed.positions(), n, "every position scored once");
+        // The first window sees exactly what the whole row does up to its end.
+        for p in 0..12 {
+            assert_eq!(
+                windowed.topk_ids[p * 4],
+                full.topk_ids[p * 4],
+                "position {p}"
+            );
+            assert!((windowed.log_partition[p] - full.log_partition[p]).abs() < 1e-4);
+        }
+        // Later positions see a shorter context: some differ, all are valid distributions.
+        assert!((12..n).any(|p| (windowed.log_partition[p] - full.log_partition[p]).abs() > 1e-4));
+    }
+
+    #[test]
+    fn quantized_weights_stay_close_to_f32() {
+        let tmp = tempfile::tempdir().unwrap();
+        let f32 = gguf(tmp.path(), &TinyLlama::default(), "f32.gguf");
+        let out = topk(4, LLAMA_CONTEXT as u32, 24);
+        let reference = label(&f32, TEXTS, &out, 4096);
+        for (quant, min_top1) in [
+            (GgmlDType::Q8_0, 0.95),
+            (GgmlDType::Q4_1, 0.6),
+            (GgmlDType::Q4_0, 0.6),
+        ] {
+            let spec = TinyLlama {
+                quant,
+                qkv_bias: true,
+                ..Default::default()
+            };
+            let q = gguf(tmp.path(), &spec, &format!("{quant:?}.gguf"));
+            let got = label(&q, TEXTS, &out, 4096);
+            assert_eq!(got.token_ids, reference.token_ids);
+            let agree = (0..got.positions())
+                .filter(|&p| got.topk_ids[p * 4] == reference.topk_ids[p * 4])
+                .count() as f64
+                / got.positions() as f64;
+            // Biases change the function too, so only the closeness of Q8_0 is tight.
+            assert!(
+                agree >= min_top1 || spec.qkv_bias,
+                "{quant:?}: top-1 agreement {agree}"
+            );
+        }
+    }
+
+    #[test]
+    fn decoder_embeddings_are_unit_length_means() {
+        let tmp = tempfile::tempdir().unwrap();
+        let t = gguf(tmp.path(), &TinyLlama::default(), "tiny.gguf");
+        let labels = t
+            .label_spec(
+                TEXTS,
+                &OutputSpec::Embeddings { dtype: Dtype::F32 },
+                4096,
+                0,
+            )
+            .unwrap();
+        let v = labels.vectors();
+        assert_eq!(v.width, crate::fixtures::LLAMA_HIDDEN);
+        for i in 0..TEXTS.len() {
+            let n: f32 = v.row(i).iter().map(|x| x * x).sum::<f32>().sqrt();
+            assert!((n - 1.0).abs() < 1e-5, "{n}");
+        }
+        let alone = t.label(&[TEXTS[1]], 1).unwrap();
+        for (a, b) in alone.vectors().row(0).iter().zip(v.row(1)) {
+            assert!((a - b).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn samples_are_deterministic_per_seed_and_sum_to_the_draws() {
+        let tmp = tempfile::tempdir().unwrap();
+        let t = gguf(tmp.path(), &TinyLlama::default(), "tiny.gguf");
+        let spec = OutputSpec::TokenTopk(TopkSpec {
+            dtype: Dtype::F16,
+            top_k: 3,
+            samples: 12,
+            window: LLAMA_CONTEXT as u32,
+            stride: 24,
+        });
+        let run = |seed, budget| match t.label_spec(TEXTS, &spec, budget, seed).unwrap().values {
+            OutputValues::TokenTopk(v) => v.samples.unwrap(),
+            _ => unreachable!(),
+        };
+        let (a, b, c) = (run(1, 4096), run(1, 1), run(2, 4096));
+        assert_eq!(a, b, "samples do not depend on the batch");
+        assert_ne!(a, c, "another seed draws other samples");
+        for w in a.offsets.windows(2) {
+            let total: u32 = a.counts[w[0]..w[1]].iter().map(|&c| c as u32).sum();
+            assert_eq!(total, 12);
+            assert!(
+                a.ids[w[0]..w[1]].windows(2).all(|x| x[0] < x[1]),
+                "distinct, ascending"
+            );
+        }
+    }
+}

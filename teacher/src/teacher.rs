@@ -1,0 +1,502 @@
+//! A loaded teacher: a model behind the [`Model`] trait, its tokenizer and its head, ready to label
+//! texts for an output spec.
+//!
+//! Labeling tokenizes, plans length-sorted batches under a token budget, runs the model and computes
+//! the output kind from the final states:
+//! - `embeddings`: the head's pooling (encoders) or the mean of the last states, L2-normalised
+//!   (decoders);
+//! - `logits`: the classification head;
+//! - `token_topk`: for every position, the output head applied to a chunk of positions at a time, then
+//!   top-k, tail, log-partition and seeded samples per position ([`crate::outputs`]). Rows longer than
+//!   the spec's window are cut into windows `stride` apart; each position is scored once, in the first
+//!   window that reaches it past the previous window's end.
+//!
+//! Results go back to input order; a row's outputs do not depend on the batch it ran in.
+
+use crate::batching;
+use crate::device::DeviceSpec;
+use crate::model::{Model, ModelShape};
+use crate::outputs::{self, SplitMix64};
+use crate::tokenizer::{Encoded, TextTokenizer};
+use crate::{Result, TeacherError};
+use candle_core::{Device, Tensor};
+use distill_cache::format::{OutputSpec, TopkSpec};
+use distill_cache::model_dir::{Family, Head, ModelDir, ModelFormat, TeacherInfo};
+use distill_cache::values::{OutputValues, Samples, TokenTopk, Vectors};
+use rayon::prelude::*;
+use std::time::Instant;
+
+pub use distill_cache::model_dir::COMPUTE_DTYPE;
+
+/// The teacher's outputs for a list of texts, in input order.
+#[derive(Clone, Debug)]
+pub struct Labels {
+    pub values: OutputValues,
+    /// Tokens of each row the teacher saw (after truncation; all of them when windowed).
+    pub tokens: Vec<u32>,
+    pub truncated: Vec<bool>,
+    /// Wall-clock seconds spent in forward passes and heads (the device time this work cost).
+    pub device_seconds: f64,
+    /// Token slots processed, padding included.
+    pub padded_tokens: u64,
+}
+
+impl Labels {
+    /// The per-example vectors of [`Teacher::label`] (panics on per-token values, which only
+    /// [`Teacher::label_spec`] with a `token_topk` spec produces).
+    pub fn vectors(&self) -> &Vectors {
+        match &self.values {
+            OutputValues::Vectors(v) => v,
+            OutputValues::TokenTopk(_) => panic!("per-token labels have no vectors"),
+        }
+    }
+}
+
+/// A teacher ready to run.
+pub struct Teacher {
+    model: Box<dyn Model>,
+    tokenizer: TextTokenizer,
+    head: Head,
+    family: Family,
+    device: Device,
+    device_spec: DeviceSpec,
+    info: TeacherInfo,
+}
+
+impl std::fmt::Debug for Teacher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Teacher")
+            .field("info", &self.info)
+            .field("device", &self.device_spec)
+            .finish()
+    }
+}
+
+/// Positions whose logits are computed at once: about 64 MB of f32 logits per chunk.
+fn head_chunk(vocab: usize) -> usize {
+    ((1usize << 24) / vocab.max(1)).clamp(1, 1024)
+}
+
+/// One window of a row for `token_topk`: tokens `start..start + len` run together; positions
+/// `emit_from..start + len` are scored from it.
+#[derive(Clone, Copy, Debug)]
+struct Window {
+    row: usize,
+    start: usize,
+    len: usize,
+    emit_from: usize,
+}
+
+/// The windows of a row of `n` tokens.
+fn windows(row: usize, n: usize, window: usize, stride: usize) -> Vec<Window> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut done = 0;
+    loop {
+        let len = window.min(n - start);
+        out.push(Window {
+            row,
+            start,
+            len,
+            emit_from: done.max(start),
+        });
+        done = start + len;
+        if done >= n {
+            return out;
+        }
+        start += stride;
+    }
+}
+
+impl Teacher {
+    /// Loads a teacher from an inspected model. Fails with a message naming the model if its files do
+    /// not fit together (tokenizer vocabulary vs the model's, weights vs the config).
+    pub fn load(dir: &ModelDir, device: &DeviceSpec) -> Result<Self> {
+        let loc = dir.location.as_str();
+        let model_err = |reason: String| TeacherError::Model {
+            location: loc.to_owned(),
+            reason,
+        };
+        let device_handle = device.open()?;
+        let (model, tokenizer): (Box<dyn Model>, TextTokenizer) = match dir.family {
+            Family::Bert => {
+                let cfg_bytes = std::fs::read(dir.hf_config()?)
+                    .map_err(|e| model_err(format!("cannot read config.json: {e}")))?;
+                let config: crate::bert::Config = serde_json::from_slice(&cfg_bytes)
+                    .map_err(|e| model_err(format!("config.json: {e}")))?;
+                let tokenizer =
+                    TextTokenizer::encoder(loc, dir.hf_tokenizer()?, dir.max_seq_length)?;
+                if tokenizer.vocab_size() > config.vocab_size {
+                    return Err(model_err(format!(
+                        "tokenizer.json has {} tokens but config.json vocab_size is {}: they do not belong together",
+                        tokenizer.vocab_size(),
+                        config.vocab_size
+                    )));
+                }
+                let tensors =
+                    crate::bert::load_tensors(&dir.weights, &device_handle).map_err(|e| {
+                        model_err(format!(
+                            "cannot read weights: {}",
+                            crate::error::without_backtrace(e)
+                        ))
+                    })?;
+                let num_labels = match &dir.head {
+                    Head::Classifier { labels } => Some(labels.len()),
+                    _ => None,
+                };
+                let model =
+                    crate::bert::Bert::load(loc, config, tensors, num_labels, &device_handle)?;
+                (Box::new(model), tokenizer)
+            }
+            Family::Llama => {
+                let tokenizer = match dir.format {
+                    ModelFormat::Gguf => {
+                        let g = distill_cache::gguf::Gguf::open(loc, &dir.weights[0])?;
+                        TextTokenizer::gguf(loc, &g.tokenizer(loc)?)?
+                    }
+                    ModelFormat::Hf => TextTokenizer::hf_decoder(loc, dir.hf_tokenizer()?)?,
+                };
+                if tokenizer.vocab_size() > dir.vocab_size {
+                    return Err(model_err(format!(
+                        "the tokenizer has {} tokens but the model's vocabulary has {}: they do not belong together",
+                        tokenizer.vocab_size(),
+                        dir.vocab_size
+                    )));
+                }
+                let model = crate::llama::Llama::load(dir, &device_handle)?;
+                (Box::new(model), tokenizer)
+            }
+        };
+        let fingerprint = dir.fingerprint(COMPUTE_DTYPE)?;
+        Ok(Self {
+            model,
+            tokenizer,
+            head: dir.head.clone(),
+            family: dir.family,
+            device: device_handle,
+            device_spec: device.clone(),
+            info: dir.info(fingerprint, COMPUTE_DTYPE),
+        })
+    }
+
+    pub fn info(&self) -> &TeacherInfo {
+        &self.info
+    }
+
+    pub fn device(&self) -> &DeviceSpec {
+        &self.device_spec
+    }
+
+    /// Sizes of the model (throughput figures, memory).
+    pub fn shape(&self) -> ModelShape {
+        self.model.shape()
+    }
+
+    pub fn tokenizer(&self) -> &TextTokenizer {
+        &self.tokenizer
+    }
+
+    /// Values per example of the per-example kinds: embedding dimension or number of labels.
+    pub fn width(&self) -> usize {
+        match &self.head {
+            Head::Embedding { dim, .. } => *dim,
+            Head::Classifier { labels } => labels.len(),
+            Head::CausalLm { dim, .. } => *dim,
+            Head::Unknown => 0,
+        }
+    }
+
+    /// Checks that this teacher can produce an output spec; the message says what to do instead.
+    pub fn check_output(&self, spec: &OutputSpec) -> Result<()> {
+        let kind = spec.kind().ok_or_else(|| {
+            TeacherError::Config(format!(
+                "output kind {:?} is not known to this distill",
+                spec.kind_name()
+            ))
+        })?;
+        distill_cache::model_dir::check_output(&self.info.head, &self.info.source, kind)
+            .map_err(TeacherError::Config)?;
+        if let OutputSpec::TokenTopk(t) = spec {
+            let vocab = self.model.shape().vocab;
+            t.validate(vocab)
+                .map_err(|e| TeacherError::Config(format!("teacher {}: {e}", self.info.source)))?;
+            if t.window as usize > self.info.max_seq_length {
+                return Err(TeacherError::Config(format!(
+                    "--window {} is longer than teacher {}'s context of {} tokens",
+                    t.window, self.info.source, self.info.max_seq_length
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Tokenizes texts (special tokens added, encoders and decoder embeddings truncated to the model's
+    /// limit, no padding).
+    pub fn tokenize(&self, texts: &[&str]) -> Result<Vec<Encoded>> {
+        let mut encoded = self.tokenizer.encode(texts)?;
+        if self.family == Family::Llama {
+            let max = self.info.max_seq_length;
+            for e in encoded.iter_mut().filter(|e| e.ids.len() > max) {
+                e.ids.truncate(max);
+                e.truncated = true;
+            }
+        }
+        Ok(encoded)
+    }
+
+    /// Final states of one padded batch, `[rows, t, hidden]`, and the padding mask.
+    fn states(&self, rows: &[&[u32]]) -> Result<(Tensor, Vec<usize>)> {
+        let t = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+        let b = rows.len();
+        let mut ids = vec![0u32; b * t];
+        for (i, r) in rows.iter().enumerate() {
+            ids[i * t..i * t + r.len()].copy_from_slice(r);
+        }
+        let ids = Tensor::from_vec(ids, (b, t), &self.device)?;
+        let lengths: Vec<usize> = rows.iter().map(|r| r.len()).collect();
+        Ok((self.model.hidden_states(&ids, &lengths)?, lengths))
+    }
+
+    /// Runs one padded batch of per-example outputs; returns `rows × width` values.
+    pub fn forward(&self, rows: &[&Encoded]) -> Result<Vec<f32>> {
+        let ids: Vec<&[u32]> = rows.iter().map(|r| r.ids.as_slice()).collect();
+        let (states, lengths) = self.states(&ids)?;
+        let mask = outputs::padding_mask(
+            states.dims3().map(|(b, t, _)| (b, t))?,
+            &lengths,
+            &self.device,
+        )?;
+        let out = match &self.head {
+            Head::Embedding {
+                pooling, normalize, ..
+            } => {
+                let pooled = outputs::pool(&states, &mask, *pooling)?;
+                if *normalize {
+                    outputs::l2_normalize(&pooled)?
+                } else {
+                    pooled
+                }
+            }
+            Head::Classifier { .. } => self.model.class_logits(&states)?,
+            Head::CausalLm { .. } => {
+                let pooled =
+                    outputs::pool(&states, &mask, distill_cache::model_dir::Pooling::Mean)?;
+                outputs::l2_normalize(&pooled)?
+            }
+            Head::Unknown => {
+                return Err(TeacherError::Config("the teacher's head is unknown".into()))
+            }
+        };
+        Ok(out.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    /// Labels texts for a per-example spec (embeddings or logits); see [`Teacher::label_spec`].
+    pub fn label(&self, texts: &[&str], max_batch_tokens: usize) -> Result<Labels> {
+        let encoded = self.tokenize(texts)?;
+        self.label_encoded(&encoded, max_batch_tokens)
+    }
+
+    /// Labels texts for any output spec. `seed` makes sampled tokens deterministic (the shard's
+    /// fingerprint, in the labeling pass).
+    pub fn label_spec(
+        &self,
+        texts: &[&str],
+        spec: &OutputSpec,
+        max_batch_tokens: usize,
+        seed: u64,
+    ) -> Result<Labels> {
+        self.check_output(spec)?;
+        match spec {
+            OutputSpec::TokenTopk(t) => {
+                let encoded = self.tokenizer.encode(texts)?;
+                self.label_topk(&encoded, t, max_batch_tokens, seed)
+            }
+            _ => self.label(texts, max_batch_tokens),
+        }
+    }
+
+    /// Labels already tokenized texts with a per-example output.
+    pub fn label_encoded(&self, encoded: &[Encoded], max_batch_tokens: usize) -> Result<Labels> {
+        let width = self.width();
+        let lengths: Vec<usize> = encoded.iter().map(|e| e.ids.len()).collect();
+        let batches = batching::plan(&lengths, max_batch_tokens.max(1));
+        let mut values = vec![0f32; encoded.len() * width];
+        let start = Instant::now();
+        for batch in &batches {
+            let rows: Vec<&Encoded> = batch.rows.iter().map(|&i| &encoded[i]).collect();
+            let out = self.forward(&rows)?;
+            for (j, &i) in batch.rows.iter().enumerate() {
+                values[i * width..(i + 1) * width]
+                    .copy_from_slice(&out[j * width..(j + 1) * width]);
+            }
+        }
+        Ok(Labels {
+            values: OutputValues::Vectors(Vectors { width, values }),
+            tokens: lengths.iter().map(|&l| l as u32).collect(),
+            truncated: encoded.iter().map(|e| e.truncated).collect(),
+            device_seconds: start.elapsed().as_secs_f64(),
+            padded_tokens: batching::padded_tokens(&batches),
+        })
+    }
+
+    /// Per-token top-k of every row (rows longer than the window are windowed).
+    pub fn label_topk(
+        &self,
+        encoded: &[Encoded],
+        spec: &TopkSpec,
+        max_batch_tokens: usize,
+        seed: u64,
+    ) -> Result<Labels> {
+        let k = spec.top_k as usize;
+        let draws = spec.samples as usize;
+        let vocab = self.model.shape().vocab;
+        let (window, stride) = (spec.window as usize, spec.stride as usize);
+        let mut offsets = vec![0usize];
+        for e in encoded {
+            offsets.push(offsets.last().unwrap() + e.ids.len());
+        }
+        let total = *offsets.last().unwrap();
+        let mut out = TokenTopk {
+            k,
+            token_ids: encoded.iter().flat_map(|e| e.ids.iter().copied()).collect(),
+            topk_ids: vec![0; total * k],
+            topk_logprobs: vec![0.0; total * k],
+            tail_logprob: vec![0.0; total],
+            log_partition: vec![0.0; total],
+            offsets,
+            samples: None,
+        };
+        // Samples per position, gathered in any order, assembled in position order at the end.
+        let mut sampled: Vec<(Vec<u32>, Vec<u16>)> = if draws > 0 {
+            vec![(vec![], vec![]); total]
+        } else {
+            vec![]
+        };
+        let pieces: Vec<Window> = encoded
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| !e.ids.is_empty())
+            .flat_map(|(r, e)| windows(r, e.ids.len(), window, stride))
+            .collect();
+        let lengths: Vec<usize> = pieces.iter().map(|w| w.len).collect();
+        let batches = batching::plan(&lengths, max_batch_tokens.max(1));
+        let chunk = head_chunk(vocab);
+        let start = Instant::now();
+        for batch in &batches {
+            let rows: Vec<&[u32]> = batch
+                .rows
+                .iter()
+                .map(|&i| {
+                    let w = pieces[i];
+                    &encoded[w.row].ids[w.start..w.start + w.len]
+                })
+                .collect();
+            let (states, _) = self.states(&rows)?;
+            let (b, t, h) = states.dims3()?;
+            // The positions to score: (flat index in the batch's states, global position).
+            let mut picks: Vec<(u32, usize, usize)> = Vec::new();
+            for (j, &i) in batch.rows.iter().enumerate() {
+                let w = pieces[i];
+                for p in w.emit_from..w.start + w.len {
+                    picks.push(((j * t + p - w.start) as u32, w.row, p));
+                }
+            }
+            let flat = states.reshape((b * t, h))?;
+            for part in picks.chunks(chunk) {
+                let index: Vec<u32> = part.iter().map(|p| p.0).collect();
+                let index = Tensor::from_vec(index, part.len(), &self.device)?;
+                let logits = self.model.token_logits(&flat.index_select(&index, 0)?)?;
+                let logits: Vec<f32> = logits.flatten_all()?.to_vec1()?;
+                let stats: Vec<_> = logits
+                    .par_chunks(vocab)
+                    .zip(part.par_iter())
+                    .map(|(l, &(_, row, p))| {
+                        let (mut ids, mut lps) = (vec![0u32; k], vec![0f32; k]);
+                        let s = outputs::topk_position(l, &mut ids, &mut lps);
+                        let mut drawn = (vec![], vec![]);
+                        if draws > 0 {
+                            let mut rng = SplitMix64::for_position(seed, row as u64, p as u64);
+                            outputs::sample_position(
+                                l,
+                                s.log_partition,
+                                draws,
+                                &mut rng,
+                                &mut drawn.0,
+                                &mut drawn.1,
+                            );
+                        }
+                        (ids, lps, s, drawn)
+                    })
+                    .collect();
+                for ((ids, lps, s, drawn), &(_, row, p)) in stats.into_iter().zip(part) {
+                    let g = out.offsets[row] + p;
+                    out.topk_ids[g * k..(g + 1) * k].copy_from_slice(&ids);
+                    out.topk_logprobs[g * k..(g + 1) * k].copy_from_slice(&lps);
+                    out.tail_logprob[g] = s.tail_logprob;
+                    out.log_partition[g] = s.log_partition;
+                    if draws > 0 {
+                        sampled[g] = drawn;
+                    }
+                }
+            }
+        }
+        if draws > 0 {
+            let mut s = Samples {
+                offsets: vec![0],
+                ..Default::default()
+            };
+            for (ids, counts) in sampled {
+                s.ids.extend(ids);
+                s.counts.extend(counts);
+                s.offsets.push(s.ids.len());
+            }
+            out.samples = Some(s);
+        }
+        Ok(Labels {
+            tokens: encoded.iter().map(|e| e.ids.len() as u32).collect(),
+            truncated: vec![false; encoded.len()],
+            values: OutputValues::TokenTopk(out),
+            device_seconds: start.elapsed().as_secs_f64(),
+            padded_tokens: batching::padded_tokens(&batches),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_score_every_position_once_with_context() {
+        for (n, w, s) in [
+            (5, 8, 4),
+            (8, 8, 4),
+            (9, 8, 4),
+            (20, 8, 3),
+            (17, 4, 4),
+            (3, 2, 1),
+        ] {
+            let ws = windows(0, n, w, s);
+            let mut scored = vec![0; n];
+            for x in &ws {
+                assert!(x.len <= w && x.start + x.len <= n);
+                for (p, count) in scored
+                    .iter_mut()
+                    .enumerate()
+                    .take(x.start + x.len)
+                    .skip(x.emit_from)
+                {
+                    *count += 1;
+                    // Every position after the first window sees at least window − stride tokens.
+                    if x.start > 0 {
+                        assert!(p - x.start >= w - s, "n {n} w {w} s {s}: {x:?}");
+                    }
+                }
+            }
+            assert!(
+                scored.iter().all(|&c| c == 1),
+                "n {n} w {w} s {s}: {scored:?}"
+            );
+        }
+    }
+}
