@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
 # The teacher benchmark behind the README's performance figures, measured side by side in one run:
-# this machine's f32 GEMM peak (OpenBLAS through numpy, and candle's own matmul), the teacher's bare
-# forward throughput (length-sorted token-budget batches, and fixed batches of 32 in corpus order), and
-# end-to-end `distill label` throughput on the same 2,048 Rotten Tomatoes review snippets.
-# Prints a table and writes bench-out/teacher.json.
+# this machine's f32 GEMM peak (OpenBLAS through numpy, candle's own matmul, and the BLAS distill loads),
+# the teachers' bare forward throughput (length-sorted token-budget batches, and for the encoder fixed
+# batches of 32 in corpus order), and end-to-end `distill label` throughput on the same rows:
+# - all-MiniLM-L6-v2 on 2,048 Rotten Tomatoes review snippets (embeddings);
+# - SmolLM2-135M (Q4_1 GGUF, dequantized to f32) on the first 512 of them: prompt scoring (the body,
+#   `--output embeddings`) and the per-token top-20 in f16 (`--output token-topk`, with cache bytes per
+#   token).
+# Prints the tables and writes bench-out/{gemm,teacher,decoder-body,decoder-topk}.json. Extra arguments go
+# to every `distill bench teacher` run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 $PY -m pip install --quiet --disable-pip-version-check --root-user-action=ignore numpy==2.4.6
 ./scripts/fetch-assets.sh
+./scripts/install-blas.sh
 cargo build --locked --bin distill
 mkdir -p bench-out
 # Review snippets (not plot summaries), in corpus order, as in shared anchor figures.
@@ -33,19 +39,34 @@ for _ in range(5):
 t.sort()
 print(json.dumps({"numpy_openblas_gflops": 2 * 2048**3 / t[2] / 1e9}))
 PY
-echo "== teacher (takes a few minutes)" >&2
+echo "== encoder teacher (takes a few minutes)" >&2
 target/debug/distill bench teacher --corpus bench-out/snippets.jsonl --teacher assets/models/all-MiniLM-L6-v2 \
   --limit 2048 --unsorted-batch 32 --json "$@" > bench-out/teacher.json
+SMOL=assets/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+echo "== decoder teacher, prompt scoring (takes a few minutes)" >&2
+target/debug/distill bench teacher --corpus bench-out/snippets.jsonl --teacher $SMOL \
+  --limit 512 --unsorted-batch 0 --output embeddings --json "$@" > bench-out/decoder-body.json
+echo "== decoder teacher, per-token top-20 (takes a few minutes)" >&2
+target/debug/distill bench teacher --corpus bench-out/snippets.jsonl --teacher $SMOL \
+  --limit 512 --unsorted-batch 0 --output token-topk --top-k 20 --dtype f16 --json "$@" > bench-out/decoder-topk.json
 $PY - <<'PY'
 import json
 g = json.load(open("bench-out/gemm.json"))["numpy_openblas_gflops"]
 t = json.load(open("bench-out/teacher.json"))
-print(f"{t['rows']} snippets, {t['threads']} threads; f32 GEMM peak: OpenBLAS {g:.0f} GFLOP/s, candle {t['gemm_gflops']:.0f} GFLOP/s")
-print(f"{'pass':<30}{'texts/s':>9}{'real tok/s':>12}{'padding':>9}{'GFLOP/s':>9}{'÷OpenBLAS':>11}{'÷candle':>9}")
-for name, p in [("sorted, token budget", t["sorted"]), ("corpus order, batch 32", t["unsorted"])]:
+blas = t.get("blas_gflops")
+print(f"{t['threads']} threads; f32 GEMM peak (2048³): OpenBLAS via numpy {g:.0f} GFLOP/s, candle {t['gemm_gflops']:.0f} GFLOP/s, "
+      f"loaded BLAS {blas:.0f} GFLOP/s" if blas else "no BLAS loaded")
+print(f"linear layers on: {t['matmul']}")
+print(f"{'teacher, pass':<44}{'texts/s':>9}{'real tok/s':>12}{'tok/s/core':>11}{'padding':>9}{'GFLOP/s':>9}{'÷numpy':>8}{'÷candle':>9}")
+runs = [("MiniLM-L6, sorted, token budget", t, "sorted"), ("MiniLM-L6, corpus order, batch 32", t, "unsorted")]
+for name, f in [("SmolLM2-135M, prompt scoring", "bench-out/decoder-body.json"), ("SmolLM2-135M, token-topk k=20", "bench-out/decoder-topk.json")]:
+    runs.append((name, json.load(open(f)), "sorted"))
+for name, run, key in runs:
+    p = run[key]
     if p:
-        print(f"{name:<30}{p['texts_per_second']:>9.1f}{p['real_tokens_per_second']:>12.0f}{p['padding_efficiency']:>9.3f}"
-              f"{p['gflops']:>9.1f}{p['gflops'] / g:>10.0%}{p['gemm_ratio']:>9.0%}")
-print(f"end to end distill label: {t['end_to_end_rows_per_second']:.1f} rows/s = {t['end_to_end_over_forward']:.2f} x bare forward"
-      f" ({t['end_to_end_with_load_rows_per_second']:.1f} rows/s counting the teacher's load)")
+        print(f"{name:<44}{p['texts_per_second']:>9.1f}{p['real_tokens_per_second']:>12.0f}{p['real_tokens_per_second_per_thread']:>11.0f}"
+              f"{p['padding_efficiency']:>9.3f}{p['gflops']:>9.1f}{p['gflops'] / g:>8.0%}{p['gemm_ratio']:>9.0%}")
+for name, run in [("MiniLM-L6", t)] + [(n, json.load(open(f))) for n, f in [("SmolLM2 prompt scoring", "bench-out/decoder-body.json"), ("SmolLM2 token-topk", "bench-out/decoder-topk.json")]]:
+    print(f"{name}: end to end distill label {run['end_to_end_rows_per_second']:.1f} rows/s = {run['end_to_end_over_forward']:.2f} x bare forward"
+          f" ({run['end_to_end_with_load_rows_per_second']:.1f} rows/s counting the teacher's load); cache {run['cache_bytes_per_token']:.1f} B/token")
 PY

@@ -48,6 +48,7 @@ import argparse
 import json
 import importlib.metadata
 import math
+import os
 import sys
 import time
 
@@ -195,6 +196,57 @@ class Gpt2Tokenizer:
         return data.decode("utf-8", errors="replace")
 
 
+# ------------------------------------------------------------------ HF directory
+class HFModel:
+    """An HF `LlamaForCausalLM` directory (config.json + model.safetensors) seen through the GGUF
+    model's interface (GGUF metadata keys, GGUF tensor names), for checking exported students."""
+
+    LAYER = {"attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
+             "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj",
+             "ffn_norm": "post_attention_layernorm", "ffn_gate": "mlp.gate_proj",
+             "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
+
+    def __init__(self, path):
+        from safetensors.numpy import load_file
+        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+            c = json.load(f)
+        heads = c["num_attention_heads"]
+        head_dim = c.get("head_dim") or c["hidden_size"] // heads
+        self.meta = {
+            "general.architecture": "llama",
+            "llama.block_count": c["num_hidden_layers"],
+            "llama.embedding_length": c["hidden_size"],
+            "llama.attention.head_count": heads,
+            "llama.attention.head_count_kv": c.get("num_key_value_heads", heads),
+            "llama.attention.key_length": head_dim,
+            "llama.rope.dimension_count": head_dim,
+            "llama.rope.freq_base": c.get("rope_theta", 10000.0),
+            "llama.attention.layer_norm_rms_epsilon": c.get("rms_norm_eps", 1e-6),
+            "llama.context_length": c.get("max_position_embeddings", 0),
+        }
+        self.tensors = {k: v.astype(np.float64) for k, v in
+                        load_file(os.path.join(path, "model.safetensors")).items()}
+
+    def get(self, key, default=None):
+        return self.meta.get(key, default)
+
+    def hf_name(self, name):
+        if name.startswith("blk."):
+            _, i, part, kind = name.split(".")
+            return f"model.layers.{i}.{self.LAYER[part]}.{kind}"
+        return {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
+                "output.weight": "lm_head.weight"}.get(name, name)
+
+    def maybe(self, name):
+        return self.tensors.get(self.hf_name(name))
+
+    def tensor(self, name):
+        t = self.maybe(name)
+        if t is None:
+            raise KeyError(f"{self.hf_name(name)} is not in model.safetensors")
+        return t
+
+
 # ------------------------------------------------------------------------ forward
 class Llama:
     def __init__(self, model, rope_style="norm"):
@@ -334,8 +386,11 @@ def summarize(logits, hidden, ids, k, dump_logprobs):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--gguf", required=True)
-    ap.add_argument("--texts", required=True, help="JSON list of strings")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--gguf", help="a GGUF file (tokenizer from its metadata)")
+    src.add_argument("--hf", help="an HF LlamaForCausalLM directory (HF rotary layout); needs --ids")
+    ap.add_argument("--texts", help="JSON list of strings (GGUF)")
+    ap.add_argument("--ids", help="JSON list of token-id lists, instead of --texts")
     ap.add_argument("--top-k", type=int, required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--max-tokens", type=int, default=None)
@@ -347,19 +402,25 @@ def main(argv=None):
     if args.top_k < 1:
         ap.error("--top-k must be >= 1")
 
+    if (args.texts is None) == (args.ids is None) or (args.hf and args.texts):
+        ap.error("give --texts (with --gguf) or --ids")
     t0 = time.perf_counter()
-    model = GGUFModel(args.gguf)
-    tok = Gpt2Tokenizer(model)
+    if args.hf:
+        model, tok = HFModel(args.hf), None
+        args.rope_style = "neox"
+    else:
+        model = GGUFModel(args.gguf)
+        tok = Gpt2Tokenizer(model)
     net = Llama(model, rope_style=args.rope_style)
     t_load = time.perf_counter() - t0
-    with open(args.texts, encoding="utf-8") as f:
-        texts = json.load(f)
-    if not isinstance(texts, list) or not all(isinstance(s, str) for s in texts):
+    with open(args.texts or args.ids, encoding="utf-8") as f:
+        inputs = json.load(f)
+    if args.texts and not (isinstance(inputs, list) and all(isinstance(s, str) for s in inputs)):
         raise SystemExit("--texts must hold a JSON list of strings")
 
     rows = []
-    for text in texts:
-        ids = tok.encode(text)
+    for text in inputs:
+        ids = tok.encode(text) if args.texts else [int(i) for i in text]
         if args.max_tokens is not None:
             ids = ids[: args.max_tokens]
         if ids:
@@ -373,8 +434,9 @@ def main(argv=None):
     t_total = time.perf_counter() - t0
 
     rope = "adjacent-pair (NORM)" if args.rope_style == "norm" else "neox (half-split)"
+    source = ("HF safetensors" if args.hf else f"gguf {importlib.metadata.version('gguf')} dequantize")
     out = {"method": ("independent float64 numpy reference (scripts/llama_reference.py): "
-                      f"gguf {importlib.metadata.version('gguf')} dequantize, gpt2 byte-level "
+                      f"{source}, gpt2 byte-level "
                       f"BPE with per-digit split, llama forward with {rope} rope, GQA, "
                       "SwiGLU, log-softmax at temperature 1"),
            "rows": rows}

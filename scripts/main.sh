@@ -7,6 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/fetch-assets.sh
+./scripts/install-blas.sh
 cargo build --locked --bin distill
 DISTILL=target/debug/distill
 STORE=${DISTILL_STORE:-.work/cache}

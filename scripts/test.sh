@@ -29,6 +29,7 @@ BUF=.work/buf/node_modules/.bin/buf
   npm install --prefix .work/buf --no-audit --no-fund --silent @bufbuild/buf@1.61.0
 }
 rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy
+./scripts/install-blas.sh
 
 # Container images and Kubernetes manifests: render, strict schema validation, checkov (its own pinned
 # tools in .work/deploy/venv).

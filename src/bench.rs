@@ -38,7 +38,7 @@ pub struct TeacherBenchArgs {
     /// Also time fixed batches of this many rows in corpus order (0: skip; per-example outputs only).
     #[arg(long, default_value_t = 32)]
     pub unsorted_batch: usize,
-    /// Runs of the end-to-end `distill label` (median taken).
+    /// Runs of the end-to-end `distill label` (median taken; 0: skip it).
     #[arg(long, default_value_t = 3)]
     pub label_runs: usize,
     /// Print the figures as JSON on stdout.
@@ -53,6 +53,10 @@ struct Figures {
     output: String,
     parameters: u64,
     gemm_gflops: f64,
+    /// The same 2048³ product through the BLAS loaded at run time (absent without one).
+    blas_gflops: Option<f64>,
+    /// Which BLAS the linear layers ran on ("candle" without one).
+    matmul: String,
     tokenize_seconds: f64,
     sorted: Pass,
     unsorted: Option<Pass>,
@@ -98,6 +102,25 @@ fn median_seconds(n: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow
     Ok(t[n / 2])
 }
 
+/// The loaded BLAS's f32 GEMM peak, 2048³ split over the threads as the linear layers split it.
+fn blas_gflops() -> Option<f64> {
+    use rayon::prelude::*;
+    let blas = distill_blas::get()?;
+    let n = 2048;
+    let a: Vec<f32> = (0..n * n).map(|i| (i % 7) as f32 * 0.1).collect();
+    let mut c = vec![0f32; n * n];
+    let threads = rayon::current_num_threads();
+    let rows = n.div_ceil(threads);
+    median_seconds(5, || {
+        c.par_chunks_mut(rows * n)
+            .zip(a.par_chunks(rows * n))
+            .for_each(|(c, x)| blas.sgemm((x.len() / n, n, n), x, &a, 0.0, c));
+        Ok(())
+    })
+    .ok()
+    .map(|secs| 2.0 * (n as f64).powi(3) / secs / 1e9)
+}
+
 fn gemm_gflops() -> anyhow::Result<f64> {
     let n = 2048;
     let a = candle_core::Tensor::randn(0f32, 1.0, (n, n), &candle_core::Device::Cpu)?;
@@ -111,6 +134,7 @@ fn gemm_gflops() -> anyhow::Result<f64> {
 
 async fn teacher(args: TeacherBenchArgs) -> anyhow::Result<()> {
     let gemm = tokio::task::spawn_blocking(gemm_gflops).await??;
+    let blas = tokio::task::spawn_blocking(blas_gflops).await?;
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -205,7 +229,7 @@ async fn teacher(args: TeacherBenchArgs) -> anyhow::Result<()> {
     // Median of the runs, each into a fresh store (a second run into the same store would be all
     // cache hits); shards of 1,024 rows, so 2,048 rows make two full shards.
     let (mut e2e_runs, mut load_runs, mut bytes_per_token) = (Vec::new(), Vec::new(), 0.0);
-    for run in 0..args.label_runs.max(1) {
+    for run in 0..args.label_runs {
         let label_args = LabelArgs {
             corpus: CorpusArgs {
                 corpus: corpus_path.display().to_string(),
@@ -231,7 +255,7 @@ async fn teacher(args: TeacherBenchArgs) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     let median = |mut v: Vec<f64>| {
         v.sort_by(|a, b| a.total_cmp(b));
-        v[v.len() / 2]
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
     };
     let (e2e, with_load) = (median(e2e_runs), median(load_runs));
     let figures = Figures {
@@ -240,6 +264,10 @@ async fn teacher(args: TeacherBenchArgs) -> anyhow::Result<()> {
         output: spec.describe(),
         parameters,
         gemm_gflops: gemm,
+        blas_gflops: blas,
+        matmul: distill_blas::get()
+            .map(|b| b.name.clone())
+            .unwrap_or_else(|| "candle".into()),
         tokenize_seconds,
         end_to_end_over_forward: e2e / sorted.texts_per_second,
         end_to_end_rows_per_second: e2e,
@@ -253,8 +281,16 @@ async fn teacher(args: TeacherBenchArgs) -> anyhow::Result<()> {
     } else {
         let f = &figures;
         println!(
-            "teacher bench: {} rows, {} threads, {} parameters, output {}, f32 GEMM peak (candle 2048³) {:.0} GFLOP/s",
-            f.rows, f.threads, f.parameters, f.output, f.gemm_gflops
+            "teacher bench: {} rows, {} threads, {} parameters, output {}, linear layers on {}; f32 GEMM peak (2048³): candle {:.0} GFLOP/s, BLAS {}",
+            f.rows,
+            f.threads,
+            f.parameters,
+            f.output,
+            f.matmul,
+            f.gemm_gflops,
+            f.blas_gflops
+                .map(|g| format!("{g:.0} GFLOP/s"))
+                .unwrap_or_else(|| "none".into())
         );
         println!(
             "{:<28} {:>9} {:>12} {:>14} {:>9} {:>9} {:>8}",

@@ -16,17 +16,32 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Args)]
 pub struct EvalArgs {
     /// The model directory: a distill student, a BertForSequenceClassification checkpoint, or the
-    /// task's embedding teacher (evaluated as teacher + the task's head).
+    /// task's embedding teacher (evaluated as teacher + the task's head); or a causal LM (an lm
+    /// student, or any decoder teacher) evaluated on --held-out rows of a token-topk entry.
     #[arg(long, env = "DISTILL_MODEL")]
     pub model: PathBuf,
     /// Cache store holding the task (texts and teacher logits of the labeled ids come from there).
     #[arg(long, env = "DISTILL_CACHE")]
     pub cache: String,
-    #[arg(long, env = "DISTILL_TASK")]
-    pub task: String,
+    /// The task (classifier models).
+    #[arg(long, env = "DISTILL_TASK", required_unless_present = "held_out")]
+    pub task: Option<String>,
     /// Labeled evaluation examples: JSONL with id and label (ids of the task's corpus).
-    #[arg(long, env = "DISTILL_LABELS")]
-    pub labels: PathBuf,
+    #[arg(long, env = "DISTILL_LABELS", required_unless_present = "held_out")]
+    pub labels: Option<PathBuf>,
+    /// Causal LMs: ids of held-out rows of the token-topk entry (JSONL with an `id` field or one id per
+    /// line): perplexity, KL to the teacher and top-1 agreement there, from the cache.
+    #[arg(long, env = "DISTILL_HELD_OUT", conflicts_with_all = ["task", "labels"])]
+    pub held_out: Option<PathBuf>,
+    /// Causal LMs: which cached corpus (a part of its path or URL).
+    #[arg(long, env = "DISTILL_TASK_CORPUS")]
+    pub corpus: Option<String>,
+    /// Causal LMs: which teacher (a prefix of its fingerprint).
+    #[arg(long, env = "DISTILL_TEACHER_FINGERPRINT")]
+    pub teacher_fingerprint: Option<String>,
+    /// Causal LMs: which token-topk entry (as `cache ls` shows it, or a prefix of its fingerprint).
+    #[arg(long = "output", env = "DISTILL_TASK_OUTPUT")]
+    pub output: Option<String>,
     #[arg(long, env = "DISTILL_ID_FIELD", default_value = "id")]
     pub id_field: String,
     #[arg(long, env = "DISTILL_LABEL_FIELD", default_value = "label")]
@@ -117,7 +132,13 @@ pub fn safetensors_parameters(dir: &Path) -> u64 {
 
 pub async fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
     let loc = store::open(&args.cache, false)?;
-    let task = distill_cache::task::read_task(&loc, &args.task).await?;
+    if let Some(held_out) = &args.held_out {
+        return run_eval_lm(&loc, &args, held_out).await;
+    }
+    let (Some(task_name), Some(labels_path)) = (&args.task, &args.labels) else {
+        anyhow::bail!("give --task and --labels (classifiers), or --held-out (causal LMs)");
+    };
+    let task = distill_cache::task::read_task(&loc, task_name).await?;
     let model = {
         let (dir, device, t) = (args.model.clone(), args.device.clone(), task.clone());
         tokio::task::spawn_blocking(move || Predictor::load_for_task(&dir, &device, &t)).await??
@@ -136,7 +157,7 @@ pub async fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
         label: args.label_field.clone(),
         group: None,
     };
-    let examples = labeled_examples(&loc, &task, &args.labels, &fields, &task.labels).await?;
+    let examples = labeled_examples(&loc, &task, labels_path, &fields, &task.labels).await?;
     let params = parameters(&model, &args.model);
     let bytes = dir_bytes(&args.model);
     let name = args.model.display().to_string();
@@ -190,6 +211,56 @@ pub async fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `distill eval --held-out`: a causal LM against the cached teacher.
+async fn run_eval_lm(
+    loc: &distill_cache::store::Location,
+    args: &EvalArgs,
+    held_out: &Path,
+) -> anyhow::Result<()> {
+    use distill_student_trainer::lm;
+    let ids = labels::read_ids(held_out)?;
+    let q = distill_student_trainer::task::EntryQuery {
+        corpus: args.corpus.as_deref(),
+        teacher: args.teacher_fingerprint.as_deref(),
+        output: args.output.as_deref(),
+        kind: None,
+    };
+    let r = lm::evaluate_model(loc, &args.model, &q, &ids, &args.device).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print_lm_table(std::slice::from_ref(&r));
+    }
+    Ok(())
+}
+
+pub fn print_lm_table(rows: &[distill_student_trainer::lm::LmEvalReport]) {
+    println!(
+        "{:<34} {:>10} {:>10} {:>8} {:>10} {:>12} {:>11} {:>9}",
+        "model",
+        "perplexity",
+        "KL (nats)",
+        "top-1",
+        "tok/s b=1",
+        "tok/s b=16",
+        "parameters",
+        "size"
+    );
+    for r in rows {
+        println!(
+            "{:<34} {:>10.2} {:>10.3} {:>7.1}% {:>10.0} {:>12.0} {:>11} {:>9}",
+            clip(&r.model, 34),
+            r.report.perplexity,
+            r.report.kl_to_teacher,
+            100.0 * r.report.top1_agreement,
+            r.tokens_per_second_batch1,
+            r.tokens_per_second_batched,
+            crate::report::count(r.parameters),
+            crate::report::bytes(r.bytes)
+        );
+    }
 }
 
 fn clip(s: &str, n: usize) -> String {
@@ -254,6 +325,49 @@ pub struct PredictArgs {
     /// Texts per model call.
     #[arg(long, env = "DISTILL_PREDICT_BATCH", default_value_t = 256)]
     pub batch: usize,
+    /// Causal LMs: also continue each text greedily by this many tokens.
+    #[arg(long, env = "DISTILL_GENERATE", default_value_t = 0)]
+    pub generate: usize,
+}
+
+/// `distill predict` with a causal LM: each text's log-likelihood and perplexity (and continuation).
+async fn predict_lm(
+    args: &PredictArgs,
+    md: distill_cache::model_dir::ModelDir,
+) -> anyhow::Result<()> {
+    let inputs = read_inputs(args)?;
+    let (device, generate) = (args.device.clone(), args.generate);
+    let lines = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<String>> {
+        let t = distill_teacher::Teacher::load(&md, &device)?;
+        let texts: Vec<&str> = inputs.iter().map(|i| i.text.as_str()).collect();
+        let scored = distill_student_trainer::lm::score_texts(&t, &texts, generate)?;
+        inputs
+            .iter()
+            .zip(scored)
+            .map(|(i, s)| {
+                let mut v = serde_json::to_value(&s)?;
+                v["id"] = i.id.clone().into();
+                Ok(serde_json::to_string(&v)?)
+            })
+            .collect()
+    })
+    .await??;
+    write_lines(&args.output, lines)
+}
+
+/// Writes JSONL to a file (aside, then renamed) or standard output.
+fn write_lines(output: &str, lines: Vec<String>) -> anyhow::Result<()> {
+    let mut body = lines.join("\n");
+    body.push('\n');
+    if output == "-" {
+        std::io::stdout().write_all(body.as_bytes())?;
+    } else {
+        // Written aside and renamed: a reader never sees half the predictions.
+        let tmp = format!("{output}.partial-{}", std::process::id());
+        std::fs::write(&tmp, body).with_context(|| format!("writing {tmp}"))?;
+        std::fs::rename(&tmp, output).with_context(|| format!("writing {output}"))?;
+    }
+    Ok(())
 }
 
 fn input_name(input: &str) -> String {
@@ -331,6 +445,12 @@ fn read_inputs(args: &PredictArgs) -> anyhow::Result<Vec<Input>> {
 }
 
 pub async fn run_predict(args: PredictArgs) -> anyhow::Result<()> {
+    let name = args.model.display().to_string();
+    if let Ok(md) = distill_cache::model_dir::ModelDir::inspect(&name, &args.model) {
+        if md.family == distill_cache::model_dir::Family::Llama {
+            return predict_lm(&args, md).await;
+        }
+    }
     let model = {
         let (dir, device) = (args.model.clone(), args.device.clone());
         tokio::task::spawn_blocking(move || Predictor::load(&dir, &device)).await??
@@ -373,16 +493,7 @@ pub async fn run_predict(args: PredictArgs) -> anyhow::Result<()> {
     })
     .await??;
     let (lines, right, judged) = lines;
-    let mut body = lines.join("\n");
-    body.push('\n');
-    if args.output == "-" {
-        std::io::stdout().write_all(body.as_bytes())?;
-    } else {
-        // Written aside and renamed: a reader never sees half the predictions.
-        let tmp = format!("{}.partial-{}", args.output, std::process::id());
-        std::fs::write(&tmp, body).with_context(|| format!("writing {tmp}"))?;
-        std::fs::rename(&tmp, &args.output).with_context(|| format!("writing {}", args.output))?;
-    }
+    write_lines(&args.output, lines)?;
     if judged > 0 {
         eprintln!(
             "accuracy on the {judged} labeled inputs: {:.1}%",

@@ -434,7 +434,7 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
             let mut targs = TrainArgs::new(&args.store, &name, kind, &dir);
             targs.gold_only = gold_only;
             targs.seed = args.seed + *d as u64;
-            targs.layers = args.layers;
+            targs.layers = Some(args.layers);
             targs.max_seq = args.max_seq;
             targs.epochs = (kind == StudentKind::Transformer).then_some(args.transformer_epochs);
             targs.mimic_epochs = args.mimic_epochs;
@@ -580,9 +580,9 @@ async fn mimic_once(
         .await?
         .with_embeddings(record)?;
     let opts = TransformerOptions {
-        layers: targs.layers,
+        layers: targs.layers(),
         max_seq: targs.max_seq,
-        batch: targs.batch,
+        batch: targs.batch(),
         mimic_epochs: targs.mimic_epochs,
         seed: targs.seed,
         ..Default::default()

@@ -1,10 +1,10 @@
 //! `distill train`: distill a student from a task's cached soft labels (no teacher pass).
 
-use anyhow::Context;
 use clap::{Args, ValueEnum};
 use distill_cache::model_dir::ModelDir;
 use distill_cache::store::{self, Location};
 use distill_cache::task::TaskRecord;
+use distill_student_trainer::checkpoint;
 use distill_student_trainer::data::{Selection, TrainData};
 use distill_student_trainer::kd::KdWeights;
 use distill_student_trainer::model::{save_ngram, write_dir, StudentInfo};
@@ -21,6 +21,9 @@ pub enum StudentKind {
     Transformer,
     /// A hashed bag-of-n-grams model (fastText-like).
     Ngram,
+    /// A smaller llama causal LM from a decoder teacher's token-topk entry (exported as
+    /// LlamaForCausalLM, optionally GGUF).
+    Lm,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -28,9 +31,10 @@ pub struct TrainArgs {
     /// Cache store holding the task.
     #[arg(long, env = "DISTILL_CACHE")]
     pub cache: String,
-    /// The task to distill (see `distill task fit`).
+    /// The task to distill (see `distill task fit`); not for --student lm, which reads a token-topk
+    /// entry (--corpus, --teacher-fingerprint, --output choose it).
     #[arg(long, env = "DISTILL_TASK")]
-    pub task: String,
+    pub task: Option<String>,
     #[arg(long, env = "DISTILL_STUDENT", value_enum)]
     pub student: StudentKind,
     /// Output directory (written aside and renamed into place when complete).
@@ -45,25 +49,28 @@ pub struct TrainArgs {
     /// Epochs of distillation (default: 10 n-gram, 2 transformer; 60 with --gold-only).
     #[arg(long, env = "DISTILL_EPOCHS")]
     pub epochs: Option<usize>,
-    #[arg(long, env = "DISTILL_BATCH", default_value_t = 32)]
-    pub batch: usize,
+    /// Examples per step (default 32; lm: chunks of --max-seq tokens per step, default 8).
+    #[arg(long, env = "DISTILL_BATCH")]
+    pub batch: Option<usize>,
     /// Peak learning rate (default: 0.01 n-gram, 1e-4 transformer).
     #[arg(long, env = "DISTILL_LR")]
     pub lr: Option<f64>,
     /// Distillation temperature T.
     #[arg(long, env = "DISTILL_TEMPERATURE", default_value_t = 1.0)]
     pub temperature: f32,
-    /// Weight α of the gold cross-entropy.
-    #[arg(long, env = "DISTILL_ALPHA", default_value_t = 0.5)]
-    pub alpha: f32,
+    /// Weight α of the gold cross-entropy (default 0.5; lm: of the next-token cross-entropy blended
+    /// into the KD loss, default 0.1).
+    #[arg(long, env = "DISTILL_ALPHA")]
+    pub alpha: Option<f32>,
     #[arg(long, env = "DISTILL_SEED", default_value_t = 0)]
     pub seed: u64,
     /// Shuffle-buffer size (examples held in memory while streaming shards).
     #[arg(long, env = "DISTILL_SHUFFLE_BUFFER", default_value_t = 4096)]
     pub shuffle_buffer: usize,
-    /// Transformer: encoder layers.
-    #[arg(long, env = "DISTILL_LAYERS", default_value_t = 2)]
-    pub layers: usize,
+    /// Transformer: encoder layers (default 2); lm: decoder layers, from evenly spaced teacher layers
+    /// (default 4).
+    #[arg(long, env = "DISTILL_LAYERS")]
+    pub layers: Option<usize>,
     /// Transformer: initialise from random weights instead of the teacher's layers.
     #[arg(long, env = "DISTILL_RANDOM_INIT")]
     pub random_init: bool,
@@ -100,9 +107,56 @@ pub struct TrainArgs {
     /// N-gram: character n-gram length inside words (0: none).
     #[arg(long, env = "DISTILL_CHAR_NGRAM", default_value_t = 3)]
     pub char_ngram: usize,
+    /// lm: the loss — ce (next token only), topk (KL on the teacher's top-k and tail), sampled (the
+    /// sampled-token estimate; needs an entry labeled with --samples).
+    #[arg(long, env = "DISTILL_LOSS", default_value = "topk")]
+    pub loss: distill_student_trainer::lm::LmLoss,
+    /// lm: stop after this many optimiser steps (0: the epochs decide).
+    #[arg(long, env = "DISTILL_MAX_STEPS", default_value_t = 0)]
+    pub max_steps: u64,
+    /// lm: train the embedding table and the tied output head too (frozen by default).
+    #[arg(long, env = "DISTILL_TRAIN_EMBEDDINGS")]
+    pub train_embeddings: bool,
+    /// lm: also write `model.gguf` with matrices in f16 or q8_0 (a GGUF teacher's tokenizer).
+    #[arg(long, env = "DISTILL_GGUF")]
+    pub gguf: Option<String>,
+    /// lm: which cached corpus, when the store holds several: a part of its path or URL.
+    #[arg(long, env = "DISTILL_TASK_CORPUS")]
+    pub corpus: Option<String>,
+    /// lm: which teacher: a prefix of its fingerprint.
+    #[arg(long, env = "DISTILL_TEACHER_FINGERPRINT")]
+    pub teacher_fingerprint: Option<String>,
+    /// lm: which token-topk entry, when a teacher labeled the corpus several ways: as `cache ls` shows
+    /// it or a prefix of its fingerprint.
+    #[arg(long = "output", env = "DISTILL_TASK_OUTPUT")]
+    pub output: Option<String>,
 }
 
 impl TrainArgs {
+    pub fn layers(&self) -> usize {
+        self.layers.unwrap_or(if self.student == StudentKind::Lm {
+            4
+        } else {
+            2
+        })
+    }
+
+    pub fn batch(&self) -> usize {
+        self.batch.unwrap_or(if self.student == StudentKind::Lm {
+            8
+        } else {
+            32
+        })
+    }
+
+    pub fn alpha(&self) -> f32 {
+        self.alpha.unwrap_or(if self.student == StudentKind::Lm {
+            0.1
+        } else {
+            0.5
+        })
+    }
+
     /// Defaults for a command line with only the required flags.
     pub fn new(cache: &str, task: &str, student: StudentKind, out: &Path) -> Self {
         use clap::Parser;
@@ -114,6 +168,7 @@ impl TrainArgs {
         let kind = match student {
             StudentKind::Transformer => "transformer",
             StudentKind::Ngram => "ngram",
+            StudentKind::Lm => "lm",
         };
         P::parse_from([
             "train",
@@ -132,7 +187,16 @@ impl TrainArgs {
 
 pub async fn run(args: TrainArgs) -> anyhow::Result<()> {
     let loc = store::open(&args.cache, false)?;
-    let task = distill_cache::task::read_task(&loc, &args.task).await?;
+    if args.student == StudentKind::Lm {
+        return run_lm(&loc, &args).await;
+    }
+    let Some(name) = &args.task else {
+        anyhow::bail!(
+            "--task is required for the {} student",
+            format!("{:?}", args.student).to_lowercase()
+        );
+    };
+    let task = distill_cache::task::read_task(&loc, name).await?;
     let exclude = match &args.exclude {
         Some(p) => distill_student_trainer::labels::read_ids(p)?,
         None => HashSet::new(),
@@ -143,6 +207,71 @@ pub async fn run(args: TrainArgs) -> anyhow::Result<()> {
         "trained a {} student for task {} in {:.0} s → {}",
         info.kind,
         task.name,
+        started.elapsed().as_secs_f64(),
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// `distill train --student lm`: maps the flags onto the library's recipe.
+async fn run_lm(loc: &Location, args: &TrainArgs) -> anyhow::Result<()> {
+    use distill_student_trainer::lm::{self, LmOptions, LmTrainSpec};
+    if args.task.is_some() {
+        anyhow::bail!("--task: the lm student reads a token-topk entry, not a task (choose it with --corpus / --teacher-fingerprint / --output)");
+    }
+    if args.temperature != 1.0 {
+        anyhow::bail!(
+            "--temperature {}: a token-topk entry holds log-probabilities at temperature 1, and its top-k cannot be renormalised at another temperature exactly (the tail's tokens are unknown); distill refuses rather than approximate",
+            args.temperature
+        );
+    }
+    if args.gold_only {
+        anyhow::bail!("--gold-only applies to task students; for an LM trained on the next token alone use --loss ce");
+    }
+    args.validate()?;
+    let defaults = LmOptions::default();
+    let spec = LmTrainSpec {
+        corpus: args.corpus.clone(),
+        teacher_fingerprint: args.teacher_fingerprint.clone(),
+        output: args.output.clone(),
+        teacher: args.teacher.clone(),
+        exclude: match &args.exclude {
+            Some(p) => distill_student_trainer::labels::read_ids(p)?,
+            None => HashSet::new(),
+        },
+        options: LmOptions {
+            layers: args.layers(),
+            from_teacher: !args.random_init,
+            train_embeddings: args.train_embeddings,
+            loss: args.loss,
+            alpha: if args.loss == lm::LmLoss::Ce {
+                1.0
+            } else {
+                args.alpha()
+            },
+            max_seq: args.max_seq,
+            batch: args.batch(),
+            epochs: args.epochs.unwrap_or(1),
+            max_steps: args.max_steps,
+            lr: args.lr.unwrap_or(defaults.lr),
+            seed: args.seed,
+            checkpoint_every: args.checkpoint_every,
+            ..defaults
+        },
+        out: args.out.clone(),
+        checkpoint: args.checkpoint.clone(),
+        gguf: args.gguf.clone(),
+        device: args.device.clone(),
+    };
+    let started = std::time::Instant::now();
+    let mut bar = TrainBar::new(true, "lm");
+    let trained = lm::train_lm(loc, &spec, move |r| bar.step(r)).await?;
+    println!(
+        "trained an lm student ({} parameters, {} rows, {} tokens per epoch, loss {:?}) in {:.0} s → {}",
+        trained.parameters,
+        trained.rows,
+        trained.tokens_per_epoch,
+        args.loss,
         started.elapsed().as_secs_f64(),
         args.out.display()
     );
@@ -219,44 +348,15 @@ fn now() -> u64 {
 
 /// The checkpoint folder of a training run: `--checkpoint`, or `<out>.checkpoint` next to `<out>`.
 fn checkpoint_dir(args: &TrainArgs) -> PathBuf {
-    args.checkpoint.clone().unwrap_or_else(|| {
-        let name = args
-            .out
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "model".into());
-        args.out.with_file_name(format!("{name}.checkpoint"))
-    })
+    checkpoint::folder_for(&args.out, args.checkpoint.as_deref())
 }
 
-/// Marks a folder as a distill checkpoint folder (only such folders are ever deleted).
-const CHECKPOINT_MARKER: &str = ".distill-checkpoint";
-
-/// Creates (or reuses) a checkpoint folder; refuses a non-empty folder that is not one.
 fn prepare_checkpoint(dir: &Path) -> anyhow::Result<()> {
-    if dir.exists() {
-        let empty = dir
-            .read_dir()
-            .map(|mut d| d.next().is_none())
-            .unwrap_or(false);
-        if !empty && !dir.join(CHECKPOINT_MARKER).is_file() {
-            anyhow::bail!(
-                "checkpoint folder {} exists and is not a distill checkpoint: choose another --checkpoint",
-                dir.display()
-            );
-        }
-    }
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    std::fs::write(dir.join(CHECKPOINT_MARKER), b"")
-        .with_context(|| format!("writing {}", dir.display()))?;
-    Ok(())
+    Ok(checkpoint::prepare(dir)?)
 }
 
-/// Removes a checkpoint folder once the model is written (only if it carries the marker).
 fn remove_checkpoint(dir: &Path) {
-    if dir.join(CHECKPOINT_MARKER).is_file() {
-        let _ = std::fs::remove_dir_all(dir);
-    }
+    checkpoint::remove(dir)
 }
 
 /// Identifies a run by everything that decides its result, so a checkpoint is only resumed by the
@@ -290,7 +390,7 @@ impl TrainArgs {
     /// Rejects settings that cannot train, naming the flag.
     pub fn validate(&self) -> anyhow::Result<()> {
         let checks: [(bool, &str); 7] = [
-            (self.batch == 0, "--batch must be at least 1"),
+            (self.batch() == 0, "--batch must be at least 1"),
             (self.buckets == 0, "--buckets must be at least 1"),
             (self.dim == 0, "--dim must be at least 1"),
             (
@@ -303,7 +403,7 @@ impl TrainArgs {
                 "--temperature must be a positive number",
             ),
             (
-                !(self.alpha.is_finite() && self.alpha >= 0.0)
+                !(self.alpha().is_finite() && self.alpha() >= 0.0)
                     || self.lr.is_some_and(|l| !(l.is_finite() && l > 0.0)),
                 "--alpha must be ≥ 0 and --lr > 0",
             ),
@@ -372,6 +472,9 @@ pub async fn train(
         kind: match args.student {
             StudentKind::Transformer => "transformer".into(),
             StudentKind::Ngram => "ngram".into(),
+            StudentKind::Lm => {
+                anyhow::bail!("the lm student trains from a token-topk entry, not a task")
+            }
         },
         task: task.name.clone(),
         labels: task.labels.clone(),
@@ -383,6 +486,7 @@ pub async fn train(
     };
     let out = args.out.clone();
     match args.student {
+        StudentKind::Lm => unreachable!("refused above"),
         StudentKind::Ngram => {
             let cfg = NgramConfig {
                 buckets: args.buckets,
@@ -392,12 +496,12 @@ pub async fn train(
             };
             let opts = NgramTrainOptions {
                 epochs: args.epochs.unwrap_or(if args.gold_only { 60 } else { 10 }),
-                batch: args.batch,
+                batch: args.batch(),
                 lr: args.lr.unwrap_or(0.01),
                 kd: KdWeights {
                     temperature: args.temperature,
                     soft: if args.gold_only { 0.0 } else { 1.0 },
-                    alpha: if args.gold_only { 1.0 } else { args.alpha },
+                    alpha: if args.gold_only { 1.0 } else { args.alpha() },
                 },
                 seed: args.seed,
                 ..Default::default()
@@ -431,10 +535,10 @@ pub async fn train(
             let dir = teacher_dir(loc, task, args.teacher.as_deref()).await?;
             let device = args.device.open()?;
             let opts = TransformerOptions {
-                layers: args.layers,
+                layers: args.layers(),
                 from_teacher: !args.random_init,
                 max_seq: args.max_seq,
-                batch: args.batch,
+                batch: args.batch(),
                 mimic_epochs: if mimicked.is_some() || task.head.is_none() || args.gold_only {
                     0
                 } else {
@@ -445,7 +549,7 @@ pub async fn train(
                 epochs: args.epochs.unwrap_or(if args.gold_only { 20 } else { 2 }),
                 lr: args.lr.unwrap_or(1e-4),
                 temperature: args.temperature,
-                alpha: if args.gold_only { 1.0 } else { args.alpha },
+                alpha: if args.gold_only { 1.0 } else { args.alpha() },
                 seed: args.seed,
                 adamw: AdamW::default(),
                 checkpoint_every: args.checkpoint_every,

@@ -382,9 +382,11 @@ impl ModelDir {
             path: tokenizer.clone(),
             source,
         })?;
-        let tok: HfTokenizerJson = serde_json::from_slice(&bytes)
+        let json: serde_json::Value = serde_json::from_slice(&bytes)
             .map_err(|e| model_err(location, format!("tokenizer.json: invalid JSON: {e}")))?;
-        let tok_vocab = tok.vocab_size();
+        let canonical = CanonicalTokenizer::from_hf(&json)
+            .map_err(|e| model_err(location, format!("tokenizer.json: {e}")))?;
+        let tok_vocab = canonical.vocab.len();
         if tok_vocab > vocab_size {
             return Err(model_err(
                 location,
@@ -393,14 +395,12 @@ impl ModelDir {
                 ),
             ));
         }
-        let mut h = Hasher::new("distill.tokenizer.hf.v1");
-        h.field(&bytes).str(SPECIAL_TEXT_POLICY);
         let tokenizer_info = TokenizerInfo {
-            fingerprint: h.finish(),
+            fingerprint: canonical.fingerprint(),
             vocab_size: tok_vocab,
             bos: cfg.bos_token_id.as_ref().and_then(first_id),
             eos: cfg.eos_token_id.as_ref().and_then(first_id),
-            add_bos: tok.adds_bos(cfg.bos_token_id.as_ref().and_then(first_id)),
+            add_bos: canonical.bos_prepended.is_some(),
             special_text: SPECIAL_TEXT_POLICY.into(),
         };
         Ok(Self {
@@ -443,22 +443,8 @@ impl ModelDir {
                 ),
             ));
         }
-        let mut h = Hasher::new("distill.tokenizer.gguf.v1");
-        h.str(&tok.pre);
-        h.u64(tok.tokens.len() as u64);
-        for (t, ty) in tok.tokens.iter().zip(&tok.token_types) {
-            h.str(t).u64(*ty as u64);
-        }
-        h.u64(tok.merges.len() as u64);
-        for (a, b) in &tok.merges {
-            h.str(a).str(b);
-        }
-        for id in [tok.bos, tok.eos] {
-            h.u64(id.map(|i| i as u64 + 1).unwrap_or(0));
-        }
-        h.u64(tok.add_bos as u64).str(SPECIAL_TEXT_POLICY);
         let tokenizer_info = TokenizerInfo {
-            fingerprint: h.finish(),
+            fingerprint: CanonicalTokenizer::from_gguf(&tok).fingerprint(),
             vocab_size: tok.tokens.len(),
             bos: tok.bos,
             eos: tok.eos,
@@ -577,56 +563,6 @@ fn first_id(v: &serde_json::Value) -> Option<u32> {
         serde_json::Value::Number(n) => n.as_u64().map(|x| x as u32),
         serde_json::Value::Array(a) => a.first().and_then(first_id),
         _ => None,
-    }
-}
-
-/// The parts of an HF `tokenizer.json` inspection needs.
-#[derive(Deserialize)]
-struct HfTokenizerJson {
-    model: HfTokenizerModel,
-    #[serde(default)]
-    added_tokens: Vec<HfAddedToken>,
-    #[serde(default)]
-    post_processor: Option<serde_json::Value>,
-}
-
-#[derive(Deserialize)]
-struct HfTokenizerModel {
-    #[serde(default)]
-    vocab: serde_json::Map<String, serde_json::Value>,
-}
-
-#[derive(Deserialize)]
-struct HfAddedToken {
-    id: usize,
-}
-
-impl HfTokenizerJson {
-    fn vocab_size(&self) -> usize {
-        let base = self
-            .model
-            .vocab
-            .values()
-            .filter_map(|v| v.as_u64())
-            .max()
-            .map(|m| m as usize + 1)
-            .unwrap_or(0);
-        let added = self
-            .added_tokens
-            .iter()
-            .map(|t| t.id + 1)
-            .max()
-            .unwrap_or(0);
-        base.max(added)
-    }
-
-    /// Whether the post-processor puts the BOS token in front (as Llama's `TemplateProcessing` does).
-    fn adds_bos(&self, bos: Option<u32>) -> bool {
-        let (Some(pp), Some(bos)) = (&self.post_processor, bos) else {
-            return false;
-        };
-        let text = pp.to_string();
-        text.contains("TemplateProcessing") && text.contains(&format!("\"ids\":[{bos}]"))
     }
 }
 
@@ -760,6 +696,202 @@ pub fn model_cache_dir() -> PathBuf {
             PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/tmp".into())).join(".cache")
         });
     base.join("distill").join("models")
+}
+
+/// What decides how a byte-level BPE tokenizer turns text into ids, in one form for both sources (GGUF
+/// metadata and HF `tokenizer.json`), so the same tokenizer has the same fingerprint whichever file
+/// holds it — a student exported with its teacher's tokenizer keeps the teacher's identity.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CanonicalTokenizer {
+    /// Tokens by id.
+    pub vocab: Vec<String>,
+    pub merges: Vec<(String, String)>,
+    /// The pre-tokenizer: a name distill implements (`smollm`, `gpt2`, `llama-bpe`, `qwen2`) or, for
+    /// others, the JSON of `tokenizer.json`'s pre-tokenizer.
+    pub pre: String,
+    /// `normalizer`, model options and other settings that change ids (JSON; `null` for plain BPE).
+    pub extra: String,
+    /// Ids of control (special) tokens.
+    pub control: Vec<u32>,
+    /// The BOS id put in front of every row, if any.
+    pub bos_prepended: Option<u32>,
+}
+
+/// The split patterns of the pre-tokenizers distill names (as the models' tokenizer.json files hold
+/// them).
+pub const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+pub const QWEN2_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+impl CanonicalTokenizer {
+    pub fn from_gguf(t: &crate::gguf::GgufTokenizer) -> Self {
+        let pre = match t.pre.as_str() {
+            "default" => "gpt2".to_owned(),
+            p => p.to_owned(),
+        };
+        Self {
+            vocab: t.tokens.clone(),
+            merges: t.merges.clone(),
+            extra: serde_json::json!({"ignore_merges": pre == "llama-bpe"}).to_string(),
+            pre,
+            control: t
+                .token_types
+                .iter()
+                .enumerate()
+                .filter(|(_, ty)| **ty == 3)
+                .map(|(i, _)| i as u32)
+                .collect(),
+            bos_prepended: if t.add_bos { t.bos } else { None },
+        }
+    }
+
+    /// From an HF `tokenizer.json` with a BPE model.
+    pub fn from_hf(json: &serde_json::Value) -> std::result::Result<Self, String> {
+        let model = &json["model"];
+        let kind = model["type"].as_str().unwrap_or("BPE");
+        if kind != "BPE" {
+            return Err(format!(
+                "model type {kind:?} is not supported for decoder teachers (BPE)"
+            ));
+        }
+        let mut by_id: Vec<(u64, String)> = model["vocab"]
+            .as_object()
+            .ok_or("model.vocab is not an object")?
+            .iter()
+            .map(|(k, v)| {
+                v.as_u64()
+                    .map(|i| (i, k.clone()))
+                    .ok_or("a vocab id is not a number")
+            })
+            .collect::<std::result::Result<_, _>>()?;
+        let added = json["added_tokens"].as_array().cloned().unwrap_or_default();
+        for a in &added {
+            if let (Some(id), Some(content)) = (a["id"].as_u64(), a["content"].as_str()) {
+                if !by_id.iter().any(|(i, _)| *i == id) {
+                    by_id.push((id, content.to_owned()));
+                }
+            }
+        }
+        by_id.sort();
+        let mut vocab = Vec::with_capacity(by_id.len());
+        for (i, (id, tok)) in by_id.into_iter().enumerate() {
+            if id as usize != i {
+                return Err(format!("token ids are not 0..N (id {id} at position {i})"));
+            }
+            vocab.push(tok);
+        }
+        let merges = model["merges"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|m| match m {
+                serde_json::Value::String(s) => s
+                    .split_once(' ')
+                    .map(|(a, b)| (a.to_owned(), b.to_owned()))
+                    .ok_or_else(|| format!("merge {s:?} is not two tokens")),
+                serde_json::Value::Array(p) if p.len() == 2 => Ok((
+                    p[0].as_str().unwrap_or_default().to_owned(),
+                    p[1].as_str().unwrap_or_default().to_owned(),
+                )),
+                other => Err(format!("merge {other} is not a pair")),
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let control = added
+            .iter()
+            .filter(|a| a["special"].as_bool().unwrap_or(false))
+            .filter_map(|a| a["id"].as_u64().map(|i| i as u32))
+            .collect();
+        let extra = serde_json::json!({
+            "ignore_merges": model["ignore_merges"].as_bool().unwrap_or(false),
+            "byte_fallback": model["byte_fallback"].as_bool().unwrap_or(false),
+            "normalizer": json["normalizer"],
+        });
+        // The plain-BPE form of `extra` is what GGUF tokenizers have.
+        let extra = if extra["byte_fallback"] == false && extra["normalizer"].is_null() {
+            serde_json::json!({"ignore_merges": extra["ignore_merges"]}).to_string()
+        } else {
+            extra.to_string()
+        };
+        Ok(Self {
+            vocab,
+            merges,
+            pre: pre_name(&json["pre_tokenizer"]),
+            extra,
+            control,
+            bos_prepended: bos_of(&json["post_processor"]),
+        })
+    }
+
+    /// The tokenizer fingerprint (with the special-text policy).
+    pub fn fingerprint(&self) -> Fingerprint {
+        let mut h = Hasher::new("distill.tokenizer.v1");
+        h.str(&self.pre)
+            .str(&self.extra)
+            .u64(self.vocab.len() as u64);
+        for t in &self.vocab {
+            h.str(t);
+        }
+        h.u64(self.merges.len() as u64);
+        for (a, b) in &self.merges {
+            h.str(a).str(b);
+        }
+        h.u64(self.control.len() as u64);
+        for c in &self.control {
+            h.u64(*c as u64);
+        }
+        h.u64(self.bos_prepended.map(|b| b as u64 + 1).unwrap_or(0));
+        h.str(SPECIAL_TEXT_POLICY);
+        h.finish()
+    }
+}
+
+/// The name of a `tokenizer.json` pre-tokenizer distill implements, or its JSON.
+fn pre_name(pre: &serde_json::Value) -> String {
+    let parts: Vec<&serde_json::Value> = match pre["type"].as_str() {
+        Some("Sequence") => pre["pretokenizers"]
+            .as_array()
+            .map(|a| a.iter().collect())
+            .unwrap_or_default(),
+        _ => vec![pre],
+    };
+    let byte_level = |p: &serde_json::Value, regex: bool| {
+        p["type"] == "ByteLevel"
+            && p["add_prefix_space"] == false
+            && p["use_regex"].as_bool().unwrap_or(true) == regex
+    };
+    let split = |p: &serde_json::Value, pattern: &str| {
+        p["type"] == "Split"
+            && p["pattern"]["Regex"] == pattern
+            && p["behavior"] == "Isolated"
+            && p["invert"] == false
+    };
+    match parts.as_slice() {
+        [b] if byte_level(b, true) => "gpt2".into(),
+        [d, b]
+            if d["type"] == "Digits" && d["individual_digits"] == true && byte_level(b, true) =>
+        {
+            "smollm".into()
+        }
+        [s, b] if split(s, LLAMA3_PATTERN) && byte_level(b, false) => "llama-bpe".into(),
+        [s, b] if split(s, QWEN2_PATTERN) && byte_level(b, false) => "qwen2".into(),
+        _ => format!("json:{pre}"),
+    }
+}
+
+/// The id a `post_processor` puts in front of a single sequence, if any (a `TemplateProcessing`,
+/// alone or inside a `Sequence`).
+fn bos_of(pp: &serde_json::Value) -> Option<u32> {
+    match pp["type"].as_str() {
+        Some("Sequence") => pp["processors"].as_array()?.iter().find_map(bos_of),
+        Some("TemplateProcessing") => {
+            let first = pp["single"].as_array()?.first()?;
+            let name = first["SpecialToken"]["id"].as_str()?;
+            pp["special_tokens"][name]["ids"][0]
+                .as_u64()
+                .map(|i| i as u32)
+        }
+        _ => None,
+    }
 }
 
 /// Downloads a remote GGUF file into the model cache (kept when a file of the remote size is there).

@@ -92,3 +92,45 @@ pub fn load(dir: &Path, run: &str, device: &Device) -> Result<Option<(Position, 
         })?;
     Ok(Some((pos, State { dir: name, tensors })))
 }
+
+/// Marks a folder as a distill checkpoint folder (only such folders are ever deleted).
+const CHECKPOINT_MARKER: &str = ".distill-checkpoint";
+
+/// The checkpoint folder of a training run: `given`, or `<out>.checkpoint` next to `out`.
+pub fn folder_for(out: &Path, given: Option<&Path>) -> std::path::PathBuf {
+    given.map(Path::to_owned).unwrap_or_else(|| {
+        let name = out
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into());
+        out.with_file_name(format!("{name}.checkpoint"))
+    })
+}
+
+/// Creates (or reuses) a checkpoint folder; refuses a non-empty folder that is not one.
+pub fn prepare(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        let empty = dir
+            .read_dir()
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false);
+        if !empty && !dir.join(CHECKPOINT_MARKER).is_file() {
+            return Err(StudentError::File {
+                path: dir.display().to_string(),
+                reason: "exists and is not a distill checkpoint: choose another --checkpoint"
+                    .into(),
+            });
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(StudentError::io(dir))?;
+    let marker = dir.join(CHECKPOINT_MARKER);
+    std::fs::write(&marker, b"").map_err(StudentError::io(&marker))?;
+    Ok(())
+}
+
+/// Removes a checkpoint folder once the model is written (only if it carries the marker).
+pub fn remove(dir: &Path) {
+    if dir.join(CHECKPOINT_MARKER).is_file() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

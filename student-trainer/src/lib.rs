@@ -9,11 +9,14 @@
 //! - [`ngram`]: the hashed bag-of-n-grams student;
 //! - [`transformer`]: the BERT student initialised from the teacher's layers, trained with candle's
 //!   autograd, exported as a Hugging Face `BertForSequenceClassification`;
+//! - [`lm`]: the LM student, a smaller llama distilled from a decoder teacher's cached per-token
+//!   top-k (KL on top-k + tail, or sampled tokens, blended with CE), exported for `transformers` and
+//!   llama.cpp, and its held-out evaluation;
 //! - [`checkpoint`]: training checkpoints (both students) and resuming them;
 //! - [`model`]: student directories (atomic writes, loading, prediction);
 //! - [`metrics`] and [`eval`]: accuracy, macro-F1, agreement, calibration, latency, blind spots.
 //!
-//! It reads the cache only through `distill-cache` and runs models through `distill-worker`.
+//! It reads the cache only through `distill-cache` and runs models through `distill-teacher`.
 
 pub mod checkpoint;
 pub mod data;
@@ -21,6 +24,7 @@ pub mod error;
 pub mod eval;
 pub mod kd;
 pub mod labels;
+pub mod lm;
 pub mod logreg;
 pub mod metrics;
 pub mod model;

@@ -1,5 +1,7 @@
 //! Optimisation shared by the students: the learning-rate schedule (linear warm-up, then linear decay
-//! to zero) and AdamW on flat `f32` parameters, with lazy updates for embedding rows.
+//! to zero) and one AdamW — applied to flat `f32` parameters (the n-gram student, with lazy updates for
+//! embedding rows) or to candle variables ([`VarAdamW`]: the transformer and LM students), with the
+//! same update and global gradient clipping.
 
 use serde::{Deserialize, Serialize};
 
@@ -83,6 +85,118 @@ impl AdamW {
             v[i] = b2 * v[i] + (1.0 - b2) * g * g;
             p[i] -= wd * p[i] + step * m[i] / (v[i].sqrt() + eps);
         }
+    }
+}
+
+/// AdamW over named candle variables: moments per variable, decoupled weight decay where asked, global
+/// gradient-norm clipping. Its state (weights and moments, `name`, `m.name`, `v.name`) is what a
+/// checkpoint holds.
+pub struct VarAdamW {
+    opt: AdamW,
+    slots: std::collections::BTreeMap<String, VarSlot>,
+}
+
+struct VarSlot {
+    var: candle_core::Var,
+    m: candle_core::Tensor,
+    v: candle_core::Tensor,
+    decay: bool,
+}
+
+impl std::fmt::Debug for VarAdamW {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VarAdamW")
+            .field("variables", &self.slots.len())
+            .finish()
+    }
+}
+
+impl VarAdamW {
+    /// An optimiser of `(name, variable, decay)` triples.
+    pub fn new(
+        opt: AdamW,
+        vars: impl IntoIterator<Item = (String, candle_core::Var, bool)>,
+    ) -> candle_core::Result<Self> {
+        let mut slots = std::collections::BTreeMap::new();
+        for (name, var, decay) in vars {
+            let t = var.as_tensor();
+            slots.insert(
+                name,
+                VarSlot {
+                    m: t.zeros_like()?,
+                    v: t.zeros_like()?,
+                    var,
+                    decay,
+                },
+            );
+        }
+        Ok(Self { opt, slots })
+    }
+
+    /// One update at step `t` (1-based) with learning rate `lr`, gradients clipped to a global norm of
+    /// `max_norm` (0: no clipping). Variables without a gradient are left alone.
+    pub fn step(
+        &mut self,
+        grads: &candle_core::backprop::GradStore,
+        max_norm: f32,
+        lr: f64,
+        t: u64,
+    ) -> candle_core::Result<()> {
+        let mut gs = Vec::new();
+        let mut sq = 0f64;
+        for (name, s) in &self.slots {
+            if let Some(g) = grads.get(s.var.as_tensor()) {
+                sq += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+                gs.push((name.clone(), g.clone()));
+            }
+        }
+        let norm = sq.sqrt();
+        let scale = if max_norm > 0.0 && norm > max_norm as f64 {
+            max_norm as f64 / norm
+        } else {
+            1.0
+        };
+        let o = &self.opt;
+        let c1 = 1.0 - o.beta1.powi(t as i32);
+        let c2 = 1.0 - o.beta2.powi(t as i32);
+        for (name, g) in gs {
+            let g = (g * scale)?;
+            let s = self.slots.get_mut(&name).expect("slot per variable");
+            s.m = ((&s.m * o.beta1)? + (&g * (1.0 - o.beta1))?)?;
+            s.v = ((&s.v * o.beta2)? + (g.sqr()? * (1.0 - o.beta2))?)?;
+            let p = s.var.as_tensor();
+            let update = ((&s.m / c1)? / ((&s.v / c2)?.sqrt()? + o.eps)?)?;
+            let mut next = (p - (update * lr)?)?;
+            if s.decay {
+                next = (next - (p * (lr * o.weight_decay))?)?;
+            }
+            s.var.set(&next.detach())?;
+        }
+        Ok(())
+    }
+
+    /// Weights and moments by name, for a checkpoint.
+    pub fn state(
+        &self,
+    ) -> candle_core::Result<std::collections::HashMap<String, candle_core::Tensor>> {
+        let mut out = std::collections::HashMap::new();
+        for (k, s) in &self.slots {
+            out.insert(k.clone(), s.var.as_tensor().clone());
+            out.insert(format!("m.{k}"), s.m.clone());
+            out.insert(format!("v.{k}"), s.v.clone());
+        }
+        Ok(out)
+    }
+
+    /// Restores weights and moments from a checkpoint.
+    pub fn restore(&mut self, state: &crate::checkpoint::State) -> crate::Result<()> {
+        for (k, s) in self.slots.iter_mut() {
+            let dims = s.var.dims().to_vec();
+            s.var.set(state.get(k, &dims)?)?;
+            s.m = state.get(&format!("m.{k}"), &dims)?.clone();
+            s.v = state.get(&format!("v.{k}"), &dims)?.clone();
+        }
+        Ok(())
     }
 }
 

@@ -35,16 +35,19 @@ pub struct EntryQuery<'a> {
 }
 
 /// Finds the teacher-output entry of a corpus: the store's only one, or the one the query picks.
-/// Derived task entries, and entries of per-token kinds or of kinds this release does not know, are
-/// not candidates. Zero or several matches are errors that list the candidates with their outputs.
+/// Derived task entries and kinds this release does not know are never candidates; per-token entries
+/// only when the query asks for `token_topk`. Zero or several matches are errors that list the candidates with their outputs.
 pub async fn find_entry(loc: &Location, q: &EntryQuery<'_>) -> Result<Entry> {
     let all = catalog::manifests(loc).await?;
     let mut found: Vec<Entry> = all
         .into_iter()
         .filter_map(|(m, spec)| {
             let spec = spec?;
-            (spec.is_per_example() && spec.fingerprint() == m.output)
-                .then_some(Entry { manifest: m, spec })
+            let wanted = match q.kind {
+                Some(OutputKind::TokenTopk) => spec.kind() == Some(OutputKind::TokenTopk),
+                _ => spec.is_per_example(),
+            };
+            (wanted && spec.fingerprint() == m.output).then_some(Entry { manifest: m, spec })
         })
         .collect();
     if found.is_empty() {

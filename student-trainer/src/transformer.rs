@@ -21,7 +21,7 @@ use crate::data::{Example, TrainData};
 use crate::kd::KdWeights;
 use crate::model::StudentInfo;
 use crate::ngram::StepReport;
-use crate::optim::{lr_at, AdamW};
+use crate::optim::{lr_at, AdamW, VarAdamW};
 use crate::rng::Rng;
 use crate::{Result, StudentError};
 use candle_core::{DType, Device, IndexOp, Tensor, Var, D};
@@ -527,12 +527,6 @@ fn mimic_loss(pooled: &Tensor, target: &Tensor) -> Result<Tensor> {
 }
 
 /// Optimiser state of one variable.
-struct Slot {
-    m: Tensor,
-    v: Tensor,
-    decay: bool,
-}
-
 /// A training phase.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
@@ -614,22 +608,20 @@ pub fn train_phase(
 ) -> Result<()> {
     let classes = student.labels.len();
     let device = student.device.clone();
-    let names: Vec<String> = student.vars.keys().cloned().collect();
-    let mut slots: BTreeMap<String, Slot> = BTreeMap::new();
-    for n in &names {
-        let t = student.vars[n].as_tensor();
-        slots.insert(
-            n.clone(),
-            Slot {
-                m: t.zeros_like()?,
-                v: t.zeros_like()?,
-                decay: !(n.ends_with("bias") || n.contains("LayerNorm")),
-            },
-        );
-    }
+    let mut optimizer = VarAdamW::new(
+        opts.adamw,
+        student.vars.iter().map(|(n, v)| {
+            (
+                n.clone(),
+                v.clone(),
+                !(n.ends_with("bias") || n.contains("LayerNorm")),
+            )
+        }),
+    )?;
     let (mut start_epoch, mut skip, mut step) = (0usize, 0u64, 0u64);
     if let Some(dir) = checkpoint {
-        if let Some(pos) = load_checkpoint(dir, run_id, student, &mut slots)? {
+        if let Some((pos, state)) = checkpoint::load(dir, run_id, &device)? {
+            optimizer.restore(&state)?;
             tracing::info!(
                 phase = phase.name(),
                 epoch = pos.epoch,
@@ -691,15 +683,7 @@ pub fn train_phase(
                 let grads = loss.backward()?;
                 step += 1;
                 let rate = lr_at(lr, step - 1, warmup, total);
-                apply_adamw(
-                    student,
-                    &mut slots,
-                    &grads,
-                    &opts.adamw,
-                    opts.clip,
-                    rate,
-                    step,
-                )?;
+                optimizer.step(&grads, opts.clip, rate, step)?;
                 on_step(StepReport {
                     step,
                     total,
@@ -717,7 +701,7 @@ pub fn train_phase(
                         batch: done,
                         step,
                     };
-                    save_checkpoint(dir, student, &slots, &pos)?;
+                    checkpoint::save(dir, &optimizer.state()?, &pos)?;
                 }
             }
         }
@@ -729,7 +713,7 @@ pub fn train_phase(
                 batch: 0,
                 step,
             };
-            save_checkpoint(dir, student, &slots, &pos)?;
+            checkpoint::save(dir, &optimizer.state()?, &pos)?;
         }
     }
     Ok(())
@@ -743,82 +727,6 @@ fn count_batches(data: &TrainData, batch: usize) -> Result<u64> {
     }
     let window = batch * 16;
     Ok((n / window * 16 + (n % window).div_ceil(batch)) as u64)
-}
-
-fn apply_adamw(
-    student: &TransformerStudent,
-    slots: &mut BTreeMap<String, Slot>,
-    grads: &candle_core::backprop::GradStore,
-    opt: &AdamW,
-    max_norm: f32,
-    lr: f64,
-    t: u64,
-) -> Result<()> {
-    let mut gs: Vec<(&String, Tensor)> = Vec::new();
-    let mut sq = 0f64;
-    for (name, var) in &student.vars {
-        if let Some(g) = grads.get(var.as_tensor()) {
-            sq += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
-            gs.push((name, g.clone()));
-        }
-    }
-    let norm = sq.sqrt();
-    let scale = if max_norm > 0.0 && norm > max_norm as f64 {
-        max_norm as f64 / norm
-    } else {
-        1.0
-    };
-    let c1 = 1.0 - opt.beta1.powi(t as i32);
-    let c2 = 1.0 - opt.beta2.powi(t as i32);
-    for (name, g) in gs {
-        let g = (g * scale)?;
-        let s = slots.get_mut(name).expect("slot per variable");
-        s.m = ((&s.m * opt.beta1)? + (&g * (1.0 - opt.beta1))?)?;
-        s.v = ((&s.v * opt.beta2)? + (g.sqr()? * (1.0 - opt.beta2))?)?;
-        let var = &student.vars[name];
-        let p = var.as_tensor();
-        let update = ((&s.m / c1)? / ((&s.v / c2)?.sqrt()? + opt.eps)?)?;
-        let mut next = (p - (update * lr)?)?;
-        if s.decay {
-            next = (next - (p * (lr * opt.weight_decay))?)?;
-        }
-        var.set(&next.detach())?;
-    }
-    Ok(())
-}
-
-fn save_checkpoint(
-    dir: &Path,
-    student: &TransformerStudent,
-    slots: &BTreeMap<String, Slot>,
-    pos: &Position,
-) -> Result<()> {
-    let mut tensors = HashMap::new();
-    for (k, var) in &student.vars {
-        tensors.insert(k.clone(), var.as_tensor().clone());
-        tensors.insert(format!("m.{k}"), slots[k].m.clone());
-        tensors.insert(format!("v.{k}"), slots[k].v.clone());
-    }
-    checkpoint::save(dir, &tensors, pos)
-}
-
-/// Restores a checkpoint of the same run into the student's variables and the optimiser moments.
-fn load_checkpoint(
-    dir: &Path,
-    run_id: &str,
-    student: &TransformerStudent,
-    slots: &mut BTreeMap<String, Slot>,
-) -> Result<Option<Position>> {
-    let Some((pos, state)) = checkpoint::load(dir, run_id, &student.device)? else {
-        return Ok(None);
-    };
-    for (k, var) in &student.vars {
-        var.set(state.get(k, var.dims())?)?;
-        let s = slots.get_mut(k).expect("slot per variable");
-        s.m = state.get(&format!("m.{k}"), var.dims())?.clone();
-        s.v = state.get(&format!("v.{k}"), var.dims())?.clone();
-    }
-    Ok(Some(pos))
 }
 
 #[cfg(test)]

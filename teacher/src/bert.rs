@@ -7,6 +7,7 @@
 //! Tensor names follow HF checkpoints, with or without the `bert.` prefix.
 
 use crate::cpu::{CpuAttention, CpuGeluErf};
+use crate::linear::Linear;
 use crate::model::{Model, ModelShape};
 use crate::{Result, TeacherError};
 use candle_core::{DType, Device, IndexOp, Tensor};
@@ -87,33 +88,9 @@ impl Config {
     }
 }
 
-/// `y = x · Wᵀ + b` with `Wᵀ` stored contiguous.
-#[derive(Clone, Debug)]
-struct Dense {
-    wt: Tensor,
-    b: Tensor,
-}
-
-impl Dense {
-    fn load(vb: &VarBuilder, inp: usize, out: usize) -> candle_core::Result<Self> {
-        let w = vb.get((out, inp), "weight")?;
-        let b = vb.get(out, "bias")?;
-        Ok(Self {
-            wt: w.t()?.contiguous()?,
-            b,
-        })
-    }
-
-    fn fused(parts: &[Dense]) -> candle_core::Result<Self> {
-        let wt = Tensor::cat(&parts.iter().map(|p| &p.wt).collect::<Vec<_>>(), 1)?;
-        let b = Tensor::cat(&parts.iter().map(|p| &p.b).collect::<Vec<_>>(), 0)?;
-        Ok(Self { wt, b })
-    }
-
-    /// `x`: `[n, in]` → `[n, out]`.
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        x.matmul(&self.wt)?.broadcast_add(&self.b)
-    }
+/// A linear layer of a checkpoint: `weight` `[out, in]` and `bias`.
+fn dense(vb: &VarBuilder, inp: usize, out: usize) -> candle_core::Result<Linear> {
+    Linear::new(&vb.get((out, inp), "weight")?, Some(vb.get(out, "bias")?))
 }
 
 #[derive(Clone, Debug)]
@@ -139,11 +116,11 @@ impl Norm {
 
 #[derive(Clone, Debug)]
 struct Layer {
-    qkv: Dense,
-    attn_out: Dense,
+    qkv: Linear,
+    attn_out: Linear,
     attn_norm: Norm,
-    ff_in: Dense,
-    ff_out: Dense,
+    ff_in: Linear,
+    ff_out: Linear,
     ff_norm: Norm,
 }
 
@@ -159,7 +136,7 @@ pub struct Bert {
     act: Act,
     pub config: Config,
     /// Weights of the sequence-classification head, when loaded with one.
-    classifier: Option<(Dense, Dense)>,
+    classifier: Option<(Linear, Linear)>,
 }
 
 /// Loads every tensor of the given safetensors files.
@@ -221,17 +198,17 @@ impl Bert {
         for i in 0..config.num_hidden_layers {
             let l = vb.pp(format!("encoder.layer.{i}"));
             let a = l.pp("attention");
-            let q = Dense::load(&a.pp("self.query"), h, h).map_err(misfit)?;
-            let k = Dense::load(&a.pp("self.key"), h, h).map_err(misfit)?;
-            let v = Dense::load(&a.pp("self.value"), h, h).map_err(misfit)?;
+            let q = dense(&a.pp("self.query"), h, h).map_err(misfit)?;
+            let k = dense(&a.pp("self.key"), h, h).map_err(misfit)?;
+            let v = dense(&a.pp("self.value"), h, h).map_err(misfit)?;
             layers.push(Layer {
-                qkv: Dense::fused(&[q, k, v]).map_err(misfit)?,
-                attn_out: Dense::load(&a.pp("output.dense"), h, h).map_err(misfit)?,
+                qkv: Linear::fused(&[q, k, v]).map_err(misfit)?,
+                attn_out: dense(&a.pp("output.dense"), h, h).map_err(misfit)?,
                 attn_norm: Norm::load(&a.pp("output.LayerNorm"), h, config.layer_norm_eps)
                     .map_err(misfit)?,
-                ff_in: Dense::load(&l.pp("intermediate.dense"), h, config.intermediate_size)
+                ff_in: dense(&l.pp("intermediate.dense"), h, config.intermediate_size)
                     .map_err(misfit)?,
-                ff_out: Dense::load(&l.pp("output.dense"), config.intermediate_size, h)
+                ff_out: dense(&l.pp("output.dense"), config.intermediate_size, h)
                     .map_err(misfit)?,
                 ff_norm: Norm::load(&l.pp("output.LayerNorm"), h, config.layer_norm_eps)
                     .map_err(misfit)?,
@@ -240,8 +217,8 @@ impl Bert {
         let classifier = match num_labels {
             None => None,
             Some(n) => Some((
-                Dense::load(&vb.pp("pooler.dense"), h, h).map_err(misfit)?,
-                Dense::load(&root.pp("classifier"), h, n).map_err(misfit)?,
+                dense(&vb.pp("pooler.dense"), h, h).map_err(misfit)?,
+                dense(&root.pp("classifier"), h, n).map_err(misfit)?,
             )),
         };
         Ok(Self {
@@ -313,7 +290,7 @@ impl Bert {
             } else {
                 qkv.apply_op1_no_bwd(&cpu_attention)?
             };
-            x = l.attn_norm.forward(&(l.attn_out.forward(&ctx)? + &x)?)?;
+            x = l.attn_norm.forward(&l.attn_out.forward_add(&ctx, &x)?)?;
             let inner = l.ff_in.forward(&x)?;
             let inner = match self.act {
                 Act::GeluErf if inner.device().is_cpu() => inner.apply_op1_no_bwd(&CpuGeluErf)?,
@@ -321,7 +298,7 @@ impl Bert {
                 Act::GeluTanh => inner.gelu()?,
                 Act::Relu => inner.relu()?,
             };
-            x = l.ff_norm.forward(&(l.ff_out.forward(&inner)? + &x)?)?;
+            x = l.ff_norm.forward(&l.ff_out.forward_add(&inner, &x)?)?;
         }
         x.reshape((b, t, h))
     }

@@ -422,25 +422,6 @@ fn tiny_llama_weights(spec: &TinyLlama, vocab: usize) -> LlamaWeights {
     LlamaWeights { tensors: t }
 }
 
-/// llama.cpp's permutation of Q/K rows for adjacent rotary pairs: per head, rows
-/// `[0..d/2, d/2..d]` interleave to `0, d/2, 1, d/2+1, …`. `inverse` undoes it.
-fn permute_rows(w: &[f32], out: usize, inp: usize, heads: usize, inverse: bool) -> Vec<f32> {
-    let d = out / heads;
-    let mut r = vec![0f32; w.len()];
-    for hh in 0..heads {
-        for i in 0..d / 2 {
-            for half in 0..2 {
-                // HF row (half-split) ↔ GGUF row (interleaved).
-                let hf = hh * d + half * (d / 2) + i;
-                let gg = hh * d + 2 * i + half;
-                let (src, dst) = if inverse { (gg, hf) } else { (hf, gg) };
-                r[dst * inp..(dst + 1) * inp].copy_from_slice(&w[src * inp..(src + 1) * inp]);
-            }
-        }
-    }
-    r
-}
-
 /// Writes a tiny random llama GGUF file (llama.cpp names, `smollm` byte-level BPE tokenizer).
 pub fn write_tiny_llama_gguf(path: &Path, spec: &TinyLlama) -> FixtureResult<()> {
     use candle_core::quantized::{gguf_file::Value, GgmlDType, QTensor};
@@ -450,16 +431,14 @@ pub fn write_tiny_llama_gguf(path: &Path, spec: &TinyLlama) -> FixtureResult<()>
     let d = LLAMA_HIDDEN / LLAMA_HEADS;
     let mut qtensors: Vec<(String, QTensor)> = Vec::new();
     for (name, shape, values) in &weights.tensors {
-        let mut values = values.clone();
-        if name.ends_with("q_proj.weight") || name.ends_with("q_proj.bias") {
-            let inp = values.len() / (LLAMA_HEADS * d);
-            values = permute_rows(&values, LLAMA_HEADS * d, inp, LLAMA_HEADS, false);
+        let mut tensor = Tensor::from_vec(values.clone(), shape.as_slice(), &Device::Cpu)?;
+        // llama.cpp's converter permutes Q/K rows for adjacent rotary pairs.
+        if name.contains("q_proj.") {
+            tensor = crate::llama::permute_rotary_rows(&tensor, LLAMA_HEADS, false)?;
         }
-        if name.ends_with("k_proj.weight") || name.ends_with("k_proj.bias") {
-            let inp = values.len() / (LLAMA_KV_HEADS * d);
-            values = permute_rows(&values, LLAMA_KV_HEADS * d, inp, LLAMA_KV_HEADS, false);
+        if name.contains("k_proj.") {
+            tensor = crate::llama::permute_rotary_rows(&tensor, LLAMA_KV_HEADS, false)?;
         }
-        let tensor = Tensor::from_vec(values, shape.as_slice(), &Device::Cpu)?;
         let dtype = if shape.len() == 1 || spec.quant == GgmlDType::F32 {
             GgmlDType::F32
         } else if name == "model.embed_tokens.weight" {

@@ -6,6 +6,7 @@
 //!   config read straight from the model's own files;
 //! - [`cpu`]: the custom CPU kernels both use (attention over each row's real tokens, GELU, SwiGLU,
 //!   rotary embeddings);
+//! - [`linear`]: linear layers, on the CPU through the BLAS loaded at run time where there is one;
 //! - [`tokenizer`]: tokenizers from `tokenizer.json` or GGUF metadata, with distill's overrides;
 //! - [`batching`]: length-sorted batches under a token budget, so padding wastes almost nothing;
 //! - [`outputs`]: heads shared by the architectures — pooling, and the per-position top-k / tail /
@@ -22,6 +23,7 @@ pub mod cpu;
 pub mod device;
 pub mod error;
 pub mod fixtures;
+pub mod linear;
 pub mod llama;
 pub mod model;
 pub mod outputs;

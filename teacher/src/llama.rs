@@ -15,6 +15,7 @@
 //! (`(i, i + d/2)`).
 
 use crate::cpu::{CpuCausalAttention, CpuSiluMul, Rotary};
+use crate::linear::Linear;
 use crate::model::{Model, ModelShape};
 use crate::{Result, TeacherError};
 use candle_core::quantized::gguf_file;
@@ -212,31 +213,14 @@ impl LlamaConfig {
     }
 }
 
-/// `y = x · Wᵀ (+ b)` with `Wᵀ` stored contiguous.
-#[derive(Clone, Debug)]
-struct Dense {
-    wt: Tensor,
-    b: Option<Tensor>,
-}
-
-impl Dense {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = x.matmul(&self.wt)?;
-        match &self.b {
-            Some(b) => y.broadcast_add(b),
-            None => Ok(y),
-        }
-    }
-}
-
 #[derive(Clone, Debug)]
 struct Layer {
     attn_norm: Tensor,
-    qkv: Dense,
-    out: Dense,
+    qkv: Linear,
+    out: Linear,
     ffn_norm: Tensor,
-    gate_up: Dense,
-    down: Dense,
+    gate_up: Linear,
+    down: Linear,
 }
 
 /// A llama-family decoder with its weights loaded.
@@ -246,8 +230,8 @@ pub struct Llama {
     embed: Tensor,
     layers: Vec<Layer>,
     norm: Tensor,
-    /// The output head transposed, `[hidden, vocab]` (the embeddings when they are tied).
-    head_t: Tensor,
+    /// The output head, `[hidden] → [vocab]` (the embeddings when they are tied).
+    head: Linear,
     rotary: Rotary,
     /// `cos`/`sin` tables as tensors, for devices other than the CPU.
     rotary_tensors: Option<(Tensor, Tensor)>,
@@ -323,6 +307,178 @@ impl Source {
     }
 }
 
+/// The config and weight source of an inspected decoder.
+fn open_source(dir: &ModelDir) -> Result<(LlamaConfig, Source)> {
+    let loc = dir.location.as_str();
+    let model_err = |reason: String| TeacherError::Model {
+        location: loc.to_owned(),
+        reason,
+    };
+    let context = dir.max_seq_length;
+    Ok(match dir.format {
+        ModelFormat::Gguf => {
+            let path = &dir.weights[0];
+            let g = Gguf::open(loc, path)?;
+            let config = LlamaConfig::from_gguf(loc, &g, dir.vocab_size, context)?;
+            let file = std::fs::File::open(path)
+                .map_err(|e| model_err(format!("cannot open {}: {e}", path.display())))?;
+            (
+                config,
+                Source::Gguf {
+                    file,
+                    content: g.content,
+                },
+            )
+        }
+        ModelFormat::Hf => {
+            let bytes = std::fs::read(dir.hf_config()?)
+                .map_err(|e| model_err(format!("cannot read config.json: {e}")))?;
+            let config = LlamaConfig::from_hf(loc, &bytes, context)?;
+            let tensors = crate::bert::load_tensors(&dir.weights, &Device::Cpu).map_err(|e| {
+                model_err(format!(
+                    "cannot read weights: {}",
+                    crate::error::without_backtrace(e)
+                ))
+            })?;
+            (config, Source::Safetensors(tensors))
+        }
+    })
+}
+
+/// Rows of a Q or K projection (`[heads·d, in]`) or bias (`[heads·d]`) from llama.cpp's interleaved
+/// rotary layout to the HF one (`to_hf`), or back.
+pub fn permute_rotary_rows(t: &Tensor, heads: usize, to_hf: bool) -> candle_core::Result<Tensor> {
+    let dims = t.dims().to_vec();
+    let d = dims[0] / heads;
+    let rest: usize = dims[1..].iter().product();
+    let (a, b) = if to_hf { (d / 2, 2) } else { (2, d / 2) };
+    t.reshape((heads, a, b, rest))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape(dims)
+}
+
+/// Every weight of a decoder as f32 tensors in the HF layout and names (`model.layers.0.self_attn.q_proj.weight`, …;
+/// Q/K rows in the HF rotary layout whatever the source), with its config; `lm_head.weight` only when
+/// the head is not tied. For students initialised from a teacher and for export.
+pub fn hf_weights(
+    dir: &ModelDir,
+    device: &Device,
+) -> Result<(LlamaConfig, HashMap<String, Tensor>)> {
+    let (config, source) = open_source(dir)?;
+    let c = &config;
+    let (h, f, d) = (c.hidden, c.intermediate, c.head_dim);
+    let mut w = Loader {
+        source,
+        device,
+        location: &dir.location,
+        parameters: 0,
+    };
+    let mut out = HashMap::new();
+    out.insert(
+        "model.embed_tokens.weight".to_owned(),
+        w.need("model.embed_tokens.weight", &[c.vocab, h])?,
+    );
+    let (q_out, kv_out) = (c.heads * d, c.kv_heads * d);
+    for i in 0..c.layers {
+        let p = format!("model.layers.{i}.");
+        for (name, shape, need) in [
+            ("input_layernorm.weight", vec![h], true),
+            ("self_attn.q_proj.weight", vec![q_out, h], true),
+            ("self_attn.k_proj.weight", vec![kv_out, h], true),
+            ("self_attn.v_proj.weight", vec![kv_out, h], true),
+            ("self_attn.o_proj.weight", vec![h, q_out], true),
+            ("self_attn.q_proj.bias", vec![q_out], false),
+            ("self_attn.k_proj.bias", vec![kv_out], false),
+            ("self_attn.v_proj.bias", vec![kv_out], false),
+            ("self_attn.o_proj.bias", vec![h], false),
+            ("post_attention_layernorm.weight", vec![h], true),
+            ("mlp.gate_proj.weight", vec![f, h], true),
+            ("mlp.up_proj.weight", vec![f, h], true),
+            ("mlp.down_proj.weight", vec![h, f], true),
+        ] {
+            let full = format!("{p}{name}");
+            let t = if need {
+                Some(w.need(&full, &shape)?)
+            } else {
+                w.optional(&full, &shape)?
+            };
+            let Some(mut t) = t else { continue };
+            if c.rope_interleaved
+                && (name.starts_with("self_attn.q_proj") || name.starts_with("self_attn.k_proj"))
+            {
+                let heads = if name.starts_with("self_attn.q") {
+                    c.heads
+                } else {
+                    c.kv_heads
+                };
+                t = permute_rotary_rows(&t, heads, true)?;
+            }
+            out.insert(full, t);
+        }
+    }
+    out.insert(
+        "model.norm.weight".to_owned(),
+        w.need("model.norm.weight", &[h])?,
+    );
+    if let Some(head) = w.optional("lm_head.weight", &[c.vocab, h])? {
+        out.insert("lm_head.weight".to_owned(), head);
+    }
+    let mut config = config;
+    config.rope_interleaved = false;
+    Ok((config, out))
+}
+
+impl LlamaConfig {
+    /// The HF `config.json` of this shape (`LlamaForCausalLM`, HF rotary layout).
+    pub fn hf_config(
+        &self,
+        tie_word_embeddings: bool,
+        bos: Option<u32>,
+        eos: Option<u32>,
+    ) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "hidden_size": self.hidden,
+            "intermediate_size": self.intermediate,
+            "num_hidden_layers": self.layers,
+            "num_attention_heads": self.heads,
+            "num_key_value_heads": self.kv_heads,
+            "head_dim": self.head_dim,
+            "hidden_act": "silu",
+            "rms_norm_eps": self.rms_eps,
+            "rope_theta": self.rope_theta,
+            "vocab_size": self.vocab,
+            "max_position_embeddings": self.context,
+            "tie_word_embeddings": tie_word_embeddings,
+            "torch_dtype": "float32",
+            "attention_bias": false,
+        });
+        if let Some(s) = &self.rope_scaling {
+            v["rope_scaling"] = serde_json::json!({
+                "rope_type": "llama3",
+                "factor": s.factor,
+                "low_freq_factor": s.low_freq_factor,
+                "high_freq_factor": s.high_freq_factor,
+                "original_max_position_embeddings": s.original_max_position_embeddings,
+            });
+        }
+        if let Some(b) = bos {
+            v["bos_token_id"] = b.into();
+        }
+        if let Some(e) = eos {
+            v["eos_token_id"] = e.into();
+        }
+        v
+    }
+
+    /// Rotary inverse frequencies of this config (HF layout), as the student and export use them.
+    pub fn rotary_inv_freq(&self) -> Vec<f64> {
+        self.inv_freq(None)
+    }
+}
+
 /// Reads weights by HF name, checks their shapes, counts parameters; errors name the weight as the
 /// checkpoint names it.
 struct Loader<'a> {
@@ -369,40 +525,7 @@ impl Llama {
     /// Loads a decoder from an inspected GGUF file or HF directory.
     pub fn load(dir: &ModelDir, device: &Device) -> Result<Self> {
         let loc = dir.location.as_str();
-        let model_err = |reason: String| TeacherError::Model {
-            location: loc.to_owned(),
-            reason,
-        };
-        let context = dir.max_seq_length;
-        let (config, source) = match dir.format {
-            ModelFormat::Gguf => {
-                let path = &dir.weights[0];
-                let g = Gguf::open(loc, path)?;
-                let config = LlamaConfig::from_gguf(loc, &g, dir.vocab_size, context)?;
-                let file = std::fs::File::open(path)
-                    .map_err(|e| model_err(format!("cannot open {}: {e}", path.display())))?;
-                (
-                    config,
-                    Source::Gguf {
-                        file,
-                        content: g.content,
-                    },
-                )
-            }
-            ModelFormat::Hf => {
-                let bytes = std::fs::read(dir.hf_config()?)
-                    .map_err(|e| model_err(format!("cannot read config.json: {e}")))?;
-                let config = LlamaConfig::from_hf(loc, &bytes, context)?;
-                let tensors =
-                    crate::bert::load_tensors(&dir.weights, &Device::Cpu).map_err(|e| {
-                        model_err(format!(
-                            "cannot read weights: {}",
-                            crate::error::without_backtrace(e)
-                        ))
-                    })?;
-                (config, Source::Safetensors(tensors))
-            }
-        };
+        let (config, source) = open_source(dir)?;
         let c = config.clone();
         let (h, f, d) = (c.hidden, c.intermediate, c.head_dim);
         let mut w = Loader {
@@ -414,7 +537,6 @@ impl Llama {
         let embed = w.need("model.embed_tokens.weight", &[c.vocab, h])?;
         let mut layers = Vec::with_capacity(c.layers);
         let (q_out, kv_out) = (c.heads * d, c.kv_heads * d);
-        let t = |w: &Tensor| -> candle_core::Result<Tensor> { w.t()?.contiguous() };
         for i in 0..c.layers {
             let p = format!("model.layers.{i}.");
             let attn_norm = w.need(&format!("{p}input_layernorm.weight"), &[h])?;
@@ -430,39 +552,17 @@ impl Llama {
             let kb = w.optional(&format!("{p}self_attn.k_proj.bias"), &[kv_out])?;
             let vb = w.optional(&format!("{p}self_attn.v_proj.bias"), &[kv_out])?;
             let ob = w.optional(&format!("{p}self_attn.o_proj.bias"), &[h])?;
-            let qkv_b = match (qb, kb, vb) {
-                (None, None, None) => None,
-                (q, k, v) => {
-                    let or_zeros = |b: Option<Tensor>, n| match b {
-                        Some(b) => Ok(b),
-                        None => Tensor::zeros(n, DType::F32, device),
-                    };
-                    Some(Tensor::cat(
-                        &[
-                            or_zeros(q, q_out)?,
-                            or_zeros(k, kv_out)?,
-                            or_zeros(v, kv_out)?,
-                        ],
-                        0,
-                    )?)
-                }
-            };
             layers.push(Layer {
                 attn_norm,
-                qkv: Dense {
-                    wt: Tensor::cat(&[t(&q)?, t(&k)?, t(&v)?], 1)?,
-                    b: qkv_b,
-                },
-                out: Dense { wt: t(&o)?, b: ob },
+                qkv: Linear::fused(&[
+                    Linear::new(&q, qb)?,
+                    Linear::new(&k, kb)?,
+                    Linear::new(&v, vb)?,
+                ])?,
+                out: Linear::new(&o, ob)?,
                 ffn_norm,
-                gate_up: Dense {
-                    wt: Tensor::cat(&[t(&gate)?, t(&up)?], 1)?,
-                    b: None,
-                },
-                down: Dense {
-                    wt: t(&down)?,
-                    b: None,
-                },
+                gate_up: Linear::fused(&[Linear::new(&gate, None)?, Linear::new(&up, None)?])?,
+                down: Linear::new(&down, None)?,
             });
         }
         let norm = w.need("model.norm.weight", &[h])?;
@@ -491,7 +591,7 @@ impl Llama {
             ))
         };
         Ok(Self {
-            head_t: head.t()?.contiguous()?,
+            head: Linear::new(&head, None)?,
             config,
             embed,
             layers,
@@ -597,7 +697,7 @@ impl Model for Llama {
             } else {
                 self.attention_ops(&qkv, b, t)?
             };
-            x = (x + l.out.forward(&ctx)?)?;
+            x = l.out.forward_add(&ctx, &x)?;
             let hn = candle_nn::ops::rms_norm(&x, &l.ffn_norm, eps)?;
             let gu = l.gate_up.forward(&hn)?;
             let act = if cpu {
@@ -607,14 +707,14 @@ impl Model for Llama {
                 (candle_nn::ops::silu(&gu.narrow(D::Minus1, 0, f)?)?
                     * gu.narrow(D::Minus1, f, f)?)?
             };
-            x = (x + l.down.forward(&act)?)?;
+            x = l.down.forward_add(&act, &x)?;
         }
         let x = candle_nn::ops::rms_norm(&x, &self.norm, eps)?;
         Ok(x.reshape((b, t, c.hidden))?)
     }
 
     fn token_logits(&self, states: &Tensor) -> Result<Tensor> {
-        Ok(states.matmul(&self.head_t)?)
+        Ok(self.head.forward(states)?)
     }
 }
 

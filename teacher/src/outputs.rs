@@ -84,15 +84,18 @@ pub fn topk_position(logits: &[f32], ids: &mut [u32], logprobs: &mut [f32]) -> P
     let max = top[0].0;
     // Pass 2: the partition function and the mass strictly below the k-th value; values equal to
     // the k-th that did not make the top-k go to the tail too.
+    // f32 exponentials (vectorised, relative error 3e-7) summed in f64, block by block.
     let (mut total, mut below, mut ties) = (0f64, 0f64, 0usize);
-    for &l in logits {
-        let e = ((l - max) as f64).exp();
-        total += e;
-        if l < kth {
-            below += e;
-        } else if l == kth {
-            ties += 1;
+    for block in logits.chunks(256) {
+        let (mut t, mut b) = (0f32, 0f32);
+        for &l in block {
+            let e = crate::cpu::exp_f32(l - max);
+            t += e;
+            b += if l < kth { e } else { 0.0 };
+            ties += (l == kth) as usize;
         }
+        total += t as f64;
+        below += b as f64;
     }
     let selected_ties = top.iter().filter(|(v, _)| *v == kth).count();
     let tail = below + (ties - selected_ties) as f64 * ((kth - max) as f64).exp();

@@ -149,13 +149,7 @@ impl Teacher {
                 (Box::new(model), tokenizer)
             }
             Family::Llama => {
-                let tokenizer = match dir.format {
-                    ModelFormat::Gguf => {
-                        let g = distill_cache::gguf::Gguf::open(loc, &dir.weights[0])?;
-                        TextTokenizer::gguf(loc, &g.tokenizer(loc)?)?
-                    }
-                    ModelFormat::Hf => TextTokenizer::hf_decoder(loc, dir.hf_tokenizer()?)?,
-                };
+                let tokenizer = Self::decoder_tokenizer(dir)?;
                 if tokenizer.vocab_size() > dir.vocab_size {
                     return Err(model_err(format!(
                         "the tokenizer has {} tokens but the model's vocabulary has {}: they do not belong together",
@@ -177,6 +171,18 @@ impl Teacher {
             device_spec: device.clone(),
             info: dir.info(fingerprint, COMPUTE_DTYPE),
         })
+    }
+
+    /// The tokenizer of a decoder teacher, without its weights.
+    pub fn decoder_tokenizer(dir: &ModelDir) -> Result<TextTokenizer> {
+        let loc = dir.location.as_str();
+        match dir.format {
+            ModelFormat::Gguf => {
+                let g = distill_cache::gguf::Gguf::open(loc, &dir.weights[0])?;
+                TextTokenizer::gguf(loc, &g.tokenizer(loc)?)
+            }
+            ModelFormat::Hf => TextTokenizer::hf_decoder(loc, dir.hf_tokenizer()?),
+        }
     }
 
     pub fn info(&self) -> &TeacherInfo {
@@ -255,6 +261,34 @@ impl Teacher {
         let ids = Tensor::from_vec(ids, (b, t), &self.device)?;
         let lengths: Vec<usize> = rows.iter().map(|r| r.len()).collect();
         Ok((self.model.hidden_states(&ids, &lengths)?, lengths))
+    }
+
+    /// Next-token logits at every position of each row (`row length × vocab`, row-major), the rows run
+    /// as one padded batch (causal models only; for scoring and evaluation).
+    pub fn position_logits(&self, rows: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        let live: Vec<&[u32]> = rows
+            .iter()
+            .filter(|r| !r.is_empty())
+            .map(|r| r.as_slice())
+            .collect();
+        if live.is_empty() {
+            return Ok(vec![vec![]; rows.len()]);
+        }
+        let (states, _) = self.states(&live)?;
+        let (b, t, h) = states.dims3()?;
+        let flat = states.reshape((b * t, h))?;
+        let mut out = Vec::with_capacity(rows.len());
+        let mut i = 0;
+        for r in rows {
+            if r.is_empty() {
+                out.push(vec![]);
+                continue;
+            }
+            let x = flat.narrow(0, i * t, r.len())?;
+            out.push(self.model.token_logits(&x)?.flatten_all()?.to_vec1()?);
+            i += 1;
+        }
+        Ok(out)
     }
 
     /// Runs one padded batch of per-example outputs; returns `rows × width` values.

@@ -24,10 +24,7 @@ use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer};
 
-/// Split patterns of the pre-tokenizers beyond GPT-2's (which `ByteLevel` applies itself), as the
-/// models' own `tokenizer.json` files publish them.
-const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-const QWEN2_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+use distill_cache::model_dir::{LLAMA3_PATTERN, QWEN2_PATTERN};
 
 /// One tokenized text.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,8 +37,6 @@ pub struct Encoded {
 #[derive(Clone)]
 pub struct TextTokenizer {
     inner: Tokenizer,
-    /// Prepended by distill (GGUF tokenizers); HF tokenizers add their own through `add_special_tokens`.
-    bos: Option<u32>,
     /// Rows are cut to this many tokens (`None`: never; decoders window long rows instead).
     truncate: Option<usize>,
 }
@@ -50,7 +45,6 @@ impl std::fmt::Debug for TextTokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TextTokenizer")
             .field("vocab", &self.inner.get_vocab_size(true))
-            .field("bos", &self.bos)
             .field("truncate", &self.truncate)
             .finish()
     }
@@ -76,7 +70,6 @@ impl TextTokenizer {
             .map_err(|e| tok_err(location, e))?;
         Ok(Self {
             inner,
-            bos: None,
             truncate: None,
         })
     }
@@ -92,7 +85,6 @@ impl TextTokenizer {
         inner.set_encode_special_tokens(true);
         Ok(Self {
             inner,
-            bos: None,
             truncate: None,
         })
     }
@@ -150,9 +142,20 @@ impl TextTokenizer {
             .add_special_tokens(specials)
             .map_err(|e| tok_err(location, e))?;
         inner.set_encode_special_tokens(true);
+        // BOS through a post-processor (not by hand), so the exported tokenizer.json adds it too.
+        if let (true, Some(bos)) = (t.add_bos, t.bos) {
+            let text = t.tokens[bos as usize].clone();
+            let pp = tokenizers::processors::template::TemplateProcessing::builder()
+                .try_single(format!("{text} $A"))
+                .and_then(|b| b.try_pair(format!("{text} $A {text} $B")))
+                .map_err(|e| tok_err(location, e))?
+                .special_tokens(vec![(text, bos)])
+                .build()
+                .map_err(|e| tok_err(location, e))?;
+            inner.with_post_processor(Some(pp));
+        }
         Ok(Self {
             inner,
-            bos: if t.add_bos { t.bos } else { None },
             truncate: None,
         })
     }
@@ -182,9 +185,7 @@ impl TextTokenizer {
         Ok(encodings
             .into_iter()
             .map(|e| {
-                let mut ids = Vec::with_capacity(e.len() + 1);
-                ids.extend(self.bos);
-                ids.extend_from_slice(e.get_ids());
+                let mut ids = e.get_ids().to_vec();
                 let mut truncated = !e.get_overflowing().is_empty();
                 if let Some(max) = self.truncate {
                     if ids.len() > max {
@@ -259,6 +260,62 @@ mod tests {
         let got = ids(&t, "<|im_end|>");
         assert!(got.len() > 1 && !got.contains(&2), "{got:?}");
         assert_eq!(t.special_id("<|im_end|>"), Some(2));
+    }
+
+    #[test]
+    fn a_tokenizer_has_one_fingerprint_in_gguf_and_in_tokenizer_json() {
+        use distill_cache::model_dir::CanonicalTokenizer;
+        let (tokens, merges) = tiny_bpe();
+        let n = tokens.len();
+        for pre in ["smollm", "gpt2", "llama-bpe", "qwen2"] {
+            for add_bos in [false, true] {
+                let g = GgufTokenizer {
+                    pre: pre.into(),
+                    tokens: tokens.clone(),
+                    merges: merges.clone(),
+                    token_types: (0..n).map(|i| if i < 3 { 3 } else { 1 }).collect(),
+                    bos: Some(1),
+                    eos: Some(2),
+                    add_bos,
+                };
+                let t = TextTokenizer::gguf("tiny", &g).unwrap();
+                let json: serde_json::Value =
+                    serde_json::from_str(&t.inner().to_string(false).unwrap()).unwrap();
+                let from_json = CanonicalTokenizer::from_hf(&json).unwrap();
+                let from_gguf = CanonicalTokenizer::from_gguf(&g);
+                assert_eq!(from_json, from_gguf, "{pre} bos {add_bos}");
+                // And the exported file tokenizes as the GGUF tokenizer does.
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("tokenizer.json");
+                t.inner().save(&path, false).unwrap();
+                let back = TextTokenizer::hf_decoder("json", &path).unwrap();
+                for text in [
+                    "the movie was good",
+                    "2024 <|im_end|> naïve",
+                    " spaces  here",
+                ] {
+                    assert_eq!(
+                        ids(&back, text),
+                        ids(&t, text),
+                        "{pre} bos {add_bos}: {text:?}"
+                    );
+                }
+            }
+        }
+        // Another BOS rule is another tokenizer.
+        let fp = |add_bos| {
+            CanonicalTokenizer::from_gguf(&GgufTokenizer {
+                pre: "smollm".into(),
+                tokens: tokens.clone(),
+                merges: merges.clone(),
+                token_types: vec![1; n],
+                bos: Some(1),
+                eos: Some(2),
+                add_bos,
+            })
+            .fingerprint()
+        };
+        assert_ne!(fp(true), fp(false));
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod faults;
 mod grpc;
 mod kill;
 mod label;
+mod lm;
 mod pyarrow;
 mod reference;
 mod s3;
