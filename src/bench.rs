@@ -14,7 +14,7 @@ use std::time::Instant;
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// Teacher forward and end-to-end labeling throughput.
-    Teacher(TeacherBenchArgs),
+    Teacher(Box<TeacherBenchArgs>),
     /// Coordinator throughput: simulated workers leasing and completing shards of a huge job.
     Coordinator(crate::bench_coord::CoordBenchArgs),
     /// The coordinator process of `bench coordinator` (started by it).
@@ -83,7 +83,7 @@ struct Pass {
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
-        BenchCommand::Teacher(args) => teacher(args).await,
+        BenchCommand::Teacher(args) => teacher(*args).await,
         BenchCommand::Coordinator(args) => crate::bench_coord::run(args).await,
         BenchCommand::CoordinatorServer(args) => crate::bench_coord::server(args).await,
     }

@@ -9,7 +9,7 @@ use crate::report::{bytes, count};
 use anyhow::Context;
 use clap::Args;
 use distill_cache::corpus::{CorpusSpec, Format};
-use distill_cache::format::{Dtype, OutputKind, OutputRequest};
+use distill_cache::format::{Choice, Dtype, OutputKind, OutputRequest, PromptSpec};
 use distill_cache::model_dir::ModelDir;
 use distill_coordinator::JobSummary;
 use distill_proto::v1;
@@ -98,10 +98,30 @@ pub struct OutputArgs {
     /// token-topk: step between the windows of a longer row [default: half the window].
     #[arg(long, env = "DISTILL_STRIDE")]
     pub stride: Option<u32>,
+    /// Prompted labeling with a decoder teacher: the prompt, with {text} where the row goes (or
+    /// @FILE). The class logits of a row are the log-probabilities of each --choice's continuation.
+    #[arg(long, env = "DISTILL_PROMPT")]
+    pub prompt: Option<String>,
+    /// A class of the prompt: LABEL=CONTINUATION (e.g. `positive= positive`), once per class, in
+    /// logits order.
+    #[arg(long = "choice", value_name = "LABEL=CONTINUATION")]
+    pub choices: Vec<String>,
+    /// Wrap the prompt in the model's chat format (a user turn, then the assistant's turn).
+    #[arg(long, env = "DISTILL_CHAT")]
+    pub chat: bool,
+    /// With --chat: the system message (default: the model's own default, if it has one).
+    #[arg(long, env = "DISTILL_SYSTEM")]
+    pub system: Option<String>,
+    /// Text the continuations follow, after the prompt (after the assistant's turn opens with --chat).
+    #[arg(long, env = "DISTILL_ANSWER_PREFIX", default_value = "")]
+    pub answer_prefix: String,
+    /// Divide each continuation's log-probability by its number of tokens (default: summed).
+    #[arg(long, env = "DISTILL_LENGTH_NORMALIZE")]
+    pub length_normalize: bool,
 }
 
 impl OutputArgs {
-    /// A per-example output (embeddings or logits) with no token-topk settings.
+    /// A per-example output (embeddings or logits) with no token-topk or prompt settings.
     pub fn simple(output: OutputKind, dtype: Dtype) -> Self {
         Self {
             output,
@@ -110,7 +130,48 @@ impl OutputArgs {
             samples: None,
             window: None,
             stride: None,
+            prompt: None,
+            choices: vec![],
+            chat: false,
+            system: None,
+            answer_prefix: String::new(),
+            length_normalize: false,
         }
+    }
+
+    /// The prompt of `--prompt`/`--choice` (the template read from @FILE), or `None`.
+    pub fn prompt_spec(&self) -> anyhow::Result<Option<PromptSpec>> {
+        let Some(t) = &self.prompt else {
+            if !self.choices.is_empty() || self.chat || !self.answer_prefix.is_empty() {
+                anyhow::bail!("--choice, --chat and --answer-prefix need --prompt");
+            }
+            return Ok(None);
+        };
+        let template = match t.strip_prefix('@') {
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("--prompt @{path}: cannot read the file"))?,
+            None => t.clone(),
+        };
+        let choices = self
+            .choices
+            .iter()
+            .map(|c| {
+                c.split_once('=')
+                    .map(|(l, t)| Choice {
+                        label: l.to_owned(),
+                        continuation: t.to_owned(),
+                    })
+                    .ok_or_else(|| anyhow::anyhow!("--choice {c:?}: write LABEL=CONTINUATION"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Some(PromptSpec {
+            template,
+            choices,
+            chat: self.chat,
+            system: self.system.clone(),
+            answer_prefix: self.answer_prefix.clone(),
+            length_normalize: self.length_normalize,
+        }))
     }
 
     /// The request, with 0 for what the teacher decides.
@@ -124,8 +185,15 @@ impl OutputArgs {
                 anyhow::bail!("{flag} 0 is out of range: leave it out for the default");
             }
         }
+        let prompt = self.prompt_spec()?;
         Ok(OutputRequest {
-            kind: self.output,
+            // A prompt labels a task: class logits.
+            kind: if prompt.is_some() && self.output == OutputKind::Embeddings {
+                OutputKind::Logits
+            } else {
+                self.output
+            },
+            prompt,
             dtype: self.dtype,
             top_k: self.top_k.unwrap_or(0),
             samples: self.samples.unwrap_or(0),
@@ -165,9 +233,11 @@ pub struct LabelArgs {
 }
 
 impl LabelArgs {
-    fn spec(&self) -> v1::JobSpec {
+    fn spec(&self) -> anyhow::Result<v1::JobSpec> {
         let c = self.corpus.spec();
-        v1::JobSpec {
+        let request = self.output.request()?;
+        let prompt = request.prompt;
+        Ok(v1::JobSpec {
             corpus: Some(v1::CorpusSpec {
                 url: c.url,
                 format: c
@@ -179,7 +249,7 @@ impl LabelArgs {
             }),
             teacher: self.teacher.teacher.clone(),
             store: self.store.clone().unwrap_or_default(),
-            output: self.output.output.name().into(),
+            output: request.kind.name().into(),
             dtype: self.output.dtype.to_string(),
             shard_size: self.shard_size as u64,
             strict: self.strict,
@@ -188,7 +258,10 @@ impl LabelArgs {
             samples: self.output.samples.unwrap_or(0),
             window: self.output.window.unwrap_or(0),
             stride: self.output.stride.unwrap_or(0),
-        }
+            prompt: prompt
+                .as_ref()
+                .map(distill_coordinator::server::prompt_to_wire),
+        })
     }
 }
 
@@ -250,7 +323,7 @@ pub async fn label(args: &LabelArgs, show_progress: bool) -> anyhow::Result<JobS
     }
     if args.remote.coordinator.is_some() {
         let ch = args.remote.connect().await?;
-        return submit_and_watch(ch, args.spec(), show_progress).await;
+        return submit_and_watch(ch, args.spec()?, show_progress).await;
     }
     let store_url = args
         .store
@@ -262,6 +335,9 @@ pub async fn label(args: &LabelArgs, show_progress: bool) -> anyhow::Result<JobS
     let dir = ModelDir::resolve(&args.teacher.teacher).await?;
     // Refuse a bad output request before loading anything.
     request.resolve(&dir).map_err(|(_, e)| anyhow::anyhow!(e))?;
+    if let Some(p) = &request.prompt {
+        distill_teacher::prompt::check(&dir, p)?;
+    }
     let teacher = args.teacher.load_dir(dir).await?;
     label_in_process(args, store, Arc::new(teacher), show_progress).await
 }
@@ -329,7 +405,7 @@ pub async fn label_in_process(
         stopped,
     ));
     let ch = distill_proto::connect(&client).await?;
-    let result = submit_and_watch(ch, args.spec(), show_progress).await;
+    let result = submit_and_watch(ch, args.spec()?, show_progress).await;
     let _ = stop.send(true);
     worker.await??;
     server.await??;

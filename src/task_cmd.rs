@@ -74,6 +74,9 @@ pub struct FitArgs {
     /// Zero-shot: `LABEL=description`, once per label (the teacher embeds the descriptions).
     #[arg(long = "describe", value_name = "LABEL=TEXT")]
     pub describe: Vec<String>,
+    /// Prompted entries: folds of the cross-validation that chooses the calibration.
+    #[arg(long, env = "DISTILL_FOLDS", default_value_t = 5)]
+    pub folds: usize,
     /// Zero-shot softmax temperature on cosine similarities.
     #[arg(long, env = "DISTILL_ZERO_SHOT_TEMPERATURE", default_value_t = 0.05)]
     pub temperature: f32,
@@ -225,6 +228,9 @@ pub async fn fit(args: &FitArgs) -> anyhow::Result<TaskRecord> {
                 args.min_per_class,
             )
             .await?)
+        }
+        Some(OutputKind::Logits) if entry.spec_is_prompted() && !gold.is_empty() => {
+            Ok(task::fit_calibrated(&loc, &args.name, &entry, &gold, &path, args.folds, 0).await?)
         }
         Some(OutputKind::Logits) => {
             let info = distill_cache::catalog::read_teacher(&loc, &entry.manifest.teacher).await?;

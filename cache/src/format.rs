@@ -142,6 +142,65 @@ impl TopkSpec {
     }
 }
 
+/// A prompt that turns a decoder LM into a classifier (`distill label --prompt … --choice …`): the class
+/// logits of a row are the log-probabilities of each choice's continuation after the prompt.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromptSpec {
+    /// The template, with `{text}` where the row goes.
+    pub template: String,
+    /// Labels and continuations, in logits column order.
+    pub choices: Vec<Choice>,
+    /// Wrapped in the model's chat format (a user turn, then the assistant's turn opened).
+    pub chat: bool,
+    /// The chat's system message (`None`: the model's default, if its chat template has one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
+    /// Text after the prompt (after the assistant's turn opens, with `chat`) that the continuations
+    /// follow, e.g. `"The review is"`.
+    pub answer_prefix: String,
+    /// Divide each continuation's log-probability by its number of tokens (default: summed).
+    pub length_normalize: bool,
+}
+
+/// One class of a prompt: its label and the text that answers it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Choice {
+    pub label: String,
+    pub continuation: String,
+}
+
+impl PromptSpec {
+    /// Checks what can be checked without a tokenizer; the message names the flag.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.template.matches("{text}").count() != 1 {
+            return Err(format!(
+                "--prompt must contain {{text}} exactly once (it has it {} times)",
+                self.template.matches("{text}").count()
+            ));
+        }
+        if self.choices.len() < 2 {
+            return Err("--choice: give at least two, as LABEL=CONTINUATION".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for c in &self.choices {
+            if c.label.trim().is_empty() || c.continuation.is_empty() {
+                return Err(format!(
+                    "--choice {}={}: the label and the continuation must not be empty",
+                    c.label, c.continuation
+                ));
+            }
+            if !seen.insert(&c.label) {
+                return Err(format!("--choice: label {:?} is given twice", c.label));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn labels(&self) -> Vec<String> {
+        self.choices.iter().map(|c| c.label.clone()).collect()
+    }
+}
+
 /// What is stored per example (or per token). Its fingerprint is part of every shard's address.
 ///
 /// Serialised as a JSON object tagged by `kind`; the kinds of the first release serialise exactly as
@@ -153,8 +212,10 @@ pub enum OutputSpec {
     Embeddings {
         dtype: Dtype,
     },
+    /// Class logits: a classifier teacher's, a task head's, or a prompted decoder's (`prompt`).
     Logits {
         dtype: Dtype,
+        prompt: Option<Box<PromptSpec>>,
     },
     TokenTopk(TopkSpec),
     Unknown {
@@ -167,18 +228,28 @@ pub enum OutputSpec {
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 enum KnownSpec {
-    Embeddings { dtype: Dtype },
-    Logits { dtype: Dtype },
+    Embeddings {
+        dtype: Dtype,
+    },
+    Logits {
+        dtype: Dtype,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        prompt: Option<Box<PromptSpec>>,
+    },
     TokenTopk(TopkSpec),
 }
 
 impl Serialize for OutputSpec {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match *self {
-            Self::Embeddings { dtype } => KnownSpec::Embeddings { dtype }.serialize(s),
-            Self::Logits { dtype } => KnownSpec::Logits { dtype }.serialize(s),
-            Self::TokenTopk(t) => KnownSpec::TokenTopk(t).serialize(s),
-            Self::Unknown { ref json, .. } => json.serialize(s),
+        match self {
+            Self::Embeddings { dtype } => KnownSpec::Embeddings { dtype: *dtype }.serialize(s),
+            Self::Logits { dtype, prompt } => KnownSpec::Logits {
+                dtype: *dtype,
+                prompt: prompt.clone(),
+            }
+            .serialize(s),
+            Self::TokenTopk(t) => KnownSpec::TokenTopk(*t).serialize(s),
+            Self::Unknown { json, .. } => json.serialize(s),
         }
     }
 }
@@ -197,7 +268,7 @@ impl<'de> Deserialize<'de> for OutputSpec {
         Ok(
             match serde_json::from_value::<KnownSpec>(json).map_err(serde::de::Error::custom)? {
                 KnownSpec::Embeddings { dtype } => Self::Embeddings { dtype },
-                KnownSpec::Logits { dtype } => Self::Logits { dtype },
+                KnownSpec::Logits { dtype, prompt } => Self::Logits { dtype, prompt },
                 KnownSpec::TokenTopk(t) => Self::TokenTopk(t),
             },
         )
@@ -235,7 +306,7 @@ impl OutputSpec {
     /// The storage dtype of the main values (`None` for an unknown kind).
     pub fn dtype(&self) -> Option<Dtype> {
         match self {
-            Self::Embeddings { dtype } | Self::Logits { dtype } => Some(*dtype),
+            Self::Embeddings { dtype } | Self::Logits { dtype, .. } => Some(*dtype),
             Self::TokenTopk(t) => Some(t.dtype),
             Self::Unknown { .. } => None,
         }
@@ -244,7 +315,11 @@ impl OutputSpec {
     /// A short description for tables: `embeddings/f32`, `token_topk/f16/k20`, `future_kind?`.
     pub fn describe(&self) -> String {
         match self {
-            Self::Embeddings { dtype } | Self::Logits { dtype } => {
+            Self::Logits {
+                dtype,
+                prompt: Some(p),
+            } => format!("logits/{dtype}/prompted/{}", p.labels().join("|")),
+            Self::Embeddings { dtype } | Self::Logits { dtype, .. } => {
                 format!("{}/{dtype}", self.kind_name())
             }
             Self::TokenTopk(t) if t.samples > 0 => {
@@ -266,7 +341,7 @@ pub const DEFAULT_TOP_K: u32 = 20;
 
 /// What a user asks for (`--output`, `--dtype`, `--top-k`, …; 0 means "the default"), before it is
 /// resolved against a teacher into an [`OutputSpec`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OutputRequest {
     pub kind: OutputKind,
     pub dtype: Dtype,
@@ -274,6 +349,8 @@ pub struct OutputRequest {
     pub samples: u32,
     pub window: u32,
     pub stride: u32,
+    /// `logits` from a decoder: the prompt that makes it a classifier.
+    pub prompt: Option<PromptSpec>,
 }
 
 impl OutputRequest {
@@ -286,6 +363,7 @@ impl OutputRequest {
             samples: 0,
             window: 0,
             stride: 0,
+            prompt: None,
         }
     }
 
@@ -295,8 +373,30 @@ impl OutputRequest {
         &self,
         teacher: &crate::model_dir::ModelDir,
     ) -> Result<OutputSpec, (&'static str, String)> {
-        crate::model_dir::check_output(&teacher.head, &teacher.location, self.kind)
-            .map_err(|e| ("output", e))?;
+        use crate::model_dir::Head;
+        match (&teacher.head, &self.prompt) {
+            (Head::CausalLm { .. }, Some(p)) => {
+                if self.kind != OutputKind::Logits {
+                    return Err((
+                        "output",
+                        "--prompt labels a task: use --output logits (or leave --output out)"
+                            .into(),
+                    ));
+                }
+                p.validate().map_err(|e| ("prompt", e))?;
+            }
+            (_, Some(_)) => {
+                return Err((
+                    "prompt",
+                    format!(
+                    "teacher {} is not a causal language model: --prompt needs a decoder teacher",
+                    teacher.location
+                ),
+                ))
+            }
+            _ => crate::model_dir::check_output(&teacher.head, &teacher.location, self.kind)
+                .map_err(|e| ("output", e))?,
+        }
         if self.kind != OutputKind::TokenTopk {
             for (flag, v) in [
                 ("top_k", self.top_k),
@@ -317,7 +417,10 @@ impl OutputRequest {
         }
         Ok(match self.kind {
             OutputKind::Embeddings => OutputSpec::Embeddings { dtype: self.dtype },
-            OutputKind::Logits => OutputSpec::Logits { dtype: self.dtype },
+            OutputKind::Logits => OutputSpec::Logits {
+                dtype: self.dtype,
+                prompt: self.prompt.clone().map(Box::new),
+            },
             OutputKind::TokenTopk => {
                 let context = teacher.max_seq_length as u32;
                 let window = if self.window == 0 {
@@ -770,7 +873,10 @@ mod tests {
                 "d26be282dd03820813af14cd76cc0b3f",
             ),
             (
-                OutputSpec::Logits { dtype: Dtype::F32 },
+                OutputSpec::Logits {
+                    dtype: Dtype::F32,
+                    prompt: None,
+                },
                 r#"{"kind":"logits","dtype":"f32"}"#,
                 "ea270e68d27489f5b1fc21b9c6f18369",
             ),

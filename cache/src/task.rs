@@ -105,6 +105,9 @@ pub struct TaskRecord {
     pub teacher_seconds: f64,
     pub rows: u64,
     pub created_unix: u64,
+    /// How the head was chosen on the gold labels, when it was (cross-validated figures).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cross_validation: Option<serde_json::Value>,
 }
 
 /// The fingerprint of a derived task entry: base entry and head.

@@ -191,7 +191,7 @@ pub fn fields(spec: &OutputSpec, width: usize) -> Vec<Field> {
             fixed_list(float_type(*dtype), width),
             false,
         )],
-        OutputSpec::Logits { dtype } => vec![Field::new(
+        OutputSpec::Logits { dtype, .. } => vec![Field::new(
             "logits",
             fixed_list(float_type(*dtype), width),
             false,
@@ -253,7 +253,7 @@ fn ids(v: &[u32]) -> ArrayRef {
 pub fn encode(spec: &OutputSpec, values: &OutputValues) -> Result<Vec<ArrayRef>> {
     match (spec, values) {
         (
-            OutputSpec::Embeddings { dtype } | OutputSpec::Logits { dtype },
+            OutputSpec::Embeddings { dtype } | OutputSpec::Logits { dtype, .. },
             OutputValues::Vectors(v),
         ) => {
             let list = FixedSizeListArray::try_new(

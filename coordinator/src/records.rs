@@ -33,7 +33,10 @@ impl JobRecord {
         }
         let dtype = self.dtype.parse().unwrap_or(Dtype::F32);
         match self.output.parse() {
-            Ok(OutputKind::Logits) => OutputSpec::Logits { dtype },
+            Ok(OutputKind::Logits) => OutputSpec::Logits {
+                dtype,
+                prompt: None,
+            },
             _ => OutputSpec::Embeddings { dtype },
         }
     }

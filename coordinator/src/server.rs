@@ -99,6 +99,44 @@ fn unix_ms(at: Instant) -> i64 {
         .unwrap_or(0)
 }
 
+/// The prompt of a job spec, from the wire.
+pub fn prompt_from_wire(p: v1::Prompt) -> distill_cache::format::PromptSpec {
+    distill_cache::format::PromptSpec {
+        template: p.template,
+        choices: p
+            .choices
+            .into_iter()
+            .map(|c| distill_cache::format::Choice {
+                label: c.label,
+                continuation: c.continuation,
+            })
+            .collect(),
+        chat: p.chat,
+        system: p.system,
+        answer_prefix: p.answer_prefix,
+        length_normalize: p.length_normalize,
+    }
+}
+
+/// The prompt of a job spec, to the wire.
+pub fn prompt_to_wire(p: &distill_cache::format::PromptSpec) -> v1::Prompt {
+    v1::Prompt {
+        template: p.template.clone(),
+        choices: p
+            .choices
+            .iter()
+            .map(|c| v1::Choice {
+                label: c.label.clone(),
+                continuation: c.continuation.clone(),
+            })
+            .collect(),
+        chat: p.chat,
+        system: p.system.clone(),
+        answer_prefix: p.answer_prefix.clone(),
+        length_normalize: p.length_normalize,
+    }
+}
+
 /// A job in wire form (`store`: the coordinator's store, where every job's cache is).
 pub fn job_to_wire(v: JobView, store: &str) -> v1::Job {
     let l = v.ledger;
@@ -127,6 +165,12 @@ pub fn job_to_wire(v: JobView, store: &str) -> v1::Job {
             samples: topk.map(|t| t.samples).unwrap_or(0),
             window: topk.map(|t| t.window).unwrap_or(0),
             stride: topk.map(|t| t.stride).unwrap_or(0),
+            prompt: match &info.output_spec {
+                distill_cache::format::OutputSpec::Logits {
+                    prompt: Some(p), ..
+                } => Some(prompt_to_wire(p)),
+                _ => None,
+            },
         }),
         state: match v.state {
             JobState::Running => v1::JobState::Running,
@@ -218,6 +262,7 @@ impl JobService for Jobs {
             samples: spec.samples,
             window: spec.window,
             stride: spec.stride,
+            prompt: spec.prompt.map(prompt_from_wire),
             shard_size: spec.shard_size,
             strict: spec.strict,
             max_attempts: spec.max_attempts,

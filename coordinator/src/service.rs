@@ -53,6 +53,8 @@ pub struct Submission {
     pub samples: u32,
     pub window: u32,
     pub stride: u32,
+    /// Decoder logits: the prompt.
+    pub prompt: Option<distill_cache::format::PromptSpec>,
     pub shard_size: u64,
     pub strict: bool,
     pub max_attempts: u32,
@@ -332,6 +334,7 @@ impl Coordinator {
             samples: s.samples,
             window: s.window,
             stride: s.stride,
+            prompt: s.prompt.clone(),
         };
         if s.teacher.is_empty() {
             return Err(invalid(
@@ -345,6 +348,13 @@ impl Coordinator {
         let spec = request
             .resolve(&dir)
             .map_err(|(field, e)| invalid(field, e))?;
+        if let Some(p) = &request.prompt {
+            let (d, p) = (dir.clone(), p.clone());
+            tokio::task::spawn_blocking(move || distill_teacher::prompt::check(&d, &p))
+                .await
+                .map_err(|e| Refusal::Internal(e.to_string()))?
+                .map_err(|e| invalid("prompt", e))?;
+        }
         let dir2 = dir.clone();
         let teacher_fp =
             tokio::task::spawn_blocking(move || dir2.fingerprint(model_dir::COMPUTE_DTYPE))

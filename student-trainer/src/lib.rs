@@ -4,6 +4,8 @@
 //! - [`logreg`] and [`task`]: few-shot heads (multinomial logistic regression with L2) and zero-shot
 //!   heads (label descriptions) fitted on cached embeddings, applied to the whole corpus and committed
 //!   as a derived logits entry (see `distill_cache::task`);
+//! - [`calibrate`]: calibration of a prompted teacher's class scores on the gold labels (none, a bias
+//!   per class, or a small head), chosen by stratified cross-validation;
 //! - [`data`]: streaming a task's cached shards through a seeded shuffle buffer;
 //! - [`kd`] and [`optim`]: the distillation loss, AdamW, the learning-rate schedule, clipping;
 //! - [`ngram`]: the hashed bag-of-n-grams student;
@@ -18,6 +20,7 @@
 //!
 //! It reads the cache only through `distill-cache` and runs models through `distill-teacher`.
 
+pub mod calibrate;
 pub mod checkpoint;
 pub mod data;
 pub mod error;

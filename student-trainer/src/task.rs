@@ -22,6 +22,19 @@ pub struct Entry {
     pub spec: OutputSpec,
 }
 
+impl Entry {
+    /// Whether the entry holds a prompted decoder's class scores.
+    pub fn spec_is_prompted(&self) -> bool {
+        matches!(
+            self.spec,
+            OutputSpec::Logits {
+                prompt: Some(_),
+                ..
+            }
+        )
+    }
+}
+
 /// Which entry a task reads, when a store holds several; every part that is set must match.
 #[derive(Clone, Debug, Default)]
 pub struct EntryQuery<'a> {
@@ -308,11 +321,21 @@ pub async fn from_teacher(
     labels_path: &str,
 ) -> Result<TaskRecord> {
     task::check_name(name)?;
-    let Head::Classifier { labels } = &teacher.head else {
-        return Err(StudentError::Invalid(format!(
+    let prompted = match &entry.spec {
+        OutputSpec::Logits {
+            prompt: Some(p), ..
+        } => Some(p.labels()),
+        _ => None,
+    };
+    let labels = match (&teacher.head, &prompted) {
+        (_, Some(l)) => l,
+        (Head::Classifier { labels }, None) => labels,
+        _ => {
+            return Err(StudentError::Invalid(format!(
             "{} is cached as embeddings: give --labels (few-shot head) or --describe (zero-shot)",
             entry.manifest.corpus
-        )));
+        )))
+        }
     };
     for g in gold {
         if !labels.contains(&g.label) {
@@ -335,6 +358,67 @@ pub async fn from_teacher(
     publish(loc, name, entry, def).await
 }
 
+/// A task from a prompted teacher's class scores, calibrated on gold labels: no calibration, a bias
+/// per class, or a small head, chosen by stratified `folds`-fold cross-validation (reported in the
+/// record).
+pub async fn fit_calibrated(
+    loc: &Location,
+    name: &str,
+    entry: &Entry,
+    gold: &[Gold],
+    labels_path: &str,
+    folds: usize,
+    seed: u64,
+) -> Result<TaskRecord> {
+    task::check_name(name)?;
+    let OutputSpec::Logits {
+        prompt: Some(p), ..
+    } = &entry.spec
+    else {
+        return Err(StudentError::Invalid(format!(
+            "{} is not a prompted entry",
+            entry.manifest.output.short()
+        )));
+    };
+    let labels = p.labels();
+    for g in gold {
+        if !labels.contains(&g.label) {
+            return Err(StudentError::Line {
+                path: labels_path.to_owned(),
+                line: g.line,
+                reason: format!(
+                    "label {:?} of id {:?} is not one of the prompt's choices ({})",
+                    g.label,
+                    g.id,
+                    labels.join(", ")
+                ),
+            });
+        }
+    }
+    if let Some(unused) = labels.iter().find(|l| !gold.iter().any(|g| &g.label == *l)) {
+        return Err(StudentError::Invalid(format!(
+            "{labels_path}: no gold label is {unused:?}, a choice of the prompt: give examples of every choice, or drop that --choice"
+        )));
+    }
+    let x = gold_embeddings(loc, entry, gold, labels_path).await?;
+    let y: Vec<usize> = gold
+        .iter()
+        .map(|g| labels.iter().position(|l| l == &g.label).expect("checked"))
+        .collect();
+    let classes = labels.len();
+    let (head, report) =
+        tokio::task::spawn_blocking(move || crate::calibrate::choose(&x, &y, classes, folds, seed))
+            .await
+            .map_err(|e| StudentError::Invalid(format!("calibration panicked: {e}")))?;
+    let def = Definition {
+        head: Some(head),
+        gold,
+        cross_validation: Some(serde_json::to_value(&report).expect("serialisable")),
+        ..Definition::new(TaskKind::Head, labels)
+    };
+    publish(loc, name, entry, def).await
+}
+
 /// What defines a task, besides its name and entry.
 struct Definition<'a> {
     kind: TaskKind,
@@ -345,6 +429,7 @@ struct Definition<'a> {
     temperature: Option<f32>,
     /// Teacher device-seconds spent to define it.
     teacher_seconds: f64,
+    cross_validation: Option<serde_json::Value>,
 }
 
 impl Definition<'_> {
@@ -357,6 +442,7 @@ impl Definition<'_> {
             descriptions: Vec::new(),
             temperature: None,
             teacher_seconds: 0.0,
+            cross_validation: None,
         }
     }
 }
@@ -377,6 +463,7 @@ async fn publish(
         descriptions,
         temperature,
         teacher_seconds,
+        cross_validation,
     } = def;
     let base = &entry.manifest;
     let output = match &head {
@@ -384,7 +471,10 @@ async fn publish(
         None => base.output.clone(),
     };
     if let Some(head) = &head {
-        let spec = OutputSpec::Logits { dtype: Dtype::F32 };
+        let spec = OutputSpec::Logits {
+            dtype: Dtype::F32,
+            prompt: None,
+        };
         for s in &base.shards {
             let dkey = ShardKey {
                 teacher: base.teacher.clone(),
@@ -464,6 +554,7 @@ async fn publish(
         teacher_seconds,
         rows: base.rows,
         created_unix: now(),
+        cross_validation,
     };
     task::write_task(loc, &record).await?;
     Ok(record)

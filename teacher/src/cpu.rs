@@ -249,6 +249,15 @@ impl Rotary {
     }
 }
 
+/// Keys (rotated) and values of a run of earlier tokens at one layer, `[len, kv_heads, head_dim]`
+/// each: what new tokens attend to before themselves.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LayerKv {
+    pub len: usize,
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+}
+
 /// Causal grouped-query attention on the CPU, from the fused `[b·t, (H + 2·KV)·d]` QKV matrix (queries,
 /// then keys, then values, head by head) to the `[b·t, H·d]` context matrix, with rotary embeddings
 /// applied to queries and keys on the way in.
@@ -257,7 +266,11 @@ impl Rotary {
 /// pad (pads come after it), so the causal mask alone is exact. Pads' outputs are left at zero. Work is
 /// split by (row, key/value head): each unit packs its head's rotated keys and values once and serves
 /// the query heads of its group.
-#[derive(Clone, Debug)]
+///
+/// With a `past` (a shared prompt prefix), every row's tokens sit at positions after it and attend to
+/// all of it first; with `kv_out`, each row's own rotated keys and values are handed back (to become
+/// the past of a continuation).
+#[derive(Debug)]
 pub(crate) struct CpuCausalAttention<'a> {
     pub batch: usize,
     pub seq: usize,
@@ -267,6 +280,8 @@ pub(crate) struct CpuCausalAttention<'a> {
     pub lengths: &'a [usize],
     pub scale: f32,
     pub rotary: &'a Rotary,
+    pub past: Option<&'a LayerKv>,
+    pub kv_out: Option<&'a std::sync::Mutex<Vec<LayerKv>>>,
 }
 
 impl CustomOp1 for CpuCausalAttention<'_> {
@@ -294,10 +309,11 @@ impl CustomOp1 for CpuCausalAttention<'_> {
                 self.seq
             );
         }
-        if self.seq > self.rotary.positions {
+        let past_len = self.past.map(|p| p.len).unwrap_or(0);
+        if past_len + self.seq > self.rotary.positions {
             candle_core::bail!(
                 "causal attention: {} positions but rotary tables for {}",
-                self.seq,
+                past_len + self.seq,
                 self.rotary.positions
             );
         }
@@ -308,42 +324,52 @@ impl CustomOp1 for CpuCausalAttention<'_> {
             .flat_map(|r| (0..kv).map(move |g| (r, g)))
             .filter(|&(r, _)| self.lengths[r].min(t) > 0)
             .collect();
-        // Each unit: `[group, len, d]` outputs for its query heads.
-        let parts: Vec<Vec<f32>> = units
+        // Each unit: `[group, len, d]` outputs for its query heads, and its own keys and values.
+        let parts: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = units
             .par_iter()
             .map(|&(row, g)| {
                 let len = self.lengths[row].min(t);
+                let total = past_len + len;
                 let base = row * t * width;
                 let (ko, vo) = ((h + g) * d, (h + kv + g) * d);
-                let mut keys = vec![0f32; len * d];
-                let mut values = vec![0f32; len * d];
+                let mut keys = vec![0f32; total * d];
+                let mut values = vec![0f32; total * d];
+                if let Some(p) = self.past {
+                    for j in 0..past_len {
+                        let at = (j * kv + g) * d;
+                        keys[j * d..(j + 1) * d].copy_from_slice(&p.k[at..at + d]);
+                        values[j * d..(j + 1) * d].copy_from_slice(&p.v[at..at + d]);
+                    }
+                }
                 for j in 0..len {
-                    let kr = &mut keys[j * d..(j + 1) * d];
+                    let at = (past_len + j) * d;
+                    let kr = &mut keys[at..at + d];
                     kr.copy_from_slice(&qkv[base + j * width + ko..][..d]);
-                    self.rotary.apply(kr, j);
-                    values[j * d..(j + 1) * d].copy_from_slice(&qkv[base + j * width + vo..][..d]);
+                    self.rotary.apply(kr, past_len + j);
+                    values[at..at + d].copy_from_slice(&qkv[base + j * width + vo..][..d]);
                 }
                 let mut out = vec![0f32; group * len * d];
                 let mut q = vec![0f32; d];
-                let mut probs = vec![0f32; len];
+                let mut probs = vec![0f32; total];
                 for qh in 0..group {
                     let head = g * group + qh;
                     for i in 0..len {
+                        let seen = past_len + i + 1;
                         q.copy_from_slice(&qkv[base + i * width + head * d..][..d]);
-                        self.rotary.apply(&mut q, i);
+                        self.rotary.apply(&mut q, past_len + i);
                         let mut max = f32::NEG_INFINITY;
-                        for (p, k) in probs[..=i].iter_mut().zip(keys.chunks_exact(d)) {
+                        for (p, k) in probs[..seen].iter_mut().zip(keys.chunks_exact(d)) {
                             *p = dot(&q, k) * self.scale;
                             max = max.max(*p);
                         }
                         let mut sum = 0f32;
-                        for p in probs[..=i].iter_mut() {
+                        for p in probs[..seen].iter_mut() {
                             *p = exp_f32(*p - max);
                             sum += *p;
                         }
                         let inv = 1.0 / sum;
                         let o = &mut out[(qh * len + i) * d..][..d];
-                        for (p, v) in probs[..=i].iter().zip(values.chunks_exact(d)) {
+                        for (p, v) in probs[..seen].iter().zip(values.chunks_exact(d)) {
                             let w = p * inv;
                             for (od, vd) in o.iter_mut().zip(v) {
                                 *od += w * vd;
@@ -351,11 +377,28 @@ impl CustomOp1 for CpuCausalAttention<'_> {
                         }
                     }
                 }
-                out
+                if self.kv_out.is_some() {
+                    let own = past_len * d;
+                    (out, keys.split_off(own), values.split_off(own))
+                } else {
+                    (out, vec![], vec![])
+                }
             })
             .collect();
         let mut out = vec![0f32; n * h * d];
-        for (&(row, g), part) in units.iter().zip(&parts) {
+        let mut kv_rows = self.kv_out.map(|_| {
+            (0..self.batch)
+                .map(|r| {
+                    let len = self.lengths[r].min(t);
+                    LayerKv {
+                        len,
+                        k: vec![0f32; len * kv * d],
+                        v: vec![0f32; len * kv * d],
+                    }
+                })
+                .collect::<Vec<_>>()
+        });
+        for (&(row, g), (part, keys, values)) in units.iter().zip(&parts) {
             let len = self.lengths[row].min(t);
             for qh in 0..group {
                 let head = g * group + qh;
@@ -364,6 +407,17 @@ impl CustomOp1 for CpuCausalAttention<'_> {
                         .copy_from_slice(&part[(qh * len + i) * d..][..d]);
                 }
             }
+            if let Some(rows) = kv_rows.as_mut() {
+                let r = &mut rows[row];
+                for j in 0..len {
+                    let at = (j * kv + g) * d;
+                    r.k[at..at + d].copy_from_slice(&keys[j * d..(j + 1) * d]);
+                    r.v[at..at + d].copy_from_slice(&values[j * d..(j + 1) * d]);
+                }
+            }
+        }
+        if let (Some(sink), Some(rows)) = (self.kv_out, kv_rows) {
+            *sink.lock().expect("poisoned") = rows;
         }
         Ok((CpuStorage::F32(out), Shape::from((n, h * d))))
     }

@@ -253,7 +253,7 @@ pub const LLAMA_HEADS: usize = 4;
 pub const LLAMA_KV_HEADS: usize = 2;
 pub const LLAMA_FFN: usize = 128;
 /// Context of the tiny llama models (short, so tests exercise windowing).
-pub const LLAMA_CONTEXT: usize = 48;
+pub const LLAMA_CONTEXT: usize = 128;
 
 /// What the tiny llama GGUF is made of.
 #[derive(Clone, Debug)]

@@ -11,6 +11,8 @@
 //! - [`batching`]: length-sorted batches under a token budget, so padding wastes almost nothing;
 //! - [`outputs`]: heads shared by the architectures — pooling, and the per-position top-k / tail /
 //!   log-partition / samples of a decoder's next-token distribution;
+//! - [`prompt`]: prompts that make a decoder a classifier, resolved into token ids (prefix computed
+//!   once, row, suffix, continuations);
 //! - [`teacher`]: a loaded teacher (model, tokenizer, head) labeling texts for an output spec;
 //! - [`pass`]: labels one shard and returns its rows and metadata in the cache format;
 //! - [`fixtures`]: tiny random models (BERT; llama as GGUF and HF) for fast tests.
@@ -28,6 +30,7 @@ pub mod llama;
 pub mod model;
 pub mod outputs;
 pub mod pass;
+pub mod prompt;
 pub mod teacher;
 pub mod tokenizer;
 

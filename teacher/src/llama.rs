@@ -14,6 +14,7 @@
 //! pairs are adjacent (`(2i, 2i+1)`); HF checkpoints and GGUF `qwen2` models rotate halves
 //! (`(i, i + d/2)`).
 
+pub use crate::cpu::LayerKv;
 use crate::cpu::{CpuCausalAttention, CpuSiluMul, Rotary};
 use crate::linear::Linear;
 use crate::model::{Model, ModelShape};
@@ -233,8 +234,8 @@ pub struct Llama {
     /// The output head, `[hidden] → [vocab]` (the embeddings when they are tied).
     head: Linear,
     rotary: Rotary,
-    /// `cos`/`sin` tables as tensors, for devices other than the CPU.
-    rotary_tensors: Option<(Tensor, Tensor)>,
+    /// `cos`/`sin` tables as tensors, for candle's rotary ops.
+    rotary_tensors: (Tensor, Tensor),
     parameters: u64,
 }
 
@@ -581,15 +582,11 @@ impl Llama {
             c.rope_interleaved,
             c.context.clamp(1, MAX_CONTEXT),
         );
-        let rotary_tensors = if device.is_cpu() {
-            None
-        } else {
-            let half = rotary.dims / 2;
-            Some((
-                Tensor::from_slice(&rotary.cos, (rotary.positions, half), device)?,
-                Tensor::from_slice(&rotary.sin, (rotary.positions, half), device)?,
-            ))
-        };
+        let half = rotary.dims / 2;
+        let rotary_tensors = (
+            Tensor::from_slice(&rotary.cos, (rotary.positions, half), device)?,
+            Tensor::from_slice(&rotary.sin, (rotary.positions, half), device)?,
+        );
         Ok(Self {
             head: Linear::new(&head, None)?,
             config,
@@ -602,15 +599,28 @@ impl Llama {
         })
     }
 
-    /// Attention on devices other than the CPU, with candle's ops.
-    fn attention_ops(&self, qkv: &Tensor, b: usize, t: usize) -> candle_core::Result<Tensor> {
+    /// Attention with candle's ops (devices other than the CPU; on the CPU for tests), after an
+    /// optional shared `past`; returns the context and the new tokens' rotated keys and values
+    /// (`[b, kv, t, d]`).
+    fn attention_ops(
+        &self,
+        qkv: &Tensor,
+        b: usize,
+        t: usize,
+        past: Option<&LayerKv>,
+    ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
         let c = &self.config;
         let (h, kv, d) = (c.heads, c.kv_heads, c.head_dim);
+        let p = past.map(|x| x.len).unwrap_or(0);
+        let dev = qkv.device();
         let qkv = qkv.reshape((b, t, h + 2 * kv, d))?;
         let part = |start, n| qkv.narrow(2, start, n)?.transpose(1, 2)?.contiguous();
         let (q, k, v) = (part(0, h)?, part(h, kv)?, part(h + kv, kv)?);
-        let (cos, sin) = self.rotary_tensors.as_ref().expect("tables on this device");
-        let (cos, sin) = (cos.narrow(0, 0, t)?, sin.narrow(0, 0, t)?);
+        let (cos, sin) = &self.rotary_tensors;
+        let (cos, sin) = (
+            cos.to_device(dev)?.narrow(0, p, t)?,
+            sin.to_device(dev)?.narrow(0, p, t)?,
+        );
         let rope = |x: &Tensor| -> candle_core::Result<Tensor> {
             let rd = self.rotary.dims;
             let rot = x.narrow(3, 0, rd)?.contiguous()?;
@@ -626,28 +636,141 @@ impl Llama {
             }
         };
         let (q, k) = (rope(&q)?, rope(&k)?);
+        let (all_k, all_v) = match past {
+            Some(pk) => {
+                let old = |x: &[f32]| -> candle_core::Result<Tensor> {
+                    Tensor::from_slice(x, (p, kv, d), dev)?
+                        .transpose(0, 1)?
+                        .unsqueeze(0)?
+                        .expand((b, kv, p, d))
+                };
+                (
+                    Tensor::cat(&[old(&pk.k)?, k.clone()], 2)?,
+                    Tensor::cat(&[old(&pk.v)?, v.clone()], 2)?,
+                )
+            }
+            None => (k.clone(), v.clone()),
+        };
         let group = h / kv;
         let repeat = |x: Tensor| -> candle_core::Result<Tensor> {
             if group == 1 {
                 return Ok(x);
             }
             x.unsqueeze(2)?
-                .expand((b, kv, group, t, d))?
-                .reshape((b, h, t, d))
+                .expand((b, kv, group, p + t, d))?
+                .contiguous()?
+                .reshape((b, h, p + t, d))
         };
-        let (k, v) = (repeat(k)?, repeat(v)?);
-        let scores = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?;
+        let (ak, av) = (repeat(all_k)?, repeat(all_v)?);
+        let scores = (q.matmul(&ak.t()?.contiguous()?)? * (1.0 / (d as f64).sqrt()))?;
         let mask: Vec<f32> = (0..t)
-            .flat_map(|i| (0..t).map(move |j| if j <= i { 0.0 } else { f32::NEG_INFINITY }))
+            .flat_map(|i| (0..p + t).map(move |j| if j <= p + i { 0.0 } else { f32::NEG_INFINITY }))
             .collect();
-        let mask = Tensor::from_vec(mask, (t, t), qkv.device())?;
+        let mask = Tensor::from_vec(mask, (t, p + t), dev)?;
         let probs = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&mask)?)?;
-        probs
-            .matmul(&v)?
+        let ctx = probs
+            .matmul(&av)?
             .transpose(1, 2)?
             .contiguous()?
-            .reshape((b * t, h * d))
+            .reshape((b * t, h * d))?;
+        Ok((ctx, k, v))
     }
+
+    /// The forward pass: final states `[b, t, hidden]` of right-padded rows placed after an optional
+    /// shared `past` (one [`LayerKv`] per layer), and with `keep_kv` each row's own rotated keys and
+    /// values per layer (`[row][layer]`). `use_ops` takes candle's ops on the CPU too (tests).
+    pub fn run(
+        &self,
+        ids: &Tensor,
+        lengths: &[usize],
+        past: Option<&[LayerKv]>,
+        keep_kv: bool,
+        use_ops: bool,
+    ) -> Result<(Tensor, Option<Vec<Vec<LayerKv>>>)> {
+        let c = &self.config;
+        let (b, t) = ids.dims2()?;
+        let p = past.and_then(|x| x.first()).map(|x| x.len).unwrap_or(0);
+        if p + t > self.rotary.positions {
+            return Err(TeacherError::Config(format!(
+                "{} tokens are more than the teacher's context of {}",
+                p + t,
+                self.rotary.positions
+            )));
+        }
+        let eps = c.rms_eps as f32;
+        let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?;
+        let cpu = ids.device().is_cpu() && !use_ops;
+        let mut kept: Vec<Vec<LayerKv>> = vec![Vec::with_capacity(c.layers); b];
+        for (li, l) in self.layers.iter().enumerate() {
+            let hn = candle_nn::ops::rms_norm(&x, &l.attn_norm, eps)?;
+            let qkv = l.qkv.forward(&hn)?;
+            let layer_past = past.map(|x| &x[li]);
+            let ctx = if cpu {
+                let sink = std::sync::Mutex::new(Vec::new());
+                let ctx = qkv.apply_op1_no_bwd(&CpuCausalAttention {
+                    batch: b,
+                    seq: t,
+                    heads: c.heads,
+                    kv_heads: c.kv_heads,
+                    head_dim: c.head_dim,
+                    lengths,
+                    scale: 1.0 / (c.head_dim as f32).sqrt(),
+                    rotary: &self.rotary,
+                    past: layer_past,
+                    kv_out: keep_kv.then_some(&sink),
+                })?;
+                if keep_kv {
+                    for (row, kv) in sink.into_inner().expect("poisoned").into_iter().enumerate() {
+                        kept[row].push(kv);
+                    }
+                }
+                ctx
+            } else {
+                let (ctx, k, v) = self.attention_ops(&qkv, b, t, layer_past)?;
+                if keep_kv {
+                    // [b, kv, t, d] → per row [len, kv, d].
+                    let k = k.transpose(1, 2)?.contiguous()?.to_device(&Device::Cpu)?;
+                    let v = v.transpose(1, 2)?.contiguous()?.to_device(&Device::Cpu)?;
+                    for (row, &len) in lengths.iter().enumerate() {
+                        let take = |x: &Tensor| -> candle_core::Result<Vec<f32>> {
+                            x.get(row)?.narrow(0, 0, len)?.flatten_all()?.to_vec1()
+                        };
+                        kept[row].push(LayerKv {
+                            len,
+                            k: take(&k)?,
+                            v: take(&v)?,
+                        });
+                    }
+                }
+                ctx
+            };
+            x = l.out.forward_add(&ctx, &x)?;
+            let hn = candle_nn::ops::rms_norm(&x, &l.ffn_norm, eps)?;
+            let gu = l.gate_up.forward(&hn)?;
+            let act = if cpu {
+                gu.apply_op1_no_bwd(&CpuSiluMul)?
+            } else {
+                let f = c.intermediate;
+                (candle_nn::ops::silu(&gu.narrow(D::Minus1, 0, f)?)?
+                    * gu.narrow(D::Minus1, f, f)?)?
+            };
+            x = l.down.forward_add(&act, &x)?;
+        }
+        let x = candle_nn::ops::rms_norm(&x, &self.norm, eps)?;
+        Ok((x.reshape((b, t, c.hidden))?, keep_kv.then_some(kept)))
+    }
+}
+
+/// Appends a row's keys and values to a past, layer by layer.
+pub fn extend_past(past: &[LayerKv], row: &[LayerKv]) -> Vec<LayerKv> {
+    past.iter()
+        .zip(row)
+        .map(|(a, b)| LayerKv {
+            len: a.len + b.len,
+            k: [a.k.as_slice(), b.k.as_slice()].concat(),
+            v: [a.v.as_slice(), b.v.as_slice()].concat(),
+        })
+        .collect()
 }
 
 impl Model for Llama {
@@ -668,53 +791,21 @@ impl Model for Llama {
     }
 
     fn hidden_states(&self, ids: &Tensor, lengths: &[usize]) -> Result<Tensor> {
-        let c = &self.config;
-        let (b, t) = ids.dims2()?;
-        if t > self.rotary.positions {
-            return Err(TeacherError::Config(format!(
-                "a window of {t} tokens is longer than the teacher's context of {}",
-                self.rotary.positions
-            )));
-        }
-        let eps = c.rms_eps as f32;
-        let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?;
-        let cpu = ids.device().is_cpu();
-        let attention = CpuCausalAttention {
-            batch: b,
-            seq: t,
-            heads: c.heads,
-            kv_heads: c.kv_heads,
-            head_dim: c.head_dim,
-            lengths,
-            scale: 1.0 / (c.head_dim as f32).sqrt(),
-            rotary: &self.rotary,
-        };
-        for l in &self.layers {
-            let hn = candle_nn::ops::rms_norm(&x, &l.attn_norm, eps)?;
-            let qkv = l.qkv.forward(&hn)?;
-            let ctx = if cpu {
-                qkv.apply_op1_no_bwd(&attention)?
-            } else {
-                self.attention_ops(&qkv, b, t)?
-            };
-            x = l.out.forward_add(&ctx, &x)?;
-            let hn = candle_nn::ops::rms_norm(&x, &l.ffn_norm, eps)?;
-            let gu = l.gate_up.forward(&hn)?;
-            let act = if cpu {
-                gu.apply_op1_no_bwd(&CpuSiluMul)?
-            } else {
-                let f = c.intermediate;
-                (candle_nn::ops::silu(&gu.narrow(D::Minus1, 0, f)?)?
-                    * gu.narrow(D::Minus1, f, f)?)?
-            };
-            x = l.down.forward_add(&act, &x)?;
-        }
-        let x = candle_nn::ops::rms_norm(&x, &self.norm, eps)?;
-        Ok(x.reshape((b, t, c.hidden))?)
+        Ok(self.run(ids, lengths, None, false, false)?.0)
     }
 
     fn token_logits(&self, states: &Tensor) -> Result<Tensor> {
         Ok(self.head.forward(states)?)
+    }
+
+    fn states_after(
+        &self,
+        ids: &Tensor,
+        lengths: &[usize],
+        past: Option<&[LayerKv]>,
+        keep_kv: bool,
+    ) -> Result<(Tensor, Option<Vec<Vec<LayerKv>>>)> {
+        self.run(ids, lengths, past, keep_kv, false)
     }
 }
 
@@ -884,6 +975,73 @@ mod tests {
                 agree >= min_top1 || spec.qkv_bias,
                 "{quant:?}: top-1 agreement {agree}"
             );
+        }
+    }
+
+    #[test]
+    fn the_cpu_kernel_and_candles_ops_agree_with_and_without_a_past() {
+        use candle_core::{Device, Tensor};
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("tiny.gguf");
+        write_tiny_llama_gguf(
+            &p,
+            &TinyLlama {
+                qkv_bias: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let md = ModelDir::inspect("tiny", &p).unwrap();
+        let m = super::Llama::load(&md, &Device::Cpu).unwrap();
+        let rows: [&[u32]; 2] = [&[5, 9, 14, 3, 7], &[11, 2, 40]];
+        let ids = Tensor::new(&[[5u32, 9, 14, 3, 7], [11, 2, 40, 0, 0]], &Device::Cpu).unwrap();
+        let lens = [5usize, 3];
+        let prefix = Tensor::new(&[[1u32, 60, 61, 62]], &Device::Cpu).unwrap();
+        let (_, kv) = m.run(&prefix, &[4], None, true, false).unwrap();
+        let past = kv.unwrap().remove(0);
+        for with_past in [false, true] {
+            let past = with_past.then_some(past.as_slice());
+            let (a, ka) = m.run(&ids, &lens, past, true, false).unwrap();
+            let (b, kb) = m.run(&ids, &lens, past, true, true).unwrap();
+            for (r, row) in rows.iter().enumerate() {
+                let x: Vec<f32> = a
+                    .get(r)
+                    .unwrap()
+                    .narrow(0, 0, row.len())
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                let y: Vec<f32> = b
+                    .get(r)
+                    .unwrap()
+                    .narrow(0, 0, row.len())
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                let worst = x
+                    .iter()
+                    .zip(&y)
+                    .map(|(p, q)| (p - q).abs())
+                    .fold(0f32, f32::max);
+                assert!(worst < 1e-4, "past {with_past}, row {r}: {worst}");
+            }
+            let (ka, kb) = (ka.unwrap(), kb.unwrap());
+            for (ra, rb) in ka.iter().zip(&kb) {
+                for (la, lb) in ra.iter().zip(rb) {
+                    assert_eq!(la.len, lb.len);
+                    let worst =
+                        la.k.iter()
+                            .zip(&lb.k)
+                            .chain(la.v.iter().zip(&lb.v))
+                            .map(|(p, q)| (p - q).abs())
+                            .fold(0f32, f32::max);
+                    assert!(worst < 1e-4, "kept keys/values differ by {worst}");
+                }
+            }
         }
     }
 

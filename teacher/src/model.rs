@@ -67,4 +67,19 @@ pub trait Model: Send + Sync + std::fmt::Debug {
             "this model has no language-model head".into(),
         ))
     }
+
+    /// Causal LMs: final states of right-padded rows placed after a shared `past` (a prompt prefix's
+    /// keys and values, one per layer), and with `keep_kv` each row's own keys and values per layer, to
+    /// continue from. What lets a prompt's shared prefix be computed once.
+    fn states_after(
+        &self,
+        _ids: &Tensor,
+        _lengths: &[usize],
+        _past: Option<&[crate::cpu::LayerKv]>,
+        _keep_kv: bool,
+    ) -> Result<(Tensor, Option<Vec<Vec<crate::cpu::LayerKv>>>)> {
+        Err(crate::TeacherError::Config(
+            "this model cannot continue from a prompt prefix (causal LMs only)".into(),
+        ))
+    }
 }

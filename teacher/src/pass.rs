@@ -36,6 +36,7 @@ pub fn label_shard(
             truncated: vec![],
             device_seconds: 0.0,
             padded_tokens: 0,
+            prefix_tokens_saved: 0,
         }
     } else {
         teacher.label_spec(&texts, spec, max_batch_tokens, shard_seed(shard))?

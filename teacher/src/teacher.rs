@@ -17,10 +17,11 @@ use crate::batching;
 use crate::device::DeviceSpec;
 use crate::model::{Model, ModelShape};
 use crate::outputs::{self, SplitMix64};
+use crate::prompt::PromptTokens;
 use crate::tokenizer::{Encoded, TextTokenizer};
 use crate::{Result, TeacherError};
 use candle_core::{Device, Tensor};
-use distill_cache::format::{OutputSpec, TopkSpec};
+use distill_cache::format::{OutputSpec, PromptSpec, TopkSpec};
 use distill_cache::model_dir::{Family, Head, ModelDir, ModelFormat, TeacherInfo};
 use distill_cache::values::{OutputValues, Samples, TokenTopk, Vectors};
 use rayon::prelude::*;
@@ -39,6 +40,8 @@ pub struct Labels {
     pub device_seconds: f64,
     /// Token slots processed, padding included.
     pub padded_tokens: u64,
+    /// Prompted labeling: tokens of the shared prefix not run again (it ran once for all rows).
+    pub prefix_tokens_saved: u64,
 }
 
 impl Labels {
@@ -61,6 +64,8 @@ pub struct Teacher {
     device: Device,
     device_spec: DeviceSpec,
     info: TeacherInfo,
+    /// Decoders: the chat template the model ships (for the default system message of `--chat`).
+    chat_template: Option<String>,
 }
 
 impl std::fmt::Debug for Teacher {
@@ -162,6 +167,10 @@ impl Teacher {
             }
         };
         let fingerprint = dir.fingerprint(COMPUTE_DTYPE)?;
+        let chat_template = match dir.family {
+            Family::Llama => crate::prompt::chat_template(dir)?,
+            Family::Bert => None,
+        };
         Ok(Self {
             model,
             tokenizer,
@@ -170,6 +179,7 @@ impl Teacher {
             device: device_handle,
             device_spec: device.clone(),
             info: dir.info(fingerprint, COMPUTE_DTYPE),
+            chat_template,
         })
     }
 
@@ -220,6 +230,19 @@ impl Teacher {
                 spec.kind_name()
             ))
         })?;
+        if let OutputSpec::Logits {
+            prompt: Some(p), ..
+        } = spec
+        {
+            if !matches!(self.head, Head::CausalLm { .. }) {
+                return Err(TeacherError::Config(format!(
+                    "teacher {} is not a causal language model: --prompt needs a decoder teacher",
+                    self.info.source
+                )));
+            }
+            self.prompt_tokens(p)?;
+            return Ok(());
+        }
         distill_cache::model_dir::check_output(&self.info.head, &self.info.source, kind)
             .map_err(TeacherError::Config)?;
         if let OutputSpec::TokenTopk(t) = spec {
@@ -345,8 +368,155 @@ impl Teacher {
                 let encoded = self.tokenizer.encode(texts)?;
                 self.label_topk(&encoded, t, max_batch_tokens, seed)
             }
+            OutputSpec::Logits {
+                prompt: Some(p), ..
+            } => self.label_prompted(texts, p, max_batch_tokens),
             _ => self.label(texts, max_batch_tokens),
         }
+    }
+
+    /// A prompt resolved for this teacher's tokenizer and context.
+    pub fn prompt_tokens(&self, p: &PromptSpec) -> Result<PromptTokens> {
+        crate::prompt::resolve(
+            p,
+            &self.tokenizer,
+            self.chat_template.as_deref(),
+            self.info.max_seq_length,
+        )
+    }
+
+    /// Class logits of a prompt: for every row, the log-probability of each choice's continuation
+    /// after `prefix · text · suffix`. The prefix runs once and every row attends to its keys and
+    /// values; the continuations of a row run after the row's own keys and values (only where a
+    /// continuation has more than one token: the first token's log-probability comes from the row's
+    /// last position).
+    pub fn label_prompted(
+        &self,
+        texts: &[&str],
+        p: &PromptSpec,
+        max_batch_tokens: usize,
+    ) -> Result<Labels> {
+        let pt = self.prompt_tokens(p)?;
+        let classes = pt.continuations.len();
+        let context = self.info.max_seq_length;
+        let longest = pt.continuations.iter().map(Vec::len).max().unwrap_or(1);
+        let room = context - pt.prefix.len() - pt.suffix.len() - longest;
+        let mut rows = Vec::with_capacity(texts.len());
+        let mut truncated = Vec::with_capacity(texts.len());
+        for t in texts {
+            let mut ids = self.tokenizer.encode_plain(&format!("{}{t}", pt.lead))?;
+            truncated.push(ids.len() > room);
+            ids.truncate(room);
+            ids.extend_from_slice(&pt.suffix);
+            rows.push(ids);
+        }
+        let start = Instant::now();
+        let device = &self.device;
+        let ids_tensor = |rows: &[&[u32]]| -> Result<(Tensor, Vec<usize>)> {
+            let t = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+            let mut ids = vec![0u32; rows.len() * t];
+            for (i, r) in rows.iter().enumerate() {
+                ids[i * t..i * t + r.len()].copy_from_slice(r);
+            }
+            Ok((
+                Tensor::from_vec(ids, (rows.len(), t), device)?,
+                rows.iter().map(|r| r.len()).collect(),
+            ))
+        };
+        // The shared prefix, once.
+        let (prefix_ids, prefix_len) = ids_tensor(&[pt.prefix.as_slice()])?;
+        let (_, kv) = self
+            .model
+            .states_after(&prefix_ids, &prefix_len, None, true)?;
+        let past = kv.expect("kept").remove(0);
+        let multi = pt.continuations.iter().any(|c| c.len() > 1);
+        let lengths: Vec<usize> = rows.iter().map(Vec::len).collect();
+        let batches = batching::plan(&lengths, max_batch_tokens.max(1));
+        let mut values = vec![0f32; rows.len() * classes];
+        let log_softmax = |logits: &[f32]| -> Vec<f32> {
+            let m = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let lse = m + logits
+                .iter()
+                .map(|&x| crate::cpu::exp_f32(x - m) as f64)
+                .sum::<f64>()
+                .ln() as f32;
+            logits.iter().map(|&x| x - lse).collect()
+        };
+        let vocab = self.model.shape().vocab;
+        let mut cont_tokens = 0u64;
+        for batch in &batches {
+            let refs: Vec<&[u32]> = batch.rows.iter().map(|&i| rows[i].as_slice()).collect();
+            let (ids, lens) = ids_tensor(&refs)?;
+            let (states, kept) = self.model.states_after(&ids, &lens, Some(&past), multi)?;
+            let (b, t, h) = states.dims3()?;
+            let last: Vec<u32> = lens
+                .iter()
+                .enumerate()
+                .map(|(j, &l)| (j * t + l - 1) as u32)
+                .collect();
+            let last = Tensor::from_vec(last, b, device)?;
+            let first = self
+                .model
+                .token_logits(&states.reshape((b * t, h))?.index_select(&last, 0)?)?;
+            let first: Vec<f32> = first.flatten_all()?.to_vec1()?;
+            for (j, &row) in batch.rows.iter().enumerate() {
+                let lp = log_softmax(&first[j * vocab..(j + 1) * vocab]);
+                for (c, cont) in pt.continuations.iter().enumerate() {
+                    values[row * classes + c] = lp[cont[0] as usize];
+                }
+            }
+            if let Some(kept) = kept {
+                // Continuations of more than one token, after the row's own keys and values.
+                for (j, &row) in batch.rows.iter().enumerate() {
+                    let row_past = crate::llama::extend_past(&past, &kept[j]);
+                    let longer: Vec<(usize, &[u32])> = pt
+                        .continuations
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, c)| c.len() > 1)
+                        .map(|(c, cont)| (c, &cont[..cont.len() - 1]))
+                        .collect();
+                    let refs: Vec<&[u32]> = longer.iter().map(|x| x.1).collect();
+                    cont_tokens += refs.iter().map(|r| r.len() as u64).sum::<u64>();
+                    let (ids, lens) = ids_tensor(&refs)?;
+                    let (states, _) =
+                        self.model
+                            .states_after(&ids, &lens, Some(&row_past), false)?;
+                    let (b, t, h) = states.dims3()?;
+                    let logits: Vec<f32> = self
+                        .model
+                        .token_logits(&states.reshape((b * t, h))?)?
+                        .flatten_all()?
+                        .to_vec1()?;
+                    for (k, (c, _)) in longer.iter().enumerate() {
+                        let cont = &pt.continuations[*c];
+                        for pos in 0..cont.len() - 1 {
+                            let at = (k * t + pos) * vocab;
+                            let lp = log_softmax(&logits[at..at + vocab]);
+                            values[row * classes + c] += lp[cont[pos + 1] as usize];
+                        }
+                    }
+                }
+            }
+        }
+        if p.length_normalize {
+            for row in values.chunks_mut(classes) {
+                for (v, cont) in row.iter_mut().zip(&pt.continuations) {
+                    *v /= cont.len() as f32;
+                }
+            }
+        }
+        Ok(Labels {
+            values: OutputValues::Vectors(Vectors {
+                width: classes,
+                values,
+            }),
+            tokens: lengths.iter().map(|&l| l as u32).collect(),
+            truncated,
+            device_seconds: start.elapsed().as_secs_f64(),
+            padded_tokens: batching::padded_tokens(&batches) + cont_tokens,
+            prefix_tokens_saved: (pt.prefix.len() * texts.len().saturating_sub(1)) as u64,
+        })
     }
 
     /// Labels already tokenized texts with a per-example output.
@@ -370,6 +540,7 @@ impl Teacher {
             truncated: encoded.iter().map(|e| e.truncated).collect(),
             device_seconds: start.elapsed().as_secs_f64(),
             padded_tokens: batching::padded_tokens(&batches),
+            prefix_tokens_saved: 0,
         })
     }
 
@@ -492,6 +663,7 @@ impl Teacher {
             values: OutputValues::TokenTopk(out),
             device_seconds: start.elapsed().as_secs_f64(),
             padded_tokens: batching::padded_tokens(&batches),
+            prefix_tokens_saved: 0,
         })
     }
 }

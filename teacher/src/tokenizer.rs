@@ -198,6 +198,56 @@ impl TextTokenizer {
             .collect())
     }
 
+    /// Ids of `text` alone: no BOS, special-token text as plain text (a row's text inside a prompt).
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
+        let e = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| TeacherError::Tokenizer(e.to_string()))?;
+        Ok(e.get_ids().to_vec())
+    }
+
+    /// Ids of a template's text, where the special tokens' text *is* the special token (a prompt's
+    /// own `<|im_start|>`), no BOS.
+    pub fn encode_template(&self, text: &str) -> Result<Vec<u32>> {
+        let specials: Vec<(String, u32)> = self
+            .inner
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, t)| t.special)
+            .map(|(id, t)| (t.content, id))
+            .collect();
+        let mut out = Vec::new();
+        let mut rest = text;
+        while !rest.is_empty() {
+            // The earliest special token in the rest (the longest where two start together).
+            let next = specials
+                .iter()
+                .filter_map(|(s, id)| {
+                    rest.find(s.as_str())
+                        .map(|at| (at, std::cmp::Reverse(s.len()), *id, s.len()))
+                })
+                .min();
+            match next {
+                Some((at, _, id, len)) => {
+                    out.extend(self.encode_plain(&rest[..at])?);
+                    out.push(id);
+                    rest = &rest[at + len..];
+                }
+                None => {
+                    out.extend(self.encode_plain(rest)?);
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// What the tokenizer puts in front of every row (its BOS, or nothing).
+    pub fn leading_ids(&self) -> Result<Vec<u32>> {
+        Ok(self.encode(&[""])?.remove(0).ids)
+    }
+
     /// Text of token ids (special tokens skipped).
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner

@@ -15,6 +15,7 @@ mod grpc;
 mod kill;
 mod label;
 mod lm;
+mod prompted;
 mod pyarrow;
 mod reference;
 mod s3;

@@ -620,7 +620,10 @@ fn lease_spec(lease: &v1::ShardLease) -> Result<OutputSpec> {
     let kind: OutputKind = lease.output.parse().map_err(WorkerError::Config)?;
     let dtype: Dtype = lease.dtype.parse().map_err(WorkerError::Config)?;
     Ok(match kind {
-        OutputKind::Logits => OutputSpec::Logits { dtype },
+        OutputKind::Logits => OutputSpec::Logits {
+            dtype,
+            prompt: None,
+        },
         _ => OutputSpec::Embeddings { dtype },
     })
 }
