@@ -81,6 +81,47 @@ pub fn evaluate(
     })
 }
 
+/// Evaluates a teacher whose outputs on the examples are already cached (each example's `soft` is
+/// what the model predicts: a prompted LLM's calibrated task logits): accuracy, F1 and calibration from
+/// the cache, latency and throughput from a live run on the first `timing_samples` texts.
+pub fn evaluate_cached(
+    name: &str,
+    model: &Predictor,
+    examples: &[Example],
+    timing_samples: usize,
+    parameters: u64,
+    bytes: u64,
+) -> Result<EvalReport> {
+    let labeled: Vec<&Example> = examples.iter().filter(|e| e.gold.is_some()).collect();
+    let logits: Vec<Vec<f32>> = labeled.iter().map(|e| e.soft.clone()).collect();
+    let pred: Vec<usize> = logits.iter().map(|z| argmax(z)).collect();
+    let gold: Vec<usize> = labeled.iter().map(|e| e.gold.expect("filtered")).collect();
+    let sample: Vec<&str> = labeled
+        .iter()
+        .take(timing_samples)
+        .map(|e| e.text.as_str())
+        .collect();
+    let (_, secs) = timed_logits(model, &sample)?;
+    let lat = latencies(model, &sample)?;
+    Ok(EvalReport {
+        model: name.to_owned(),
+        examples: labeled.len(),
+        accuracy: accuracy(&pred, &gold),
+        macro_f1: macro_f1(&pred, &gold, model.labels().len()),
+        agreement: 1.0,
+        ece: ece(&probabilities(&logits), &gold, 15),
+        latency_p50_ms: quantile(&lat, 0.5),
+        latency_p99_ms: quantile(&lat, 0.99),
+        throughput: if secs > 0.0 {
+            sample.len() as f64 / secs
+        } else {
+            0.0
+        },
+        parameters,
+        bytes,
+    })
+}
+
 /// One example worth labeling next.
 #[derive(Clone, Debug, Serialize)]
 pub struct BlindSpot {

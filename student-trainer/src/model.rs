@@ -167,6 +167,13 @@ pub enum Predictor {
         distill_cache::task::LinearHead,
         Vec<String>,
     ),
+    /// A decoder teacher scoring a prompt's choices, then the task's calibration head.
+    Prompted(
+        std::sync::Arc<Teacher>,
+        Box<distill_cache::format::PromptSpec>,
+        distill_cache::task::LinearHead,
+        Vec<String>,
+    ),
 }
 
 impl std::fmt::Debug for Predictor {
@@ -175,6 +182,7 @@ impl std::fmt::Debug for Predictor {
             Self::Ngram(_) => "Predictor::Ngram",
             Self::Bert(..) => "Predictor::Bert",
             Self::TeacherHead(..) => "Predictor::TeacherHead",
+            Self::Prompted(..) => "Predictor::Prompted",
         })
     }
 }
@@ -273,7 +281,7 @@ impl Predictor {
     pub fn labels(&self) -> &[String] {
         match self {
             Self::Ngram(m) => &m.labels,
-            Self::Bert(_, l) | Self::TeacherHead(_, _, l) => l,
+            Self::Bert(_, l) | Self::TeacherHead(_, _, l) | Self::Prompted(_, _, _, l) => l,
         }
     }
 
@@ -288,6 +296,18 @@ impl Predictor {
             }
             Self::TeacherHead(t, head, _) => {
                 let out = t.label(texts, 8192)?;
+                let v = out.vectors();
+                v.values
+                    .chunks(v.width)
+                    .map(|e| {
+                        let mut z = vec![0.0; head.classes];
+                        head.apply(e, &mut z);
+                        z
+                    })
+                    .collect()
+            }
+            Self::Prompted(t, prompt, head, _) => {
+                let out = t.label_prompted(texts, prompt, 8192)?;
                 let v = out.vectors();
                 v.values
                     .chunks(v.width)

@@ -644,8 +644,16 @@ fn quickstart_reduced() {
     std::fs::write(dir.join("corpus.jsonl"), corpus).unwrap();
     std::fs::write(dir.join("gold.jsonl"), gold).unwrap();
     let out = dir.join("qs");
+    // The prompted LLM teacher on a few hundred rows, where the real one is fetched.
+    let llm = crate::decoder::smollm2()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
     let args = [
         "quickstart",
+        "--llm-teacher",
+        &llm,
+        "--llm-rows",
+        "150",
         "--corpus",
         &dir.join("corpus.jsonl").display().to_string(),
         "--gold",
@@ -678,16 +686,21 @@ fn quickstart_reduced() {
             .map(|r| r["model"].as_str().unwrap().to_owned())
             .collect::<Vec<_>>()
     };
-    assert_eq!(
-        models("sentiment"),
-        [
-            "teacher + head",
-            "n-gram, gold only",
-            "n-gram, distilled",
-            "n-gram, distilled, test texts unseen",
-            "transformer, distilled"
-        ]
-    );
+    let mut expect = vec![
+        "teacher + head",
+        "n-gram, gold only",
+        "n-gram, distilled",
+        "n-gram, distilled, test texts unseen",
+        "transformer, distilled",
+    ];
+    if !llm.is_empty() {
+        expect.extend([
+            "LLM (SmolLM2, prompted) + calibration",
+            "n-gram, distilled from the LLM",
+        ]);
+        assert!(report["llm_label_job"]["rows"].as_u64().unwrap() > 0);
+    }
+    assert_eq!(models("sentiment"), expect);
     assert_eq!(
         models("review-vs-plot"),
         [
@@ -706,15 +719,12 @@ fn quickstart_reduced() {
         .map(|s| s["model"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(summary[0], "teacher + head");
-    assert_eq!(
-        summary.last().unwrap(),
-        "n-gram, distilled, test texts unseen"
-    );
+    assert_eq!(summary.last().unwrap(), expect.last().unwrap());
     let targets = report["targets"].as_array().unwrap();
     assert_eq!(
         targets.len(),
-        6,
-        "3 checks for each of the 2 distilled students"
+        if llm.is_empty() { 6 } else { 8 },
+        "3 checks for each of the 2 distilled students, 2 for the LLM teacher and its student"
     );
     assert!(targets
         .iter()
