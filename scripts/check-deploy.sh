@@ -3,7 +3,8 @@
 #   1. render deploy/k8s/base and every overlay with `kubectl kustomize` (offline);
 #   2. validate every rendered object against Kubernetes $K8S_VERSION's schemas, strictly (unknown
 #      fields, unknown kinds/apiVersions and warnings fail; scripts/validate_manifests.py);
-#   3. run checkov's Kubernetes policies on the rendered objects and its Dockerfile policies on
+#   3. shellcheck every shell script of the project (deploy/slurm, scripts/, .ci/run);
+#   4. run checkov's Kubernetes policies on the rendered objects and its Dockerfile policies on
 #      deploy/docker/: any failed check fails. Skips are justified where they are made
 #      (`checkov.io/skipN` annotations, `# checkov:skip=` comments).
 # Tools (pinned) go into a virtual environment under .work/ (git-ignored), so they cannot disturb
@@ -44,6 +45,20 @@ took
 
 echo "== deploy: validate (Kubernetes $K8S_VERSION, strict)" >&2
 "$VENV/bin/python" scripts/validate_manifests.py "$K8S_VERSION" "$OUT"/*.yaml
+took
+
+echo "== deploy: shellcheck" >&2
+# Debian's package, pinned (bookworm's 0.9.0).
+if [ "$(dpkg-query -W -f '${Version}' shellcheck 2>/dev/null)" != 0.9.0-1 ]; then
+  if [ "$(id -u)" -eq 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends shellcheck=0.9.0-1 >/dev/null
+  else
+    echo "error: shellcheck 0.9.0-1 is not installed (as root: apt-get install shellcheck=0.9.0-1)" >&2
+    exit 1
+  fi
+fi
+shellcheck --severity=info deploy/slurm/distill.sbatch deploy/slurm/single-node-check.sh scripts/*.sh .ci/run
 took
 
 echo "== deploy: checkov" >&2

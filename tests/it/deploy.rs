@@ -631,3 +631,123 @@ fn probe_endpoints_and_documented_metrics_are_served() {
     drop(worker);
     drop(coordinator);
 }
+
+/// The `distill` commands of a Slurm script: each `"$DISTILL" SUB …` or `"$0" SUB …` (the binary
+/// handed to a per-task `bash -c`), with line continuations joined, as words.
+fn slurm_commands(script: &str) -> Vec<Vec<String>> {
+    let joined = script.replace("\\\n", " ");
+    let mut out = Vec::new();
+    for line in joined.lines() {
+        let code = line.trim_start();
+        if code.starts_with('#') {
+            continue;
+        }
+        for start in ["\"$DISTILL\" ", "exec \"$0\" "] {
+            let Some(i) = code.find(start) else { continue };
+            let words: Vec<String> = code[i + start.len()..]
+                .split_whitespace()
+                .take_while(|w| {
+                    !matches!(*w, "<" | ">" | "&" | "|" | "&&") && !w.starts_with(['<', '>'])
+                })
+                .map(|w| w.trim_end_matches('\'').to_owned())
+                .collect();
+            out.push(words);
+        }
+    }
+    out
+}
+
+/// Every `DISTILL_*` name a text mentions.
+fn distill_vars(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("DISTILL_") {
+        let name: String = rest[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+            .collect();
+        out.insert(name.trim_end_matches('_').to_owned());
+        rest = &rest[i + 8..];
+    }
+    out
+}
+
+#[test]
+fn slurm_scripts_run_real_commands_flags_and_variables() {
+    let dir = repo_root().join("deploy/slurm");
+    let sbatch =
+        std::fs::read_to_string(dir.join("distill.sbatch")).expect("deploy/slurm/distill.sbatch");
+    let mut helps = Helps::default();
+    let commands = slurm_commands(&sbatch);
+    let mut seen = BTreeSet::new();
+    for words in &commands {
+        let what = format!("deploy/slurm/distill.sbatch: distill {}", words.join(" "));
+        let (path, rest) = helps.resolve(words, &what);
+        let help = helps.get(&path).expect("resolved");
+        for a in words[rest..].iter().filter(|a| a.starts_with("--")) {
+            let flag = a.split('=').next().unwrap_or_default();
+            assert!(
+                help.opts.contains_key(flag),
+                "{what}: `distill {}` has no flag {flag}",
+                path.join(" ")
+            );
+        }
+        seen.insert(path.join(" "));
+    }
+    assert_eq!(
+        seen,
+        BTreeSet::from([
+            "coordinator".to_owned(),
+            "worker".to_owned(),
+            "label".to_owned()
+        ]),
+        "the script runs a coordinator, workers and the label client"
+    );
+
+    // Every DISTILL_* variable it sets or documents is one of those commands reads (or a global one).
+    let mut reads: BTreeSet<String> = NON_FLAG_ENV.iter().map(|(n, _)| n.to_string()).collect();
+    for path in [
+        vec![],
+        vec!["coordinator".to_owned()],
+        vec!["worker".to_owned()],
+        vec!["label".to_owned()],
+    ] {
+        let help = helps.get(&path).expect("--help");
+        reads.extend(help.opts.values().filter_map(|o| o.env.clone()));
+    }
+    for script in ["distill.sbatch", "single-node-check.sh"] {
+        let text = std::fs::read_to_string(dir.join(script)).unwrap();
+        for name in distill_vars(&text) {
+            assert!(
+                reads.contains(&name),
+                "deploy/slurm/{script} names {name}, which no distill command it runs reads"
+            );
+        }
+    }
+
+    // The script reads the ports from the coordinator's first line (`grpc=HOST:PORT metrics=HOST:PORT`)
+    // and waits for /readyz on the metrics port: both as the binary has them.
+    assert!(sbatch.contains("'^coordinator listening '") && sbatch.contains("/readyz"));
+    let store = tempfile::tempdir().unwrap();
+    let coordinator = start(&[
+        "coordinator",
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--store",
+        store.path().to_str().unwrap(),
+    ]);
+    let line = &coordinator.first_line;
+    assert!(line.starts_with("coordinator listening "), "{line:?}");
+    let (grpc, metrics) = (
+        line.find(" grpc=").unwrap(),
+        line.find(" metrics=").unwrap(),
+    );
+    assert!(
+        grpc < metrics,
+        "grpc= before metrics=, as the script's pattern has them: {line:?}"
+    );
+    let metrics = coordinator.addr("metrics");
+    wait_for_status(&metrics, "/readyz", 200, Duration::from_secs(30));
+}
