@@ -7,6 +7,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("distill_descriptor.bin"))
+        // The ledger is defined once, here, and carried whole: the scheduler keeps it, job records
+        // store it (as JSON) and clients print it.
+        .type_attribute(
+            "distill.v1.Ledger",
+            "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]",
+        )
         .compile_protos(&["distill/v1/distill.proto"], &["."])?;
     println!("cargo:rerun-if-changed=distill/v1/distill.proto");
     Ok(())

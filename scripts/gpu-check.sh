@@ -15,7 +15,8 @@ python3 scripts/random_bert.py "$MODEL" 0
 for lib in libcublas.so.13 libcudart.so.13 libcurand.so.10; do
   found=$(find /usr /opt /usr/local -name "$lib" 2>/dev/null | head -1)
   [ -n "$found" ] || { echo "error: $lib not found on this machine" >&2; exit 1; }
-  export LD_LIBRARY_PATH="$(dirname "$found"):${LD_LIBRARY_PATH:-}"
+  LD_LIBRARY_PATH="$(dirname "$found"):${LD_LIBRARY_PATH:-}"
+  export LD_LIBRARY_PATH
 done
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 

@@ -6,8 +6,8 @@
 use crate::label::{CorpusArgs, LabelArgs, OutputArgs, TeacherArgs};
 use clap::{Args, Subcommand};
 use distill_cache::corpus::CorpusReader;
-use distill_cache::format::OutputSpec;
 use distill_cache::model_dir::ModelDir;
+use distill_cache::spec::OutputSpec;
 use serde::Serialize;
 use std::time::Instant;
 
@@ -248,9 +248,9 @@ async fn teacher(args: TeacherBenchArgs) -> anyhow::Result<()> {
         };
         let started = Instant::now();
         let summary = crate::label::label(&label_args, false).await?;
-        load_runs.push(summary.rows as f64 / started.elapsed().as_secs_f64());
-        e2e_runs.push(summary.rows as f64 / summary.wall_seconds);
-        bytes_per_token = summary.bytes_written as f64 / summary.tokens.max(1) as f64;
+        load_runs.push(summary.ledger.rows as f64 / started.elapsed().as_secs_f64());
+        e2e_runs.push(summary.ledger.rows as f64 / summary.ledger.wall_seconds);
+        bytes_per_token = summary.ledger.bytes_written as f64 / summary.ledger.tokens.max(1) as f64;
     }
     let _ = std::fs::remove_dir_all(&dir);
     let median = |mut v: Vec<f64>| {

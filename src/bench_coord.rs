@@ -87,8 +87,8 @@ pub async fn server(args: CoordServerArgs) -> anyhow::Result<()> {
             teacher_fingerprint: fp(u64::MAX).to_string(),
             output: "embeddings".into(),
             dtype: "f32".into(),
-            output_spec: distill_cache::format::OutputSpec::Embeddings {
-                dtype: distill_cache::format::Dtype::F32,
+            output_spec: distill_cache::spec::OutputSpec::Embeddings {
+                dtype: distill_cache::spec::Dtype::F32,
             },
             store: coord.store().url.clone(),
             corpus: "bench.jsonl".into(),
@@ -107,6 +107,7 @@ pub async fn server(args: CoordServerArgs) -> anyhow::Result<()> {
             rejects: 0,
             progress: 1000,
             rejects_file: None,
+            first_rejects: Vec::new(),
             status: PlannedStatus::ToLabel,
         }),
     );

@@ -1,6 +1,6 @@
 //! `distill jobs ls|show|cancel`: the jobs of a coordinator.
 
-use crate::remote::{status, RemoteArgs};
+use crate::remote::{status, transient, RemoteArgs, Waiting};
 use crate::report::count;
 use clap::{Args, Subcommand};
 use distill_coordinator::JobSummary;
@@ -34,6 +34,10 @@ pub struct JobArgs {
     /// Print JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// `show`: follow the job with a progress bar until it ends (riding out coordinator restarts),
+    /// then show it; exits non-zero unless it succeeded.
+    #[arg(long)]
+    pub watch: bool,
 }
 
 pub async fn run(cmd: JobsCommand) -> anyhow::Result<()> {
@@ -60,12 +64,12 @@ pub async fn run(cmd: JobsCommand) -> anyhow::Result<()> {
                     "{:<18} {:<10} {:>8} {:>8} {:>8} {:>7} {:>11.1} {:>11.1}  {}",
                     s.job_id,
                     s.state,
-                    count(s.shards),
-                    count(s.shards_labeled),
-                    count(s.cache_hits),
-                    count(s.shards_failed),
-                    s.teacher_seconds,
-                    s.teacher_seconds_saved,
+                    count(s.ledger.shards),
+                    count(s.ledger.shards_labeled),
+                    count(s.ledger.cache_hits),
+                    count(s.ledger.shards_failed),
+                    s.ledger.teacher_seconds,
+                    s.ledger.teacher_seconds_saved,
                     s.corpus
                 );
             }
@@ -73,8 +77,33 @@ pub async fn run(cmd: JobsCommand) -> anyhow::Result<()> {
         }
         JobsCommand::Show(a) => {
             let mut c = distill_proto::job_client(a.remote.connect().await?);
-            let r = c.get_job(v1::GetJobRequest { job_id: a.job_id });
-            print_job(r.await.map_err(status)?.into_inner().job, a.json)
+            let url = a.remote.client_config()?.url;
+            let mut waiting = Waiting::new(&url, a.remote.wait()?);
+            let job = loop {
+                let r = c.get_job(v1::GetJobRequest {
+                    job_id: a.job_id.clone(),
+                });
+                match r.await {
+                    Ok(r) => break r.into_inner().job.unwrap_or_default(),
+                    Err(s) if a.watch && transient(&s) => {
+                        waiting.pause(s.message(), &|_| {}).await?
+                    }
+                    Err(s) => return Err(status(s)),
+                }
+            };
+            if !a.watch {
+                return print_job(Some(job), a.json);
+            }
+            waiting.reset();
+            let bar = crate::label::Bar::new(!a.json);
+            let last = crate::label::follow(&mut c, job, &bar, &mut waiting).await?;
+            bar.finish();
+            let succeeded = last.state == v1::JobState::Succeeded as i32;
+            print_job(Some(last), a.json)?;
+            if !succeeded {
+                anyhow::bail!("job {} did not succeed", a.job_id);
+            }
+            Ok(())
         }
         JobsCommand::Cancel(a) => {
             let mut c = distill_proto::job_client(a.remote.connect().await?);

@@ -4,14 +4,15 @@
 //! coordinator and a worker holding the already loaded teacher run in this process on loopback: one
 //! code path (gRPC, leases, staged inputs, commits by the worker) for a laptop and for a cluster.
 
-use crate::remote::RemoteArgs;
+use crate::remote::{status, transient, RemoteArgs, Waiting};
 use crate::report::{bytes, count};
 use anyhow::Context;
 use clap::Args;
 use distill_cache::corpus::{CorpusSpec, Format};
-use distill_cache::format::{Choice, Dtype, OutputKind, OutputRequest, PromptSpec};
+use distill_cache::format::OutputRequest;
 use distill_cache::model_dir::ModelDir;
-use distill_coordinator::JobSummary;
+use distill_cache::spec::{Choice, Dtype, OutputKind, PromptSpec};
+use distill_coordinator::{JobSummary, Submission};
 use distill_proto::v1;
 use distill_teacher::{DeviceSpec, Teacher};
 use std::sync::Arc;
@@ -234,42 +235,35 @@ pub struct LabelArgs {
 
 impl LabelArgs {
     fn spec(&self) -> anyhow::Result<v1::JobSpec> {
-        let c = self.corpus.spec();
         let request = self.output.request()?;
-        let prompt = request.prompt;
-        Ok(v1::JobSpec {
-            corpus: Some(v1::CorpusSpec {
-                url: c.url,
-                format: c
-                    .format
-                    .map(|f| format!("{f:?}").to_lowercase())
-                    .unwrap_or_default(),
-                text_field: c.text_field,
-                id_field: c.id_field,
-            }),
+        Ok(Submission {
+            corpus: self.corpus.spec(),
             teacher: self.teacher.teacher.clone(),
             store: self.store.clone().unwrap_or_default(),
             output: request.kind.name().into(),
-            dtype: self.output.dtype.to_string(),
-            shard_size: self.shard_size as u64,
-            strict: self.strict,
-            max_attempts: self.max_attempts,
+            dtype: request.dtype.to_string(),
             top_k: self.output.top_k.unwrap_or(0),
             samples: self.output.samples.unwrap_or(0),
             window: self.output.window.unwrap_or(0),
             stride: self.output.stride.unwrap_or(0),
-            prompt: prompt
-                .as_ref()
-                .map(distill_coordinator::server::prompt_to_wire),
-        })
+            prompt: request.prompt,
+            shard_size: self.shard_size as u64,
+            strict: self.strict,
+            max_attempts: self.max_attempts,
+        }
+        .to_wire())
     }
 }
 
 /// A progress bar over the corpus (bytes or rows), with rows/s and hits in its message.
-struct Bar(indicatif::ProgressBar);
+pub struct Bar(indicatif::ProgressBar);
 
 impl Bar {
-    fn new(show: bool) -> Self {
+    pub fn finish(&self) {
+        self.0.finish_and_clear();
+    }
+
+    pub fn new(show: bool) -> Self {
         let target = if show {
             indicatif::ProgressDrawTarget::stderr()
         } else {
@@ -323,7 +317,9 @@ pub async fn label(args: &LabelArgs, show_progress: bool) -> anyhow::Result<JobS
     }
     if args.remote.coordinator.is_some() {
         let ch = args.remote.connect().await?;
-        return submit_and_watch(ch, args.spec()?, show_progress).await;
+        let url = args.remote.client_config()?.url;
+        let wait = args.remote.wait()?;
+        return submit_and_watch(ch, &url, args.spec()?, show_progress, wait).await;
     }
     let store_url = args
         .store
@@ -405,58 +401,100 @@ pub async fn label_in_process(
         stopped,
     ));
     let ch = distill_proto::connect(&client).await?;
-    let result = submit_and_watch(ch, args.spec()?, show_progress).await;
+    let wait = args.remote.wait()?;
+    let result = submit_and_watch(ch, &client.url, args.spec()?, show_progress, wait).await;
     let _ = stop.send(true);
     worker.await??;
     server.await??;
     result
 }
 
-/// Submits a job and follows it with a progress bar until it ends.
+/// Submits a job and follows it with a progress bar until it ends, riding out coordinator restarts
+/// for up to `wait` each: a submission is retried (the coordinator attaches a repeated one to the
+/// job already running it), and the watch re-attaches to the same job id.
 pub async fn submit_and_watch(
     ch: distill_proto::Channel,
+    url: &str,
     spec: v1::JobSpec,
     show_progress: bool,
+    wait: std::time::Duration,
 ) -> anyhow::Result<JobSummary> {
     let mut jobs = distill_proto::job_client(ch);
-    let job = jobs
-        .submit_job(v1::SubmitJobRequest { spec: Some(spec) })
-        .await
-        .map_err(crate::remote::status)?
-        .into_inner()
-        .job
-        .context("the coordinator returned no job")?;
-    tracing::info!(job = %job.job_id, "job submitted");
     let bar = Bar::new(show_progress);
-    let mut last = job.clone();
-    let mut stream = jobs
-        .watch_job(v1::WatchJobRequest {
-            job_id: job.job_id.clone(),
-        })
-        .await
-        .map_err(crate::remote::status)?
-        .into_inner();
-    while let Some(update) = stream.message().await.map_err(crate::remote::status)? {
-        if let Some(j) = update.job {
-            bar.update(&j);
-            last = j;
+    let show = |m: String| bar.0.set_message(m);
+    let mut waiting = Waiting::new(url, wait);
+    let job = loop {
+        let request = v1::SubmitJobRequest {
+            spec: Some(spec.clone()),
+        };
+        match jobs.submit_job(request).await {
+            Ok(r) => {
+                break r
+                    .into_inner()
+                    .job
+                    .context("the coordinator returned no job")?
+            }
+            Err(s) if transient(&s) => waiting.pause(s.message(), &show).await?,
+            Err(s) => return Err(status(s)),
         }
-    }
-    bar.0.finish_and_clear();
+    };
+    waiting.reset();
+    tracing::info!(job = %job.job_id, "job submitted");
+    let last = follow(&mut jobs, job, &bar, &mut waiting).await?;
+    bar.finish();
     let summary = JobSummary::from_wire(&last);
     match v1::JobState::try_from(last.state) {
         Ok(v1::JobState::Succeeded) => Ok(summary),
-        Ok(v1::JobState::Running) => anyhow::bail!(
-            "job {} is still running but the coordinator stopped reporting: follow it with `distill jobs show {}`",
-            last.job_id,
-            last.job_id
-        ),
         _ => anyhow::bail!(
             "job {} {}: {}",
             last.job_id,
             summary.state,
-            if last.error.is_empty() { "cancelled" } else { &last.error }
+            if last.error.is_empty() {
+                "cancelled"
+            } else {
+                &last.error
+            }
         ),
+    }
+}
+
+/// Follows a job until it ends and returns its last state. A cut stream, a coordinator restart or
+/// one not ready yet is waited out (see [`Waiting`]) and the watch re-attached by job id.
+pub async fn follow(
+    jobs: &mut distill_proto::JobClient,
+    mut last: v1::Job,
+    bar: &Bar,
+    waiting: &mut Waiting,
+) -> anyhow::Result<v1::Job> {
+    let show = |m: String| bar.0.set_message(m);
+    let id = last.job_id.clone();
+    loop {
+        let request = v1::WatchJobRequest { job_id: id.clone() };
+        let mut stream = match jobs.watch_job(request).await {
+            Ok(s) => s.into_inner(),
+            Err(s) if transient(&s) => {
+                waiting.pause(s.message(), &show).await?;
+                continue;
+            }
+            Err(s) => return Err(status(s)),
+        };
+        let why = loop {
+            match stream.message().await {
+                Ok(Some(update)) => {
+                    if let Some(j) = update.job {
+                        waiting.reset();
+                        bar.update(&j);
+                        last = j;
+                    }
+                }
+                Ok(None) if last.state != v1::JobState::Running as i32 => return Ok(last),
+                // A coordinator shutting down ends its streams cleanly, the job still running.
+                Ok(None) => break "the coordinator closed the stream".to_owned(),
+                Err(s) if transient(&s) => break s.message().to_owned(),
+                Err(s) => return Err(status(s)),
+            }
+        };
+        waiting.pause(&why, &show).await?;
     }
 }
 
@@ -472,33 +510,37 @@ pub(crate) fn print_summary(s: &JobSummary) {
     );
     println!(
         "  shards      {} ({} labeled, {} cache hits, {} failed; {} retries, {} lease expiries, {} speculative)",
-        count(s.shards),
-        count(s.shards_labeled),
-        count(s.cache_hits),
-        count(s.shards_failed),
-        count(s.retries),
-        count(s.lease_expiries),
-        count(s.speculative_leases)
+        count(s.ledger.shards),
+        count(s.ledger.shards_labeled),
+        count(s.ledger.cache_hits),
+        count(s.ledger.shards_failed),
+        count(s.ledger.retries),
+        count(s.ledger.lease_expiries),
+        count(s.ledger.speculative_leases)
     );
     println!(
         "  rows        {} ({} rejected, {} truncated)",
-        count(s.rows),
-        count(s.rejected_rows),
-        count(s.truncated_rows)
+        count(s.ledger.rows),
+        count(s.ledger.rejected_rows),
+        count(s.ledger.truncated_rows)
     );
     println!(
         "  tokens      {} (padding efficiency {:.3})",
-        count(s.tokens),
+        count(s.ledger.tokens),
         s.padding_efficiency()
     );
     println!(
         "  teacher     {:.1} s spent, {:.1} s saved by cache hits",
-        s.teacher_seconds, s.teacher_seconds_saved
+        s.ledger.teacher_seconds, s.ledger.teacher_seconds_saved
     );
-    println!("  written     {} to {}", bytes(s.bytes_written), s.store);
+    println!(
+        "  written     {} to {}",
+        bytes(s.ledger.bytes_written),
+        s.store
+    );
     println!(
         "  wall time   {:.1} s ({:.0} rows/s)",
-        s.wall_seconds,
+        s.ledger.wall_seconds,
         s.rows_per_second()
     );
     if !s.manifest.is_empty() {
@@ -513,9 +555,13 @@ pub(crate) fn print_summary(s: &JobSummary) {
     if !s.error.is_empty() {
         println!("  error       {}", s.error);
     }
+    for r in &s.first_rejects {
+        println!("  rejected    {r}");
+    }
     if !s.reject_files.is_empty() {
         println!(
-            "  rejects     {} file(s), first: {}",
+            "  rejects     {} in {} file(s), first: {}",
+            count(s.ledger.rejected_rows),
             s.reject_files.len(),
             s.reject_files[0]
         );

@@ -16,19 +16,22 @@ use crate::label::{CorpusArgs, LabelArgs, TeacherArgs};
 use crate::train_cmd::{self, StudentKind, TrainArgs};
 use anyhow::Context;
 use clap::Args;
-use distill_cache::format::{Dtype, OutputKind};
+use distill_cache::spec::{Dtype, OutputKind};
 use distill_cache::store;
 use distill_student_trainer::data::TrainData;
 use distill_student_trainer::eval::{self, EvalReport};
 use distill_student_trainer::labels::{self, Fields, Gold};
 use distill_student_trainer::logreg::LogRegOptions;
 use distill_student_trainer::model::{dir_bytes, Predictor};
+use distill_student_trainer::protocol::{
+    draw, relabel, review_or_plot, sentiment, split_by_group, summarize, targets, Check, Mapping,
+    Row, Summary, LLM_NGRAM_ROW, LLM_TEACHER_ROW, UNSEEN_ROW,
+};
 use distill_student_trainer::rng::Rng;
 use distill_student_trainer::task as tasks;
 use distill_student_trainer::transformer::TransformerOptions;
 use distill_teacher::{DeviceSpec, Teacher};
-use serde::Serialize;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Args)]
@@ -112,8 +115,8 @@ pub struct QuickstartArgs {
 
 /// The prompt that makes the LLM a sentiment teacher: chat-formatted, with an answer prefix, the
 /// class logits the log-probabilities of " positive" and " negative".
-fn sentiment_prompt() -> distill_cache::format::PromptSpec {
-    use distill_cache::format::{Choice, PromptSpec};
+fn sentiment_prompt() -> distill_cache::spec::PromptSpec {
+    use distill_cache::spec::{Choice, PromptSpec};
     PromptSpec {
         template: "Is this movie review positive or negative? Review: {text}".into(),
         choices: vec![
@@ -133,38 +136,6 @@ fn sentiment_prompt() -> distill_cache::format::PromptSpec {
     }
 }
 
-/// The model names of the LLM teacher's rows.
-const LLM_TEACHER_ROW: &str = "LLM (SmolLM2, prompted) + calibration";
-const LLM_NGRAM_ROW: &str = "n-gram, distilled from the LLM";
-
-/// One evaluated model in one draw.
-#[derive(Clone, Debug, Serialize)]
-struct Row {
-    task: String,
-    draw: usize,
-    model: String,
-    distilled: bool,
-    /// Whether the model never saw the test texts (not even unlabeled).
-    unseen: bool,
-    #[serde(flatten)]
-    report: EvalReport,
-}
-
-/// The diagnostic row: an n-gram student distilled without the test texts.
-const UNSEEN_ROW: &str = "n-gram, distilled, test texts unseen";
-
-/// Maps a gold label to a task's label (`None`: not part of the task).
-type Mapping = fn(&str) -> Option<String>;
-
-/// The label of a gold row for each task.
-fn sentiment(label: &str) -> Option<String> {
-    matches!(label, "fresh" | "rotten").then(|| label.to_owned())
-}
-
-fn review_or_plot(label: &str) -> Option<String> {
-    Some(if label == "plot" { "plot" } else { "review" }.to_owned())
-}
-
 fn write_jsonl(path: &Path, rows: &[Gold]) -> anyhow::Result<()> {
     let mut s = String::new();
     for g in rows {
@@ -174,59 +145,6 @@ fn write_jsonl(path: &Path, rows: &[Gold]) -> anyhow::Result<()> {
         s.push('\n');
     }
     std::fs::write(path, s).with_context(|| format!("writing {}", path.display()))
-}
-
-/// Splits groups into test / train by a seeded hash: deterministic, no group on both sides.
-fn split_by_group(gold: &[Gold], share: f64, seed: u64) -> (Vec<Gold>, Vec<Gold>) {
-    let groups: std::collections::BTreeSet<&str> =
-        gold.iter().filter_map(|g| g.group.as_deref()).collect();
-    let mut order: Vec<&str> = groups.into_iter().collect();
-    Rng::derive(seed, "split", 0).shuffle(&mut order);
-    let n_test = ((order.len() as f64) * share).round() as usize;
-    let test: HashSet<&str> = order[..n_test].iter().copied().collect();
-    gold.iter()
-        .cloned()
-        .partition(|g| g.group.as_deref().is_some_and(|m| test.contains(m)))
-}
-
-fn relabel(rows: &[Gold], f: Mapping) -> Vec<Gold> {
-    rows.iter()
-        .filter_map(|g| {
-            Some(Gold {
-                label: f(&g.label)?,
-                ..g.clone()
-            })
-        })
-        .collect()
-}
-
-/// `n` gold labels drawn at random from `pool` (seeded by `seed` and draw `d`); `stratified` draws
-/// an equal share per class, as a practitioner labeling a rare class on purpose would.
-fn draw(pool: &[Gold], n: usize, seed: u64, d: usize, stratified: bool) -> Vec<Gold> {
-    let mut idx: Vec<usize> = (0..pool.len()).collect();
-    Rng::derive(seed, "draw", d as u64).shuffle(&mut idx);
-    let mut out: Vec<Gold> = if stratified {
-        let classes: std::collections::BTreeSet<&str> =
-            pool.iter().map(|g| g.label.as_str()).collect();
-        let per = n / classes.len().max(1);
-        let mut taken: BTreeMap<&str, usize> = BTreeMap::new();
-        idx.iter()
-            .map(|&i| &pool[i])
-            .filter(|g| {
-                let t = taken.entry(g.label.as_str()).or_default();
-                *t += 1;
-                *t <= per
-            })
-            .cloned()
-            .collect()
-    } else {
-        idx[..n.min(pool.len())]
-            .iter()
-            .map(|&i| pool[i].clone())
-            .collect()
-    };
-    out.sort_by(|a, b| a.id.cmp(&b.id));
-    out
 }
 
 pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
@@ -272,7 +190,11 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
     let job = crate::label::label(&label_args, true).await?;
     eprintln!(
         "    {} rows, {} shards ({} cache hits): {:.1} teacher-seconds spent, {:.1} saved",
-        job.rows, job.shards, job.cache_hits, job.teacher_seconds, job.teacher_seconds_saved
+        job.ledger.rows,
+        job.ledger.shards,
+        job.ledger.cache_hits,
+        job.ledger.teacher_seconds,
+        job.ledger.teacher_seconds_saved
     );
     let loc = store::open(&args.store, false)?;
     let entry = tasks::find_entry(
@@ -428,7 +350,11 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
         let job = crate::label::label(&llm_args, true).await?;
         eprintln!(
             "    {} rows, {} shards ({} cache hits): {:.1} teacher-seconds spent, {:.1} saved",
-            job.rows, job.shards, job.cache_hits, job.teacher_seconds, job.teacher_seconds_saved
+            job.ledger.rows,
+            job.ledger.shards,
+            job.ledger.cache_hits,
+            job.ledger.teacher_seconds,
+            job.ledger.teacher_seconds_saved
         );
         let entry = tasks::find_entry(
             &loc,
@@ -742,12 +668,12 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
     }
     println!("{}\n", setup_note(&args));
     println!("Teacher: {:.1} s spent labeling this run, {:.1} s saved by cache hits; tasks fitted with {} teacher-seconds.",
-        job.teacher_seconds, job.teacher_seconds_saved,
+        job.ledger.teacher_seconds, job.ledger.teacher_seconds_saved,
         task_seconds.iter().map(|t| t.1).sum::<f64>());
     if let Some((llm_job, ..)) = &llm {
         println!(
             "LLM teacher: {} rows labeled from the prompt, {:.1} s spent this run, {:.1} s saved by cache hits.",
-            llm_job.rows, llm_job.teacher_seconds, llm_job.teacher_seconds_saved
+            llm_job.ledger.rows, llm_job.ledger.teacher_seconds, llm_job.ledger.teacher_seconds_saved
         );
     }
     for c in &checks {
@@ -829,158 +755,22 @@ async fn mimic_once(
         .finish()
         .to_string();
     tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let s = train_cmd::mimic(
+        let s = distill_student_trainer::recipe::mimic(
             &dir,
             &data,
-            &opts,
-            &run_id,
-            Some(&ckpt),
-            &candle_core::Device::Cpu,
-            true,
+            &distill_student_trainer::recipe::Phases {
+                opts: &opts,
+                run_id: &run_id,
+                checkpoint: Some(&ckpt),
+                device: &candle_core::Device::Cpu,
+                progress: &train_cmd::bars(true),
+            },
         )?;
         // Removed only on success: after a failure a rerun resumes from it.
         let _ = std::fs::remove_dir_all(&ckpt);
         Ok((s, run_id))
     })
     .await?
-}
-
-/// Mean (and spread) of each model over the draws.
-#[derive(Clone, Debug, Serialize)]
-struct Summary {
-    task: String,
-    model: String,
-    distilled: bool,
-    unseen: bool,
-    draws: usize,
-    mean: EvalReport,
-    accuracy_min: f64,
-    accuracy_max: f64,
-}
-
-fn summarize(rows: &[Row]) -> Vec<Summary> {
-    let mut groups: BTreeMap<(String, usize), Vec<&Row>> = BTreeMap::new();
-    let order = [
-        "teacher + head",
-        "n-gram, gold only",
-        "n-gram, distilled",
-        "transformer, distilled",
-        UNSEEN_ROW,
-        LLM_TEACHER_ROW,
-        LLM_NGRAM_ROW,
-    ];
-    for r in rows {
-        let k = order.iter().position(|m| *m == r.model).unwrap_or(9);
-        groups.entry((r.task.clone(), k)).or_default().push(r);
-    }
-    let mut out: Vec<Summary> = groups
-        .into_values()
-        .map(|g| {
-            let n = g.len() as f64;
-            let mean = |f: fn(&EvalReport) -> f64| g.iter().map(|r| f(&r.report)).sum::<f64>() / n;
-            let acc: Vec<f64> = g.iter().map(|r| r.report.accuracy).collect();
-            Summary {
-                task: g[0].task.clone(),
-                model: g[0].model.clone(),
-                distilled: g[0].distilled,
-                unseen: g[0].unseen,
-                draws: g.len(),
-                mean: EvalReport {
-                    model: g[0].model.clone(),
-                    examples: g[0].report.examples,
-                    accuracy: mean(|r| r.accuracy),
-                    macro_f1: mean(|r| r.macro_f1),
-                    agreement: mean(|r| r.agreement),
-                    ece: mean(|r| r.ece),
-                    latency_p50_ms: mean(|r| r.latency_p50_ms),
-                    latency_p99_ms: mean(|r| r.latency_p99_ms),
-                    throughput: mean(|r| r.throughput),
-                    parameters: g[0].report.parameters,
-                    bytes: g[0].report.bytes,
-                },
-                accuracy_min: acc.iter().copied().fold(f64::INFINITY, f64::min),
-                accuracy_max: acc.iter().copied().fold(f64::NEG_INFINITY, f64::max),
-            }
-        })
-        .collect();
-    out.sort_by_key(|s| {
-        (
-            s.task != "sentiment",
-            order.iter().position(|m| *m == s.model),
-        )
-    });
-    out
-}
-
-#[derive(Clone, Debug, Serialize)]
-struct Check {
-    what: String,
-    met: bool,
-}
-
-fn targets(summary: &[Summary], draws: usize) -> Vec<Check> {
-    let find = |m: &str| {
-        summary
-            .iter()
-            .find(|s| s.task == "sentiment" && s.model == m)
-    };
-    let mut out = Vec::new();
-    let (Some(th), Some(gold)) = (find("teacher + head"), find("n-gram, gold only")) else {
-        return out;
-    };
-    let note = if draws >= 5 {
-        String::new()
-    } else {
-        format!(" [{draws} draw(s); the target is a mean over 5: --draws 5]")
-    };
-    // The targets are about the distilled students of the main setup; the unseen-texts row is a
-    // diagnostic of generalisation to new text, shown in the tables.
-    if let (Some(llm), Some(student)) = (find(LLM_TEACHER_ROW), find(LLM_NGRAM_ROW)) {
-        let (t, n) = (100.0 * llm.mean.accuracy, 100.0 * student.mean.accuracy);
-        out.push(Check {
-            what: format!("{LLM_TEACHER_ROW}: {t:.1}% ≥ 72%{note}"),
-            met: t >= 72.0,
-        });
-        out.push(Check {
-            what: format!("{LLM_NGRAM_ROW}: {n:.1}% within 1 point of its teacher ({t:.1}%){note}"),
-            met: n >= t - 1.0,
-        });
-    }
-    for s in summary.iter().filter(|s| {
-        s.task == "sentiment" && s.distilled && s.model != UNSEEN_ROW && s.model != LLM_NGRAM_ROW
-    }) {
-        let a = 100.0 * s.mean.accuracy;
-        out.push(Check {
-            what: format!(
-                "{}: {a:.1}% ≥ teacher + head − 0.5 ({:.1}%){note}",
-                s.model,
-                100.0 * th.mean.accuracy - 0.5
-            ),
-            met: a >= 100.0 * th.mean.accuracy - 0.5,
-        });
-        out.push(Check {
-            what: format!(
-                "{}: {a:.1}% ≥ gold-only + 5 ({:.1}%){note}",
-                s.model,
-                100.0 * gold.mean.accuracy + 5.0
-            ),
-            met: a >= 100.0 * gold.mean.accuracy + 5.0,
-        });
-        let need = if s.model.starts_with("n-gram") {
-            50.0
-        } else {
-            2.5
-        };
-        let ratio = s.mean.throughput / th.mean.throughput.max(1e-9);
-        out.push(Check {
-            what: format!(
-                "{}: {ratio:.1}× the teacher's CPU throughput (target ≥ {need}×)",
-                s.model
-            ),
-            met: ratio >= need,
-        });
-    }
-    out
 }
 
 fn plot(summary: &[Summary]) -> String {
@@ -1067,7 +857,7 @@ fn markdown(
     s += &format!(
         "Corpus `{}` ({} rows) labeled once by `{}`: {:.1} teacher-seconds spent in this run, {:.1} saved by cache hits. \
          Gold labels split by `{}` (no {} on both sides); {} gold labels per draw, {} draw(s). Wall time {:.0} s.\n\n{}\n\n",
-        args.corpus, job.rows, args.teacher, job.teacher_seconds, job.teacher_seconds_saved, args.group_field, args.group_field, args.gold_count, args.draws, wall,
+        args.corpus, job.ledger.rows, args.teacher, job.ledger.teacher_seconds, job.ledger.teacher_seconds_saved, args.group_field, args.group_field, args.gold_count, args.draws, wall,
         setup_note(args)
     );
     for task in ["sentiment", "review-vs-plot"] {

@@ -160,6 +160,10 @@ pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     tokio::select! {
         _ = terminated() => tracing::info!("shutting down"),
         r = server => { r??; anyhow::bail!("the gRPC server stopped"); }
+        why = coord.fatal() => {
+            let _ = stop.send(true);
+            anyhow::bail!("{why}; fix --store (DISTILL_STORE) or its credentials and restart");
+        }
     }
     let _ = stop.send(true);
     let _ = metrics.await;
@@ -241,15 +245,19 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         drain_grace: seconds("drain-grace-seconds", args.drain_grace_seconds)?,
         stores: Vec::new(),
     };
-    let run = tokio::spawn(distill_worker::pull::run(cfg, slot, metrics, stopped));
-    tokio::select! {
+    let mut run = tokio::spawn(distill_worker::pull::run(cfg, slot, metrics, stopped));
+    // The pull loop ends on its own only with an error (refused by the coordinator, a protocol it
+    // does not speak): the process then exits non-zero with that error, so an orchestrator restarts
+    // it and shows why, instead of a live pod that does no work.
+    let result = tokio::select! {
         _ = terminated() => {
             tracing::info!("SIGTERM: draining");
             let _ = stop.send(true);
+            (&mut run).await?
         }
-        _ = std::future::pending::<()>() => {}
-    }
-    let result = run.await?;
+        r = &mut run => r?,
+    };
+    let _ = stop.send(true);
     let _ = m.await;
     result?;
     Ok(())

@@ -2,8 +2,8 @@
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use distill_cache::format::OutputKind;
 use distill_cache::model_dir::ModelDir;
+use distill_cache::spec::OutputKind;
 use distill_cache::store;
 use distill_cache::task::TaskRecord;
 use distill_student_trainer::labels::{self, Fields};
@@ -112,7 +112,7 @@ pub async fn run(cmd: TaskCommand) -> anyhow::Result<()> {
                 println!(
                     "{:<24} {:<9} {:>7} rows  labels: {}  corpus: {}",
                     r.name,
-                    format!("{:?}", r.kind).to_lowercase(),
+                    r.kind.name(),
                     r.rows,
                     r.labels.join(", "),
                     r.corpus

@@ -1,16 +1,13 @@
 //! `distill train`: distill a student from a task's cached soft labels (no teacher pass).
 
 use clap::{Args, ValueEnum};
-use distill_cache::model_dir::ModelDir;
 use distill_cache::store::{self, Location};
 use distill_cache::task::TaskRecord;
-use distill_student_trainer::checkpoint;
-use distill_student_trainer::data::{Selection, TrainData};
-use distill_student_trainer::kd::KdWeights;
-use distill_student_trainer::model::{save_ngram, write_dir, StudentInfo};
-use distill_student_trainer::ngram::{self, NgramConfig, NgramTrainOptions, StepReport};
-use distill_student_trainer::optim::AdamW;
-use distill_student_trainer::transformer::{self, Phase, TransformerOptions, TransformerStudent};
+use distill_student_trainer::model::StudentInfo;
+use distill_student_trainer::ngram::{NgramConfig, StepReport};
+use distill_student_trainer::recipe::{
+    self, Progress, TaskStudent, TrainSpec, TransformerSettings,
+};
 use distill_teacher::DeviceSpec;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -193,7 +190,10 @@ pub async fn run(args: TrainArgs) -> anyhow::Result<()> {
     let Some(name) = &args.task else {
         anyhow::bail!(
             "--task is required for the {} student",
-            format!("{:?}", args.student).to_lowercase()
+            args.student
+                .to_possible_value()
+                .expect("no skipped variants")
+                .get_name()
         );
     };
     let task = distill_cache::task::read_task(&loc, name).await?;
@@ -339,377 +339,82 @@ impl TrainBar {
     }
 }
 
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// The checkpoint folder of a training run: `--checkpoint`, or `<out>.checkpoint` next to `<out>`.
-fn checkpoint_dir(args: &TrainArgs) -> PathBuf {
-    checkpoint::folder_for(&args.out, args.checkpoint.as_deref())
-}
-
-fn prepare_checkpoint(dir: &Path) -> anyhow::Result<()> {
-    Ok(checkpoint::prepare(dir)?)
-}
-
-fn remove_checkpoint(dir: &Path) {
-    checkpoint::remove(dir)
-}
-
-/// Identifies a run by everything that decides its result, so a checkpoint is only resumed by the
-/// same run: settings, the task's entry and gold labels, the excluded ids, the shuffle buffer and the
-/// starting point.
-fn run_fingerprint(
-    task: &TaskRecord,
-    settings: &str,
-    exclude: &HashSet<String>,
-    args: &TrainArgs,
-    base: &str,
-) -> String {
-    let mut ids: Vec<&String> = exclude.iter().collect();
-    ids.sort();
-    let mut h = distill_cache::fingerprint::Hasher::new("distill.train-run");
-    h.str(task.output.as_str())
-        .str(settings)
-        .str(base)
-        .u64(args.shuffle_buffer as u64)
-        .u64(args.gold_only as u64);
-    for g in &task.gold {
-        h.str(&g.id).str(&g.label);
+impl Drop for TrainBar {
+    fn drop(&mut self) {
+        self.bar.finish_and_clear();
     }
-    for id in ids {
-        h.str(id);
-    }
-    h.finish().to_string()
 }
 
 impl TrainArgs {
-    /// Rejects settings that cannot train, naming the flag.
-    pub fn validate(&self) -> anyhow::Result<()> {
-        let checks: [(bool, &str); 7] = [
-            (self.batch() == 0, "--batch must be at least 1"),
-            (self.buckets == 0, "--buckets must be at least 1"),
-            (self.dim == 0, "--dim must be at least 1"),
-            (
-                self.shuffle_buffer == 0,
-                "--shuffle-buffer must be at least 1",
-            ),
-            (self.max_seq < 2, "--max-seq must be at least 2"),
-            (
-                !(self.temperature.is_finite() && self.temperature > 0.0),
-                "--temperature must be a positive number",
-            ),
-            (
-                !(self.alpha().is_finite() && self.alpha() >= 0.0)
-                    || self.lr.is_some_and(|l| !(l.is_finite() && l > 0.0)),
-                "--alpha must be ≥ 0 and --lr > 0",
-            ),
-        ];
-        match checks.iter().find(|c| c.0) {
-            Some((_, msg)) => anyhow::bail!("{msg}"),
-            None => Ok(()),
-        }
-    }
-}
-
-/// Finds the teacher for a transformer student and checks it is the one the cache was labeled with.
-pub async fn teacher_dir(
-    loc: &Location,
-    task: &TaskRecord,
-    given: Option<&str>,
-) -> anyhow::Result<ModelDir> {
-    let source = match given {
-        Some(s) => s.to_owned(),
-        None => {
-            distill_cache::catalog::read_teacher(loc, &task.teacher)
-                .await?
-                .source
-        }
-    };
-    let dir = ModelDir::resolve(&source).await?;
-    let fp = {
-        let dir = dir.clone();
-        tokio::task::spawn_blocking(move || {
-            dir.fingerprint(distill_teacher::teacher::COMPUTE_DTYPE)
+    /// The library's recipe spec of these flags (task students).
+    pub fn spec(&self, exclude: HashSet<String>) -> anyhow::Result<TrainSpec> {
+        let student = match self.student {
+            StudentKind::Ngram => TaskStudent::Ngram,
+            StudentKind::Transformer => TaskStudent::Transformer,
+            StudentKind::Lm => {
+                anyhow::bail!("the lm student trains from a token-topk entry, not a task")
+            }
+        };
+        Ok(TrainSpec {
+            student,
+            out: self.out.clone(),
+            exclude,
+            gold_only: self.gold_only,
+            epochs: self.epochs,
+            batch: self.batch(),
+            lr: self.lr,
+            temperature: self.temperature,
+            alpha: self.alpha(),
+            seed: self.seed,
+            shuffle_buffer: self.shuffle_buffer,
+            ngram: NgramConfig {
+                buckets: self.buckets,
+                dim: self.dim,
+                word_ngrams: self.word_ngrams,
+                char_ngram: self.char_ngram,
+            },
+            transformer: TransformerSettings {
+                layers: self.layers(),
+                random_init: self.random_init,
+                mimic_epochs: self.mimic_epochs,
+                max_seq: self.max_seq,
+                teacher: self.teacher.clone(),
+                device: self.device.clone(),
+                checkpoint_every: self.checkpoint_every,
+            },
+            checkpoint: self.checkpoint.clone(),
         })
-        .await??
-    };
-    if fp != task.teacher {
-        anyhow::bail!(
-            "teacher {source} has fingerprint {fp}, but task {} was cached from teacher {}: the student would get another tokenizer and weights; give the cache's teacher with --teacher",
-            task.name,
-            task.teacher
-        );
     }
-    Ok(dir)
+
+    /// Rejects settings that cannot train, naming the flag (the lm student's are checked by its
+    /// options when it starts).
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.student == StudentKind::Lm {
+            return Ok(());
+        }
+        Ok(self.spec(HashSet::new())?.validate()?)
+    }
 }
 
-/// Trains and saves one student. `mimicked`: a transformer whose pooled output already mimics the
-/// teacher's embeddings (skips the mimic phase; used to share it across tasks).
+/// Progress bars for the library's training phases.
+pub fn bars(show: bool) -> Progress {
+    std::sync::Arc::new(move |name| {
+        let mut bar = TrainBar::new(show, name);
+        Box::new(move |r| bar.step(r))
+    })
+}
+
+/// Trains and saves one task student (the library's recipe, with progress bars).
 pub async fn train(
     loc: &Location,
     task: &TaskRecord,
     args: &TrainArgs,
     exclude: HashSet<String>,
-    mimicked: Option<(&TransformerStudent, &str)>,
+    mimicked: Option<(
+        &distill_student_trainer::transformer::TransformerStudent,
+        &str,
+    )>,
     show: bool,
 ) -> anyhow::Result<StudentInfo> {
-    args.validate()?;
-    if args.gold_only && task.gold.is_empty() {
-        anyhow::bail!("--gold-only: task {} has no gold labels", task.name);
-    }
-    let mut data = TrainData::open(loc, task, exclude.clone(), args.seed).await?;
-    data.buffer = args.shuffle_buffer.max(1);
-    let data = if args.gold_only {
-        data.select(Selection::Gold)
-    } else {
-        data
-    };
-    let mut info = StudentInfo {
-        kind: match args.student {
-            StudentKind::Transformer => "transformer".into(),
-            StudentKind::Ngram => "ngram".into(),
-            StudentKind::Lm => {
-                anyhow::bail!("the lm student trains from a token-topk entry, not a task")
-            }
-        },
-        task: task.name.clone(),
-        labels: task.labels.clone(),
-        teacher: task.teacher.to_string(),
-        task_output: task.output.to_string(),
-        producer: distill_cache::PRODUCER.into(),
-        created_unix: now(),
-        training: serde_json::Value::Null,
-    };
-    let out = args.out.clone();
-    match args.student {
-        StudentKind::Lm => unreachable!("refused above"),
-        StudentKind::Ngram => {
-            let cfg = NgramConfig {
-                buckets: args.buckets,
-                dim: args.dim,
-                word_ngrams: args.word_ngrams,
-                char_ngram: args.char_ngram,
-            };
-            let opts = NgramTrainOptions {
-                epochs: args.epochs.unwrap_or(if args.gold_only { 60 } else { 10 }),
-                batch: args.batch(),
-                lr: args.lr.unwrap_or(0.01),
-                kd: KdWeights {
-                    temperature: args.temperature,
-                    soft: if args.gold_only { 0.0 } else { 1.0 },
-                    alpha: if args.gold_only { 1.0 } else { args.alpha() },
-                },
-                seed: args.seed,
-                ..Default::default()
-            };
-            info.training = serde_json::json!({
-                "epochs": opts.epochs, "batch": opts.batch, "lr": opts.lr, "temperature": args.temperature,
-                "alpha": opts.kd.alpha, "gold_only": args.gold_only, "buckets": cfg.buckets, "dim": cfg.dim,
-                "seed": args.seed, "excluded_ids": exclude.len(),
-            });
-            let info2 = info.clone();
-            let checkpoint = checkpoint_dir(args);
-            prepare_checkpoint(&checkpoint)?;
-            let run_id = run_fingerprint(task, &format!("{cfg:?}-{opts:?}"), &exclude, args, "");
-            tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-                let mut bar = TrainBar::new(show, "n-gram");
-                let model = ngram::train(
-                    &data,
-                    cfg,
-                    &opts,
-                    Some((&checkpoint.join("ngram"), &run_id)),
-                    |r| bar.step(r),
-                )?;
-                bar.finish();
-                write_dir(&out, |tmp| save_ngram(&model, &info2, tmp))?;
-                remove_checkpoint(&checkpoint);
-                Ok(())
-            })
-            .await??;
-        }
-        StudentKind::Transformer => {
-            let dir = teacher_dir(loc, task, args.teacher.as_deref()).await?;
-            let device = args.device.open()?;
-            let opts = TransformerOptions {
-                layers: args.layers(),
-                from_teacher: !args.random_init,
-                max_seq: args.max_seq,
-                batch: args.batch(),
-                mimic_epochs: if mimicked.is_some() || task.head.is_none() || args.gold_only {
-                    0
-                } else {
-                    args.mimic_epochs
-                },
-                soft: if args.gold_only { 0.0 } else { 1.0 },
-                normalize_target: task.head.as_ref().is_some_and(|h| h.normalize_input),
-                epochs: args.epochs.unwrap_or(if args.gold_only { 20 } else { 2 }),
-                lr: args.lr.unwrap_or(1e-4),
-                temperature: args.temperature,
-                alpha: if args.gold_only { 1.0 } else { args.alpha() },
-                seed: args.seed,
-                adamw: AdamW::default(),
-                checkpoint_every: args.checkpoint_every,
-                ..Default::default()
-            };
-            info.training = serde_json::to_value(&opts)?;
-            info.training["excluded_ids"] = exclude.len().into();
-            let checkpoint = checkpoint_dir(args);
-            prepare_checkpoint(&checkpoint)?;
-            let run_id = run_fingerprint(
-                task,
-                &serde_json::to_string(&opts)?,
-                &exclude,
-                args,
-                mimicked.map(|m| m.1).unwrap_or(""),
-            );
-            let mimic_data = if opts.mimic_epochs > 0 && mimicked.is_none() {
-                let mut d = TrainData::open(loc, task, exclude, args.seed)
-                    .await?
-                    .with_embeddings(task)?;
-                d.buffer = args.shuffle_buffer.max(1);
-                Some(d)
-            } else {
-                None
-            };
-            let base = mimicked.map(|m| m.0.duplicate()).transpose()?;
-            let head = task.head.clone();
-            let info2 = info.clone();
-            tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-                let student = mimic_then_distill(
-                    &dir,
-                    &data,
-                    mimic_data.as_ref(),
-                    base,
-                    head.as_ref(),
-                    &opts,
-                    &run_id,
-                    Some(&checkpoint),
-                    &device,
-                    show,
-                )?;
-                write_dir(&out, |tmp| student.save_hf(tmp, &info2))?;
-                remove_checkpoint(&checkpoint);
-                Ok(())
-            })
-            .await??;
-        }
-    }
-    Ok(info)
-}
-
-/// The transformer recipe: (optionally) mimic the teacher's embeddings, put the task head on the
-/// mimicked pooled output, then distill the task's logits. Blocking.
-#[allow(clippy::too_many_arguments)]
-pub fn mimic_then_distill(
-    dir: &ModelDir,
-    data: &TrainData,
-    mimic_data: Option<&TrainData>,
-    base: Option<TransformerStudent>,
-    head: Option<&distill_cache::task::LinearHead>,
-    opts: &TransformerOptions,
-    run_id: &str,
-    checkpoint: Option<&Path>,
-    device: &candle_core::Device,
-    show: bool,
-) -> anyhow::Result<TransformerStudent> {
-    let tok = transformer::tokenizer(dir, opts.max_seq)?;
-    let mimicked = base.is_some() || mimic_data.is_some();
-    let mut student = match base {
-        Some(s) => s,
-        None => TransformerStudent::new(dir, data.labels.clone(), opts, device)?,
-    };
-    if let Some(md) = mimic_data {
-        run_phase(
-            &student,
-            &tok,
-            Phase::Mimic,
-            md,
-            opts,
-            run_id,
-            checkpoint,
-            show,
-        )?;
-    }
-    if let (true, Some(h)) = (mimicked, head) {
-        student.set_head(h, data.labels.clone())?;
-    } else if student.labels != data.labels {
-        anyhow::bail!("internal: a mimicked student needs the task's head");
-    }
-    run_phase(
-        &student,
-        &tok,
-        Phase::Distill,
-        data,
-        opts,
-        run_id,
-        checkpoint,
-        show,
-    )?;
-    Ok(student)
-}
-
-/// The task-agnostic phase alone: a student whose pooled output mimics the teacher's embeddings.
-pub fn mimic(
-    dir: &ModelDir,
-    data: &TrainData,
-    opts: &TransformerOptions,
-    run_id: &str,
-    checkpoint: Option<&Path>,
-    device: &candle_core::Device,
-    show: bool,
-) -> anyhow::Result<TransformerStudent> {
-    let tok = transformer::tokenizer(dir, opts.max_seq)?;
-    let student = TransformerStudent::new(dir, data.labels.clone(), opts, device)?;
-    run_phase(
-        &student,
-        &tok,
-        Phase::Mimic,
-        data,
-        opts,
-        run_id,
-        checkpoint,
-        show,
-    )?;
-    Ok(student)
-}
-
-/// One phase with its epochs and learning rate from `opts`, a progress bar, and its own checkpoint
-/// folder (`<checkpoint>/mimic`, `<checkpoint>/distill`).
-#[allow(clippy::too_many_arguments)]
-fn run_phase(
-    student: &TransformerStudent,
-    tok: &transformer::Tokenizer,
-    phase: Phase,
-    data: &TrainData,
-    opts: &TransformerOptions,
-    run_id: &str,
-    checkpoint: Option<&Path>,
-    show: bool,
-) -> anyhow::Result<()> {
-    let (name, epochs, lr) = match phase {
-        Phase::Mimic => ("mimic", opts.mimic_epochs, opts.mimic_lr),
-        Phase::Distill => ("distill", opts.epochs, opts.lr),
-    };
-    if epochs == 0 {
-        return Ok(());
-    }
-    let mut bar = TrainBar::new(show, name);
-    transformer::train_phase(
-        student,
-        tok,
-        phase,
-        data,
-        epochs,
-        lr,
-        opts,
-        &format!("{run_id}-{name}"),
-        checkpoint.map(|c| c.join(name)).as_deref(),
-        |r| bar.step(r),
-    )?;
-    bar.finish();
-    Ok(())
+    Ok(recipe::train(loc, task, &args.spec(exclude)?, mimicked, bars(show)).await?)
 }

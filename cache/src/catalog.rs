@@ -4,9 +4,9 @@
 
 use crate::commit::{put_if_absent, read_meta_at};
 use crate::fingerprint::{Fingerprint, Hasher};
-use crate::format::OutputSpec;
 use crate::layout;
 use crate::model_dir::TeacherInfo;
+use crate::spec::OutputSpec;
 use crate::store::{describe_store_error, Location};
 use crate::{CacheError, Result};
 use futures::{StreamExt, TryStreamExt};

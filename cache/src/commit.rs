@@ -166,7 +166,7 @@ pub async fn read_rejects(loc: &Location, key: &ShardKey) -> Result<Vec<Reject>>
 mod tests {
     use super::*;
     use crate::fingerprint::Hasher;
-    use crate::format::Dtype;
+    use crate::spec::Dtype;
 
     fn key() -> ShardKey {
         let meta = crate::format::tests_support::meta(Dtype::F32, 1);

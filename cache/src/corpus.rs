@@ -33,6 +33,17 @@ pub enum Format {
     Parquet,
 }
 
+impl Format {
+    /// The name `--format` and the wire use (as serialised).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Jsonl => "jsonl",
+            Self::Text => "text",
+            Self::Parquet => "parquet",
+        }
+    }
+}
+
 impl std::str::FromStr for Format {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

@@ -12,6 +12,10 @@ pub enum CacheError {
     #[error("store {url}: {reason}")]
     Store { url: String, reason: String },
 
+    /// The store answered and refused (no such bucket, access denied): waiting does not fix it.
+    #[error("store {url}: {reason}")]
+    StoreRefused { url: String, reason: String },
+
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

@@ -33,6 +33,7 @@ pub mod jobs;
 pub mod layout;
 pub mod model_dir;
 pub mod parquet_io;
+pub mod spec;
 pub mod store;
 pub mod task;
 pub mod values;

@@ -139,9 +139,9 @@ pub const COMPUTE_DTYPE: &str = "f32";
 pub fn check_output(
     head: &Head,
     source: &str,
-    kind: crate::format::OutputKind,
+    kind: crate::spec::OutputKind,
 ) -> std::result::Result<(), String> {
-    use crate::format::OutputKind;
+    use crate::spec::OutputKind;
     match (head, kind) {
         (Head::Embedding { .. }, OutputKind::Embeddings)
         | (Head::Classifier { .. }, OutputKind::Logits)
@@ -931,10 +931,30 @@ async fn download_file(url: &str) -> Result<PathBuf> {
         .bytes()
         .await
         .map_err(|e| model_err(url, e.to_string()))?;
-    let tmp = dest.with_extension("partial");
-    std::fs::write(&tmp, &bytes).map_err(|e| io(&tmp, e))?;
-    std::fs::rename(&tmp, &dest).map_err(|e| io(&dest, e))?;
+    write_aside(&dest, &bytes)?;
     Ok(dest)
+}
+
+/// Writes a downloaded file under a name of this process's own, then renames it into place: workers
+/// that share a model cache (one on a cluster filesystem) never write into each other's file, and a
+/// reader sees a whole file or none.
+fn write_aside(dest: &Path, bytes: &[u8]) -> Result<()> {
+    let io = |path: &Path, source| CacheError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let mut name = dest.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".partial-{}-{nonce}", std::process::id()));
+    let tmp = dest.with_file_name(name);
+    std::fs::write(&tmp, bytes).map_err(|e| io(&tmp, e))?;
+    std::fs::rename(&tmp, dest).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        io(dest, e)
+    })
 }
 
 /// Downloads the files of a remote model directory (those distill reads) into the model cache.
@@ -986,9 +1006,7 @@ async fn download(url: &str) -> Result<PathBuf> {
             if let Some(parent) = dest.parent() {
                 std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
             }
-            let tmp = dest.with_extension("partial");
-            std::fs::write(&tmp, &bytes).map_err(|e| io(&tmp, e))?;
-            std::fs::rename(&tmp, &dest).map_err(|e| io(&dest, e))?;
+            write_aside(&dest, &bytes)?;
             Ok::<bool, CacheError>(true)
         }
     };

@@ -197,11 +197,38 @@ pub async fn probe(loc: &Location) -> Result<()> {
     let mut list = loc.store.list(Some(&loc.prefix));
     match list.try_next().await {
         Ok(_) => Ok(()),
+        Err(e) if is_refusal(&e) => Err(CacheError::StoreRefused {
+            url: loc.url.clone(),
+            reason: describe_store_error(&e),
+        }),
         Err(e) => Err(CacheError::Store {
             url: loc.url.clone(),
             reason: describe_store_error(&e),
         }),
     }
+}
+
+/// Whether a store error is the store answering "no" (a missing bucket, denied access, bad
+/// credentials) rather than being out of reach: a misconfiguration that waiting does not fix.
+pub fn is_refusal(e: &object_store::Error) -> bool {
+    if matches!(
+        e,
+        object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. }
+    ) {
+        return true;
+    }
+    let lower = e.to_string().to_ascii_lowercase();
+    [
+        "nosuchbucket",
+        "bucket does not exist",
+        "specified bucket",
+        "accessdenied",
+        "forbidden",
+        "signaturedoesnotmatch",
+        "invalidaccesskeyid",
+    ]
+    .iter()
+    .any(|m| lower.contains(m))
 }
 
 /// A one-line explanation of a store error, with the likely fix.

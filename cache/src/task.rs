@@ -25,6 +25,17 @@ pub enum TaskKind {
     Teacher,
 }
 
+impl TaskKind {
+    /// The name records and listings use (as serialised).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Head => "head",
+            Self::ZeroShot => "zero_shot",
+            Self::Teacher => "teacher",
+        }
+    }
+}
+
 /// A linear head over cached embeddings: `logits = weight · x̂ + bias`, where `x̂` is `x` scaled to unit
 /// length when `normalize_input` is set.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -10,7 +10,7 @@
 //! Values are held in memory as f32 (f16 storage is widened on reading) in flat arrays with offsets,
 //! so a shard is a handful of allocations whatever its size.
 
-use crate::format::{Dtype, OutputSpec, TopkSpec};
+use crate::spec::{Dtype, OutputSpec, TopkSpec};
 use crate::{CacheError, Result};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float16Type, Float32Type, Int32Type, UInt16Type};

@@ -12,7 +12,8 @@
 //! - [`server`]: gRPC services, health, reflection, auth, TLS;
 //! - [`metrics`]: the Prometheus page;
 //! - [`records`]: the job and result records kept in the store;
-//! - [`ledger`]: the job summary printed by clients.
+//! - [`ledger`]: the job summary printed by clients;
+//! - [`wire`]: every conversion between these types and the `distill.v1` messages.
 //!
 //! Invariant: the coordinator keeps no state that is not recoverable from the store. A shard is done
 //! exactly when its Parquet file is committed (by a worker's conditional put); a restarted coordinator
@@ -24,6 +25,7 @@ pub mod records;
 pub mod sched;
 pub mod server;
 pub mod service;
+pub mod wire;
 
 pub use ledger::JobSummary;
 pub use service::{Coordinator, Settings, Submission};

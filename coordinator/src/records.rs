@@ -2,7 +2,7 @@
 
 use crate::sched::{FailedShard, JobState, Ledger};
 use distill_cache::corpus::CorpusSpec;
-use distill_cache::format::{Dtype, OutputKind, OutputSpec};
+use distill_cache::spec::{Dtype, OutputKind, OutputSpec};
 use serde::{Deserialize, Serialize};
 
 /// An accepted job: everything needed to plan it again after a restart.
@@ -50,6 +50,9 @@ pub struct ResultRecord {
     pub ledger: Ledger,
     pub failed_shards: Vec<FailedShard>,
     pub reject_files: Vec<String>,
+    /// Added after 0.1: records written before read as none.
+    #[serde(default)]
+    pub first_rejects: Vec<String>,
     pub manifest: Option<String>,
     pub finished_unix_ms: i64,
 }

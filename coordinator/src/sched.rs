@@ -71,33 +71,23 @@ pub enum JobState {
 }
 
 impl JobState {
+    /// The name records and clients use (as serialised).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
     pub fn is_final(self) -> bool {
         self != Self::Running
     }
 }
 
-/// What a job did and cost.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Ledger {
-    pub shards: u64,
-    pub shards_labeled: u64,
-    pub cache_hits: u64,
-    pub shards_failed: u64,
-    pub rows: u64,
-    pub rejected_rows: u64,
-    pub truncated_rows: u64,
-    pub tokens: u64,
-    pub padded_tokens: u64,
-    pub teacher_seconds: f64,
-    pub teacher_seconds_saved: f64,
-    pub bytes_written: u64,
-    pub wall_seconds: f64,
-    pub retries: u64,
-    pub lease_expiries: u64,
-    pub speculative_leases: u64,
-    pub progress: u64,
-    pub progress_total: u64,
-}
+/// What a job did and cost: the wire message itself (`distill.v1.Ledger`), defined once.
+pub use distill_proto::v1::Ledger;
 
 /// A shard that failed every attempt.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -119,6 +109,9 @@ pub struct ShardStats {
     pub bytes_written: u64,
 }
 
+/// Rejected entries a job keeps to show on the console (all of them are in its reject files).
+pub const FIRST_REJECTS: usize = 5;
+
 /// A shard as the planner found it.
 #[derive(Clone, Debug)]
 pub struct PlannedShard {
@@ -130,6 +123,8 @@ pub struct PlannedShard {
     pub progress: u64,
     /// Path of its rejects record, if it has rejects.
     pub rejects_file: Option<String>,
+    /// Its first rejected entries as `corpus:line: reason` (at most [`FIRST_REJECTS`]).
+    pub first_rejects: Vec<String>,
     pub status: PlannedStatus,
 }
 
@@ -156,7 +151,7 @@ pub struct JobInfo {
     pub teacher_fingerprint: String,
     pub output: String,
     pub dtype: String,
-    pub output_spec: distill_cache::format::OutputSpec,
+    pub output_spec: distill_cache::spec::OutputSpec,
     pub store: String,
     pub corpus: String,
     pub format: String,
@@ -240,6 +235,7 @@ struct Job {
     ledger: Ledger,
     failed: Vec<FailedShard>,
     reject_files: Vec<String>,
+    first_rejects: Vec<String>,
     durations: Vec<f64>,
     started: Instant,
     wall_seconds: Option<f64>,
@@ -314,6 +310,8 @@ pub struct JobView {
     pub ledger: Ledger,
     pub failed: Vec<FailedShard>,
     pub reject_files: Vec<String>,
+    /// The job's first rejected entries as `corpus:line: reason` (at most [`FIRST_REJECTS`]).
+    pub first_rejects: Vec<String>,
     pub manifest: Option<String>,
     pub created_unix_ms: i64,
     pub finished_unix_ms: i64,
@@ -347,10 +345,7 @@ pub struct Scheduler {
 const ENDED_KEPT: usize = 100_000;
 
 fn backoff(base: Duration, failures: u32) -> Duration {
-    let exp = failures.saturating_sub(1).min(16);
-    base.checked_mul(2u32.pow(exp))
-        .unwrap_or(Duration::MAX)
-        .min(Duration::from_secs(60))
+    distill_proto::retry::Backoff::nth(base, Duration::from_secs(60), failures.saturating_sub(1))
 }
 
 impl Scheduler {
@@ -434,6 +429,7 @@ impl Scheduler {
                 ledger: Ledger::default(),
                 failed: Vec::new(),
                 reject_files: Vec::new(),
+                first_rejects: Vec::new(),
                 durations: Vec::new(),
                 started: now,
                 wall_seconds: None,
@@ -456,6 +452,7 @@ impl Scheduler {
         job.ledger = view.ledger;
         job.failed = view.failed;
         job.reject_files = view.reject_files;
+        job.first_rejects = view.first_rejects;
         job.wall_seconds = Some(wall);
         job.manifest = view.manifest;
         job.created_unix_ms = view.created_unix_ms;
@@ -472,6 +469,36 @@ impl Scheduler {
 
     pub fn has_job(&self, id: &str) -> bool {
         self.job_ids.contains_key(id)
+    }
+
+    /// A running job with the same work as `probe` (corpus and how it is read, teacher, output,
+    /// shard size, strictness): a resubmission attaches to it instead of starting a twin.
+    pub fn running_twin(&self, probe: &JobInfo) -> Option<String> {
+        let same = |a: &JobInfo| {
+            (
+                &a.corpus,
+                &a.format,
+                &a.text_field,
+                &a.id_field,
+                &a.teacher_fingerprint,
+                &a.output_fingerprint,
+                a.shard_size,
+                a.strict,
+            ) == (
+                &probe.corpus,
+                &probe.format,
+                &probe.text_field,
+                &probe.id_field,
+                &probe.teacher_fingerprint,
+                &probe.output_fingerprint,
+                probe.shard_size,
+                probe.strict,
+            )
+        };
+        self.jobs
+            .values()
+            .find(|j| j.state == JobState::Running && same(&j.info))
+            .map(|j| j.info.id.clone())
     }
 
     /// Whether the job is still accepting planned shards.
@@ -505,6 +532,9 @@ impl Scheduler {
         if let Some(f) = p.rejects_file {
             job.reject_files.push(f);
         }
+        let room = FIRST_REJECTS.saturating_sub(job.first_rejects.len());
+        job.first_rejects
+            .extend(p.first_rejects.into_iter().take(room));
         let mut slot = Slot {
             fingerprint: p.fingerprint,
             rows: p.rows,
@@ -701,7 +731,7 @@ impl Scheduler {
             .iter()
             .filter(|s| s.state == SlotState::Leased)
             .count() as u64;
-        let mut ledger = j.ledger.clone();
+        let mut ledger = j.ledger;
         ledger.wall_seconds = j
             .wall_seconds
             .unwrap_or_else(|| j.started.elapsed().as_secs_f64());
@@ -717,6 +747,7 @@ impl Scheduler {
             ledger,
             failed: j.failed.clone(),
             reject_files: j.reject_files.clone(),
+            first_rejects: j.first_rejects.clone(),
             manifest: j.manifest.clone(),
             created_unix_ms: j.created_unix_ms,
             finished_unix_ms: j.finished_unix_ms,
@@ -1323,8 +1354,8 @@ mod tests {
                 teacher_fingerprint: teacher.into(),
                 output: "embeddings".into(),
                 dtype: "f32".into(),
-                output_spec: distill_cache::format::OutputSpec::Embeddings {
-                    dtype: distill_cache::format::Dtype::F32,
+                output_spec: distill_cache::spec::OutputSpec::Embeddings {
+                    dtype: distill_cache::spec::Dtype::F32,
                 },
                 store: "memory://x".into(),
                 corpus: "c".into(),
@@ -1348,6 +1379,7 @@ mod tests {
                     rejects: 0,
                     progress: 5,
                     rejects_file: None,
+                    first_rejects: Vec::new(),
                     status: PlannedStatus::ToLabel,
                 },
             );
@@ -1652,6 +1684,7 @@ mod tests {
                     rejects: 0,
                     progress: 5,
                     rejects_file: None,
+                    first_rejects: Vec::new(),
                     status: PlannedStatus::ToLabel,
                 },
             );

@@ -2,15 +2,15 @@
 //! standard health service (for probes: it answers without a token) and server reflection (v1 and
 //! v1alpha, so `grpcurl` can list and call every method), token auth and optional TLS.
 
-use crate::sched::{Held, JobState, JobView, Refusal, ShardStats};
-use crate::service::{parse_format, Coordinator, Submission};
-use distill_cache::corpus::CorpusSpec;
+use crate::sched::{Held, JobView, Refusal, ShardStats};
+use crate::service::{Coordinator, Submission};
+use crate::wire::{job_to_wire, unix_ms};
 use distill_proto::auth::CheckToken;
 use distill_proto::v1;
 use distill_proto::v1::job_service_server::{JobService, JobServiceServer};
 use distill_proto::v1::worker_service_server::{WorkerService, WorkerServiceServer};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tonic::{Request, Response, Status};
 
 /// How the server is reached and secured.
@@ -34,6 +34,35 @@ impl From<Refusal> for Status {
     }
 }
 
+/// Mirrors the coordinator's readiness on the health service (overall and per service) until the
+/// coordinator is dropped.
+async fn report_health(
+    mut ready: tokio::sync::watch::Receiver<bool>,
+    reporter: tonic_health::server::HealthReporter,
+) {
+    loop {
+        let now = *ready.borrow_and_update();
+        let status = if now {
+            tonic_health::ServingStatus::Serving
+        } else {
+            tonic_health::ServingStatus::NotServing
+        };
+        reporter.set_service_status("", status).await;
+        if now {
+            reporter.set_serving::<JobServiceServer<Jobs>>().await;
+            reporter.set_serving::<WorkerServiceServer<Workers>>().await;
+        } else {
+            reporter.set_not_serving::<JobServiceServer<Jobs>>().await;
+            reporter
+                .set_not_serving::<WorkerServiceServer<Workers>>()
+                .await;
+        }
+        if ready.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Serves the coordinator on `listener` until `shutdown` resolves.
 pub async fn serve(
     coord: Arc<Coordinator>,
@@ -45,7 +74,7 @@ pub async fn serve(
     reporter
         .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;
-    coord.set_health(reporter);
+    tokio::spawn(report_health(coord.watch_ready(), reporter));
     let check = CheckToken::new(opts.token.as_deref());
     let reflection = |b: tonic_reflection::server::Builder<'static>| {
         b.register_encoded_file_descriptor_set(distill_proto::DESCRIPTOR_SET)
@@ -87,146 +116,6 @@ pub async fn serve(
         .await
 }
 
-fn unix_ms(at: Instant) -> i64 {
-    let now = SystemTime::now();
-    let wall = if at >= Instant::now() {
-        now + at.duration_since(Instant::now())
-    } else {
-        now - Instant::now().duration_since(at)
-    };
-    wall.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-/// The prompt of a job spec, from the wire.
-pub fn prompt_from_wire(p: v1::Prompt) -> distill_cache::format::PromptSpec {
-    distill_cache::format::PromptSpec {
-        template: p.template,
-        choices: p
-            .choices
-            .into_iter()
-            .map(|c| distill_cache::format::Choice {
-                label: c.label,
-                continuation: c.continuation,
-            })
-            .collect(),
-        chat: p.chat,
-        system: p.system,
-        answer_prefix: p.answer_prefix,
-        length_normalize: p.length_normalize,
-    }
-}
-
-/// The prompt of a job spec, to the wire.
-pub fn prompt_to_wire(p: &distill_cache::format::PromptSpec) -> v1::Prompt {
-    v1::Prompt {
-        template: p.template.clone(),
-        choices: p
-            .choices
-            .iter()
-            .map(|c| v1::Choice {
-                label: c.label.clone(),
-                continuation: c.continuation.clone(),
-            })
-            .collect(),
-        chat: p.chat,
-        system: p.system.clone(),
-        answer_prefix: p.answer_prefix.clone(),
-        length_normalize: p.length_normalize,
-    }
-}
-
-/// A job in wire form (`store`: the coordinator's store, where every job's cache is).
-pub fn job_to_wire(v: JobView, store: &str) -> v1::Job {
-    let l = v.ledger;
-    let info = &v.info;
-    let topk = match &info.output_spec {
-        distill_cache::format::OutputSpec::TokenTopk(t) => Some(*t),
-        _ => None,
-    };
-    v1::Job {
-        job_id: info.id.clone(),
-        spec: Some(v1::JobSpec {
-            corpus: Some(v1::CorpusSpec {
-                url: info.corpus.clone(),
-                format: info.format.clone(),
-                text_field: info.text_field.clone(),
-                id_field: info.id_field.clone(),
-            }),
-            teacher: info.teacher.clone(),
-            store: store.to_owned(),
-            output: info.output.clone(),
-            dtype: info.dtype.clone(),
-            shard_size: info.shard_size,
-            strict: info.strict,
-            max_attempts: info.max_attempts,
-            top_k: topk.map(|t| t.top_k).unwrap_or(0),
-            samples: topk.map(|t| t.samples).unwrap_or(0),
-            window: topk.map(|t| t.window).unwrap_or(0),
-            stride: topk.map(|t| t.stride).unwrap_or(0),
-            prompt: match &info.output_spec {
-                distill_cache::format::OutputSpec::Logits {
-                    prompt: Some(p), ..
-                } => Some(prompt_to_wire(p)),
-                _ => None,
-            },
-        }),
-        state: match v.state {
-            JobState::Running => v1::JobState::Running,
-            JobState::Succeeded => v1::JobState::Succeeded,
-            JobState::Failed => v1::JobState::Failed,
-            JobState::Cancelled => v1::JobState::Cancelled,
-        } as i32,
-        teacher_fingerprint: v.info.teacher_fingerprint.clone(),
-        output_fingerprint: v.info.output_fingerprint.clone(),
-        ledger: Some(v1::Ledger {
-            shards: l.shards,
-            shards_labeled: l.shards_labeled,
-            cache_hits: l.cache_hits,
-            shards_failed: l.shards_failed,
-            rows: l.rows,
-            rejected_rows: l.rejected_rows,
-            truncated_rows: l.truncated_rows,
-            tokens: l.tokens,
-            padded_tokens: l.padded_tokens,
-            teacher_seconds: l.teacher_seconds,
-            teacher_seconds_saved: l.teacher_seconds_saved,
-            bytes_written: l.bytes_written,
-            wall_seconds: l.wall_seconds,
-            retries: l.retries,
-            lease_expiries: l.lease_expiries,
-            speculative_leases: l.speculative_leases,
-            progress: l.progress,
-            progress_total: l.progress_total,
-        }),
-        failed_shards: v
-            .failed
-            .into_iter()
-            .take(WIRE_LIST_LIMIT)
-            .map(|f| v1::FailedShard {
-                index: f.index,
-                fingerprint: f.fingerprint.to_string(),
-                attempts: f.attempts,
-                last_error: f.last_error,
-            })
-            .collect(),
-        error: v.error.unwrap_or_default(),
-        planned: v.planned,
-        shards_pending: v.pending,
-        shards_leased: v.leased,
-        shards_done: v.done,
-        manifest: v.manifest.unwrap_or_default(),
-        created_unix_ms: v.created_unix_ms,
-        finished_unix_ms: v.finished_unix_ms,
-        reject_files: v.reject_files.into_iter().take(WIRE_LIST_LIMIT).collect(),
-    }
-}
-
-/// Failed shards and reject files sent per job (the counts are in the ledger, the full lists in the
-/// job's `result.json`): a job of a million shards still fits in a message.
-pub const WIRE_LIST_LIMIT: usize = 100;
-
 fn wire(coord: &Coordinator, v: JobView) -> v1::Job {
     job_to_wire(v, &coord.store().url)
 }
@@ -245,28 +134,7 @@ impl JobService for Jobs {
             .into_inner()
             .spec
             .ok_or_else(|| Status::invalid_argument("spec: missing"))?;
-        let corpus = spec.corpus.unwrap_or_default();
-        let or = |s: String, d: &str| if s.is_empty() { d.to_owned() } else { s };
-        let submission = Submission {
-            corpus: CorpusSpec {
-                url: corpus.url,
-                format: parse_format(&corpus.format)?,
-                text_field: or(corpus.text_field, "text"),
-                id_field: or(corpus.id_field, "id"),
-            },
-            teacher: spec.teacher,
-            store: spec.store,
-            output: or(spec.output, "embeddings"),
-            dtype: or(spec.dtype, "f32"),
-            top_k: spec.top_k,
-            samples: spec.samples,
-            window: spec.window,
-            stride: spec.stride,
-            prompt: spec.prompt.map(prompt_from_wire),
-            shard_size: spec.shard_size,
-            strict: spec.strict,
-            max_attempts: spec.max_attempts,
-        };
+        let submission = Submission::from_wire(spec)?;
         let view = self.0.submit(submission).await?;
         Ok(Response::new(v1::SubmitJobResponse {
             job: Some(wire(&self.0, view)),
@@ -463,14 +331,7 @@ impl WorkerService for Workers {
         self.0.check_ready()?;
         let r = req.into_inner();
         let st = r.stats.unwrap_or_default();
-        let stats = ShardStats {
-            rows: st.rows,
-            tokens: st.tokens,
-            padded_tokens: st.padded_tokens,
-            truncated_rows: st.truncated_rows,
-            device_seconds: st.device_seconds,
-            bytes_written: st.bytes_written,
-        };
+        let stats = ShardStats::from_wire(&st);
         let (duplicate, effects) =
             self.0
                 .sched()

@@ -4,7 +4,7 @@
 use crate::records::{unix_ms, JobRecord, ResultRecord};
 use crate::sched::{
     Config, Effect, FailedShard, Held, JobInfo, JobState, JobView, PlannedShard, PlannedStatus,
-    Refusal, Scheduler, ShardStats,
+    Refusal, Scheduler, ShardStats, FIRST_REJECTS,
 };
 use distill_cache::catalog::{self, CorpusManifest, ManifestShard};
 use distill_cache::commit;
@@ -14,8 +14,8 @@ use distill_cache::jobs;
 use distill_cache::layout::{self, ShardKey};
 use distill_cache::model_dir::{self, ModelDir};
 use distill_cache::store::Location;
+use distill_proto::retry::Backoff;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -54,7 +54,7 @@ pub struct Submission {
     pub window: u32,
     pub stride: u32,
     /// Decoder logits: the prompt.
-    pub prompt: Option<distill_cache::format::PromptSpec>,
+    pub prompt: Option<distill_cache::spec::PromptSpec>,
     pub shard_size: u64,
     pub strict: bool,
     pub max_attempts: u32,
@@ -68,13 +68,18 @@ pub struct Coordinator {
     store: Location,
     settings: Settings,
     sched: Mutex<Scheduler>,
-    ready: AtomicBool,
+    /// Whether the store answered the last probe (and resumed jobs are loaded); the server maps it
+    /// onto the health service.
+    ready: tokio::sync::watch::Sender<bool>,
     /// Per job: permits for staging more shards.
     staging: Mutex<HashMap<String, Arc<Semaphore>>>,
-    health: Mutex<Option<tonic_health::server::HealthReporter>>,
     /// Staged inputs to delete, for one background deleter (no task per completed shard).
     deletions: tokio::sync::mpsc::UnboundedSender<(String, u64)>,
     deletions_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(String, u64)>>>,
+    /// Held from a submission's twin check to its launch.
+    submitting: tokio::sync::Mutex<()>,
+    /// Set when the coordinator cannot work at all (its store refuses it): the process should exit.
+    fatal: tokio::sync::watch::Sender<Option<String>>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -84,6 +89,9 @@ impl std::fmt::Debug for Coordinator {
             .finish()
     }
 }
+
+/// Probes in a row (about 15 s with backoff) that a store refuses a coordinator before it exits.
+pub const STORE_REFUSALS: u32 = 5;
 
 fn invalid(field: &str, reason: impl std::fmt::Display) -> Refusal {
     Refusal::InvalidArgument(format!("{field}: {reason}"))
@@ -97,12 +105,13 @@ impl Coordinator {
         Arc::new(Self {
             deletions,
             deletions_rx: Mutex::new(Some(rx)),
+            submitting: Default::default(),
+            fatal: tokio::sync::watch::Sender::new(None),
             store,
             sched: Mutex::new(Scheduler::new(settings.sched.clone(), epoch)),
             settings,
-            ready: AtomicBool::new(false),
+            ready: tokio::sync::watch::channel(false).0,
             staging: Mutex::new(HashMap::new()),
-            health: Mutex::new(None),
         })
     }
 
@@ -120,11 +129,12 @@ impl Coordinator {
 
     /// Whether the store answered the last probe (and resumed jobs are loaded).
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+        *self.ready.borrow()
     }
 
-    pub(crate) fn set_health(&self, reporter: tonic_health::server::HealthReporter) {
-        *self.health.lock().expect("poisoned") = Some(reporter);
+    /// Readiness changes, for the health service.
+    pub fn watch_ready(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.ready.subscribe()
     }
 
     /// Starts the lease-expiry ticker and the store prober; the first successful probe resumes the
@@ -155,10 +165,25 @@ impl Coordinator {
         let me = self.clone();
         tokio::spawn(async move {
             let mut loaded = false;
-            let mut delay = Duration::from_millis(500);
+            let mut retry = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
+            let mut refusals = 0;
             loop {
                 let ok = match distill_cache::store::probe(&me.store).await {
-                    Ok(()) => true,
+                    Ok(()) => {
+                        refusals = 0;
+                        true
+                    }
+                    Err(e @ distill_cache::CacheError::StoreRefused { .. }) => {
+                        refusals += 1;
+                        tracing::error!(store = %me.store.url, "{e}; not ready");
+                        if refusals >= STORE_REFUSALS && !loaded {
+                            // Misconfigured from the start (bucket, credentials): say so and stop,
+                            // rather than stay alive and unready forever.
+                            me.fatal.send_replace(Some(e.to_string()));
+                            return;
+                        }
+                        false
+                    }
                     Err(e) => {
                         tracing::error!(store = %me.store.url, "store unreachable: {e}; not ready");
                         false
@@ -170,45 +195,37 @@ impl Coordinator {
                         Err(e) => tracing::error!("cannot read the job records: {e}; not ready"),
                     }
                 }
-                me.set_ready(ok && loaded).await;
-                if ok && loaded {
-                    delay = Duration::from_secs(10);
+                me.set_ready(ok && loaded);
+                // Probe every 10 s while ready; retry sooner (backing off) while not.
+                let delay = if ok && loaded {
+                    retry.reset();
+                    Duration::from_secs(10)
                 } else {
-                    delay = (delay * 2).min(Duration::from_secs(10));
-                }
+                    retry.next_delay()
+                };
                 tokio::time::sleep(delay).await;
             }
         });
     }
 
-    async fn set_ready(&self, ready: bool) {
-        let was = self.ready.swap(ready, Ordering::Relaxed);
-        if was != ready {
-            tracing::info!(ready, "coordinator readiness changed");
+    /// Resolves with the reason once the coordinator cannot work at all: its store refused it
+    /// ([`STORE_REFUSALS`] probes in a row, before it was ever ready). An unreachable store never
+    /// resolves this: the coordinator stays up and unready until the store is back.
+    pub async fn fatal(&self) -> String {
+        let mut rx = self.fatal.subscribe();
+        let why = match rx.wait_for(|f| f.is_some()).await {
+            Ok(f) => f.clone(),
+            Err(_) => None,
+        };
+        match why {
+            Some(why) => why,
+            None => std::future::pending().await,
         }
-        let reporter = self.health.lock().expect("poisoned").clone();
-        if let Some(r) = reporter {
-            use distill_proto::v1::{
-                job_service_server::JobServiceServer, worker_service_server::WorkerServiceServer,
-            };
-            use tonic_health::ServingStatus;
-            let status = if ready {
-                ServingStatus::Serving
-            } else {
-                ServingStatus::NotServing
-            };
-            r.set_service_status("", status).await;
-            if ready {
-                r.set_serving::<JobServiceServer<crate::server::Jobs>>()
-                    .await;
-                r.set_serving::<WorkerServiceServer<crate::server::Workers>>()
-                    .await;
-            } else {
-                r.set_not_serving::<JobServiceServer<crate::server::Jobs>>()
-                    .await;
-                r.set_not_serving::<WorkerServiceServer<crate::server::Workers>>()
-                    .await;
-            }
+    }
+
+    fn set_ready(&self, ready: bool) {
+        if self.ready.send_replace(ready) != ready {
+            tracing::info!(ready, "coordinator readiness changed");
         }
     }
 
@@ -284,6 +301,7 @@ impl Coordinator {
                         ledger: r.ledger,
                         failed: r.failed_shards,
                         reject_files: r.reject_files,
+                        first_rejects: r.first_rejects,
                         manifest: r.manifest,
                         created_unix_ms: rec.created_unix_ms,
                         finished_unix_ms: r.finished_unix_ms,
@@ -368,6 +386,8 @@ impl Coordinator {
         catalog::write_descriptions(&self.store, &info, &spec)
             .await
             .map_err(|e| Refusal::Unavailable(e.to_string()))?;
+        // One submission at a time from here, so that two identical ones cannot both start.
+        let _one = self.submitting.lock().await;
         let id = format!("job-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let rec = JobRecord {
             job_id: id.clone(),
@@ -388,6 +408,11 @@ impl Coordinator {
             output_fingerprint: spec.fingerprint().to_string(),
             created_unix_ms: unix_ms(),
         };
+        let twin = self.sched().running_twin(&info_of(&rec));
+        if let Some(twin) = twin {
+            tracing::info!(job = %twin, "the same work is running: attached to it");
+            return self.view(&twin);
+        }
         jobs::create_json(&self.store, &jobs::job_path(&id), &rec)
             .await
             .map_err(|e| Refusal::Unavailable(e.to_string()))?;
@@ -536,6 +561,15 @@ impl Coordinator {
                 progress,
                 rejects_file: (!shard.rejects.is_empty())
                     .then(|| store.display(&store.child(&key.rejects_path()))),
+                first_rejects: shard
+                    .rejects
+                    .iter()
+                    .take(FIRST_REJECTS)
+                    .map(|r| match locator {
+                        "line" => format!("{}:{}: {}", rec.corpus.url, r.line, r.reason),
+                        _ => format!("{} {locator} {}: {}", rec.corpus.url, r.line, r.reason),
+                    })
+                    .collect(),
                 status,
             };
             self.sched().add_shard(id, planned);
@@ -555,8 +589,15 @@ impl Coordinator {
         let _ = s.planning_done(&id, Ok(()), Instant::now());
     }
 
+    /// A job as it stands. Before the job records are loaded (a restart), an unknown job may be
+    /// one of them: that is `Unavailable` (retry), not `NotFound`.
     pub fn view(&self, id: &str) -> CallResult<JobView> {
-        self.sched().view(id)
+        match self.sched().view(id) {
+            Err(Refusal::NotFound(_)) if !self.is_ready() => Err(Refusal::Unavailable(format!(
+                "job {id}: the coordinator is loading its job records; retry"
+            ))),
+            r => r,
+        }
     }
 
     pub fn views(&self) -> Vec<JobView> {
@@ -670,7 +711,7 @@ impl Coordinator {
             }
         }
         let finished = unix_ms();
-        let mut ledger = view.ledger.clone();
+        let mut ledger = view.ledger;
         ledger.wall_seconds = view.ledger.wall_seconds;
         let result = ResultRecord {
             state,
@@ -678,10 +719,11 @@ impl Coordinator {
             ledger,
             failed_shards: view.failed.clone(),
             reject_files: view.reject_files.clone(),
+            first_rejects: view.first_rejects.clone(),
             manifest: manifest.clone(),
             finished_unix_ms: finished,
         };
-        let mut delay = Duration::from_millis(200);
+        let mut retry = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
         let (mut state, mut error, mut manifest) = (state, error, manifest);
         loop {
             match jobs::create_json(&self.store, &jobs::result_path(id), &result).await {
@@ -697,8 +739,7 @@ impl Coordinator {
                 }
                 Err(e) => {
                     tracing::error!(job = %id, "cannot record the job's result: {e}; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(30));
+                    tokio::time::sleep(retry.next_delay()).await;
                 }
             }
         }
@@ -790,7 +831,7 @@ fn info_of(rec: &JobRecord) -> JobInfo {
         format: rec
             .corpus
             .format
-            .map(|f| format!("{f:?}").to_lowercase())
+            .map(|f| f.name().to_owned())
             .unwrap_or_default(),
         text_field: rec.corpus.text_field.clone(),
         id_field: rec.corpus.id_field.clone(),

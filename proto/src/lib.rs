@@ -5,13 +5,15 @@
 //! - [`auth`]: the bearer token (`authorization: Bearer …` metadata) checked on the server and attached
 //!   by clients, compared in constant time.
 //! - [`connect`]: a client channel to a coordinator URL (`http://` or, with TLS, `https://`).
+//! - [`retry`]: the exponential backoff every retry loop uses.
 //! - [`http`]: the small HTTP endpoint (`/metrics`, `/healthz`, `/readyz`) of coordinator and workers.
 //!
 //! Conversions between these messages and the domain types live with the domain, in the coordinator
-//! crate: `distill_coordinator::server::job_to_wire` and `JobSummary::from_wire`.
+//! crate's `wire` module (`distill_coordinator::wire`).
 
 pub mod auth;
 pub mod http;
+pub mod retry;
 
 #[allow(clippy::all, missing_docs)]
 pub mod v1 {

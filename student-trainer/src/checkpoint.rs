@@ -2,7 +2,7 @@
 //! tensors: weights and optimiser moments) and `position.json` (which run, and where in it), written
 //! aside and renamed like a model directory. A checkpoint is only resumed by the run that wrote it.
 
-use crate::model::{write_dir, INFO_FILE};
+use crate::dir::{write_dir, INFO_FILE};
 use crate::{Result, StudentError};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};

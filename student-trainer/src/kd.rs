@@ -1,4 +1,5 @@
-//! The distillation loss, on plain slices (the transformer student computes the same with tensors).
+//! The distillation loss of the task students, in one place: on plain slices with its gradient (the
+//! n-gram student) and on candle tensors for autograd (the transformer student).
 //!
 //! For student logits `s`, teacher logits `t`, temperature `T` and an optional gold class `y`:
 //!
@@ -68,6 +69,32 @@ pub fn kd_loss(
     loss
 }
 
+/// The same loss on a batch of candle tensors (`logits` and `soft`: `[b, classes]`; `gold`: `[b]`
+/// class ids, counted where `gold_mask` is 1), averaged over the batch, for autograd.
+pub fn kd_loss_tensor(
+    logits: &candle_core::Tensor,
+    soft: &candle_core::Tensor,
+    gold: &candle_core::Tensor,
+    gold_mask: &candle_core::Tensor,
+    w: KdWeights,
+) -> candle_core::Result<candle_core::Tensor> {
+    use candle_core::D;
+    use candle_nn::ops::log_softmax;
+    let b = logits.dim(0)? as f64;
+    let t = w.temperature as f64;
+    let log_ps = log_softmax(&(logits / t)?, D::Minus1)?;
+    let log_pt = log_softmax(&(soft / t)?, D::Minus1)?;
+    let kl = (log_pt.exp()? * (&log_pt - &log_ps)?)?.sum_all()?;
+    let mut loss = (kl * (w.soft as f64 * t * t / b))?;
+    if w.alpha > 0.0 {
+        let log_p = log_softmax(logits, D::Minus1)?;
+        let picked = log_p.gather(&gold.unsqueeze(1)?, 1)?.squeeze(1)?;
+        let ce = (picked * gold_mask)?.sum_all()?;
+        loss = (loss - (ce * (w.alpha as f64 / b))?)?;
+    }
+    Ok(loss)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,5 +147,29 @@ mod tests {
                 / 2e-3;
             assert!((num - g[i]).abs() < 2e-3, "{i}: {num} vs {}", g[i]);
         }
+    }
+
+    #[test]
+    fn the_tensor_loss_matches_the_slice_loss() {
+        use candle_core::{Device, Tensor};
+        let s = [[0.3f32, -0.2, 0.1], [0.0, 0.5, -1.0]];
+        let t = [[1.0f32, 0.2, -0.5], [-0.4, 0.1, 0.9]];
+        let tensor = |x: &[[f32; 3]; 2]| {
+            Tensor::from_iter(x.iter().flatten().copied(), &Device::Cpu)
+                .unwrap()
+                .reshape((2, 3))
+                .unwrap()
+        };
+        let gold = Tensor::new(&[2u32, 0], &Device::Cpu).unwrap();
+        let mask = Tensor::new(&[1f32, 0.0], &Device::Cpu).unwrap();
+        let got = kd_loss_tensor(&tensor(&s), &tensor(&t), &gold, &mask, W)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let mut g = [0.0; 3];
+        let want = (kd_loss(&s[0], Some(&t[0]), Some(2), W, &mut g)
+            + kd_loss(&s[1], Some(&t[1]), None, W, &mut g))
+            / 2.0;
+        assert!((got - want).abs() < 1e-5, "{got} vs {want}");
     }
 }

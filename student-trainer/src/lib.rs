@@ -14,8 +14,12 @@
 //! - [`lm`]: the LM student, a smaller llama distilled from a decoder teacher's cached per-token
 //!   top-k (KL on top-k + tail, or sampled tokens, blended with CE), exported for `transformers` and
 //!   llama.cpp, and its held-out evaluation;
+//! - [`protocol`]: the quickstart's experiment protocol (split by group, draws, summaries, targets);
+//! - [`recipe`]: the task students' training recipes (spec, defaults, checkpoints, run
+//!   fingerprints, mimic-then-distill) that `distill train` and the quickstart run;
 //! - [`checkpoint`]: training checkpoints (both students) and resuming them;
-//! - [`model`]: student directories (atomic writes, loading, prediction);
+//! - [`dir`]: model folders (the `distill.json` marker, atomic writes);
+//! - [`model`]: student directories (layout, loading, prediction);
 //! - [`metrics`] and [`eval`]: accuracy, macro-F1, agreement, calibration, latency, blind spots.
 //!
 //! It reads the cache only through `distill-cache` and runs models through `distill-teacher`.
@@ -23,6 +27,7 @@
 pub mod calibrate;
 pub mod checkpoint;
 pub mod data;
+pub mod dir;
 pub mod error;
 pub mod eval;
 pub mod kd;
@@ -33,6 +38,8 @@ pub mod metrics;
 pub mod model;
 pub mod ngram;
 pub mod optim;
+pub mod protocol;
+pub mod recipe;
 pub mod rng;
 pub mod task;
 pub mod transformer;

@@ -30,9 +30,9 @@ use crate::task::{find_entry, Entry, EntryQuery};
 use crate::{Result, StudentError};
 use candle_core::{Device, Tensor, Var, D};
 use distill_cache::commit::read_shard;
-use distill_cache::format::{OutputKind, OutputSpec, TopkSpec};
 use distill_cache::layout::ShardKey;
 use distill_cache::model_dir::{ModelDir, TeacherInfo, TokenizerInfo};
+use distill_cache::spec::{OutputKind, OutputSpec, TopkSpec};
 use distill_cache::store::Location;
 use distill_cache::values::{OutputValues, TokenTopk};
 use distill_teacher::llama::LlamaConfig;
@@ -664,7 +664,7 @@ impl LmStudent {
         candle_core::safetensors::save(&self.named(), dir.join("model.safetensors"))?;
         write("tokenizer.json", tokenizer_json)?;
         write(
-            crate::model::INFO_FILE,
+            crate::dir::INFO_FILE,
             &serde_json::to_vec_pretty(info).expect("serialisable"),
         )?;
         Ok(())
@@ -1209,7 +1209,7 @@ pub async fn train_lm(
             Some(&checkpoint.join("lm")),
             on_step,
         )?;
-        crate::model::write_dir(&out, |tmp| {
+        crate::dir::write_dir(&out, |tmp| {
             student.save_hf(tmp, tokenizer_json.as_bytes(), &tok_info, &info2)?;
             if let (Some(q), Some(t)) = (&gguf, &gguf_tokenizer) {
                 student.save_gguf(&tmp.join("model.gguf"), q, t)?;
@@ -1623,7 +1623,7 @@ mod tests {
             .unwrap()
             .tokenizer("t")
             .unwrap();
-        crate::model::write_dir(&out, |d| {
+        crate::dir::write_dir(&out, |d| {
             student.save_hf(
                 d,
                 tok.inner().to_string(true).unwrap().as_bytes(),

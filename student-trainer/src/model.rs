@@ -5,6 +5,7 @@
 //! checkpoint with the teacher's tokenizer files; an n-gram student has `model_type: "distill-ngram"`.
 //! Directories are written aside and renamed into place: a reader never sees a half-written model.
 
+use crate::dir::INFO_FILE;
 use crate::ngram::{NgramConfig, NgramModel};
 use crate::{Result, StudentError};
 use candle_core::{Device, Tensor};
@@ -12,7 +13,7 @@ use distill_cache::model_dir::{Head, ModelDir};
 use distill_teacher::{DeviceSpec, Teacher};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// `distill.json`: what a student directory holds.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -29,67 +30,6 @@ pub struct StudentInfo {
     /// Training settings and figures, for the record.
     #[serde(default)]
     pub training: serde_json::Value,
-}
-
-pub const INFO_FILE: &str = "distill.json";
-
-/// Writes a model directory atomically: `fill` writes into a fresh sibling folder, which then replaces
-/// `out`. An existing `out` that is not a distill model is never touched.
-pub fn write_dir(out: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    if out.exists() {
-        let empty = out
-            .read_dir()
-            .map(|mut d| d.next().is_none())
-            .unwrap_or(false);
-        if !out.is_dir() || (!empty && !out.join(INFO_FILE).is_file()) {
-            return Err(StudentError::File {
-                path: out.display().to_string(),
-                reason: "exists and is not a distill model directory: choose another --out".into(),
-            });
-        }
-    }
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&parent).map_err(StudentError::io(&parent))?;
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "model".into());
-    let nonce = format!(
-        "{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-    );
-    let tmp = parent.join(format!(".{name}.partial-{nonce}"));
-    std::fs::create_dir(&tmp).map_err(StudentError::io(&tmp))?;
-    if let Err(e) = fill(&tmp) {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
-    }
-    let old = parent.join(format!(".{name}.old-{nonce}"));
-    if out.exists() {
-        if let Err(e) = std::fs::rename(out, &old) {
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(StudentError::io(out)(e));
-        }
-    }
-    if let Err(e) = std::fs::rename(&tmp, out) {
-        // Put the previous model back rather than leave nothing at `out`.
-        if old.exists() {
-            let _ = std::fs::rename(&old, out);
-        }
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(StudentError::io(out)(e));
-    }
-    if old.exists() {
-        let _ = std::fs::remove_dir_all(&old);
-    }
-    Ok(())
 }
 
 fn write_json(path: &Path, v: &impl Serialize) -> Result<()> {
@@ -111,7 +51,7 @@ fn id2label(labels: &[String]) -> (serde_json::Value, serde_json::Value) {
     (a.into(), b.into())
 }
 
-/// Saves an n-gram student into `dir` (use inside [`write_dir`]).
+/// Saves an n-gram student into `dir` (use inside [`crate::dir::write_dir`]).
 pub fn save_ngram(model: &NgramModel, info: &StudentInfo, dir: &Path) -> Result<()> {
     let (i2l, l2i) = id2label(&model.labels);
     let config = serde_json::json!({
@@ -170,7 +110,7 @@ pub enum Predictor {
     /// A decoder teacher scoring a prompt's choices, then the task's calibration head.
     Prompted(
         std::sync::Arc<Teacher>,
-        Box<distill_cache::format::PromptSpec>,
+        Box<distill_cache::spec::PromptSpec>,
         distill_cache::task::LinearHead,
         Vec<String>,
     ),

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 /// Shape and featurisation of an n-gram student.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NgramConfig {
     pub buckets: usize,
     pub dim: usize,

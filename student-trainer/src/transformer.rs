@@ -426,10 +426,10 @@ impl TransformerStudent {
             }
         }
         std::fs::write(
-            dir.join(crate::model::INFO_FILE),
+            dir.join(crate::dir::INFO_FILE),
             serde_json::to_vec_pretty(info).expect("json"),
         )
-        .map_err(StudentError::io(dir.join(crate::model::INFO_FILE)))
+        .map_err(StudentError::io(dir.join(crate::dir::INFO_FILE)))
     }
 }
 
@@ -498,21 +498,15 @@ fn make_batch(rows: &[(Vec<u32>, &Example)], classes: usize, device: &Device) ->
     })
 }
 
-/// `T²·KL(softmax(t/T) ‖ softmax(s/T))·soft + α·CE(gold)`, averaged over the batch.
+/// The KD loss of a batch ([`crate::kd::kd_loss_tensor`]).
 fn kd_loss(logits: &Tensor, batch: &Batch, kd: KdWeights) -> Result<Tensor> {
-    let b = logits.dim(0)? as f64;
-    let t = kd.temperature as f64;
-    let log_ps = candle_nn::ops::log_softmax(&(logits / t)?, D::Minus1)?;
-    let log_pt = candle_nn::ops::log_softmax(&(&batch.soft / t)?, D::Minus1)?;
-    let kl = (log_pt.exp()? * (&log_pt - &log_ps)?)?.sum_all()?;
-    let mut loss = (kl * (kd.soft as f64 * t * t / b))?;
-    if kd.alpha > 0.0 {
-        let log_p = candle_nn::ops::log_softmax(logits, D::Minus1)?;
-        let picked = log_p.gather(&batch.gold.unsqueeze(1)?, 1)?.squeeze(1)?;
-        let ce = (picked * &batch.gold_mask)?.sum_all()?;
-        loss = (loss - (ce * (kd.alpha as f64 / b))?)?;
-    }
-    Ok(loss)
+    Ok(crate::kd::kd_loss_tensor(
+        logits,
+        &batch.soft,
+        &batch.gold,
+        &batch.gold_mask,
+        kd,
+    )?)
 }
 
 /// `1 − cos(s, t) + ‖s − t‖²`, averaged over the batch.
@@ -732,7 +726,8 @@ fn count_batches(data: &TrainData, batch: usize) -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{write_dir, Predictor};
+    use crate::dir::write_dir;
+    use crate::model::Predictor;
     use distill_teacher::fixtures::{write_tiny_bert, TinyKind};
 
     fn tiny_teacher(dir: &Path) -> ModelDir {

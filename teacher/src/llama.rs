@@ -814,8 +814,8 @@ mod tests {
     use crate::fixtures::{write_tiny_llama_gguf, write_tiny_llama_hf, TinyLlama, LLAMA_CONTEXT};
     use crate::{DeviceSpec, Teacher};
     use candle_core::quantized::GgmlDType;
-    use distill_cache::format::{Dtype, OutputSpec, TopkSpec};
     use distill_cache::model_dir::ModelDir;
+    use distill_cache::spec::{Dtype, OutputSpec, TopkSpec};
     use distill_cache::values::{OutputValues, TokenTopk};
 
     const TEXTS: &[&str] = &[

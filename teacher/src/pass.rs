@@ -3,7 +3,8 @@
 use crate::teacher::{Labels, Teacher};
 use crate::Result;
 use distill_cache::corpus::Shard;
-use distill_cache::format::{OutputSpec, ShardData, ShardMeta};
+use distill_cache::format::{ShardData, ShardMeta};
+use distill_cache::spec::OutputSpec;
 use distill_cache::values::OutputValues;
 
 /// A labeled shard, ready to commit, with the padding it cost.

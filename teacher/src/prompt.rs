@@ -15,7 +15,7 @@
 
 use crate::tokenizer::TextTokenizer;
 use crate::{Result, TeacherError};
-use distill_cache::format::PromptSpec;
+use distill_cache::spec::PromptSpec;
 
 /// A prompt in token ids.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -170,8 +170,8 @@ pub fn check(dir: &distill_cache::model_dir::ModelDir, spec: &PromptSpec) -> Res
 mod tests {
     use crate::fixtures::{write_tiny_llama_gguf, TinyLlama};
     use crate::{DeviceSpec, Teacher};
-    use distill_cache::format::{Choice, Dtype, OutputSpec, PromptSpec};
     use distill_cache::model_dir::ModelDir;
+    use distill_cache::spec::{Choice, Dtype, OutputSpec, PromptSpec};
 
     fn teacher(dir: &std::path::Path) -> Teacher {
         let p = dir.join("tiny.gguf");

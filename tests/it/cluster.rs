@@ -361,6 +361,34 @@ async fn a_worker_killed_mid_shard_loses_nothing() {
     assert!(committed(&[&w1, &w2]) <= 5);
 }
 
+/// `distill label --coordinator URL --json` as a child process (the user's client).
+fn label_client(corpus: &Path, model: &Path, url: &str, shard_size: u64) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_distill"))
+        .args(["label", "--corpus"])
+        .arg(corpus)
+        .arg("--teacher")
+        .arg(model)
+        .args(["--coordinator", url, "--shard-size"])
+        .arg(shard_size.to_string())
+        .args(["--wait-seconds", "120", "--json"])
+        .env("DISTILL_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The summary a label client printed; panics with its stderr unless it succeeded.
+fn client_summary(child: Child) -> serde_json::Value {
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("summary JSON")
+}
+
 #[tokio::test]
 async fn a_coordinator_killed_mid_job_resumes_with_nothing_lost_or_relabeled() {
     let Some(model) = minilm() else { return };
@@ -373,8 +401,8 @@ async fn a_coordinator_killed_mid_job_resumes_with_nothing_lost_or_relabeled() {
         let url = format!("http://127.0.0.1:{port}");
         let mut c1 = coordinator(dir.path(), "restart-c1", port, &store, &[]);
         let w = worker(dir.path(), "restart-w", &url, &[]);
-        let mut c = client(&url, None).await;
-        let job = submit(&mut c, spec(&corpus, &model, 25)).await;
+        // The user's client rides out the restart on its own: never resubmitted by hand.
+        let first = label_client(&corpus, &model, &url, 25);
         until("a committed shard", Duration::from_secs(120), || {
             committed(&[&w]) >= 2
         })
@@ -387,8 +415,19 @@ async fn a_coordinator_killed_mid_job_resumes_with_nothing_lost_or_relabeled() {
             &store,
             &["--recovery-window-seconds", "3"],
         );
+        // The same work submitted again while it runs attaches to the running job.
+        let second = label_client(&corpus, &model, &url, 25);
+        let (a, b) = (client_summary(first), client_summary(second));
+        assert_eq!(a["job_id"], b["job_id"], "{store}: a twin job started");
         let mut c = client(&url, None).await;
-        let done = wait_job(&mut c, &job.job_id, Duration::from_secs(300)).await;
+        let jobs = c
+            .list_jobs(v1::ListJobsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .jobs;
+        assert_eq!(jobs.len(), 1, "{store}: {jobs:?}");
+        let done = wait_job(&mut c, &jobs[0].job_id, Duration::from_secs(300)).await;
         assert_eq!(
             done.state,
             v1::JobState::Succeeded as i32,
@@ -401,6 +440,7 @@ async fn a_coordinator_killed_mid_job_resumes_with_nothing_lost_or_relabeled() {
             (8, 200, 8, 0),
             "{store}: {l:?}"
         );
+        assert_eq!(a["rows"], 200, "{store}: {a}");
         assert_exactly_once(&store, &done, &ids(&corpus)).await;
         assert_eq!(committed(&[&w]), 8, "{store}: no shard labeled twice");
         assert!(

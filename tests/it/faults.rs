@@ -166,7 +166,11 @@ async fn a_failing_store_fails_the_job_clearly_and_a_rerun_reuses_what_was_commi
         );
         let summary = run_job(real.clone(), &model, &corpus).await.unwrap();
         assert_eq!(
-            (summary.cache_hits, summary.shards_labeled, summary.rows),
+            (
+                summary.ledger.cache_hits,
+                summary.ledger.shards_labeled,
+                summary.ledger.rows
+            ),
             (2, 3, 50),
             "{url}"
         );
@@ -205,7 +209,11 @@ async fn transient_store_failures_are_retried_and_the_job_succeeds() {
         let summary = run_job(flaky, &model, &corpus).await.unwrap();
         assert_eq!(summary.state, "succeeded");
         assert_eq!(
-            (summary.shards_labeled, summary.retries, summary.rows),
+            (
+                summary.ledger.shards_labeled,
+                summary.ledger.retries,
+                summary.ledger.rows
+            ),
             (3, 3, 30),
             "{url}"
         );

@@ -6,7 +6,7 @@ use crate::cluster::*;
 use crate::common::*;
 use distill_proto::v1;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tonic::Code;
 
 fn http_get(addr: &str, path: &str) -> String {
@@ -64,6 +64,25 @@ async fn outside_clients_bad_input_auth_and_metrics() {
     let url = format!("http://{addr}");
     let coord = coordinator(dir.path(), "grpc-c", port, &store, &["--token", "s3cret"]);
     let _w = worker(dir.path(), "grpc-w", &url, &["--token", "s3cret"]);
+
+    // A worker without the token is refused: it exits non-zero with the one-line reason, so an
+    // orchestrator restarts it and shows why (a live process doing no work would hide it).
+    let mut refused = worker(dir.path(), "grpc-no-token", &url, &[]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = refused.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "a refused worker kept running");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!status.success(), "a refused worker exited 0");
+    let log = refused.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("error:") && l.contains("refused this worker")),
+        "{log}"
+    );
 
     // A client we did not write: generated from proto/ by grpcio-tools.
     let out = Command::new(&python)

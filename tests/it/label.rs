@@ -162,6 +162,32 @@ async fn bad_rows_go_to_the_rejects_record_or_fail_under_strict() {
     );
     assert_eq!(s["rows"], 2);
     assert_eq!(s["rejected_rows"], 4);
+    // The console names the first rejected lines (`corpus:line: reason`), then the count.
+    let firsts: Vec<&str> = s["first_rejects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    assert_eq!(firsts.len(), 4, "{firsts:?}");
+    assert!(
+        firsts[0].ends_with("corpus.jsonl:2: empty text"),
+        "{firsts:?}"
+    );
+    assert!(firsts[3].contains("corpus.jsonl:6: "), "{firsts:?}");
+    let out = distill(&label_args(
+        corpus.to_str().unwrap(),
+        model.to_str().unwrap(),
+        &store,
+        &[],
+    ));
+    let console = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        console.contains(&format!("rejected    {}", firsts[0]))
+            && console.contains("rejects     4 in 1 file(s)"),
+        "{console}"
+    );
     let loc = distill_cache::store::open(&store, false).unwrap();
     let rejects_url = s["reject_files"][0].as_str().unwrap();
     let rel = rejects_url.strip_prefix(&format!("{store}/")).unwrap();

@@ -149,8 +149,8 @@ async fn concurrent_commits_of_one_shard_have_exactly_one_winner() {
     .await
     .unwrap();
     let shard = reader.next_shard(8).await.unwrap().unwrap();
-    let spec = distill_cache::format::OutputSpec::Embeddings {
-        dtype: distill_cache::format::Dtype::F32,
+    let spec = distill_cache::spec::OutputSpec::Embeddings {
+        dtype: distill_cache::spec::Dtype::F32,
     };
     let labeled =
         distill_teacher::pass::label_shard(&teacher, &shard, &spec, "c.jsonl", 512).unwrap();
@@ -219,4 +219,38 @@ fn a_missing_bucket_and_an_unreachable_endpoint_are_named() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("cannot reach the store"), "{err}");
+}
+
+#[test]
+fn a_coordinator_whose_bucket_is_missing_exits_with_the_reason() {
+    let Some(_) = s3_url() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let port = crate::cluster::free_port();
+    let mut c = crate::cluster::coordinator(
+        dir.path(),
+        "no-bucket",
+        port,
+        "s3://no-such-bucket-distill/x",
+        &[],
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let status = loop {
+        if let Some(s) = c.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a coordinator on a missing bucket kept running"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert!(!status.success());
+    let log = c.log_text();
+    let last = log.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: ")
+            && last.contains("s3://no-such-bucket-distill/x")
+            && last.contains("bucket does not exist"),
+        "{log}"
+    );
 }

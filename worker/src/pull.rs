@@ -17,10 +17,11 @@ use crate::{Result, WorkerError};
 use distill_cache::commit::{self, CommitOutcome};
 use distill_cache::corpus::Shard;
 use distill_cache::fingerprint::Fingerprint;
-use distill_cache::format::{Dtype, OutputKind, OutputSpec};
 use distill_cache::layout::ShardKey;
 use distill_cache::model_dir::ModelDir;
+use distill_cache::spec::{Dtype, OutputKind, OutputSpec};
 use distill_cache::store::Location;
+use distill_proto::retry::Backoff;
 use distill_proto::v1;
 use distill_proto::{ClientConfig, WorkerClient};
 use distill_teacher::pass::label_shard;
@@ -401,13 +402,12 @@ impl Shared {
         // A coordinator restarting (unreachable, or not ready yet) gets the report again for a while:
         // the shard is committed, and reporting it spares a lease of the next coordinator.
         let mut result = self.client.clone().complete(req.clone()).await;
-        let mut delay = Duration::from_millis(250);
+        let mut retry = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
         let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
         while matches!(&result, Err(s) if s.code() == Code::Unavailable)
-            && tokio::time::Instant::now() + delay < give_up
+            && tokio::time::Instant::now() + retry.peek() < give_up
         {
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(5));
+            tokio::time::sleep(retry.next_delay()).await;
             let req = v1::CompleteRequest {
                 worker_id: self.id(),
                 ..req.clone()
@@ -593,8 +593,9 @@ impl Shared {
 
 /// Connects and registers, retrying with backoff until it works or `shutdown` is set.
 async fn connect(cfg: &PullConfig, shutdown: &mut watch::Receiver<bool>) -> Option<WorkerClient> {
-    let mut delay = Duration::from_millis(500);
+    let mut retry = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     loop {
+        let delay = retry.next_delay();
         match distill_proto::connect(&cfg.client).await {
             Ok(ch) => return Some(distill_proto::worker_client(ch)),
             Err(e) => {
@@ -605,7 +606,6 @@ async fn connect(cfg: &PullConfig, shutdown: &mut watch::Receiver<bool>) -> Opti
             _ = tokio::time::sleep(delay) => {}
             _ = shutdown.changed() => return None,
         }
-        delay = (delay * 2).min(Duration::from_secs(30));
     }
 }
 
@@ -655,7 +655,7 @@ pub async fn run(
         registering: Default::default(),
     });
     // Register, retrying while the coordinator is unreachable or not ready.
-    let mut delay = Duration::from_millis(500);
+    let mut retry = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     let (hb_ms, _ttl_ms) = loop {
         match shared.register().await {
             Ok(x) => break x,
@@ -666,6 +666,7 @@ pub async fn run(
                 )));
             }
             Err(s) => {
+                let delay = retry.next_delay();
                 tracing::warn!(
                     "cannot register with the coordinator at {}: {}; retrying in {:.1} s",
                     cfg.client.url,
@@ -676,7 +677,6 @@ pub async fn run(
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.changed() => return Ok(()),
                 }
-                delay = (delay * 2).min(Duration::from_secs(30));
             }
         }
     };
