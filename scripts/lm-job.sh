@@ -8,12 +8,12 @@
 #   3. evaluate each, and the teacher, on the held-out rows from the cache: perplexity, KL to the
 #      teacher, top-1 agreement, CPU tokens/s, size;
 #   4. write .work/lm/report.{json,md}.
-# Sizes (environment): LM_ROWS texts (default 3000, half each corpus), LM_HELD_OUT rows held out (200),
-# LM_LAYERS student layers (6), LM_STEPS optimiser steps (300), LM_DEVICE (cpu; cuda:0 on a GPU, where
+# Sizes (environment): LM_ROWS texts (default 2400, half each corpus), LM_HELD_OUT rows held out (200),
+# LM_LAYERS student layers (6), LM_STEPS optimiser steps (200), LM_DEVICE (cpu; cuda:0 on a GPU, where
 # larger sizes fit). About 25 minutes on 2 CPU cores at the defaults.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROWS=${LM_ROWS:-3000} HELD=${LM_HELD_OUT:-200} LAYERS=${LM_LAYERS:-6} STEPS=${LM_STEPS:-300}
+ROWS=${LM_ROWS:-2400} HELD=${LM_HELD_OUT:-200} LAYERS=${LM_LAYERS:-6} STEPS=${LM_STEPS:-200}
 DEVICE=${LM_DEVICE:-cpu}
 ./scripts/fetch-assets.sh
 ./scripts/install-blas.sh

@@ -357,6 +357,7 @@ pub async fn label_in_process(
         },
         resume: false,
         plan_ahead: 64,
+        store_lease: None,
     };
     let coord = distill_coordinator::Coordinator::new(store.clone(), settings);
     coord.start();

@@ -50,6 +50,11 @@ pub struct CoordinatorArgs {
     /// After a restart with unfinished jobs: seconds workers get to re-state their leases.
     #[arg(long, env = "DISTILL_RECOVERY_WINDOW_SECONDS")]
     pub recovery_window_seconds: Option<f64>,
+    /// Seconds the store's coordinator lease lives without renewal: a second coordinator on the
+    /// same store stands by (not ready) until this one stops, releases it or misses renewals that
+    /// long.
+    #[arg(long, env = "DISTILL_STORE_LEASE_SECONDS", default_value_t = 30.0)]
+    pub store_lease_seconds: f64,
 }
 
 fn seconds(flag: &str, v: f64) -> anyhow::Result<Duration> {
@@ -86,6 +91,10 @@ impl CoordinatorArgs {
             },
             resume: true,
             plan_ahead: self.plan_ahead.max(1),
+            store_lease: Some(seconds("store-lease-seconds", self.store_lease_seconds)?)
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| anyhow::anyhow!("--store-lease-seconds must be above 0"))
+                .map(Some)?,
         })
     }
 }
@@ -162,10 +171,11 @@ pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         r = server => { r??; anyhow::bail!("the gRPC server stopped"); }
         why = coord.fatal() => {
             let _ = stop.send(true);
-            anyhow::bail!("{why}; fix --store (DISTILL_STORE) or its credentials and restart");
+            anyhow::bail!("{why}");
         }
     }
     let _ = stop.send(true);
+    coord.release().await;
     let _ = metrics.await;
     Ok(())
 }

@@ -55,8 +55,8 @@ pub struct TrainArgs {
     /// Distillation temperature T.
     #[arg(long, env = "DISTILL_TEMPERATURE", default_value_t = 1.0)]
     pub temperature: f32,
-    /// Weight α of the gold cross-entropy (default 0.5; lm: of the next-token cross-entropy blended
-    /// into the KD loss, default 0.1).
+    /// Weight α of the gold cross-entropy (lm: of the next-token cross-entropy blended into the KD
+    /// loss), default 0.5.
     #[arg(long, env = "DISTILL_ALPHA")]
     pub alpha: Option<f32>,
     #[arg(long, env = "DISTILL_SEED", default_value_t = 0)]
@@ -147,11 +147,7 @@ impl TrainArgs {
     }
 
     pub fn alpha(&self) -> f32 {
-        self.alpha.unwrap_or(if self.student == StudentKind::Lm {
-            0.1
-        } else {
-            0.5
-        })
+        self.alpha.unwrap_or(0.5)
     }
 
     /// Defaults for a command line with only the required flags.

@@ -16,7 +16,9 @@
 //! - [`commit`]: the all-or-nothing commit of a shard (conditional put) and reading it back;
 //! - [`catalog`]: listing what a store holds;
 //! - [`task`]: task records and their derived logits entries;
-//! - [`jobs`]: the coordinator's durable job records and staged shard inputs.
+//! - [`jobs`]: the coordinator's durable job records and staged shard inputs;
+//! - [`lease`]: one coordinator per store (a lease in the store, conditional creates only);
+//! - [`spec`]: what an entry holds (output kinds, dtypes, top-k and prompt settings).
 //!
 //! Invariant: a shard object exists at its final path only if it is complete. Writers build the whole
 //! Parquet file in memory and publish it with one conditional `PUT` (`PutMode::Create`), which every
@@ -31,6 +33,7 @@ pub mod format;
 pub mod gguf;
 pub mod jobs;
 pub mod layout;
+pub mod lease;
 pub mod model_dir;
 pub mod parquet_io;
 pub mod spec;

@@ -12,6 +12,7 @@ use distill_cache::corpus::{CorpusReader, CorpusSpec, Format};
 use distill_cache::format::OutputRequest;
 use distill_cache::jobs;
 use distill_cache::layout::{self, ShardKey};
+use distill_cache::lease::{self, StoreLease, Take, Watch};
 use distill_cache::model_dir::{self, ModelDir};
 use distill_cache::store::Location;
 use distill_proto::retry::Backoff;
@@ -28,6 +29,10 @@ pub struct Settings {
     pub resume: bool,
     /// Shards staged for workers but not yet done, per job: bounds the staged copy of the corpus.
     pub plan_ahead: usize,
+    /// Hold the store's coordinator lease ([`distill_cache::lease`]) with this time to live: a second
+    /// coordinator on the store stands by until this one is gone. `None`: no lease (the in-process
+    /// coordinator of `distill label`, which resumes nothing).
+    pub store_lease: Option<Duration>,
 }
 
 impl Default for Settings {
@@ -36,6 +41,7 @@ impl Default for Settings {
             sched: Config::default(),
             resume: true,
             plan_ahead: 1024,
+            store_lease: None,
         }
     }
 }
@@ -78,8 +84,15 @@ pub struct Coordinator {
     deletions_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(String, u64)>>>,
     /// Held from a submission's twin check to its launch.
     submitting: tokio::sync::Mutex<()>,
-    /// Set when the coordinator cannot work at all (its store refuses it): the process should exit.
+    /// Set when the coordinator cannot work at all (its store refuses it, a successor took its
+    /// store): the process should exit.
     fatal: tokio::sync::watch::Sender<Option<String>>,
+    /// The store lease, once held (with [`Settings::store_lease`]).
+    lease: tokio::sync::Mutex<Option<StoreLease>>,
+    /// Until when the held lease lets this coordinator grant work (fencing by its own clock).
+    lease_valid_until: Mutex<Option<Instant>>,
+    /// This process's id as a lease holder.
+    holder: String,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -107,6 +120,9 @@ impl Coordinator {
             deletions_rx: Mutex::new(Some(rx)),
             submitting: Default::default(),
             fatal: tokio::sync::watch::Sender::new(None),
+            lease: Default::default(),
+            lease_valid_until: Mutex::new(None),
+            holder: format!("coordinator-{epoch}"),
             store,
             sched: Mutex::new(Scheduler::new(settings.sched.clone(), epoch)),
             settings,
@@ -127,9 +143,89 @@ impl Coordinator {
         self.sched.lock().expect("scheduler lock poisoned")
     }
 
-    /// Whether the store answered the last probe (and resumed jobs are loaded).
+    /// Whether the store answered the last probe, resumed jobs are loaded and (with a store lease)
+    /// the lease was renewed recently enough to grant work.
     pub fn is_ready(&self) -> bool {
-        *self.ready.borrow()
+        *self.ready.borrow() && self.lease_fresh()
+    }
+
+    fn lease_fresh(&self) -> bool {
+        self.settings.store_lease.is_none()
+            || self
+                .lease_valid_until
+                .lock()
+                .expect("poisoned")
+                .is_some_and(|t| Instant::now() < t)
+    }
+
+    /// Takes the store lease if it is free (see [`distill_cache::lease`]); starts renewing it.
+    async fn take_lease(
+        self: &Arc<Self>,
+        ttl: Duration,
+        watch: &mut Watch,
+        told: &mut String,
+    ) -> bool {
+        match lease::try_take(&self.store, &self.holder, ttl, watch).await {
+            Ok(Take::Held(l)) => {
+                tracing::info!(generation = l.generation(), holder = %self.holder, "holding the store's coordinator lease");
+                *self.lease_valid_until.lock().expect("poisoned") = Some(l.valid_until());
+                *self.lease.lock().await = Some(l);
+                let me = self.clone();
+                tokio::spawn(async move { me.renew_lease(ttl).await });
+                true
+            }
+            Ok(Take::Busy(generation, r)) => {
+                let who = r.describe();
+                if *told != who {
+                    tracing::warn!(
+                        store = %self.store.url,
+                        generation,
+                        "the store is held by coordinator {who}; standing by (not ready) until it stops or its lease expires ({:.0} s without renewal)",
+                        ttl.as_secs_f64()
+                    );
+                    *told = who;
+                }
+                false
+            }
+            Err(e) => {
+                tracing::error!("cannot read the store's coordinator lease: {e}; not ready");
+                false
+            }
+        }
+    }
+
+    /// Renews the held lease every quarter of its life; a successor's generation ends the process.
+    async fn renew_lease(self: Arc<Self>, ttl: Duration) {
+        loop {
+            tokio::time::sleep(ttl / 4).await;
+            let mut guard = self.lease.lock().await;
+            let Some(l) = guard.as_mut() else { return };
+            match l.renew().await {
+                Ok(Ok(())) => {
+                    *self.lease_valid_until.lock().expect("poisoned") = Some(l.valid_until());
+                }
+                Ok(Err(lost)) => {
+                    *self.lease_valid_until.lock().expect("poisoned") = None;
+                    *guard = None;
+                    self.set_ready(false);
+                    tracing::error!("{lost}; this coordinator stops");
+                    self.fatal.send_replace(Some(format!("{lost}")));
+                    return;
+                }
+                Err(e) => tracing::warn!("cannot renew the store's coordinator lease: {e}"),
+            }
+        }
+    }
+
+    /// Hands the store lease back (on shutdown) so that a successor need not wait for it to expire.
+    pub async fn release(&self) {
+        *self.lease_valid_until.lock().expect("poisoned") = None;
+        if let Some(l) = self.lease.lock().await.take() {
+            match l.release().await {
+                Ok(()) => tracing::info!("store lease released"),
+                Err(e) => tracing::warn!("cannot release the store lease: {e}"),
+            }
+        }
     }
 
     /// Readiness changes, for the health service.
@@ -165,6 +261,8 @@ impl Coordinator {
         let me = self.clone();
         tokio::spawn(async move {
             let mut loaded = false;
+            let mut held = me.settings.store_lease.is_none();
+            let (mut watch, mut told) = (Watch::default(), String::new());
             let mut retry = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
             let mut refusals = 0;
             loop {
@@ -179,7 +277,9 @@ impl Coordinator {
                         if refusals >= STORE_REFUSALS && !loaded {
                             // Misconfigured from the start (bucket, credentials): say so and stop,
                             // rather than stay alive and unready forever.
-                            me.fatal.send_replace(Some(e.to_string()));
+                            me.fatal.send_replace(Some(format!(
+                                "{e}; fix --store (DISTILL_STORE) or its credentials and restart"
+                            )));
                             return;
                         }
                         false
@@ -189,17 +289,26 @@ impl Coordinator {
                         false
                     }
                 };
-                if ok && !loaded {
+                if let (true, false, Some(ttl)) = (ok, held, me.settings.store_lease) {
+                    held = me.take_lease(ttl, &mut watch, &mut told).await;
+                }
+                if ok && held && !loaded {
                     match me.resume().await {
                         Ok(()) => loaded = true,
                         Err(e) => tracing::error!("cannot read the job records: {e}; not ready"),
                     }
                 }
-                me.set_ready(ok && loaded);
-                // Probe every 10 s while ready; retry sooner (backing off) while not.
-                let delay = if ok && loaded {
+                if me.fatal.borrow().is_some() {
+                    return;
+                }
+                me.set_ready(ok && held && loaded);
+                // Probe every 10 s while ready; retry sooner (backing off) while not; watch a
+                // held lease often enough to see it expire.
+                let delay = if ok && held && loaded {
                     retry.reset();
                     Duration::from_secs(10)
+                } else if let (true, false, Some(ttl)) = (ok, held, me.settings.store_lease) {
+                    (ttl / 4).min(Duration::from_secs(2))
                 } else {
                     retry.next_delay()
                 };
@@ -307,6 +416,9 @@ impl Coordinator {
                         finished_unix_ms: r.finished_unix_ms,
                     };
                     self.sched().add_finished_job(view, Instant::now());
+                    // Inputs a coordinator stopped before deleting (usually none: one listing).
+                    let (me, id) = (self.clone(), rec.job_id.clone());
+                    tokio::spawn(async move { me.delete_inputs(&id).await });
                 }
                 None => {
                     tracing::info!(job = %rec.job_id, "resuming job");
@@ -474,7 +586,7 @@ impl Coordinator {
             parse(&rec.output_fingerprint)?,
         );
         let failed_before: Vec<u64> = if resumed {
-            jobs::failed_shards(store, id)
+            patiently("reading failed shards", || jobs::failed_shards(store, id))
                 .await
                 .map_err(|e| e.to_string())?
         } else {
@@ -506,7 +618,7 @@ impl Coordinator {
             };
             let progress = shard.progress.saturating_sub(previous_progress);
             previous_progress = shard.progress;
-            let status = match commit::shard_meta(store, &key)
+            let status = match patiently("looking up a shard", || commit::shard_meta(store, &key))
                 .await
                 .map_err(|e| e.to_string())?
             {
@@ -525,8 +637,9 @@ impl Coordinator {
                     device_seconds: meta.device_seconds,
                 },
                 None if failed_before.contains(&shard.index) => {
+                    let path = jobs::failed_path(id, shard.index);
                     let f: Option<FailedShard> =
-                        jobs::read_json(store, &jobs::failed_path(id, shard.index))
+                        patiently("reading a failed shard", || jobs::read_json(store, &path))
                             .await
                             .map_err(|e| e.to_string())?;
                     match f {
@@ -542,7 +655,7 @@ impl Coordinator {
                         Ok(p) => p.forget(),
                         Err(_) => return Ok(()), // job ended
                     }
-                    jobs::write_input(store, id, &shard)
+                    patiently("staging a shard", || jobs::write_input(store, id, &shard))
                         .await
                         .map_err(|e| e.to_string())?;
                     if !self.sched().is_running(id) {
@@ -698,15 +811,27 @@ impl Coordinator {
                     f.last_error
                 ));
             } else {
-                match self.write_manifest(id).await {
-                    Ok(path) => {
-                        state = JobState::Succeeded;
-                        manifest = Some(path);
+                // A store that fails for a while does not fail a job whose shards are all in:
+                // verification and the manifest are retried (for up to STORE_PATIENCE).
+                let since = Instant::now();
+                let mut retry = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+                loop {
+                    match self.write_manifest(id).await {
+                        Ok(path) => {
+                            state = JobState::Succeeded;
+                            manifest = Some(path);
+                        }
+                        Err(Finalize::Store(e)) if since.elapsed() < STORE_PATIENCE => {
+                            tracing::warn!(job = %id, "cannot write the manifest yet: {e}; retrying");
+                            tokio::time::sleep(retry.next_delay()).await;
+                            continue;
+                        }
+                        Err(Finalize::Store(e) | Finalize::Invalid(e)) => {
+                            state = JobState::Failed;
+                            error = Some(e);
+                        }
                     }
-                    Err(e) => {
-                        state = JobState::Failed;
-                        error = Some(e);
-                    }
+                    break;
                 }
             }
         }
@@ -743,31 +868,45 @@ impl Coordinator {
                 }
             }
         }
-        if let Err(e) = jobs::delete_inputs(&self.store, id).await {
-            tracing::warn!(job = %id, "cannot delete staged inputs: {e}");
-        }
+        self.delete_inputs(id).await;
         self.staging.lock().expect("poisoned").remove(id);
         self.sched()
             .finalized(id, state, error.clone(), manifest, finished);
         tracing::info!(job = %id, state = ?state, error = error.as_deref().unwrap_or(""), "job finished");
     }
 
-    async fn write_manifest(&self, id: &str) -> Result<String, String> {
+    /// Deletes a finished job's staged inputs, retrying through store failures (for up to
+    /// [`STORE_PATIENCE`]); a coordinator that stops first sweeps them when it resumes.
+    async fn delete_inputs(&self, id: &str) {
+        let since = Instant::now();
+        let mut retry = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        while let Err(e) = jobs::delete_inputs(&self.store, id).await {
+            if since.elapsed() >= STORE_PATIENCE {
+                tracing::warn!(job = %id, "cannot delete staged inputs: {e}; left for the next start");
+                return;
+            }
+            tracing::warn!(job = %id, "cannot delete staged inputs yet: {e}; retrying");
+            tokio::time::sleep(retry.next_delay()).await;
+        }
+    }
+
+    async fn write_manifest(&self, id: &str) -> Result<String, Finalize> {
         let (info, shards, view) = {
             let s = self.sched();
-            let info = s.job_info(id).cloned().ok_or("job vanished")?;
-            (
-                info,
-                s.shard_list(id),
-                s.view(id).map_err(|_| "job vanished")?,
-            )
+            let vanished = || Finalize::Invalid("job vanished".into());
+            let info = s.job_info(id).cloned().ok_or_else(vanished)?;
+            (info, s.shard_list(id), s.view(id).map_err(|_| vanished())?)
         };
         let rec: JobRecord = jobs::read_json(&self.store, &jobs::job_path(id))
             .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("job record {} is missing", jobs::job_path(id)))?;
-        let parse =
-            |s: &str| distill_cache::fingerprint::Fingerprint::parse(s).ok_or("bad fingerprint");
+            .map_err(Finalize::store)?
+            .ok_or_else(|| {
+                Finalize::Invalid(format!("job record {} is missing", jobs::job_path(id)))
+            })?;
+        let parse = |s: &str| {
+            distill_cache::fingerprint::Fingerprint::parse(s)
+                .ok_or_else(|| Finalize::Invalid(format!("bad fingerprint {s:?}")))
+        };
         let (teacher, output) = (
             parse(&info.teacher_fingerprint)?,
             parse(&rec.output_fingerprint)?,
@@ -778,7 +917,7 @@ impl Coordinator {
             .child(&format!("{}/shards", layout::output_dir(&teacher, &output)));
         let present: std::collections::HashSet<String> = catalog::list_under(&self.store, &prefix)
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(Finalize::store)?
             .into_iter()
             .filter_map(|o| o.location.filename().map(str::to_owned))
             .collect();
@@ -786,11 +925,11 @@ impl Coordinator {
             .iter()
             .find(|(_, fp, _, _)| !present.contains(&format!("{fp}.parquet")))
         {
-            return Err(format!(
+            return Err(Finalize::Invalid(format!(
                 "shard {i} ({}) was reported done but is not in the cache at {}: run the job again to label it",
                 fp.short(),
                 self.store.display(&prefix)
-            ));
+            )));
         }
         let manifest_shards: Vec<ManifestShard> = shards
             .into_iter()
@@ -814,7 +953,46 @@ impl Coordinator {
         };
         catalog::write_manifest(&self.store, &manifest)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(Finalize::store)
+    }
+}
+
+/// Why a job's manifest could not be written.
+enum Finalize {
+    /// The store failed: try again.
+    Store(String),
+    /// The job is not whole (a shard missing, a record gone): it fails.
+    Invalid(String),
+}
+
+impl Finalize {
+    fn store(e: distill_cache::CacheError) -> Self {
+        Self::Store(e.to_string())
+    }
+}
+
+/// How long a job's store operations (planning, verification, the manifest, clean-up) are retried
+/// through store failures before the job fails.
+const STORE_PATIENCE: Duration = Duration::from_secs(300);
+
+/// Runs a store operation, retrying store failures (not other errors) for up to [`STORE_PATIENCE`].
+async fn patiently<T, F, Fut>(what: &str, mut op: F) -> distill_cache::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = distill_cache::Result<T>>,
+{
+    let since = Instant::now();
+    let mut retry = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    loop {
+        match op().await {
+            Err(e @ distill_cache::CacheError::Store { .. })
+                if since.elapsed() < STORE_PATIENCE =>
+            {
+                tracing::warn!("{what}: {e}; retrying");
+                tokio::time::sleep(retry.next_delay()).await;
+            }
+            r => return r,
+        }
     }
 }
 

@@ -99,7 +99,9 @@ impl Default for LmOptions {
             from_teacher: true,
             train_embeddings: false,
             loss: LmLoss::Topk,
-            alpha: 0.1,
+            // Measured on SmolLM2 (README): at 0.1 the KD students beat CE-only in KL to the teacher
+            // but not in held-out perplexity; at 0.5 in both.
+            alpha: 0.5,
             max_seq: 128,
             batch: 8,
             epochs: 1,

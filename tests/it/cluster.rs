@@ -613,3 +613,80 @@ async fn a_worker_sent_sigterm_finishes_its_shard_hands_back_the_next_and_exits(
     assert_eq!(committed(&[&w1, &w2]), 4);
     assert_exactly_once(&store, &done, &ids(&corpus)).await;
 }
+
+fn signal(p: &Proc, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &p.child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig}");
+}
+
+#[tokio::test]
+async fn a_second_coordinator_on_a_store_stands_by_and_a_paused_one_is_fenced() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_encoder(dir.path());
+    let corpus = dir.path().join("corpus.jsonl");
+    write_corpus(&corpus, 40);
+    for store in stores(dir.path(), "lease") {
+        let lease = ["--store-lease-seconds", "2"];
+        let (p1, p2) = (free_port(), free_port());
+        let (u1, u2) = (
+            format!("http://127.0.0.1:{p1}"),
+            format!("http://127.0.0.1:{p2}"),
+        );
+        let mut c1 = coordinator(dir.path(), "lease-c1", p1, &store, &lease);
+        let mut first = client(&u1, None).await;
+        let _ = submit(&mut first, spec(&corpus, &model, 10)).await; // c1 is ready: it holds the store
+        let c2 = coordinator(dir.path(), "lease-c2", p2, &store, &lease);
+        until("c2 standing by", Duration::from_secs(30), || {
+            c2.log_text().contains("standing by")
+        })
+        .await;
+        assert!(
+            c2.log_text().contains(&format!("pid {}", c1.child.id())),
+            "c2 names the holder: {}",
+            c2.log_text()
+        );
+        let mut second = client(&u2, None).await;
+        let refused = second
+            .submit_job(v1::SubmitJobRequest {
+                spec: Some(spec(&corpus, &model, 10)),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+        // c1 stops renewing (paused, as by a partition or a long GC): after the lease's time to live
+        // c2 takes the store over and runs the unfinished job to the end with its own worker.
+        signal(&c1, "-STOP");
+        let w = worker(dir.path(), "lease-w", &u2, &[]);
+        let job = submit(&mut second, spec(&corpus, &model, 10)).await;
+        let done = wait_job(&mut second, &job.job_id, Duration::from_secs(120)).await;
+        assert_eq!(done.state, v1::JobState::Succeeded as i32, "{done:?}");
+        assert_exactly_once(&store, &done, &ids(&corpus)).await;
+        // c1 resumes: it learns it lost the store, grants nothing more and exits with the reason.
+        signal(&c1, "-CONT");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(s) = c1.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "a fenced coordinator kept running"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(!status.success());
+        let log = c1.log_text();
+        assert!(
+            log.lines()
+                .last()
+                .is_some_and(|l| l.starts_with("error:") && l.contains("took over this store")),
+            "{log}"
+        );
+        drop(w);
+        c1.kill9();
+    }
+}

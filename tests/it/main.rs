@@ -5,6 +5,7 @@
 //! that `scripts/test.sh` sets after starting SeaweedFS. With `DISTILL_REQUIRE_ALL=1` (set by the test
 //! script and CI) a missing prerequisite fails the test instead of skipping it.
 
+mod chaos;
 mod cluster;
 mod common;
 mod compat;
