@@ -1,4 +1,5 @@
-//! Argument parsing and dispatch. Every flag has an environment-variable fallback (`DISTILL_*`).
+//! Argument parsing and dispatch. Flags that configure a deployment have an environment-variable
+//! fallback (`DISTILL_*`); per-invocation switches (`--json`, `--watch`, `--choice`…) do not.
 
 use clap::{Parser, Subcommand};
 

@@ -79,9 +79,10 @@ impl TeacherArgs {
 #[derive(Debug, Clone, Args)]
 pub struct OutputArgs {
     /// What to cache: embeddings (sentence encoders; decoders: mean of the last states), logits
-    /// (classifiers) or token-topk (decoders: each position's next-token top-k, tail and log-partition).
-    #[arg(long, env = "DISTILL_OUTPUT", default_value = "embeddings")]
-    pub output: OutputKind,
+    /// (classifiers) or token-topk (decoders: each position's next-token top-k, tail and log-partition)
+    /// [default: embeddings; with --prompt: logits].
+    #[arg(long, env = "DISTILL_OUTPUT")]
+    pub output: Option<OutputKind>,
     /// Storage type of the cached values (token-topk: of the top-k log-probabilities).
     #[arg(long, env = "DISTILL_DTYPE", default_value = "f32")]
     pub dtype: Dtype,
@@ -125,7 +126,7 @@ impl OutputArgs {
     /// A per-example output (embeddings or logits) with no token-topk or prompt settings.
     pub fn simple(output: OutputKind, dtype: Dtype) -> Self {
         Self {
-            output,
+            output: Some(output),
             dtype,
             top_k: None,
             samples: None,
@@ -143,11 +144,21 @@ impl OutputArgs {
     /// The prompt of `--prompt`/`--choice` (the template read from @FILE), or `None`.
     pub fn prompt_spec(&self) -> anyhow::Result<Option<PromptSpec>> {
         let Some(t) = &self.prompt else {
-            if !self.choices.is_empty() || self.chat || !self.answer_prefix.is_empty() {
-                anyhow::bail!("--choice, --chat and --answer-prefix need --prompt");
+            if !self.choices.is_empty()
+                || self.chat
+                || self.system.is_some()
+                || !self.answer_prefix.is_empty()
+                || self.length_normalize
+            {
+                anyhow::bail!(
+                    "--choice, --chat, --system, --answer-prefix and --length-normalize need --prompt"
+                );
             }
             return Ok(None);
         };
+        if self.system.is_some() && !self.chat {
+            anyhow::bail!("--system is the chat's system message: it needs --chat");
+        }
         let template = match t.strip_prefix('@') {
             Some(path) => std::fs::read_to_string(path)
                 .with_context(|| format!("--prompt @{path}: cannot read the file"))?,
@@ -187,13 +198,17 @@ impl OutputArgs {
             }
         }
         let prompt = self.prompt_spec()?;
-        Ok(OutputRequest {
+        let kind = match (&prompt, self.output) {
             // A prompt labels a task: class logits.
-            kind: if prompt.is_some() && self.output == OutputKind::Embeddings {
-                OutputKind::Logits
-            } else {
-                self.output
-            },
+            (Some(_), None | Some(OutputKind::Logits)) => OutputKind::Logits,
+            (Some(_), Some(other)) => anyhow::bail!(
+                "--prompt caches class logits, not {}: leave --output out",
+                other.name()
+            ),
+            (None, kind) => kind.unwrap_or(OutputKind::Embeddings),
+        };
+        Ok(OutputRequest {
+            kind,
             prompt,
             dtype: self.dtype,
             top_k: self.top_k.unwrap_or(0),

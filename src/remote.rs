@@ -20,8 +20,9 @@ pub struct RemoteArgs {
     /// PEM file of the CA that signed the coordinator's TLS certificate (default: public roots).
     #[arg(long, env = "DISTILL_TLS_CA")]
     pub tls_ca: Option<std::path::PathBuf>,
-    /// Seconds to keep retrying a coordinator that cannot be reached or is not ready (a restart, a
-    /// rollout) before giving up; the job goes on without the client.
+    /// Clients (`label --coordinator`, `jobs`): seconds to keep retrying a coordinator that cannot be
+    /// reached or is not ready (a restart, a rollout) before giving up; the job goes on without the
+    /// client. A worker retries without limit.
     #[arg(long, env = "DISTILL_WAIT_SECONDS", default_value_t = WAIT_SECONDS)]
     pub wait_seconds: f64,
 }

@@ -124,7 +124,7 @@ pub async fn run(cmd: TaskCommand) -> anyhow::Result<()> {
 }
 
 pub fn print_record(r: &TaskRecord) {
-    println!("task {} ({:?}) over {}", r.name, r.kind, r.corpus);
+    println!("task {} ({}) over {}", r.name, r.kind.name(), r.corpus);
     println!("  labels          {}", r.labels.join(", "));
     println!("  gold examples   {}", r.gold.len());
     println!("  rows            {}", r.rows);
@@ -184,17 +184,14 @@ pub async fn fit(args: &FitArgs) -> anyhow::Result<TaskRecord> {
             }
         })
         .await??;
-        return Ok(task::fit_zero_shot(
-            &loc,
-            &args.name,
-            &entry,
+        let z = task::ZeroShot {
             labels,
             descriptions,
             embedded,
-            args.temperature,
-            secs,
-        )
-        .await?);
+            temperature: args.temperature,
+            teacher_seconds: secs,
+        };
+        return Ok(task::fit_zero_shot(&loc, &args.name, &entry, z).await?);
     }
     let gold = match &args.labels {
         Some(p) => labels::read(p, &fields)?,

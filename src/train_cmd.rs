@@ -263,11 +263,11 @@ async fn run_lm(loc: &Location, args: &TrainArgs) -> anyhow::Result<()> {
     let mut bar = TrainBar::new(true, "lm");
     let trained = lm::train_lm(loc, &spec, move |r| bar.step(r)).await?;
     println!(
-        "trained an lm student ({} parameters, {} rows, {} tokens per epoch, loss {:?}) in {:.0} s → {}",
+        "trained an lm student ({} parameters, {} rows, {} tokens per epoch, loss {}) in {:.0} s → {}",
         trained.parameters,
         trained.rows,
         trained.tokens_per_epoch,
-        args.loss,
+        args.loss.name(),
         started.elapsed().as_secs_f64(),
         args.out.display()
     );

@@ -4,7 +4,7 @@
 
 use crate::sched::{Held, JobView, Refusal, ShardStats};
 use crate::service::{Coordinator, Submission};
-use crate::wire::{job_to_wire, unix_ms};
+use crate::wire::{job_to_wire, lease_to_wire};
 use distill_proto::auth::CheckToken;
 use distill_proto::v1;
 use distill_proto::v1::job_service_server::{JobService, JobServiceServer};
@@ -238,15 +238,7 @@ impl WorkerService for Workers {
         self.0.check_ready()?;
         let r = req.into_inner();
         let caps = r.capabilities.unwrap_or_default();
-        let held = r
-            .held
-            .into_iter()
-            .map(|h| Held {
-                lease_id: h.lease_id,
-                job: h.job_id,
-                index: h.shard_index,
-            })
-            .collect();
+        let held = r.held.into_iter().map(Held::from_wire).collect();
         let name = if r.name.is_empty() {
             "unnamed".into()
         } else {
@@ -285,23 +277,7 @@ impl WorkerService for Workers {
             }));
         };
         let info = s.job_info(&g.job).expect("granted from a known job");
-        let lease = v1::ShardLease {
-            lease_id: g.lease_id,
-            job_id: g.job,
-            shard_index: g.index,
-            shard_fingerprint: g.fingerprint.to_string(),
-            teacher: info.teacher.clone(),
-            teacher_fingerprint: info.teacher_fingerprint.clone(),
-            output: info.output.clone(),
-            dtype: info.dtype.clone(),
-            store: info.store.clone(),
-            input: g.input,
-            corpus: info.corpus.clone(),
-            deadline_unix_ms: unix_ms(g.deadline),
-            speculative: g.speculative,
-            attempt: g.attempt,
-            output_spec: serde_json::to_string(&info.output_spec).expect("serialisable"),
-        };
+        let lease = lease_to_wire(g, info);
         drop(s);
         Ok(Response::new(v1::LeaseResponse {
             lease: Some(lease),

@@ -204,6 +204,7 @@ impl Coordinator {
                 Ok(Ok(())) => {
                     *self.lease_valid_until.lock().expect("poisoned") = Some(l.valid_until());
                 }
+
                 Ok(Err(lost)) => {
                     *self.lease_valid_until.lock().expect("poisoned") = None;
                     *guard = None;
@@ -212,7 +213,13 @@ impl Coordinator {
                     self.fatal.send_replace(Some(format!("{lost}")));
                     return;
                 }
-                Err(e) => tracing::warn!("cannot renew the store's coordinator lease: {e}"),
+                Err(e) => {
+                    tracing::warn!("cannot renew the store's coordinator lease: {e}");
+                    if Instant::now() >= l.valid_until() {
+                        // Fenced until a renewal succeeds: the health service says so too.
+                        self.set_ready(false);
+                    }
+                }
             }
         }
     }
@@ -252,8 +259,18 @@ impl Coordinator {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(200));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            // While not ready the coordinator refuses heartbeats, so it expires nothing then, and
+            // gives every lease a fresh lease time when it is ready again.
+            let mut paused = false;
             loop {
                 tick.tick().await;
+                if !me.is_ready() {
+                    paused = true;
+                    continue;
+                }
+                if std::mem::take(&mut paused) {
+                    me.sched().forgive(Instant::now());
+                }
                 let effects = me.sched().expire(Instant::now());
                 me.apply(effects);
             }

@@ -4,7 +4,7 @@
 //! wire message itself ([`crate::sched::Ledger`]).
 
 use crate::ledger::{FailedShardSummary, JobSummary};
-use crate::sched::{JobState, JobView, ShardStats};
+use crate::sched::{Grant, Held, JobInfo, JobState, JobView, ShardStats};
 use crate::service::{parse_format, CallResult, Submission};
 use distill_cache::corpus::CorpusSpec;
 use distill_proto::v1;
@@ -251,3 +251,35 @@ pub fn job_to_wire(v: JobView, store: &str) -> v1::Job {
 /// Failed shards and reject files sent per job (the counts are in the ledger, the full lists in the
 /// job's `result.json`): a job of a million shards still fits in a message.
 pub const WIRE_LIST_LIMIT: usize = 100;
+
+impl Held {
+    /// A lease a worker re-states when it registers.
+    pub fn from_wire(h: v1::HeldLease) -> Self {
+        Held {
+            lease_id: h.lease_id,
+            job: h.job_id,
+            index: h.shard_index,
+        }
+    }
+}
+
+/// A granted lease as the worker receives it: the shard and everything needed to label it.
+pub fn lease_to_wire(g: Grant, info: &JobInfo) -> v1::ShardLease {
+    v1::ShardLease {
+        lease_id: g.lease_id,
+        job_id: g.job,
+        shard_index: g.index,
+        shard_fingerprint: g.fingerprint.to_string(),
+        teacher: info.teacher.clone(),
+        teacher_fingerprint: info.teacher_fingerprint.clone(),
+        output: info.output.clone(),
+        dtype: info.dtype.clone(),
+        store: info.store.clone(),
+        input: g.input,
+        corpus: info.corpus.clone(),
+        deadline_unix_ms: unix_ms(g.deadline),
+        speculative: g.speculative,
+        attempt: g.attempt,
+        output_spec: serde_json::to_string(&info.output_spec).expect("serialisable"),
+    }
+}

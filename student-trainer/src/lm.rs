@@ -3,8 +3,8 @@
 //!
 //! - **Data**: the entry's cached `token_ids` are the training tokens (never re-tokenized); each row is
 //!   cut into chunks of at most `max_seq` tokens; position `t` of a chunk is trained to predict token
-//!   `t + 1` against the teacher's cached distribution there. Rows stream shard by shard in a seeded
-//!   order; `--exclude` ids (held-out texts) are never read.
+//!   `t + 1` against the teacher's cached distribution there. The rows are read into memory once and
+//!   their chunks shuffled per epoch (seeded); `--exclude` ids (held-out texts) are never used.
 //! - **Model**: the teacher's tokenizer, embeddings (tied output head) and final norm copied, `layers`
 //!   decoder layers copied from evenly spaced teacher layers (or random). The embedding table and the
 //!   head stay frozen by default (most of the parameters; the head's vocabulary-wide product is most of
@@ -50,6 +50,17 @@ pub enum LmLoss {
     Topk,
     /// The sampled-token estimate of the cross-entropy to the teacher, blended with α·CE.
     Sampled,
+}
+
+impl LmLoss {
+    /// The name `--loss` takes and reports print.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ce => "ce",
+            Self::Topk => "topk",
+            Self::Sampled => "sampled",
+        }
+    }
 }
 
 impl std::str::FromStr for LmLoss {

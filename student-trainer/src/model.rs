@@ -18,7 +18,7 @@ use std::path::Path;
 /// `distill.json`: what a student directory holds.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StudentInfo {
-    /// `transformer` or `ngram`.
+    /// `transformer`, `ngram` or `lm`.
     pub kind: String,
     pub task: String,
     pub labels: Vec<String>,

@@ -9,7 +9,7 @@
 use crate::checkpoint::{self, Position};
 use crate::data::{Example, TrainData};
 use crate::kd::{kd_loss, KdWeights};
-use crate::optim::{clip, lr_at, AdamW, Moments};
+use crate::optim::{clip, lr_at, AdamW, Moments, Step};
 use crate::rng::Rng;
 use crate::{Result, StudentError};
 use candle_core::{Device, Tensor};
@@ -343,20 +343,15 @@ pub fn train(
             step += 1;
             let lr = lr_at(opts.lr, step - 1, warmup, total);
             let (w, b) = g_w.split_at(classes * d);
+            let at = |decay| Step { lr, t: step, decay };
             opts.adamw
-                .update(&mut model.weight, w, &mut m_w, 0, lr, step, true);
+                .update(&mut model.weight, w, &mut m_w, 0, at(true));
             opts.adamw
-                .update(&mut model.bias, b, &mut m_b, 0, lr, step, false);
+                .update(&mut model.bias, b, &mut m_b, 0, at(false));
             for (r, g) in &rows {
-                opts.adamw.update(
-                    &mut model.embeddings,
-                    g,
-                    &mut m_emb,
-                    *r as usize * d,
-                    lr,
-                    step,
-                    false,
-                );
+                let offset = *r as usize * d;
+                opts.adamw
+                    .update(&mut model.embeddings, g, &mut m_emb, offset, at(false));
             }
             on_step(StepReport {
                 step,

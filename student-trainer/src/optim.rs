@@ -52,20 +52,28 @@ impl Moments {
     }
 }
 
+/// Where an [`AdamW::update`] is in training.
+#[derive(Clone, Copy, Debug)]
+pub struct Step {
+    /// The learning rate of this step.
+    pub lr: f64,
+    /// 1-based step number (bias correction).
+    pub t: u64,
+    /// Apply the decoupled weight decay (not to biases and embeddings).
+    pub decay: bool,
+}
+
 impl AdamW {
-    /// One update of `params[offset..offset + grad.len()]` at step `t` (1-based); `decay` applies the
-    /// decoupled weight decay.
-    #[allow(clippy::too_many_arguments)]
+    /// One update of `params[offset..offset + grad.len()]` (and the same range of the moments).
     pub fn update(
         &self,
         params: &mut [f32],
         grad: &[f32],
         st: &mut Moments,
         offset: usize,
-        lr: f64,
-        t: u64,
-        decay: bool,
+        step: Step,
     ) {
+        let Step { lr, t, decay } = step;
         let (b1, b2) = (self.beta1 as f32, self.beta2 as f32);
         let c1 = 1.0 - self.beta1.powi(t as i32);
         let c2 = 1.0 - self.beta2.powi(t as i32);
@@ -238,7 +246,12 @@ mod tests {
         let mut st = Moments::new(2);
         for t in 1..=2000 {
             let g: Vec<f32> = p.iter().map(|x| 2.0 * x).collect();
-            opt.update(&mut p, &g, &mut st, 0, 0.01, t, true);
+            let step = Step {
+                lr: 0.01,
+                t,
+                decay: true,
+            };
+            opt.update(&mut p, &g, &mut st, 0, step);
         }
         assert!(p.iter().all(|x| x.abs() < 1e-2), "{p:?}");
         let mut a = [3.0f32, 0.0];

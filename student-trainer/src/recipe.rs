@@ -300,6 +300,12 @@ pub async fn train(
         TaskStudent::Transformer => {
             let t = &spec.transformer;
             let dir = teacher_dir(loc, task, t.teacher.as_deref()).await?;
+            if dir.family != distill_cache::model_dir::Family::Bert {
+                return Err(StudentError::Invalid(format!(
+                    "task {} was labeled by {} ({}), a decoder: the transformer student is built from a BERT teacher's layers; use --student ngram",
+                    task.name, dir.location, dir.architecture
+                )));
+            }
             let device = t.device.open()?;
             let opts = TransformerOptions {
                 layers: t.layers,
@@ -434,16 +440,16 @@ fn run_phase(
         return Ok(());
     }
     let step = (p.progress)(name);
-    transformer::train_phase(
-        student,
-        tok,
+    let (run_id, checkpoint) = (
+        format!("{}-{name}", p.run_id),
+        p.checkpoint.map(|c| c.join(name)),
+    );
+    let run = transformer::PhaseRun {
         phase,
-        data,
         epochs,
         lr,
-        p.opts,
-        &format!("{}-{name}", p.run_id),
-        p.checkpoint.map(|c| c.join(name)).as_deref(),
-        step,
-    )
+        run_id: &run_id,
+        checkpoint: checkpoint.as_deref(),
+    };
+    transformer::train_phase(student, tok, data, p.opts, run, step)
 }

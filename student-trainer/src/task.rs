@@ -265,19 +265,34 @@ pub async fn fit_head(
     publish(loc, name, entry, def).await
 }
 
-/// A zero-shot task: `descriptions` (one per label) embedded by the teacher (`embedded`, same order),
-/// cosine similarity divided by `temperature`.
-#[allow(clippy::too_many_arguments)]
+/// A zero-shot task's labels and what the teacher made of their descriptions.
+#[derive(Clone, Debug)]
+pub struct ZeroShot {
+    pub labels: Vec<String>,
+    pub descriptions: Vec<String>,
+    /// The teacher's embedding of each description, in label order.
+    pub embedded: Vec<Vec<f32>>,
+    /// Softmax temperature of the cosine scores.
+    pub temperature: f32,
+    /// Teacher-seconds spent embedding the descriptions.
+    pub teacher_seconds: f64,
+}
+
+/// A zero-shot task: the descriptions (one per label) embedded by the teacher, cosine similarity
+/// divided by the temperature.
 pub async fn fit_zero_shot(
     loc: &Location,
     name: &str,
     entry: &Entry,
-    labels: Vec<String>,
-    descriptions: Vec<String>,
-    embedded: Vec<Vec<f32>>,
-    temperature: f32,
-    teacher_seconds: f64,
+    z: ZeroShot,
 ) -> Result<TaskRecord> {
+    let ZeroShot {
+        labels,
+        descriptions,
+        embedded,
+        temperature,
+        teacher_seconds,
+    } = z;
     task::check_name(name)?;
     if labels.len() < 2 {
         return Err(StudentError::Invalid(

@@ -585,21 +585,35 @@ impl TransformerStudent {
     }
 }
 
-/// Runs one training phase over `data` for `epochs` epochs at peak learning rate `lr`. With a
-/// `checkpoint` folder, saves there as it goes and resumes from it when its `run_id` matches.
-#[allow(clippy::too_many_arguments)]
+/// One training phase to run: which, how long, how fast, and where it checkpoints.
+#[derive(Clone, Copy, Debug)]
+pub struct PhaseRun<'a> {
+    pub phase: Phase,
+    pub epochs: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Checkpoints of another run id are not resumed from.
+    pub run_id: &'a str,
+    pub checkpoint: Option<&'a Path>,
+}
+
+/// Runs one training phase over `data`. With a checkpoint folder, saves there as it goes and
+/// resumes from it when its run id matches.
 pub fn train_phase(
     student: &TransformerStudent,
     tok: &tokenizers::Tokenizer,
-    phase: Phase,
     data: &TrainData,
-    epochs: usize,
-    lr: f64,
     opts: &TransformerOptions,
-    run_id: &str,
-    checkpoint: Option<&Path>,
+    run: PhaseRun<'_>,
     mut on_step: impl FnMut(StepReport),
 ) -> Result<()> {
+    let PhaseRun {
+        phase,
+        epochs,
+        lr,
+        run_id,
+        checkpoint,
+    } = run;
     let classes = student.labels.len();
     let device = student.device.clone();
     let mut optimizer = VarAdamW::new(

@@ -245,6 +245,27 @@ fn bad_prompts_are_refused_in_one_line_and_write_nothing() {
             "context",
         ),
         (vec!["--choice", "a= good"], "need --prompt"),
+        (vec!["--length-normalize"], "need --prompt"),
+        (
+            vec![
+                "--prompt", "{text}", "--choice", "a= good", "--choice", "b= bad", "--system",
+                "be brief",
+            ],
+            "needs --chat",
+        ),
+        (
+            vec![
+                "--prompt",
+                "{text}",
+                "--choice",
+                "a= good",
+                "--choice",
+                "b= bad",
+                "--output",
+                "embeddings",
+            ],
+            "leave --output out",
+        ),
     ];
     for (extra, expect) in cases {
         let err = expect_error(&label_args(c, m, s, &extra));
