@@ -651,6 +651,10 @@ fn slurm_commands(script: &str) -> Vec<Vec<String>> {
                 })
                 .map(|w| w.trim_end_matches('\'').to_owned())
                 .collect();
+            // `bash -c '…' "$DISTILL" "$device" …`: the binary passed as `$0`, not a command.
+            if words.first().is_some_and(|w| w.starts_with(['"', '$'])) {
+                continue;
+            }
             out.push(words);
         }
     }
@@ -666,7 +670,11 @@ fn distill_vars(text: &str) -> BTreeSet<String> {
             .chars()
             .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
             .collect();
-        out.insert(name.trim_end_matches('_').to_owned());
+        let name = name.trim_end_matches('_');
+        // `DISTILL_*` (a wildcard in prose) names no variable.
+        if name != "DISTILL" {
+            out.insert(name.to_owned());
+        }
         rest = &rest[i + 8..];
     }
     out
