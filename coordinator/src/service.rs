@@ -382,8 +382,10 @@ impl Coordinator {
                 Ok(None) => continue,
                 // One record this release cannot read (another schema, damaged) must not keep the
                 // coordinator from every other job: it is skipped, said once.
-                Err(e @ (distill_cache::CacheError::Store { .. }
-                | distill_cache::CacheError::StoreRefused { .. })) => return Err(e),
+                Err(
+                    e @ (distill_cache::CacheError::Store { .. }
+                    | distill_cache::CacheError::StoreRefused { .. }),
+                ) => return Err(e),
                 Err(e) => {
                     tracing::error!(job = %id, "job record skipped: {e} (written by a newer distill? this release cannot resume it)");
                     continue;

@@ -705,7 +705,13 @@ async fn damaged_inputs_shards_and_records_end_with_clear_errors() {
     std::fs::write(newer.join("job.json"), r#"{"schema": 99, "spec": []}"#).unwrap();
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let coord = coordinator(dir.path(), "damage-c", port, &store, &["--max-attempts", "2"]);
+    let coord = coordinator(
+        dir.path(),
+        "damage-c",
+        port,
+        &store,
+        &["--max-attempts", "2"],
+    );
     let mut c = client(&url, None).await;
     let job = submit(&mut c, spec(&corpus, &model, 10)).await;
     assert!(
@@ -722,7 +728,10 @@ async fn damaged_inputs_shards_and_records_end_with_clear_errors() {
         v.sort();
         v
     };
-    until("4 staged inputs", Duration::from_secs(30), || staged().len() == 4).await;
+    until("4 staged inputs", Duration::from_secs(30), || {
+        staged().len() == 4
+    })
+    .await;
     let files = staged();
     let bytes = std::fs::read(&files[1]).unwrap();
     std::fs::write(&files[1], &bytes[..bytes.len() / 2]).unwrap();
@@ -742,7 +751,11 @@ async fn damaged_inputs_shards_and_records_end_with_clear_errors() {
     );
     assert!(failed[0].1.contains("00000001.json.zst"), "{failed:?}");
     assert!(failed[1].1.contains("00000002.json.zst"), "{failed:?}");
-    assert!(done.error.contains("2 of 4 shards failed"), "{}", done.error);
+    assert!(
+        done.error.contains("2 of 4 shards failed"),
+        "{}",
+        done.error
+    );
     // The two good shards are in the cache. One of them damaged there: the next job names it and
     // says what to do, and nothing else is written.
     let shards = shard_files(&store).await;
