@@ -15,8 +15,9 @@ $PY scripts/seaweedfs.py start "$S3DIR"
 # shellcheck disable=SC1091
 source "$S3DIR/env"
 export DISTILL_REQUIRE_ALL=1
-export DISTILL_CHAOS_ROWS=${CHAOS_ROWS:-30000}
+export DISTILL_CHAOS_ROWS=${CHAOS_ROWS:-20000}
 export DISTILL_CHAOS_WORKER_KILLS=${CHAOS_WORKER_KILLS:-100}
 export DISTILL_CHAOS_COORDINATOR_KILLS=${CHAOS_COORDINATOR_KILLS:-10}
 export DISTILL_CHAOS_FAULT_PERCENT=${CHAOS_FAULT_PERCENT:-10}
+export DISTILL_CHAOS_DEADLINE_SECONDS=${CHAOS_DEADLINE_SECONDS:-1800}
 cargo test --locked --test it chaos -- --nocapture 2>&1 | grep -E '^\{|test result|panicked|FAILED'

@@ -106,6 +106,9 @@ impl std::fmt::Debug for Coordinator {
 /// Probes in a row (about 15 s with backoff) that a store refuses a coordinator before it exits.
 pub const STORE_REFUSALS: u32 = 5;
 
+/// Failed probes in a row before a store counts as out of reach (the coordinator not ready).
+const PROBE_MISSES: u32 = 3;
+
 fn invalid(field: &str, reason: impl std::fmt::Display) -> Refusal {
     Refusal::InvalidArgument(format!("{field}: {reason}"))
 }
@@ -281,11 +284,11 @@ impl Coordinator {
             let mut held = me.settings.store_lease.is_none();
             let (mut watch, mut told) = (Watch::default(), String::new());
             let mut retry = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
-            let mut refusals = 0;
+            let (mut refusals, mut misses) = (0, 0);
             loop {
                 let ok = match distill_cache::store::probe(&me.store).await {
                     Ok(()) => {
-                        refusals = 0;
+                        (refusals, misses) = (0, 0);
                         true
                     }
                     Err(e @ distill_cache::CacheError::StoreRefused { .. }) => {
@@ -301,9 +304,17 @@ impl Coordinator {
                         }
                         false
                     }
+                    // One failed probe is a blip (the calls themselves retry); a store that fails
+                    // PROBE_MISSES probes in a row is out of reach: not ready until it answers.
                     Err(e) => {
-                        tracing::error!(store = %me.store.url, "store unreachable: {e}; not ready");
-                        false
+                        misses += 1;
+                        if misses >= PROBE_MISSES || !loaded {
+                            tracing::error!(store = %me.store.url, "store unreachable: {e}; not ready");
+                            false
+                        } else {
+                            tracing::warn!(store = %me.store.url, "store probe failed: {e}");
+                            true
+                        }
                     }
                 };
                 if let (true, false, Some(ttl)) = (ok, held, me.settings.store_lease) {

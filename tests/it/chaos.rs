@@ -6,8 +6,10 @@
 //! Asserts: the client ends `succeeded`; every corpus row is in the cache exactly once; no staged input
 //! is left; the ledger's rows and tokens equal what the cache holds and its teacher-seconds agree.
 //! Sizes: `DISTILL_CHAOS_ROWS` (default 8000), `DISTILL_CHAOS_WORKER_KILLS` (24),
-//! `DISTILL_CHAOS_COORDINATOR_KILLS` (3), `DISTILL_CHAOS_FAULT_PERCENT` (3: of new connections reset,
-//! and of relayed chunks each way cut with a reset); `scripts/chaos.sh` runs a long one. The figures go to stdout as one JSON line.
+//! `DISTILL_CHAOS_COORDINATOR_KILLS` (3), `DISTILL_CHAOS_DEADLINE_SECONDS` (600),
+//! `DISTILL_CHAOS_FAULT_PERCENT` (3: of new connections reset, and of requests dropped or their
+//! responses cut, each with a reset); `scripts/chaos.sh` runs a long one. The figures go to stdout as
+//! one JSON line.
 
 use crate::cluster::*;
 use crate::common::*;
@@ -57,9 +59,8 @@ struct Faults {
 }
 
 /// A TCP proxy in front of `target` on its own thread and runtime. Each new connection is reset at
-/// once with `percent` % chance; after that every chunk relayed has `percent` % chance of a fault: a
-/// request chunk is dropped and the connection reset, a response chunk is cut short and the
-/// connection reset (an RST, as from a dead peer or a middlebox).
+/// once with `percent` % chance; after that about `percent` % of the requests it carries fail (see
+/// [`relay`]): an RST, as from a dead peer or a middlebox.
 fn fault_proxy(target: String, percent: u64, stop: Arc<AtomicBool>) -> (String, Arc<Faults>) {
     let faults = Arc::new(Faults::default());
     let (tx, rx) = std::sync::mpsc::channel();
@@ -100,7 +101,10 @@ fn fault_proxy(target: String, percent: u64, stop: Arc<AtomicBool>) -> (String, 
     (rx.recv().unwrap(), faults)
 }
 
-/// Relays one connection both ways, injecting faults (see [`fault_proxy`]).
+/// Relays one connection both ways, injecting faults (see [`fault_proxy`]): each chunk a client sends
+/// (a request, or a piece of an upload) rolls once — `percent / 2` % it is dropped and the connection
+/// reset, `percent / 2` % the response that follows is cut after a random number of bytes and the
+/// connection reset — so about `percent` % of store requests fail, whatever their responses' sizes.
 async fn relay(
     mut client: tokio::net::TcpStream,
     mut upstream: tokio::net::TcpStream,
@@ -110,23 +114,31 @@ async fn relay(
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (mut up, mut down) = (vec![0u8; 16 << 10], vec![0u8; 16 << 10]);
+    // Bytes of response still to pass before the cut, once one is due.
+    let mut cut_in: Option<u64> = None;
     let fault = loop {
         tokio::select! {
             r = client.read(&mut up) => {
                 let n = match r { Ok(0) | Err(_) => break false, Ok(n) => n };
-                if rng.below(100) < percent {
+                let roll = rng.below(200);
+                if roll < percent {
                     f.resets.fetch_add(1, Ordering::Relaxed);
                     break true;
+                }
+                if roll < 2 * percent && cut_in.is_none() {
+                    cut_in = Some(rng.below(4096));
                 }
                 if upstream.write_all(&up[..n]).await.is_err() { break false }
             }
             r = upstream.read(&mut down) => {
                 let n = match r { Ok(0) | Err(_) => break false, Ok(n) => n };
-                if rng.below(100) < percent {
-                    let k = rng.below(n as u64) as usize;
-                    let _ = client.write_all(&down[..k]).await;
-                    f.cuts.fetch_add(1, Ordering::Relaxed);
-                    break true;
+                if let Some(k) = cut_in {
+                    if (k as usize) < n {
+                        let _ = client.write_all(&down[..k as usize]).await;
+                        f.cuts.fetch_add(1, Ordering::Relaxed);
+                        break true;
+                    }
+                    cut_in = Some(k - n as u64);
                 }
                 if client.write_all(&down[..n]).await.is_err() { break false }
             }
@@ -188,7 +200,7 @@ fn start_coordinator(dir: &Path, proxy: &str, port: u16, store: &str) -> Proc {
             "--speculate-after-seconds",
             "0",
             "--store-lease-seconds",
-            "2",
+            "10",
         ],
     );
     // It prints one line once it listens.
@@ -260,14 +272,15 @@ fn chaos_every_row_once_and_the_client_ends_succeeded_on_its_own() {
     let mut rng = Rand(0x2545_f491_4f6c_dd1d);
     let (mut killed_workers, mut killed_coordinators) = (0u64, 0u64);
     let every = (worker_kills / coordinator_kills.max(1)).max(1);
-    let deadline = Instant::now() + Duration::from_secs(600);
+    let limit = env_or("DISTILL_CHAOS_DEADLINE_SECONDS", 600);
+    let deadline = Instant::now() + Duration::from_secs(limit);
     let status = loop {
         if let Some(s) = client.try_wait().unwrap() {
             break s;
         }
         assert!(
             Instant::now() < deadline,
-            "the job did not end in 10 minutes"
+            "the job did not end in {limit} s"
         );
         std::thread::sleep(Duration::from_millis(200 + rng.below(400)));
         if killed_workers < worker_kills {
