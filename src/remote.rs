@@ -71,14 +71,29 @@ impl RemoteArgs {
         loop {
             match distill_proto::connect(&cfg).await {
                 Ok(ch) => return Ok(ch),
-                // A bad URL or CA file does not get better by waiting.
-                Err(e @ distill_proto::TransportError::Connect { .. }) => {
+                // A coordinator that is down or restarting may come back; a bad URL, CA file or
+                // certificate does not get better by waiting.
+                Err(e @ distill_proto::TransportError::Connect { .. }) if !is_tls_error(&e) => {
                     waiting.pause(&e.to_string(), &|_| {}).await?
                 }
                 Err(e) => return Err(e.into()),
             }
         }
     }
+}
+
+/// Whether a connection failed in the TLS handshake (an untrusted or wrong certificate).
+fn is_tls_error(e: &distill_proto::TransportError) -> bool {
+    let m = e.to_string().to_ascii_lowercase();
+    [
+        "certificate",
+        "tls",
+        "handshake",
+        "invalid peer",
+        "unknownissuer",
+    ]
+    .iter()
+    .any(|w| m.contains(w))
 }
 
 /// Whether a failed call may succeed if repeated: the coordinator is restarting, not ready, or the
