@@ -426,6 +426,9 @@ impl Coordinator {
                 "waiting for workers to re-state their leases before leasing again"
             );
         }
+        // Finished jobs whose inputs a stopped coordinator may have left: swept by one background
+        // task, one listing each, after start-up rather than during it.
+        let mut finished = Vec::new();
         for (rec, result, cancelled) in loaded {
             if cancelled {
                 // Cancelled, but the coordinator stopped before recording the result: end it now.
@@ -454,15 +457,21 @@ impl Coordinator {
                         finished_unix_ms: r.finished_unix_ms,
                     };
                     self.sched().add_finished_job(view, Instant::now());
-                    // Inputs a coordinator stopped before deleting (usually none: one listing).
-                    let (me, id) = (self.clone(), rec.job_id.clone());
-                    tokio::spawn(async move { me.delete_inputs(&id).await });
+                    finished.push(rec.job_id.clone());
                 }
                 None => {
                     tracing::info!(job = %rec.job_id, "resuming job");
                     self.launch(rec, None, true).await;
                 }
             }
+        }
+        if !finished.is_empty() {
+            let me = self.clone();
+            tokio::spawn(async move {
+                for id in finished {
+                    me.delete_inputs(&id).await;
+                }
+            });
         }
         Ok(())
     }
@@ -922,15 +931,11 @@ impl Coordinator {
     /// Deletes a finished job's staged inputs, retrying through store failures (for up to
     /// [`STORE_PATIENCE`]); a coordinator that stops first sweeps them when it resumes.
     async fn delete_inputs(&self, id: &str) {
-        let since = Instant::now();
-        let mut retry = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-        while let Err(e) = jobs::delete_inputs(&self.store, id).await {
-            if since.elapsed() >= STORE_PATIENCE {
-                tracing::warn!(job = %id, "cannot delete staged inputs: {e}; left for the next start");
-                return;
-            }
-            tracing::warn!(job = %id, "cannot delete staged inputs yet: {e}; retrying");
-            tokio::time::sleep(retry.next_delay()).await;
+        let deleted = patiently("deleting staged inputs", || {
+            jobs::delete_inputs(&self.store, id)
+        });
+        if let Err(e) = deleted.await {
+            tracing::warn!(job = %id, "cannot delete staged inputs: {e}; left for the next start");
         }
     }
 
