@@ -145,11 +145,7 @@ async fn teacher(args: TeacherBenchArgs) -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("the corpus is empty"))?;
     let texts: Vec<String> = shard.rows.iter().map(|r| r.text.clone()).collect();
     let dir = ModelDir::resolve(&args.teacher.teacher).await?;
-    let spec = args
-        .output
-        .request()?
-        .resolve(&dir)
-        .map_err(|(_, e)| anyhow::anyhow!(e))?;
+    let spec = args.output.request()?.resolve(&dir)?;
     let teacher = std::sync::Arc::new(args.teacher.load_dir(dir).await?);
     let shape = teacher.shape();
     let parameters = shape.parameters;

@@ -8,7 +8,8 @@
 
 use anyhow::Context;
 use clap::Args;
-use distill_coordinator::sched::{JobInfo, PlannedShard, PlannedStatus};
+use distill_coordinator::sched::{PlannedShard, PlannedStatus};
+use distill_coordinator::{JobRecord, JobSpec};
 use distill_proto::v1;
 use serde::Serialize;
 use std::io::BufRead;
@@ -81,25 +82,29 @@ pub async fn server(args: CoordServerArgs) -> anyhow::Result<()> {
             .finish()
     };
     coord.add_planned_job(
-        JobInfo {
-            id: "job-bench".into(),
-            teacher: "bench-teacher".into(),
-            teacher_fingerprint: fp(u64::MAX).to_string(),
-            output: "embeddings".into(),
-            dtype: "f32".into(),
-            output_spec: distill_cache::spec::OutputSpec::Embeddings {
+        JobRecord::new(
+            "job-bench".into(),
+            JobSpec {
+                corpus: distill_cache::corpus::CorpusSpec::new("bench.jsonl"),
+                teacher: "bench-teacher".into(),
+                store: coord.store().url.clone(),
+                output: "embeddings".into(),
+                dtype: "f32".into(),
+                top_k: 0,
+                samples: 0,
+                window: 0,
+                stride: 0,
+                prompt: None,
+                shard_size: 1000,
+                strict: false,
+                max_attempts: 3,
+            },
+            distill_cache::spec::OutputSpec::Embeddings {
                 dtype: distill_cache::spec::Dtype::F32,
             },
-            store: coord.store().url.clone(),
-            corpus: "bench.jsonl".into(),
-            format: String::new(),
-            text_field: "text".into(),
-            id_field: "id".into(),
-            shard_size: 1000,
-            strict: false,
-            output_fingerprint: fp(u64::MAX - 1).to_string(),
-            max_attempts: 3,
-        },
+            fp(u64::MAX).to_string(),
+            0,
+        ),
         (0..args.shards).map(|i| PlannedShard {
             index: i,
             fingerprint: fp(i),

@@ -12,7 +12,7 @@ use distill_cache::corpus::{CorpusSpec, Format};
 use distill_cache::format::OutputRequest;
 use distill_cache::model_dir::ModelDir;
 use distill_cache::spec::{Choice, Dtype, OutputKind, PromptSpec};
-use distill_coordinator::{JobSummary, Submission};
+use distill_coordinator::{JobSpec, JobSummary};
 use distill_proto::v1;
 use distill_teacher::{DeviceSpec, Teacher};
 use std::sync::Arc;
@@ -251,7 +251,7 @@ pub struct LabelArgs {
 impl LabelArgs {
     fn spec(&self) -> anyhow::Result<v1::JobSpec> {
         let request = self.output.request()?;
-        Ok(Submission {
+        Ok(JobSpec {
             corpus: self.corpus.spec(),
             teacher: self.teacher.teacher.clone(),
             store: self.store.clone().unwrap_or_default(),
@@ -345,7 +345,7 @@ pub async fn label(args: &LabelArgs, show_progress: bool) -> anyhow::Result<JobS
     let request = args.output.request()?;
     let dir = ModelDir::resolve(&args.teacher.teacher).await?;
     // Refuse a bad output request before loading anything.
-    request.resolve(&dir).map_err(|(_, e)| anyhow::anyhow!(e))?;
+    request.resolve(&dir)?;
     if let Some(p) = &request.prompt {
         distill_teacher::prompt::check(&dir, p)?;
     }

@@ -17,7 +17,7 @@
 
 use crate::fingerprint::Fingerprint;
 use crate::model_dir::TeacherInfo;
-use crate::spec::{Dtype, OutputKind, OutputSpec, PromptSpec, TopkSpec, DEFAULT_TOP_K};
+use crate::spec::{Dtype, OutputKind, OutputSpec, PromptSpec, SpecError, TopkSpec, DEFAULT_TOP_K};
 use crate::values::{self, OutputValues, Vectors};
 use crate::{CacheError, Result};
 use arrow_array::{ArrayRef, BooleanArray, Int32Array, RecordBatch, StringArray};
@@ -55,33 +55,17 @@ impl OutputRequest {
 
     /// The spec for a teacher, with defaults filled in (`top_k` 20, `window` the teacher's context,
     /// `stride` half the window). An error names the flag and what to do.
-    pub fn resolve(
-        &self,
-        teacher: &crate::model_dir::ModelDir,
-    ) -> Result<OutputSpec, (&'static str, String)> {
+    pub fn resolve(&self, teacher: &crate::model_dir::ModelDir) -> Result<OutputSpec, SpecError> {
         use crate::model_dir::Head;
         match (&teacher.head, &self.prompt) {
             (Head::CausalLm { .. }, Some(p)) => {
                 if self.kind != OutputKind::Logits {
-                    return Err((
-                        "output",
-                        "--prompt labels a task: use --output logits (or leave --output out)"
-                            .into(),
-                    ));
+                    return Err(SpecError::PromptNeedsLogits);
                 }
-                p.validate().map_err(|e| ("prompt", e))?;
+                p.validate()?;
             }
-            (_, Some(_)) => {
-                return Err((
-                    "prompt",
-                    format!(
-                    "teacher {} is not a causal language model: --prompt needs a decoder teacher",
-                    teacher.location
-                ),
-                ))
-            }
-            _ => crate::model_dir::check_output(&teacher.head, &teacher.location, self.kind)
-                .map_err(|e| ("output", e))?,
+            (_, Some(_)) => return Err(SpecError::PromptNeedsDecoder(teacher.location.clone())),
+            _ => crate::model_dir::check_output(&teacher.head, &teacher.location, self.kind)?,
         }
         if self.kind != OutputKind::TokenTopk {
             for (flag, v) in [
@@ -91,13 +75,7 @@ impl OutputRequest {
                 ("stride", self.stride),
             ] {
                 if v != 0 {
-                    return Err((
-                        flag,
-                        format!(
-                            "--{} applies to --output token-topk only",
-                            flag.replace('_', "-")
-                        ),
-                    ));
+                    return Err(SpecError::TopkOnly(flag));
                 }
             }
         }
@@ -115,13 +93,11 @@ impl OutputRequest {
                     self.window
                 };
                 if window > context {
-                    return Err((
-                        "window",
-                        format!(
-                        "--window {window} is longer than teacher {}'s context of {context} tokens",
-                        teacher.location
-                    ),
-                    ));
+                    return Err(SpecError::WindowTooLong {
+                        window,
+                        teacher: teacher.location.clone(),
+                        context: context as usize,
+                    });
                 }
                 let spec = TopkSpec {
                     dtype: self.dtype,
@@ -138,18 +114,8 @@ impl OutputRequest {
                         self.stride
                     },
                 };
-                spec.validate(teacher.vocab_size).map_err(|e| {
-                    let flag = if e.starts_with("--top-k") {
-                        "top_k"
-                    } else if e.starts_with("--window") {
-                        "window"
-                    } else if e.starts_with("--stride") {
-                        "stride"
-                    } else {
-                        "samples"
-                    };
-                    (flag, format!("teacher {}: {e}", teacher.location))
-                })?;
+                spec.validate(teacher.vocab_size)
+                    .map_err(|e| e.for_teacher(&teacher.location))?;
                 OutputSpec::TokenTopk(spec)
             }
         })

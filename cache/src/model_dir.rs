@@ -135,30 +135,30 @@ pub struct ModelDir {
 /// Compute dtype of the teacher's forward pass (part of its fingerprint).
 pub const COMPUTE_DTYPE: &str = "f32";
 
-/// Checks that a model with this head can produce an output kind; the message says what to do instead.
+/// Checks that a model with this head can produce an output kind; the error says what to do instead.
 pub fn check_output(
     head: &Head,
     source: &str,
     kind: crate::spec::OutputKind,
-) -> std::result::Result<(), String> {
+) -> std::result::Result<(), crate::spec::SpecError> {
     use crate::spec::OutputKind;
-    match (head, kind) {
+    let reason = match (head, kind) {
         (Head::Embedding { .. }, OutputKind::Embeddings)
         | (Head::Classifier { .. }, OutputKind::Logits)
-        | (Head::CausalLm { .. }, OutputKind::Embeddings | OutputKind::TokenTopk) => Ok(()),
-        (Head::Embedding { .. }, _) => Err(format!(
-            "teacher {source} is a sentence encoder without a classification head: use --output embeddings"
-        )),
-        (Head::Classifier { .. }, _) => Err(format!(
-            "teacher {source} is a sequence classifier: use --output logits"
-        )),
-        (Head::CausalLm { .. }, _) => Err(format!(
-            "teacher {source} is a causal language model: use --output token-topk or embeddings"
-        )),
-        (Head::Unknown, _) => Err(format!(
-            "teacher {source} has a head this distill does not know"
-        )),
-    }
+        | (Head::CausalLm { .. }, OutputKind::Embeddings | OutputKind::TokenTopk) => return Ok(()),
+        (Head::Embedding { .. }, _) => {
+            "is a sentence encoder without a classification head: use --output embeddings"
+        }
+        (Head::Classifier { .. }, _) => "is a sequence classifier: use --output logits",
+        (Head::CausalLm { .. }, _) => {
+            "is a causal language model: use --output token-topk or embeddings"
+        }
+        (Head::Unknown, _) => "has a head this distill does not know",
+    };
+    Err(crate::spec::SpecError::WrongOutput {
+        teacher: source.to_owned(),
+        reason,
+    })
 }
 
 /// The teacher's description stored with every cache entry (JSON in the shard metadata and in
@@ -384,8 +384,7 @@ impl ModelDir {
         })?;
         let json: serde_json::Value = serde_json::from_slice(&bytes)
             .map_err(|e| model_err(location, format!("tokenizer.json: invalid JSON: {e}")))?;
-        let canonical = CanonicalTokenizer::from_hf(&json)
-            .map_err(|e| model_err(location, format!("tokenizer.json: {e}")))?;
+        let canonical = CanonicalTokenizer::from_hf(location, &json)?;
         let tok_vocab = canonical.vocab.len();
         if tok_vocab > vocab_size {
             return Err(model_err(
@@ -744,8 +743,12 @@ impl CanonicalTokenizer {
         }
     }
 
-    /// From an HF `tokenizer.json` with a BPE model.
-    pub fn from_hf(json: &serde_json::Value) -> std::result::Result<Self, String> {
+    /// From an HF `tokenizer.json` with a BPE model (of the model at `location`, named in errors).
+    pub fn from_hf(location: &str, json: &serde_json::Value) -> Result<Self> {
+        Self::parse_hf(json).map_err(|e| model_err(location, format!("tokenizer.json: {e}")))
+    }
+
+    fn parse_hf(json: &serde_json::Value) -> std::result::Result<Self, String> {
         let model = &json["model"];
         let kind = model["type"].as_str().unwrap_or("BPE");
         if kind != "BPE" {

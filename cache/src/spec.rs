@@ -95,32 +95,103 @@ pub struct TopkSpec {
 
 impl TopkSpec {
     /// Checks the settings against a teacher's vocabulary; the message names the flag.
-    pub fn validate(&self, vocab_size: usize) -> Result<(), String> {
+    pub fn validate(&self, vocab_size: usize) -> Result<(), SpecError> {
         if self.top_k == 0 || self.top_k as usize > vocab_size {
-            return Err(format!(
-                "--top-k {} is out of range: it must be between 1 and the vocabulary size {vocab_size}",
-                self.top_k
-            ));
+            return Err(SpecError::TopK {
+                top_k: self.top_k,
+                vocab: vocab_size,
+            });
         }
         if self.window < 2 {
-            return Err(format!(
-                "--window {} is too small: at least 2 tokens",
-                self.window
-            ));
+            return Err(SpecError::WindowTooSmall(self.window));
         }
         if self.stride == 0 || self.stride > self.window {
-            return Err(format!(
-                "--stride {} is out of range: between 1 and the window {}",
-                self.stride, self.window
-            ));
+            return Err(SpecError::Stride {
+                stride: self.stride,
+                window: self.window,
+            });
         }
         if self.samples > u16::MAX as u32 {
-            return Err(format!(
-                "--samples {} is too large (at most 65535)",
-                self.samples
-            ));
+            return Err(SpecError::Samples(self.samples));
         }
         Ok(())
+    }
+}
+
+/// An output request or spec that cannot be used. Each names the request field it is about
+/// ([`SpecError::field`]: `top_k`, `window`, `prompt`, …) and says what to do in one line.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error(
+        "--top-k {top_k} is out of range: it must be between 1 and the vocabulary size {vocab}"
+    )]
+    TopK { top_k: u32, vocab: usize },
+    #[error("--window {0} is too small: at least 2 tokens")]
+    WindowTooSmall(u32),
+    #[error("--window {window} is longer than teacher {teacher}'s context of {context} tokens")]
+    WindowTooLong {
+        window: u32,
+        teacher: String,
+        context: usize,
+    },
+    #[error("--stride {stride} is out of range: between 1 and the window {window}")]
+    Stride { stride: u32, window: u32 },
+    #[error("--samples {0} is too large (at most 65535)")]
+    Samples(u32),
+    /// A `token-topk` setting given with another output (the field name).
+    #[error("--{} applies to --output token-topk only", .0.replace('_', "-"))]
+    TopkOnly(&'static str),
+    #[error("--prompt must contain {{text}} exactly once (it has it {0} times)")]
+    Placeholder(usize),
+    #[error("--choice: give at least two, as LABEL=CONTINUATION")]
+    TooFewChoices,
+    #[error("--choice {label}={continuation}: the label and the continuation must not be empty")]
+    EmptyChoice { label: String, continuation: String },
+    #[error("--choice: label {0:?} is given twice")]
+    DuplicateChoice(String),
+    #[error("--prompt labels a task: use --output logits (or leave --output out)")]
+    PromptNeedsLogits,
+    #[error("teacher {0} is not a causal language model: --prompt needs a decoder teacher")]
+    PromptNeedsDecoder(String),
+    /// The teacher's head cannot produce the output kind; `reason` says what it is and what to use.
+    #[error("teacher {teacher} {reason}")]
+    WrongOutput {
+        teacher: String,
+        reason: &'static str,
+    },
+    /// A setting out of range for this teacher.
+    #[error("teacher {teacher}: {inner}")]
+    ForTeacher {
+        teacher: String,
+        inner: Box<SpecError>,
+    },
+}
+
+impl SpecError {
+    /// The request field (and wire field) the error is about.
+    pub fn field(&self) -> &'static str {
+        match self {
+            Self::TopK { .. } => "top_k",
+            Self::WindowTooSmall(_) | Self::WindowTooLong { .. } => "window",
+            Self::Stride { .. } => "stride",
+            Self::Samples(_) => "samples",
+            Self::TopkOnly(field) => field,
+            Self::Placeholder(_)
+            | Self::TooFewChoices
+            | Self::EmptyChoice { .. }
+            | Self::DuplicateChoice(_)
+            | Self::PromptNeedsDecoder(_) => "prompt",
+            Self::PromptNeedsLogits | Self::WrongOutput { .. } => "output",
+            Self::ForTeacher { inner, .. } => inner.field(),
+        }
+    }
+
+    /// This error for a named teacher.
+    pub fn for_teacher(self, teacher: &str) -> Self {
+        Self::ForTeacher {
+            teacher: teacher.to_owned(),
+            inner: Box::new(self),
+        }
     }
 }
 
@@ -153,26 +224,24 @@ pub struct Choice {
 
 impl PromptSpec {
     /// Checks what can be checked without a tokenizer; the message names the flag.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.template.matches("{text}").count() != 1 {
-            return Err(format!(
-                "--prompt must contain {{text}} exactly once (it has it {} times)",
-                self.template.matches("{text}").count()
-            ));
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let placeholders = self.template.matches("{text}").count();
+        if placeholders != 1 {
+            return Err(SpecError::Placeholder(placeholders));
         }
         if self.choices.len() < 2 {
-            return Err("--choice: give at least two, as LABEL=CONTINUATION".into());
+            return Err(SpecError::TooFewChoices);
         }
         let mut seen = std::collections::HashSet::new();
         for c in &self.choices {
             if c.label.trim().is_empty() || c.continuation.is_empty() {
-                return Err(format!(
-                    "--choice {}={}: the label and the continuation must not be empty",
-                    c.label, c.continuation
-                ));
+                return Err(SpecError::EmptyChoice {
+                    label: c.label.clone(),
+                    continuation: c.continuation.clone(),
+                });
             }
             if !seen.insert(&c.label) {
-                return Err(format!("--choice: label {:?} is given twice", c.label));
+                return Err(SpecError::DuplicateChoice(c.label.clone()));
             }
         }
         Ok(())

@@ -11,7 +11,8 @@
 //! - [`service`]: the coordinator — scheduler behind a lock, planners, store writes, restart resume;
 //! - [`server`]: gRPC services, health, reflection, auth, TLS;
 //! - [`metrics`]: the Prometheus page;
-//! - [`records`]: the job and result records kept in the store;
+//! - [`job`]: the job spec, one shape from submission (and the wire) to record and lease;
+//! - [`records`]: the result records kept in the store;
 //! - [`ledger`]: the job summary printed by clients;
 //! - [`wire`]: every conversion between these types and the `distill.v1` messages.
 //!
@@ -19,6 +20,7 @@
 //! exactly when its Parquet file is committed (by a worker's conditional put); a restarted coordinator
 //! re-plans each unfinished job and finds them.
 
+pub mod job;
 pub mod ledger;
 pub mod metrics;
 pub mod records;
@@ -27,5 +29,6 @@ pub mod server;
 pub mod service;
 pub mod wire;
 
+pub use job::{JobRecord, JobSpec};
 pub use ledger::JobSummary;
-pub use service::{Coordinator, Settings, Submission};
+pub use service::{Coordinator, Settings};

@@ -2,8 +2,9 @@
 //! standard health service (for probes: it answers without a token) and server reflection (v1 and
 //! v1alpha, so `grpcurl` can list and call every method), token auth and optional TLS.
 
+use crate::job::JobSpec;
 use crate::sched::{Held, JobView, Refusal, ShardStats};
-use crate::service::{Coordinator, Submission};
+use crate::service::Coordinator;
 use crate::wire::{job_to_wire, lease_to_wire};
 use distill_proto::auth::CheckToken;
 use distill_proto::v1;
@@ -134,7 +135,7 @@ impl JobService for Jobs {
             .into_inner()
             .spec
             .ok_or_else(|| Status::invalid_argument("spec: missing"))?;
-        let submission = Submission::from_wire(spec)?;
+        let submission = JobSpec::from_wire(spec)?;
         let view = self.0.submit(submission).await?;
         Ok(Response::new(v1::SubmitJobResponse {
             job: Some(wire(&self.0, view)),

@@ -1,14 +1,15 @@
 //! The coordinator: the [`Scheduler`] behind a lock, the planners that feed it, and the store writes its
 //! effects call for. The gRPC handlers ([`crate::server`]) are thin calls into this.
 
-use crate::records::{unix_ms, JobRecord, ResultRecord};
+use crate::job::{JobRecord, JobSpec};
+use crate::records::{unix_ms, ResultRecord};
 use crate::sched::{
-    Config, Effect, FailedShard, Held, JobInfo, JobState, JobView, PlannedShard, PlannedStatus,
-    Refusal, Scheduler, ShardStats, FIRST_REJECTS,
+    Config, Effect, FailedShard, Held, JobState, JobView, PlannedShard, PlannedStatus, Refusal,
+    Scheduler, ShardStats, FIRST_REJECTS,
 };
 use distill_cache::catalog::{self, CorpusManifest, ManifestShard};
 use distill_cache::commit;
-use distill_cache::corpus::{CorpusReader, CorpusSpec, Format};
+use distill_cache::corpus::{CorpusReader, Format};
 use distill_cache::format::OutputRequest;
 use distill_cache::jobs;
 use distill_cache::layout::{self, ShardKey};
@@ -44,26 +45,6 @@ impl Default for Settings {
             store_lease: None,
         }
     }
-}
-
-/// A job submission, in domain types (validated by [`Coordinator::submit`]).
-#[derive(Clone, Debug)]
-pub struct Submission {
-    pub corpus: CorpusSpec,
-    pub teacher: String,
-    pub store: String,
-    pub output: String,
-    pub dtype: String,
-    /// `token-topk` settings (0: the defaults; see [`OutputRequest`]).
-    pub top_k: u32,
-    pub samples: u32,
-    pub window: u32,
-    pub stride: u32,
-    /// Decoder logits: the prompt.
-    pub prompt: Option<distill_cache::spec::PromptSpec>,
-    pub shard_size: u64,
-    pub strict: bool,
-    pub max_attempts: u32,
 }
 
 /// A refused submission or call, with the gRPC code it maps to.
@@ -108,6 +89,26 @@ pub const STORE_REFUSALS: u32 = 5;
 
 /// Failed probes in a row before a store counts as out of reach (the coordinator not ready).
 const PROBE_MISSES: u32 = 3;
+
+/// Why planning a job failed (recorded as the job's error).
+#[derive(Debug, thiserror::Error)]
+enum PlanError {
+    #[error(transparent)]
+    Cache(#[from] distill_cache::CacheError),
+    #[error("{0}: this cached shard is damaged; delete it and run the job again to relabel it")]
+    Damaged(distill_cache::CacheError),
+    #[error("corpus {corpus}, {locator} {line}: {reason} (run without --strict to record it as a reject and go on)")]
+    Strict {
+        corpus: String,
+        locator: &'static str,
+        line: u64,
+        reason: String,
+    },
+    #[error("job record {job}: bad fingerprint {value:?}")]
+    BadFingerprint { job: String, value: String },
+    #[error("failed-shard record {0} vanished")]
+    FailedRecordVanished(u64),
+}
 
 fn invalid(field: &str, reason: impl std::fmt::Display) -> Refusal {
     Refusal::InvalidArgument(format!("{field}: {reason}"))
@@ -433,7 +434,7 @@ impl Coordinator {
             if cancelled {
                 // Cancelled, but the coordinator stopped before recording the result: end it now.
                 let id = rec.job_id.clone();
-                self.sched().add_job(info_of(&rec), Instant::now());
+                self.sched().add_job(rec, Instant::now());
                 let effects = self.sched().cancel(&id, Instant::now()).unwrap_or_default();
                 self.apply(effects);
                 continue;
@@ -441,7 +442,7 @@ impl Coordinator {
             match result {
                 Some(r) => {
                     let view = JobView {
-                        info: info_of(&rec),
+                        info: rec.clone(),
                         state: r.state,
                         error: r.error,
                         planned: true,
@@ -453,7 +454,6 @@ impl Coordinator {
                         reject_files: r.reject_files,
                         first_rejects: r.first_rejects,
                         manifest: r.manifest,
-                        created_unix_ms: rec.created_unix_ms,
                         finished_unix_ms: r.finished_unix_ms,
                     };
                     self.sched().add_finished_job(view, Instant::now());
@@ -479,7 +479,7 @@ impl Coordinator {
     // ---- jobs ----------------------------------------------------------------------------------
 
     /// Validates a submission, records it and starts planning it.
-    pub async fn submit(self: &Arc<Self>, s: Submission) -> CallResult<JobView> {
+    pub async fn submit(self: &Arc<Self>, mut s: JobSpec) -> CallResult<JobView> {
         self.check_ready()?;
         if s.shard_size == 0 {
             return Err(invalid(
@@ -522,9 +522,7 @@ impl Coordinator {
         let dir = ModelDir::resolve(&s.teacher)
             .await
             .map_err(|e| invalid("teacher", e))?;
-        let spec = request
-            .resolve(&dir)
-            .map_err(|(field, e)| invalid(field, e))?;
+        let spec = request.resolve(&dir).map_err(|e| invalid(e.field(), e))?;
         if let Some(p) = &request.prompt {
             let (d, p) = (dir.clone(), p.clone());
             tokio::task::spawn_blocking(move || distill_teacher::prompt::check(&d, &p))
@@ -548,26 +546,12 @@ impl Coordinator {
         // One submission at a time from here, so that two identical ones cannot both start.
         let _one = self.submitting.lock().await;
         let id = format!("job-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        let rec = JobRecord {
-            job_id: id.clone(),
-            corpus: s.corpus,
-            teacher: s.teacher,
-            store: self.store.url.clone(),
-            output: s.output,
-            dtype: s.dtype,
-            output_spec: Some(spec.clone()),
-            shard_size: s.shard_size,
-            strict: s.strict,
-            max_attempts: if s.max_attempts == 0 {
-                self.settings.sched.max_attempts
-            } else {
-                s.max_attempts
-            },
-            teacher_fingerprint: teacher_fp.to_string(),
-            output_fingerprint: spec.fingerprint().to_string(),
-            created_unix_ms: unix_ms(),
-        };
-        let twin = self.sched().running_twin(&info_of(&rec));
+        s.store = self.store.url.clone();
+        if s.max_attempts == 0 {
+            s.max_attempts = self.settings.sched.max_attempts;
+        }
+        let rec = JobRecord::new(id.clone(), s, spec, teacher_fp.to_string(), unix_ms());
+        let twin = self.sched().running_twin(&rec);
         if let Some(twin) = twin {
             tracing::info!(job = %twin, "the same work is running: attached to it");
             return self.view(&twin);
@@ -575,7 +559,7 @@ impl Coordinator {
         jobs::create_json(&self.store, &jobs::job_path(&id), &rec)
             .await
             .map_err(|e| Refusal::Unavailable(e.to_string()))?;
-        tracing::info!(job = %id, corpus = %rec.corpus.url, teacher = %rec.teacher, "job accepted");
+        tracing::info!(job = %id, corpus = %rec.spec.corpus.url, teacher = %rec.spec.teacher, "job accepted");
         self.launch(rec, Some(reader), false).await;
         self.view(&id)
     }
@@ -586,8 +570,7 @@ impl Coordinator {
         let started = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
         {
             let mut s = self.sched();
-            s.add_job(info_of(&rec), started);
-            s.set_created(&rec.job_id, rec.created_unix_ms);
+            s.add_job(rec.clone(), started);
         }
         let permits = Arc::new(Semaphore::new(self.settings.plan_ahead.max(1)));
         self.staging
@@ -597,7 +580,10 @@ impl Coordinator {
         let me = self.clone();
         tokio::spawn(async move {
             let id = rec.job_id.clone();
-            let result = me.plan(&rec, reader, resumed, permits).await;
+            let result = me
+                .plan(&rec, reader, resumed, permits)
+                .await
+                .map_err(|e| e.to_string());
             if let Err(e) = &result {
                 tracing::error!(job = %id, "planning failed: {e}");
             }
@@ -613,29 +599,29 @@ impl Coordinator {
         reader: Option<CorpusReader>,
         resumed: bool,
         permits: Arc<Semaphore>,
-    ) -> Result<(), String> {
+    ) -> Result<(), PlanError> {
         let store = &self.store;
         let mut reader = match reader {
             Some(r) => r,
-            None => CorpusReader::open(&rec.corpus)
-                .await
-                .map_err(|e| e.to_string())?,
+            None => CorpusReader::open(&rec.spec.corpus).await?,
         };
         let id = rec.job_id.as_str();
         self.sched().set_progress_total(id, reader.total());
         let locator = reader.locator();
         let parse = |s: &str| {
-            distill_cache::fingerprint::Fingerprint::parse(s)
-                .ok_or_else(|| format!("job record {id}: bad fingerprint {s:?}"))
+            distill_cache::fingerprint::Fingerprint::parse(s).ok_or_else(|| {
+                PlanError::BadFingerprint {
+                    job: id.to_owned(),
+                    value: s.to_owned(),
+                }
+            })
         };
         let (teacher, output) = (
             parse(&rec.teacher_fingerprint)?,
             parse(&rec.output_fingerprint)?,
         );
         let failed_before: Vec<u64> = if resumed {
-            patiently("reading failed shards", || jobs::failed_shards(store, id))
-                .await
-                .map_err(|e| e.to_string())?
+            patiently("reading failed shards", || jobs::failed_shards(store, id)).await?
         } else {
             Vec::new()
         };
@@ -645,17 +631,19 @@ impl Coordinator {
             if !self.sched().is_running(id) {
                 return Ok(());
             }
-            let shard = match reader.next_shard(rec.shard_size as usize).await {
+            let shard = match reader.next_shard(rec.spec.shard_size as usize).await {
                 Ok(Some(s)) => s,
                 Ok(None) => break,
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(e.into()),
             };
-            if rec.strict {
+            if rec.spec.strict {
                 if let Some(r) = shard.rejects.first() {
-                    return Err(format!(
-                        "corpus {}, {locator} {}: {} (run without --strict to record it as a reject and go on)",
-                        rec.corpus.url, r.line, r.reason
-                    ));
+                    return Err(PlanError::Strict {
+                        corpus: rec.spec.corpus.url.clone(),
+                        locator,
+                        line: r.line,
+                        reason: r.reason.clone(),
+                    });
                 }
             }
             let key = ShardKey {
@@ -669,12 +657,9 @@ impl Coordinator {
                 .await
                 .map_err(|e| match e {
                     distill_cache::CacheError::Parquet { .. }
-                    | distill_cache::CacheError::Shard { .. } => format!(
-                        "{e}: this cached shard is damaged; delete it and run the job again to relabel it"
-                    ),
-                    e => e.to_string(),
-                })?
-            {
+                    | distill_cache::CacheError::Shard { .. } => PlanError::Damaged(e),
+                    e => e.into(),
+                })? {
                 Some((meta, size)) if resumed && meta.created_unix >= created_s => {
                     PlannedStatus::DoneEarlier(ShardStats {
                         rows: meta.rows,
@@ -693,13 +678,10 @@ impl Coordinator {
                     let path = jobs::failed_path(id, shard.index);
                     let f: Option<FailedShard> =
                         patiently("reading a failed shard", || jobs::read_json(store, &path))
-                            .await
-                            .map_err(|e| e.to_string())?;
+                            .await?;
                     match f {
                         Some(f) => PlannedStatus::FailedEarlier(f),
-                        None => {
-                            return Err(format!("failed-shard record {} vanished", shard.index))
-                        }
+                        None => return Err(PlanError::FailedRecordVanished(shard.index)),
                     }
                 }
                 None => {
@@ -708,9 +690,7 @@ impl Coordinator {
                         Ok(p) => p.forget(),
                         Err(_) => return Ok(()), // job ended
                     }
-                    patiently("staging a shard", || jobs::write_input(store, id, &shard))
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    patiently("staging a shard", || jobs::write_input(store, id, &shard)).await?;
                     if !self.sched().is_running(id) {
                         // Cancelled while this input was written: it must not outlive the job.
                         let _ = jobs::delete_rel(store, &jobs::input_path(id, shard.index)).await;
@@ -732,8 +712,8 @@ impl Coordinator {
                     .iter()
                     .take(FIRST_REJECTS)
                     .map(|r| match locator {
-                        "line" => format!("{}:{}: {}", rec.corpus.url, r.line, r.reason),
-                        _ => format!("{} {locator} {}: {}", rec.corpus.url, r.line, r.reason),
+                        "line" => format!("{}:{}: {}", rec.spec.corpus.url, r.line, r.reason),
+                        _ => format!("{} {locator} {}: {}", rec.spec.corpus.url, r.line, r.reason),
                     })
                     .collect(),
                 status,
@@ -745,8 +725,8 @@ impl Coordinator {
 
     /// Adds a job whose shards are already planned, without reading a corpus or writing records:
     /// for benchmarks of the scheduling path (`distill bench coordinator`).
-    pub fn add_planned_job(&self, info: JobInfo, shards: impl Iterator<Item = PlannedShard>) {
-        let id = info.id.clone();
+    pub fn add_planned_job(&self, info: JobRecord, shards: impl Iterator<Item = PlannedShard>) {
+        let id = info.job_id.clone();
         let mut s = self.sched();
         s.add_job(info, Instant::now());
         for p in shards {
@@ -940,24 +920,18 @@ impl Coordinator {
     }
 
     async fn write_manifest(&self, id: &str) -> Result<String, Finalize> {
-        let (info, shards, view) = {
+        let (rec, shards, view) = {
             let s = self.sched();
             let vanished = || Finalize::Invalid("job vanished".into());
-            let info = s.job_info(id).cloned().ok_or_else(vanished)?;
-            (info, s.shard_list(id), s.view(id).map_err(|_| vanished())?)
+            let rec = s.job_info(id).cloned().ok_or_else(vanished)?;
+            (rec, s.shard_list(id), s.view(id).map_err(|_| vanished())?)
         };
-        let rec: JobRecord = jobs::read_json(&self.store, &jobs::job_path(id))
-            .await
-            .map_err(Finalize::store)?
-            .ok_or_else(|| {
-                Finalize::Invalid(format!("job record {} is missing", jobs::job_path(id)))
-            })?;
         let parse = |s: &str| {
             distill_cache::fingerprint::Fingerprint::parse(s)
                 .ok_or_else(|| Finalize::Invalid(format!("bad fingerprint {s:?}")))
         };
         let (teacher, output) = (
-            parse(&info.teacher_fingerprint)?,
+            parse(&rec.teacher_fingerprint)?,
             parse(&rec.output_fingerprint)?,
         );
         // Every shard must be committed: one listing of the output's shards.
@@ -991,9 +965,9 @@ impl Coordinator {
             .collect();
         let manifest = CorpusManifest {
             schema_version: distill_cache::SCHEMA_VERSION,
-            corpus_fingerprint: catalog::corpus_fingerprint(rec.shard_size, &manifest_shards),
-            corpus: rec.corpus.url.clone(),
-            shard_size: rec.shard_size,
+            corpus_fingerprint: catalog::corpus_fingerprint(rec.spec.shard_size, &manifest_shards),
+            corpus: rec.spec.corpus.url.clone(),
+            shard_size: rec.spec.shard_size,
             teacher,
             output,
             rows: view.ledger.rows,
@@ -1042,30 +1016,6 @@ where
             }
             r => return r,
         }
-    }
-}
-
-fn info_of(rec: &JobRecord) -> JobInfo {
-    JobInfo {
-        id: rec.job_id.clone(),
-        teacher: rec.teacher.clone(),
-        teacher_fingerprint: rec.teacher_fingerprint.clone(),
-        output: rec.output.clone(),
-        dtype: rec.dtype.clone(),
-        output_spec: rec.spec(),
-        store: rec.store.clone(),
-        corpus: rec.corpus.url.clone(),
-        format: rec
-            .corpus
-            .format
-            .map(|f| f.name().to_owned())
-            .unwrap_or_default(),
-        text_field: rec.corpus.text_field.clone(),
-        id_field: rec.corpus.id_field.clone(),
-        shard_size: rec.shard_size,
-        strict: rec.strict,
-        output_fingerprint: rec.output_fingerprint.clone(),
-        max_attempts: rec.max_attempts,
     }
 }
 

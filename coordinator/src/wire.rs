@@ -3,19 +3,20 @@
 //! job states (proto enums, never text), prompts and shard reports. The ledger needs none: it is the
 //! wire message itself ([`crate::sched::Ledger`]).
 
+use crate::job::{JobRecord, JobSpec};
 use crate::ledger::{FailedShardSummary, JobSummary};
-use crate::sched::{Grant, Held, JobInfo, JobState, JobView, ShardStats};
-use crate::service::{parse_format, CallResult, Submission};
+use crate::sched::{Grant, Held, JobState, JobView, ShardStats};
+use crate::service::{parse_format, CallResult};
 use distill_cache::corpus::CorpusSpec;
 use distill_proto::v1;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-impl Submission {
+impl JobSpec {
     /// A submission from a `SubmitJob` spec (empty strings take the documented defaults).
     pub fn from_wire(spec: v1::JobSpec) -> CallResult<Self> {
         let corpus = spec.corpus.unwrap_or_default();
         let or = |s: String, d: &str| if s.is_empty() { d.to_owned() } else { s };
-        Ok(Submission {
+        Ok(JobSpec {
             corpus: CorpusSpec {
                 url: corpus.url,
                 format: parse_format(&corpus.format)?,
@@ -189,37 +190,23 @@ pub fn prompt_to_wire(p: &distill_cache::spec::PromptSpec) -> v1::Prompt {
 pub fn job_to_wire(v: JobView, store: &str) -> v1::Job {
     let l = v.ledger;
     let info = &v.info;
-    let topk = match &info.output_spec {
+    let output = info.output_spec();
+    let topk = match &output {
         distill_cache::spec::OutputSpec::TokenTopk(t) => Some(*t),
         _ => None,
     };
+    let mut spec = info.spec.clone();
+    spec.store = store.to_owned();
+    if let Some(t) = topk {
+        (spec.top_k, spec.samples, spec.window, spec.stride) =
+            (t.top_k, t.samples, t.window, t.stride);
+    }
+    if let distill_cache::spec::OutputSpec::Logits { prompt, .. } = &output {
+        spec.prompt = prompt.as_deref().cloned();
+    }
     v1::Job {
-        job_id: info.id.clone(),
-        spec: Some(v1::JobSpec {
-            corpus: Some(v1::CorpusSpec {
-                url: info.corpus.clone(),
-                format: info.format.clone(),
-                text_field: info.text_field.clone(),
-                id_field: info.id_field.clone(),
-            }),
-            teacher: info.teacher.clone(),
-            store: store.to_owned(),
-            output: info.output.clone(),
-            dtype: info.dtype.clone(),
-            shard_size: info.shard_size,
-            strict: info.strict,
-            max_attempts: info.max_attempts,
-            top_k: topk.map(|t| t.top_k).unwrap_or(0),
-            samples: topk.map(|t| t.samples).unwrap_or(0),
-            window: topk.map(|t| t.window).unwrap_or(0),
-            stride: topk.map(|t| t.stride).unwrap_or(0),
-            prompt: match &info.output_spec {
-                distill_cache::spec::OutputSpec::Logits {
-                    prompt: Some(p), ..
-                } => Some(prompt_to_wire(p)),
-                _ => None,
-            },
-        }),
+        job_id: info.job_id.clone(),
+        spec: Some(spec.to_wire()),
         state: state_to_wire(v.state) as i32,
         teacher_fingerprint: v.info.teacher_fingerprint.clone(),
         output_fingerprint: v.info.output_fingerprint.clone(),
@@ -241,7 +228,7 @@ pub fn job_to_wire(v: JobView, store: &str) -> v1::Job {
         shards_leased: v.leased,
         shards_done: v.done,
         manifest: v.manifest.unwrap_or_default(),
-        created_unix_ms: v.created_unix_ms,
+        created_unix_ms: v.info.created_unix_ms,
         finished_unix_ms: v.finished_unix_ms,
         reject_files: v.reject_files.into_iter().take(WIRE_LIST_LIMIT).collect(),
         first_rejects: v.first_rejects,
@@ -264,22 +251,22 @@ impl Held {
 }
 
 /// A granted lease as the worker receives it: the shard and everything needed to label it.
-pub fn lease_to_wire(g: Grant, info: &JobInfo) -> v1::ShardLease {
+pub fn lease_to_wire(g: Grant, info: &JobRecord) -> v1::ShardLease {
     v1::ShardLease {
         lease_id: g.lease_id,
         job_id: g.job,
         shard_index: g.index,
         shard_fingerprint: g.fingerprint.to_string(),
-        teacher: info.teacher.clone(),
+        teacher: info.spec.teacher.clone(),
         teacher_fingerprint: info.teacher_fingerprint.clone(),
-        output: info.output.clone(),
-        dtype: info.dtype.clone(),
-        store: info.store.clone(),
+        output: info.spec.output.clone(),
+        dtype: info.spec.dtype.clone(),
+        store: info.spec.store.clone(),
         input: g.input,
-        corpus: info.corpus.clone(),
+        corpus: info.spec.corpus.url.clone(),
         deadline_unix_ms: unix_ms(g.deadline),
         speculative: g.speculative,
         attempt: g.attempt,
-        output_spec: serde_json::to_string(&info.output_spec).expect("serialisable"),
+        output_spec: serde_json::to_string(&info.output_spec()).expect("serialisable"),
     }
 }

@@ -20,6 +20,9 @@ pub enum TeacherError {
 
     #[error(transparent)]
     Cache(#[from] distill_cache::CacheError),
+
+    #[error(transparent)]
+    Spec(#[from] distill_cache::spec::SpecError),
 }
 
 pub type Result<T, E = TeacherError> = std::result::Result<T, E>;

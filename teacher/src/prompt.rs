@@ -104,7 +104,7 @@ pub fn resolve(
     chat_template: Option<&str>,
     context: usize,
 ) -> Result<PromptTokens> {
-    spec.validate().map_err(TeacherError::Config)?;
+    spec.validate()?;
     let full = render(spec, tok, chat_template)?;
     let (before, after) = full.split_once("{text}").expect("validated: {text} once");
     let trimmed = before.trim_end_matches(' ');

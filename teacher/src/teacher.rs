@@ -22,7 +22,7 @@ use crate::tokenizer::{Encoded, TextTokenizer};
 use crate::{Result, TeacherError};
 use candle_core::{Device, Tensor};
 use distill_cache::model_dir::{Family, Head, ModelDir, ModelFormat, TeacherInfo};
-use distill_cache::spec::{OutputSpec, PromptSpec, TopkSpec};
+use distill_cache::spec::{OutputSpec, PromptSpec, SpecError, TopkSpec};
 use distill_cache::values::{OutputValues, Samples, TokenTopk, Vectors};
 use rayon::prelude::*;
 use std::time::Instant;
@@ -235,25 +235,23 @@ impl Teacher {
         } = spec
         {
             if !matches!(self.head, Head::CausalLm { .. }) {
-                return Err(TeacherError::Config(format!(
-                    "teacher {} is not a causal language model: --prompt needs a decoder teacher",
-                    self.info.source
-                )));
+                return Err(SpecError::PromptNeedsDecoder(self.info.source.clone()).into());
             }
             self.prompt_tokens(p)?;
             return Ok(());
         }
-        distill_cache::model_dir::check_output(&self.info.head, &self.info.source, kind)
-            .map_err(TeacherError::Config)?;
+        distill_cache::model_dir::check_output(&self.info.head, &self.info.source, kind)?;
         if let OutputSpec::TokenTopk(t) = spec {
             let vocab = self.model.shape().vocab;
             t.validate(vocab)
-                .map_err(|e| TeacherError::Config(format!("teacher {}: {e}", self.info.source)))?;
+                .map_err(|e| e.for_teacher(&self.info.source))?;
             if t.window as usize > self.info.max_seq_length {
-                return Err(TeacherError::Config(format!(
-                    "--window {} is longer than teacher {}'s context of {} tokens",
-                    t.window, self.info.source, self.info.max_seq_length
-                )));
+                return Err(SpecError::WindowTooLong {
+                    window: t.window,
+                    teacher: self.info.source.clone(),
+                    context: self.info.max_seq_length,
+                }
+                .into());
             }
         }
         Ok(())

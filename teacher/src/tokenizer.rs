@@ -331,7 +331,7 @@ mod tests {
                 let t = TextTokenizer::gguf("tiny", &g).unwrap();
                 let json: serde_json::Value =
                     serde_json::from_str(&t.inner().to_string(false).unwrap()).unwrap();
-                let from_json = CanonicalTokenizer::from_hf(&json).unwrap();
+                let from_json = CanonicalTokenizer::from_hf("test", &json).unwrap();
                 let from_gguf = CanonicalTokenizer::from_gguf(&g);
                 assert_eq!(from_json, from_gguf, "{pre} bos {add_bos}");
                 // And the exported file tokenizes as the GGUF tokenizer does.

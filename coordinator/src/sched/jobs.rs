@@ -5,10 +5,10 @@ use super::*;
 
 impl Scheduler {
     /// Adds a running job (its shards arrive through [`Scheduler::add_shard`]).
-    pub fn add_job(&mut self, info: JobInfo, now: Instant) {
+    pub fn add_job(&mut self, info: JobRecord, now: Instant) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.job_ids.insert(info.id.clone(), seq);
+        self.job_ids.insert(info.job_id.clone(), seq);
         self.jobs.insert(
             seq,
             Job {
@@ -32,7 +32,6 @@ impl Scheduler {
                 started: now,
                 wall_seconds: None,
                 manifest: None,
-                created_unix_ms: 0,
                 finished_unix_ms: 0,
             },
         );
@@ -53,7 +52,6 @@ impl Scheduler {
         job.first_rejects = view.first_rejects;
         job.wall_seconds = Some(wall);
         job.manifest = view.manifest;
-        job.created_unix_ms = view.created_unix_ms;
         job.finished_unix_ms = view.finished_unix_ms;
     }
 
@@ -69,34 +67,13 @@ impl Scheduler {
         self.job_ids.contains_key(id)
     }
 
-    /// A running job with the same work as `probe` (corpus and how it is read, teacher, output,
-    /// shard size, strictness): a resubmission attaches to it instead of starting a twin.
-    pub fn running_twin(&self, probe: &JobInfo) -> Option<String> {
-        let same = |a: &JobInfo| {
-            (
-                &a.corpus,
-                &a.format,
-                &a.text_field,
-                &a.id_field,
-                &a.teacher_fingerprint,
-                &a.output_fingerprint,
-                a.shard_size,
-                a.strict,
-            ) == (
-                &probe.corpus,
-                &probe.format,
-                &probe.text_field,
-                &probe.id_field,
-                &probe.teacher_fingerprint,
-                &probe.output_fingerprint,
-                probe.shard_size,
-                probe.strict,
-            )
-        };
+    /// A running job with the same work as `probe` ([`JobRecord::same_work`]): a resubmission
+    /// attaches to it instead of starting a twin.
+    pub fn running_twin(&self, probe: &JobRecord) -> Option<String> {
         self.jobs
             .values()
-            .find(|j| j.state == JobState::Running && same(&j.info))
-            .map(|j| j.info.id.clone())
+            .find(|j| j.state == JobState::Running && j.info.same_work(probe))
+            .map(|j| j.info.job_id.clone())
     }
 
     /// Whether the job is still accepting planned shards.
@@ -262,12 +239,6 @@ impl Scheduler {
     }
 
     /// Records when a job was created (wall clock, for clients).
-    pub fn set_created(&mut self, id: &str, unix_ms: i64) {
-        if let Some(job) = self.job_ids.get(id).and_then(|s| self.jobs.get_mut(s)) {
-            job.created_unix_ms = unix_ms;
-        }
-    }
-
     /// Marks a finalized job's final state (after verification and manifest writing).
     pub fn finalized(
         &mut self,
@@ -300,7 +271,7 @@ impl Scheduler {
             job.finalizing = true;
             job.wall_seconds = Some(job.started.elapsed().as_secs_f64());
             return vec![Effect::Finalize {
-                job: job.info.id.clone(),
+                job: job.info.job_id.clone(),
             }];
         }
         vec![]
@@ -354,7 +325,6 @@ impl Scheduler {
             reject_files: j.reject_files.clone(),
             first_rejects: j.first_rejects.clone(),
             manifest: j.manifest.clone(),
-            created_unix_ms: j.created_unix_ms,
             finished_unix_ms: j.finished_unix_ms,
         }
     }
@@ -362,7 +332,7 @@ impl Scheduler {
     // ---- workers -------------------------------------------------------------------------------
 
     /// The job a grant belongs to (for building the wire lease).
-    pub fn job_info(&self, id: &str) -> Option<&JobInfo> {
+    pub fn job_info(&self, id: &str) -> Option<&JobRecord> {
         self.job_ids
             .get(id)
             .and_then(|s| self.jobs.get(s))

@@ -129,10 +129,10 @@ impl Scheduler {
         }
         let grant = Grant {
             lease_id,
-            job: job.info.id.clone(),
+            job: job.info.job_id.clone(),
             index: index as u64,
             fingerprint: slot.fingerprint.clone(),
-            input: distill_cache::jobs::input_path(&job.info.id, index as u64),
+            input: distill_cache::jobs::input_path(&job.info.job_id, index as u64),
             speculative,
             attempt: slot.failures + 1,
             deadline,
@@ -214,7 +214,7 @@ impl Scheduler {
                     .unwrap_or_else(|| " and the shard was given to another worker".into());
                 Err(Refusal::FailedPrecondition(format!(
                     "lease {lease_id} on shard {index} of job {} expired {:.1} s ago (no heartbeat within the lease time){by}; this report is discarded (the cache keeps exactly one copy of the shard)",
-                    job.info.id,
+                    job.info.job_id,
                     now.duration_since(at).as_secs_f64()
                 )))
             }
@@ -259,7 +259,7 @@ impl Scheduler {
             self.counters.teacher_seconds += stats.device_seconds;
         }
         let mut effects = vec![Effect::DeleteInput {
-            job: job.info.id.clone(),
+            job: job.info.job_id.clone(),
             index: index as u64,
         }];
         for s in siblings {
@@ -314,7 +314,7 @@ impl Scheduler {
         now: Instant,
     ) -> (bool, Vec<Effect>) {
         let job = self.jobs.get_mut(&seq).expect("indexed");
-        let max = job.info.max_attempts;
+        let max = job.info.spec.max_attempts;
         let slot = &mut job.slots[index as usize];
         if slot.state != SlotState::Leased {
             return (false, vec![]);
@@ -338,7 +338,7 @@ impl Scheduler {
             job.failed.push(f.clone());
             self.counters.shards_failed += 1;
             let mut effects = vec![Effect::RecordFailed {
-                job: job.info.id.clone(),
+                job: job.info.job_id.clone(),
                 shard: f,
             }];
             effects.extend(self.maybe_finish(seq));

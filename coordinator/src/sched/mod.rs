@@ -152,25 +152,7 @@ pub enum PlannedStatus {
     FailedEarlier(FailedShard),
 }
 
-/// What the job needs to hand out leases; fixed at submission.
-#[derive(Clone, Debug)]
-pub struct JobInfo {
-    pub id: String,
-    pub teacher: String,
-    pub teacher_fingerprint: String,
-    pub output: String,
-    pub dtype: String,
-    pub output_spec: distill_cache::spec::OutputSpec,
-    pub store: String,
-    pub corpus: String,
-    pub format: String,
-    pub text_field: String,
-    pub id_field: String,
-    pub shard_size: u64,
-    pub strict: bool,
-    pub output_fingerprint: String,
-    pub max_attempts: u32,
-}
+pub use crate::job::JobRecord;
 
 /// Work for the service to do outside the lock.
 #[derive(Clone, Debug, PartialEq)]
@@ -228,7 +210,7 @@ struct Slot {
 
 #[derive(Debug)]
 struct Job {
-    info: JobInfo,
+    info: JobRecord,
     seq: u64,
     state: JobState,
     error: Option<String>,
@@ -249,7 +231,6 @@ struct Job {
     started: Instant,
     wall_seconds: Option<f64>,
     manifest: Option<String>,
-    created_unix_ms: i64,
     finished_unix_ms: i64,
 }
 
@@ -309,7 +290,8 @@ pub struct Gauges {
 /// A job as clients see it.
 #[derive(Clone, Debug)]
 pub struct JobView {
-    pub info: JobInfo,
+    /// The job as accepted (its creation time in it).
+    pub info: JobRecord,
     pub state: JobState,
     pub error: Option<String>,
     pub planned: bool,
@@ -322,7 +304,6 @@ pub struct JobView {
     /// The job's first rejected entries as `corpus:line: reason` (at most [`FIRST_REJECTS`]).
     pub first_rejects: Vec<String>,
     pub manifest: Option<String>,
-    pub created_unix_ms: i64,
     pub finished_unix_ms: i64,
 }
 

@@ -1,6 +1,7 @@
 //! The scheduler tick by tick: time is an argument, so every rule is checked without a clock.
 
 use super::*;
+use crate::job::JobSpec;
 
 fn fp(i: u64) -> Fingerprint {
     distill_cache::fingerprint::Hasher::new("t")
@@ -23,25 +24,29 @@ fn sched(speculate: Option<u64>) -> (Scheduler, Instant) {
 
 fn job(s: &mut Scheduler, id: &str, teacher: &str, shards: u64, now: Instant) {
     s.add_job(
-        JobInfo {
-            id: id.into(),
-            teacher: "t".into(),
-            teacher_fingerprint: teacher.into(),
-            output: "embeddings".into(),
-            dtype: "f32".into(),
-            output_spec: distill_cache::spec::OutputSpec::Embeddings {
+        JobRecord::new(
+            id.into(),
+            JobSpec {
+                corpus: distill_cache::corpus::CorpusSpec::new("c"),
+                teacher: "t".into(),
+                store: "memory://x".into(),
+                output: "embeddings".into(),
+                dtype: "f32".into(),
+                top_k: 0,
+                samples: 0,
+                window: 0,
+                stride: 0,
+                prompt: None,
+                shard_size: 10,
+                strict: false,
+                max_attempts: 2,
+            },
+            distill_cache::spec::OutputSpec::Embeddings {
                 dtype: distill_cache::spec::Dtype::F32,
             },
-            store: "memory://x".into(),
-            corpus: "c".into(),
-            format: String::new(),
-            text_field: "text".into(),
-            id_field: "id".into(),
-            shard_size: 10,
-            strict: false,
-            output_fingerprint: "o".into(),
-            max_attempts: 2,
-        },
+            teacher.into(),
+            0,
+        ),
         now,
     );
     for i in 0..shards {
@@ -361,10 +366,8 @@ fn a_lease_restated_before_its_shard_is_planned_again_is_kept_for_its_worker() {
     let (mut s, t) = sched(None);
     job(&mut s, "j", "T", 0, t);
     // A second job, still being planned (re-read after a coordinator restart).
-    let info = JobInfo {
-        id: "k".into(),
-        ..s.view("j").unwrap().info
-    };
+    let mut info = s.view("j").unwrap().info;
+    info.job_id = "k".into();
     s.add_job(info, t);
     let held = vec![Held {
         lease_id: "lease-e0-3".into(),
