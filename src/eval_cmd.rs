@@ -3,13 +3,12 @@
 use anyhow::Context;
 use clap::Args;
 use distill_cache::store;
-use distill_student_trainer::data::{Example, Selection, TrainData};
+use distill_student_trainer::data::{Example, TrainData};
 use distill_student_trainer::eval::{self, EvalReport};
 use distill_student_trainer::labels::{self, Fields};
 use distill_student_trainer::metrics::argmax;
 use distill_student_trainer::model::{dir_bytes, Predictor};
 use distill_teacher::DeviceSpec;
-use std::collections::HashMap;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
@@ -26,9 +25,15 @@ pub struct EvalArgs {
     /// The task (classifier models).
     #[arg(long, env = "DISTILL_TASK", required_unless_present = "held_out")]
     pub task: Option<String>,
-    /// Labeled evaluation examples: JSONL with id and label (ids of the task's corpus).
+    /// Labeled evaluation examples: JSONL with a label and an id of the task's corpus, or a label
+    /// and the row's own text (field `text`; the task's teacher labels rows that are not in the
+    /// cache, so new texts are compared with the teacher too).
     #[arg(long, env = "DISTILL_LABELS", required_unless_present = "held_out")]
     pub labels: Option<PathBuf>,
+    /// The task's teacher, for labeled rows whose texts are not in the cache (default: where the
+    /// cache says it was loaded from).
+    #[arg(long, env = "DISTILL_TEACHER")]
+    pub teacher: Option<String>,
     /// Causal LMs: ids of held-out rows of the token-topk entry (JSONL with an `id` field or one id per
     /// line): perplexity, KL to the teacher and top-1 agreement there, from the cache.
     #[arg(long, env = "DISTILL_HELD_OUT", conflicts_with_all = ["task", "labels"])]
@@ -60,60 +65,26 @@ pub struct EvalArgs {
     pub json: bool,
 }
 
-/// Loads the labeled examples of `path` from a task's cache, with gold classes in `labels` order.
+/// The labeled examples of `path` ([`eval::labeled_examples`]: cached ids from the cache, rows with
+/// their own text through the task's teacher).
 pub async fn labeled_examples(
     loc: &distill_cache::store::Location,
     task: &distill_cache::task::TaskRecord,
     path: &Path,
     fields: &Fields,
     labels: &[String],
+    teacher: &eval::TeacherSource,
 ) -> anyhow::Result<Vec<Example>> {
     let gold = labels::read(path, fields)?;
-    let index: HashMap<&str, usize> = labels
-        .iter()
-        .enumerate()
-        .map(|(i, l)| (l.as_str(), i))
-        .collect();
-    for g in &gold {
-        if !index.contains_key(g.label.as_str()) {
-            anyhow::bail!(
-                "{}, line {}: label {:?} is not one the model knows ({})",
-                path.display(),
-                g.line,
-                g.label,
-                labels.join(", ")
-            );
-        }
-    }
-    let ids = gold.iter().map(|g| g.id.clone()).collect();
-    let data = TrainData::open(loc, task, Default::default(), 0)
-        .await?
-        .select(Selection::Ids(ids));
-    let classes: HashMap<String, usize> = gold
-        .iter()
-        .map(|g| (g.id.clone(), index[g.label.as_str()]))
-        .collect();
-    let mut examples = tokio::task::spawn_blocking(move || data.collect()).await??;
-    for e in &mut examples {
-        e.gold = classes.get(&e.id).copied();
-    }
-    if examples.len() < gold.len() {
-        let found: std::collections::HashSet<&str> =
-            examples.iter().map(|e| e.id.as_str()).collect();
-        let missing = gold
-            .iter()
-            .find(|g| !found.contains(g.id.as_str()))
-            .expect("one is missing");
-        anyhow::bail!(
-            "{}, line {}: id {:?} is not in task {}'s corpus ({})",
-            path.display(),
-            missing.line,
-            missing.id,
-            task.name,
-            task.corpus
-        );
-    }
-    Ok(examples)
+    Ok(eval::labeled_examples(
+        loc,
+        task,
+        &gold,
+        &path.display().to_string(),
+        labels,
+        teacher,
+    )
+    .await?)
 }
 
 pub fn parameters(model: &Predictor, dir: &Path) -> u64 {
@@ -155,9 +126,14 @@ pub async fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
     let fields = Fields {
         id: args.id_field.clone(),
         label: args.label_field.clone(),
-        group: None,
+        ..Default::default()
     };
-    let examples = labeled_examples(&loc, &task, labels_path, &fields, &task.labels).await?;
+    let source = eval::TeacherSource {
+        model: args.teacher.clone(),
+        device: args.device.clone(),
+    };
+    let examples =
+        labeled_examples(&loc, &task, labels_path, &fields, &task.labels, &source).await?;
     let params = parameters(&model, &args.model);
     let bytes = dir_bytes(&args.model);
     let name = args.model.display().to_string();
@@ -356,7 +332,7 @@ async fn predict_lm(
 }
 
 /// Writes JSONL to a file (aside, then renamed) or standard output.
-fn write_lines(output: &str, lines: Vec<String>) -> anyhow::Result<()> {
+pub fn write_lines(output: &str, lines: Vec<String>) -> anyhow::Result<()> {
     let mut body = lines.join("\n");
     body.push('\n');
     if output == "-" {

@@ -21,11 +21,12 @@ use distill_cache::store;
 use distill_student_trainer::data::TrainData;
 use distill_student_trainer::eval::{self, EvalReport};
 use distill_student_trainer::labels::{self, Fields, Gold};
-use distill_student_trainer::logreg::LogRegOptions;
+use distill_student_trainer::logreg::CvOptions;
 use distill_student_trainer::model::{dir_bytes, Predictor};
 use distill_student_trainer::protocol::{
     draw, relabel, review_or_plot, sentiment, split_by_group, summarize, targets, Check, Mapping,
-    Row, Summary, LLM_NGRAM_ROW, LLM_TEACHER_ROW, UNSEEN_ROW,
+    Row, Summary, FIXED_C_ROW, LLM_NGRAM_ROW, LLM_TEACHER_ROW, MORE_RANDOM_ROW, MORE_SUGGESTED_ROW,
+    UNSEEN_ROW,
 };
 use distill_student_trainer::rng::Rng;
 use distill_student_trainer::task as tasks;
@@ -107,6 +108,10 @@ pub struct QuickstartArgs {
         default_value = "assets/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
     )]
     pub llm_teacher: String,
+    /// More gold labels per draw, at random or suggested by `task suggest`, to compare the two
+    /// (0: skip).
+    #[arg(long, env = "DISTILL_SUGGEST", default_value_t = 50)]
+    pub suggest: usize,
     /// Rows of the training movies the LLM labels for distillation, besides the test rows and the
     /// gold labels of every draw (the LLM labels a subset: a 135M decoder costs ~10× MiniLM per row).
     #[arg(long, env = "DISTILL_LLM_ROWS", default_value_t = 3000)]
@@ -261,19 +266,29 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
     );
 
     let teacher_dir = distill_cache::model_dir::ModelDir::resolve(&args.teacher).await?;
+    // Test rows are ids of the cached corpus: no teacher is loaded for them.
+    let source = eval::TeacherSource {
+        model: Some(args.teacher.clone()),
+        device: DeviceSpec::Cpu,
+    };
     let teacher = {
         let d = teacher_dir.clone();
         std::sync::Arc::new(
             tokio::task::spawn_blocking(move || Teacher::load(&d, &DeviceSpec::Cpu)).await??,
         )
     };
-    let teacher_params = crate::eval_cmd::safetensors_parameters(&teacher_dir.dir);
-    let teacher_bytes: u64 = teacher_dir
-        .weights
-        .iter()
-        .filter_map(|w| std::fs::metadata(w).ok())
-        .map(|m| m.len())
-        .sum();
+    let teacher_row = TeacherRow {
+        teacher: teacher.clone(),
+        params: crate::eval_cmd::safetensors_parameters(&teacher_dir.dir),
+        bytes: teacher_dir
+            .weights
+            .iter()
+            .filter_map(|w| std::fs::metadata(w).ok())
+            .map(|m| m.len())
+            .sum(),
+        samples: args.latency_samples,
+        source: source.clone(),
+    };
 
     // The LLM teacher: the test rows, every draw's gold rows and a sample of the training rows,
     // labeled once from the prompt.
@@ -420,16 +435,28 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
                 ""
             }
         );
+        let cvo = CvOptions {
+            c: None,
+            folds: 5,
+            seed: args.seed + *d as u64,
+        };
         let record = tasks::fit_head(
             &loc,
             &name,
             &entry,
             &picked,
             &gold_path.display().to_string(),
-            LogRegOptions::default(),
+            cvo,
             2,
         )
         .await?;
+        if let Some(cv) = &record.cross_validation {
+            eprintln!(
+                "    C = {}, temperature {:.2} by 5-fold CV: {:.1}% cross-validated accuracy, macro-F1 {:.3}",
+                cv["c"], cv["temperature"].as_f64().unwrap_or(1.0),
+                100.0 * cv["accuracy"].as_f64().unwrap_or(0.0), cv["macro_f1"].as_f64().unwrap_or(0.0)
+            );
+        }
         task_seconds.push((name.clone(), record.teacher_seconds));
         let examples = labeled_examples(
             &loc,
@@ -437,35 +464,37 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
             &test_path,
             &Fields::default(),
             &record.labels,
+            &source,
+        )
+        .await?;
+        // The head of earlier releases (C fixed at 1, no temperature), for comparison: its teacher
+        // row only (students distill from the cross-validated head).
+        let fixed = tasks::fit_head(
+            &loc,
+            &format!("{name}-c1"),
+            &entry,
+            &picked,
+            &gold_path.display().to_string(),
+            CvOptions {
+                c: Some(1.0),
+                ..cvo
+            },
+            2,
         )
         .await?;
 
         // Teacher + head: the teacher run live (for its latency), its head on top.
-        let head = record.head.clone().expect("a fitted task has a head");
-        let th = Predictor::TeacherHead(teacher.clone(), head, record.labels.clone());
-        let report = {
-            let ex = examples.clone();
-            let samples = args.latency_samples;
-            tokio::task::spawn_blocking(move || {
-                eval::evaluate(
-                    "teacher + head",
-                    &th,
-                    &ex,
-                    samples,
-                    teacher_params,
-                    teacher_bytes,
-                )
-            })
-            .await??
-        };
-        rows.push(Row {
-            task: task_kind.to_string(),
-            draw: *d,
-            model: "teacher + head".into(),
-            distilled: false,
-            unseen: true,
-            report,
-        });
+        for (row, record) in [(FIXED_C_ROW, &fixed), ("teacher + head", &record)] {
+            let report = teacher_row.evaluate(&loc, record, &test_path, row).await?;
+            rows.push(Row {
+                task: task_kind.to_string(),
+                draw: *d,
+                model: row.into(),
+                distilled: false,
+                unseen: true,
+                report,
+            });
+        }
 
         // (row, student, gold only, test texts unseen)
         let mut students: Vec<(&str, StudentKind, bool, bool)> = vec![
@@ -553,6 +582,77 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
                 report,
             });
         }
+        if !second && args.suggest > 0 {
+            // The labeling loop, with the gold labels held back: the same budget of more labels,
+            // at random or suggested by `task suggest` (with the distilled n-gram student).
+            let taken: HashSet<&str> = picked.iter().map(|g| g.id.as_str()).collect();
+            let mut rest: Vec<&Gold> = pool
+                .iter()
+                .filter(|g| !taken.contains(g.id.as_str()))
+                .collect();
+            rest.sort_by(|a, b| a.id.cmp(&b.id));
+            Rng::derive(args.seed, "more-random", *d as u64).shuffle(&mut rest);
+            let random: Vec<Gold> = rest
+                .iter()
+                .take(args.suggest)
+                .map(|g| (*g).clone())
+                .collect();
+            let student_dir = out.join("models").join(format!("{name}-n-gram-distilled"));
+            let student = {
+                let dir = student_dir.clone();
+                tokio::task::spawn_blocking(move || Predictor::load(&dir, &DeviceSpec::Cpu))
+                    .await??
+            };
+            let candidates: HashSet<String> = rest.iter().map(|g| g.id.clone()).collect();
+            eprintln!(
+                "    suggesting {} more labels (teacher uncertainty, disagreement with the n-gram student, spread)",
+                args.suggest
+            );
+            let suggested = distill_student_trainer::suggest::for_task(
+                &loc,
+                &record,
+                args.suggest,
+                Some(student),
+                Some(candidates),
+            )
+            .await?;
+            let by_id: std::collections::HashMap<&str, &Gold> =
+                rest.iter().map(|g| (g.id.as_str(), *g)).collect();
+            let revealed: Vec<Gold> = suggested
+                .iter()
+                .map(|s| (*by_id[s.id.as_str()]).clone())
+                .collect();
+            for (row, more, suffix) in [
+                (MORE_RANDOM_ROW, random, "more-random"),
+                (MORE_SUGGESTED_ROW, revealed, "more-suggested"),
+            ] {
+                let mut gold = picked.clone();
+                gold.extend(more);
+                let task_name = format!("{name}-{suffix}");
+                let path = split_dir.join(format!("{task_name}.gold.jsonl"));
+                write_jsonl(&path, &gold)?;
+                let r = tasks::fit_head(
+                    &loc,
+                    &task_name,
+                    &entry,
+                    &gold,
+                    &path.display().to_string(),
+                    cvo,
+                    2,
+                )
+                .await?;
+                let report = teacher_row.evaluate(&loc, &r, &test_path, row).await?;
+                eprintln!("      {row}: {:.1}% accuracy", 100.0 * report.accuracy);
+                rows.push(Row {
+                    task: task_kind.to_string(),
+                    draw: *d,
+                    model: row.into(),
+                    distilled: false,
+                    unseen: true,
+                    report,
+                });
+            }
+        }
         if let (false, Some((_, llm_entry, llm_teacher, llm_bytes))) = (second, &llm) {
             // The LLM teacher, calibrated on the same gold labels, and a student distilled from it.
             let llm_name = format!("quickstart-sentiment-llm-d{d}");
@@ -575,6 +675,7 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
                 &test_path,
                 &Fields::default(),
                 &record.labels,
+                &source,
             )
             .await?;
             let head = record.head.clone().expect("a calibrated task has a head");
@@ -718,6 +819,42 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A "teacher + head" row: the teacher run live (for its latency), a task's head on top.
+struct TeacherRow {
+    teacher: std::sync::Arc<Teacher>,
+    params: u64,
+    bytes: u64,
+    samples: usize,
+    source: eval::TeacherSource,
+}
+
+impl TeacherRow {
+    async fn evaluate(
+        &self,
+        loc: &distill_cache::store::Location,
+        record: &distill_cache::task::TaskRecord,
+        test_path: &Path,
+        row: &'static str,
+    ) -> anyhow::Result<EvalReport> {
+        let examples = labeled_examples(
+            loc,
+            record,
+            test_path,
+            &Fields::default(),
+            &record.labels,
+            &self.source,
+        )
+        .await?;
+        let head = record.head.clone().expect("a fitted task has a head");
+        let th = Predictor::TeacherHead(self.teacher.clone(), head, record.labels.clone());
+        let (samples, params, bytes) = (self.samples, self.params, self.bytes);
+        Ok(tokio::task::spawn_blocking(move || {
+            eval::evaluate(row, &th, &examples, samples, params, bytes)
+        })
+        .await??)
+    }
+}
+
 async fn mimic_once(
     loc: &distill_cache::store::Location,
     record: &distill_cache::task::TaskRecord,
@@ -773,12 +910,18 @@ async fn mimic_once(
     .await?
 }
 
+/// Rows shown in the plot: one point per model (the variants of the teacher's head are in the tables).
+fn plotted(s: &Summary) -> bool {
+    s.mean.latency_p50_ms > 0.0
+        && ![FIXED_C_ROW, MORE_RANDOM_ROW, MORE_SUGGESTED_ROW].contains(&s.model.as_str())
+}
+
+/// Accuracy against CPU latency (log scale), one colour per task with a legend; each point's label
+/// placed where it overlaps no other label or point and stays inside the picture.
 fn plot(summary: &[Summary]) -> String {
-    let (w, h, m) = (640.0, 400.0, 60.0);
-    let pts: Vec<&Summary> = summary
-        .iter()
-        .filter(|s| s.mean.latency_p50_ms > 0.0)
-        .collect();
+    let (w, h) = (760.0, 460.0);
+    let (left, right, top, bottom) = (64.0, 24.0, 56.0, 56.0);
+    let pts: Vec<&Summary> = summary.iter().filter(|s| plotted(s)).collect();
     let lx = |v: f64| v.max(1e-3).log10();
     let (x0, x1) = pts.iter().fold((f64::MAX, f64::MIN), |(a, b), s| {
         (
@@ -794,16 +937,16 @@ fn plot(summary: &[Summary]) -> String {
         (y0 * 20.0).floor() / 20.0,
         ((y1 * 20.0).ceil() / 20.0).max(y0 + 0.05),
     );
-    let px = |v: f64| m + (lx(v) - x0) / (x1 - x0) * (w - 2.0 * m);
-    let py = |v: f64| h - m - (v - y0) / (y1 - y0) * (h - 2.0 * m);
+    let px = |v: f64| left + (lx(v) - x0) / (x1 - x0) * (w - left - right);
+    let py = |v: f64| h - bottom - (v - y0) / (y1 - y0) * (h - top - bottom);
     let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n");
-    s += &format!("<line x1=\"{m}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n<line x1=\"{m}\" y1=\"{m}\" x2=\"{m}\" y2=\"{}\" stroke=\"black\"/>\n", h - m, w - m, h - m, h - m);
+    s += &format!("<line x1=\"{left}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n<line x1=\"{left}\" y1=\"{top}\" x2=\"{left}\" y2=\"{}\" stroke=\"black\"/>\n", h - bottom, w - right, h - bottom, h - bottom);
     let mut e = x0;
     while e <= x1 + 1e-9 {
-        let x = m + (e - x0) / (x1 - x0) * (w - 2.0 * m);
+        let x = left + (e - x0) / (x1 - x0) * (w - left - right);
         s += &format!(
             "<text x=\"{x}\" y=\"{}\" text-anchor=\"middle\">{} ms</text>\n",
-            h - m + 16.0,
+            h - bottom + 16.0,
             10f64.powf(e)
         );
         e += 1.0;
@@ -812,24 +955,113 @@ fn plot(summary: &[Summary]) -> String {
     while a <= y1 + 1e-9 {
         s += &format!(
             "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{:.0}%</text>\n",
-            m - 6.0,
+            left - 6.0,
             py(a) + 4.0,
             100.0 * a
         );
         a += 0.05;
     }
-    s += &format!("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">CPU latency, batch 1 (p50, log scale)</text>\n", w / 2.0, h - 16.0);
+    s += &format!("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">CPU latency, batch 1 (p50, log scale)</text>\n", (left + w - right) / 2.0, h - 16.0);
     s += &format!("<text x=\"16\" y=\"{}\" transform=\"rotate(-90 16 {})\" text-anchor=\"middle\">test accuracy</text>\n", h / 2.0, h / 2.0);
-    for p in pts {
-        let color = if p.task == "sentiment" {
-            "#1f77b4"
-        } else {
-            "#d62728"
-        };
-        let (x, y) = (px(p.mean.latency_p50_ms), py(p.mean.accuracy));
-        s += &format!("<circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"5\" fill=\"{color}\"/>\n<text x=\"{:.1}\" y=\"{:.1}\">{} ({})</text>\n", x + 8.0, y - 6.0, p.model, p.task);
+    // The legend, above the plot area.
+    let tasks = [
+        ("sentiment", "#1f77b4", "Task 1: fresh vs rotten"),
+        (
+            "review-vs-plot",
+            "#d62728",
+            "Task 2: critic review vs plot summary",
+        ),
+    ];
+    let mut lx0 = left;
+    for (_, color, name) in tasks {
+        s += &format!("<circle cx=\"{:.1}\" cy=\"22\" r=\"5\" fill=\"{color}\"/>\n<text x=\"{:.1}\" y=\"26\">{name}</text>\n", lx0 + 5.0, lx0 + 14.0);
+        lx0 += 24.0 + text_width(name);
+    }
+    let points: Vec<(f64, f64)> = pts
+        .iter()
+        .map(|p| (px(p.mean.latency_p50_ms), py(p.mean.accuracy)))
+        .collect();
+    let boxes = place_labels(
+        &points,
+        &pts.iter().map(|p| p.model.as_str()).collect::<Vec<_>>(),
+        (0.0, top - 12.0, w, h - bottom + 2.0),
+    );
+    for ((p, (x, y)), b) in pts.iter().zip(&points).zip(&boxes) {
+        let color = tasks
+            .iter()
+            .find(|t| t.0 == p.task)
+            .map(|t| t.1)
+            .unwrap_or("#555555");
+        s += &format!("<circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"5\" fill=\"{color}\"/>\n<text x=\"{:.1}\" y=\"{:.1}\" fill=\"{color}\">{}</text>\n", b.0, b.1 + LABEL_H - 3.0, p.model);
     }
     s + "</svg>\n"
+}
+
+const LABEL_H: f64 = 12.0;
+
+/// Width of a label at font size 11 (a sans-serif character is ~6 px wide on average).
+fn text_width(t: &str) -> f64 {
+    6.2 * t.chars().count() as f64
+}
+
+/// Places each label (its top-left corner) beside its point: the first of several spots around the
+/// point that stays inside `frame` (x0, y0, x1, y1) and overlaps neither a placed label nor a point;
+/// if none is free, the spot that overlaps least.
+fn place_labels(
+    points: &[(f64, f64)],
+    labels: &[&str],
+    frame: (f64, f64, f64, f64),
+) -> Vec<(f64, f64)> {
+    let overlap = |a: (f64, f64, f64, f64), b: (f64, f64, f64, f64)| {
+        let dx = (a.2.min(b.2) - a.0.max(b.0)).max(0.0);
+        let dy = (a.3.min(b.3) - a.1.max(b.1)).max(0.0);
+        dx * dy
+    };
+    let dots: Vec<(f64, f64, f64, f64)> = points
+        .iter()
+        .map(|&(x, y)| (x - 5.0, y - 5.0, x + 5.0, y + 5.0))
+        .collect();
+    let mut placed: Vec<(f64, f64, f64, f64)> = Vec::new();
+    // Lower points first: their labels go where the upper ones are not.
+    let mut order: Vec<usize> = (0..points.len()).collect();
+    order.sort_by(|&a, &b| points[b].1.total_cmp(&points[a].1));
+    let mut out = vec![(0.0, 0.0); points.len()];
+    for i in order {
+        let (x, y) = points[i];
+        let tw = text_width(labels[i]);
+        let mut best: Option<(f64, (f64, f64, f64, f64))> = None;
+        for k in 0..24 {
+            let step = (k / 4) as f64 * LABEL_H;
+            let (bx, by) = match k % 4 {
+                0 => (x + 8.0, y - LABEL_H - 2.0 - step),
+                1 => (x + 8.0, y + 2.0 + step),
+                2 => (x - 8.0 - tw, y - LABEL_H - 2.0 - step),
+                _ => (x - 8.0 - tw, y + 2.0 + step),
+            };
+            let r = (bx, by, bx + tw, by + LABEL_H);
+            let outside = (frame.0 - r.0).max(0.0)
+                + (r.2 - frame.2).max(0.0)
+                + (frame.1 - r.1).max(0.0)
+                + (r.3 - frame.3).max(0.0);
+            let cost = 1e6 * outside
+                + placed
+                    .iter()
+                    .chain(&dots)
+                    .map(|b| overlap(r, *b))
+                    .sum::<f64>()
+                + k as f64 * 1e-3;
+            if best.is_none_or(|(c, _)| cost < c) {
+                best = Some((cost, r));
+            }
+            if cost < 1.0 {
+                break;
+            }
+        }
+        let r = best.expect("candidates").1;
+        placed.push(r);
+        out[i] = (r.0, r.1);
+    }
+    out
 }
 
 /// What the distilled students were allowed to see.
@@ -886,4 +1118,46 @@ fn markdown(
     }
     s += "\n![accuracy against latency](accuracy-latency.svg)\n";
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_stay_inside_and_apart_even_for_crowded_points() {
+        // Five points in a cluster near the right edge (the teacher rows of the two tasks, say).
+        let points = [
+            (700.0, 100.0),
+            (702.0, 104.0),
+            (698.0, 98.0),
+            (600.0, 300.0),
+            (705.0, 110.0),
+        ];
+        let labels = [
+            "teacher + head",
+            "transformer, distilled",
+            "LLM (SmolLM2, prompted) + calibration",
+            "n-gram",
+            "n-gram, distilled, test texts unseen",
+        ];
+        let frame = (0.0, 40.0, 760.0, 420.0);
+        let boxes = place_labels(&points, &labels, frame);
+        let rects: Vec<(f64, f64, f64, f64)> = boxes
+            .iter()
+            .zip(labels)
+            .map(|(&(x, y), l)| (x, y, x + text_width(l), y + LABEL_H))
+            .collect();
+        for (i, a) in rects.iter().enumerate() {
+            assert!(
+                a.0 >= frame.0 && a.2 <= frame.2 && a.1 >= frame.1 && a.3 <= frame.3,
+                "{} outside: {a:?}",
+                labels[i]
+            );
+            for b in &rects[i + 1..] {
+                let apart = a.2 <= b.0 || b.2 <= a.0 || a.3 <= b.1 || b.3 <= a.1;
+                assert!(apart, "{a:?} overlaps {b:?}");
+            }
+        }
+    }
 }

@@ -7,7 +7,7 @@ use distill_cache::spec::OutputKind;
 use distill_cache::store;
 use distill_cache::task::TaskRecord;
 use distill_student_trainer::labels::{self, Fields};
-use distill_student_trainer::logreg::LogRegOptions;
+use distill_student_trainer::logreg::{CvOptions, HeadReport};
 use distill_student_trainer::task;
 use distill_teacher::{DeviceSpec, Teacher};
 use std::path::PathBuf;
@@ -20,6 +20,29 @@ pub enum TaskCommand {
     Fit(Box<FitArgs>),
     /// List the tasks of a cache.
     Ls(TaskLsArgs),
+    /// Propose the corpus examples worth labeling next (teacher uncertainty, teacher–student
+    /// disagreement, spread over the embedding space), as JSONL to fill in and add with
+    /// `task fit --add --labels FILE`.
+    Suggest(SuggestArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SuggestArgs {
+    #[arg(long, env = "DISTILL_CACHE")]
+    pub cache: String,
+    #[arg(long, env = "DISTILL_TASK")]
+    pub task: String,
+    /// How many examples.
+    #[arg(long, env = "DISTILL_SUGGEST_N", default_value_t = 50)]
+    pub n: usize,
+    /// A student of the task: rows where it and the teacher disagree score higher.
+    #[arg(long, env = "DISTILL_MODEL")]
+    pub student: Option<PathBuf>,
+    /// Where the JSONL goes (`-`: standard output).
+    #[arg(long, env = "DISTILL_SUGGESTIONS", default_value = "-")]
+    pub out: String,
+    #[arg(long, env = "DISTILL_DEVICE", default_value = "cpu")]
+    pub device: DeviceSpec,
 }
 
 /// Which cached corpus.
@@ -61,22 +84,32 @@ pub struct FitArgs {
     /// Gold labels: JSONL with an id and a label per line (ids of the cached corpus).
     #[arg(long, env = "DISTILL_LABELS", conflicts_with = "describe")]
     pub labels: Option<PathBuf>,
+    /// Add --labels to the existing task's gold labels (labeled suggestions from `task suggest`)
+    /// and fit it again on the same cached entry.
+    #[arg(long, requires = "labels")]
+    pub add: bool,
     #[arg(long, env = "DISTILL_ID_FIELD", default_value = "id")]
     pub id_field: String,
     #[arg(long, env = "DISTILL_LABEL_FIELD", default_value = "label")]
     pub label_field: String,
-    /// Inverse L2 strength of the logistic-regression head (scikit-learn's C).
-    #[arg(long, env = "DISTILL_C", default_value_t = 1.0)]
-    pub c: f64,
+    /// Fix the inverse L2 strength of the logistic-regression head (scikit-learn's C; the soft
+    /// labels' temperature stays 1). Default: C and the temperature chosen by stratified
+    /// cross-validation on the gold labels (--folds), as LogisticRegressionCV does.
+    #[arg(long, env = "DISTILL_C")]
+    pub c: Option<f64>,
     /// Fewest gold examples a class may have.
     #[arg(long, env = "DISTILL_MIN_PER_CLASS", default_value_t = 2)]
     pub min_per_class: usize,
     /// Zero-shot: `LABEL=description`, once per label (the teacher embeds the descriptions).
     #[arg(long = "describe", value_name = "LABEL=TEXT")]
     pub describe: Vec<String>,
-    /// Prompted entries: folds of the cross-validation that chooses the calibration.
+    /// Folds of the stratified cross-validation that chooses the head's C and temperature (or a
+    /// prompted entry's calibration) and estimates the task's accuracy.
     #[arg(long, env = "DISTILL_FOLDS", default_value_t = 5)]
     pub folds: usize,
+    /// Seed of the cross-validation folds.
+    #[arg(long, env = "DISTILL_SEED", default_value_t = 0)]
+    pub seed: u64,
     /// Zero-shot softmax temperature on cosine similarities.
     #[arg(long, env = "DISTILL_ZERO_SHOT_TEMPERATURE", default_value_t = 0.05)]
     pub temperature: f32,
@@ -105,6 +138,7 @@ pub async fn run(cmd: TaskCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        TaskCommand::Suggest(args) => suggest(&args).await,
         TaskCommand::Ls(args) => {
             let loc = store::open(&args.cache, false)?;
             for name in distill_cache::task::list_tasks(&loc).await? {
@@ -137,6 +171,32 @@ pub fn print_record(r: &TaskRecord) {
         "  teacher seconds {:.2} (the corpus was not relabeled)",
         r.teacher_seconds
     );
+    if let Some(cv) = r
+        .cross_validation
+        .as_ref()
+        .and_then(|v| serde_json::from_value::<HeadReport>(v.clone()).ok())
+    {
+        println!(
+            "  cross-validated accuracy {:.1}%, macro-F1 {:.3} ({} folds on the gold labels)",
+            100.0 * cv.accuracy,
+            cv.macro_f1,
+            cv.folds
+        );
+        println!(
+            "  head            C = {}{}, temperature {:.2}",
+            cv.c,
+            if cv.c_fixed {
+                " (fixed by --c)".to_owned()
+            } else {
+                format!(
+                    " (chosen from {}–{})",
+                    cv.grid.first().map(|p| p.c).unwrap_or(0.0),
+                    cv.grid.last().map(|p| p.c).unwrap_or(0.0)
+                )
+            },
+            cv.temperature
+        );
+    }
 }
 
 pub async fn fit(args: &FitArgs) -> anyhow::Result<TaskRecord> {
@@ -144,7 +204,7 @@ pub async fn fit(args: &FitArgs) -> anyhow::Result<TaskRecord> {
     let fields = Fields {
         id: args.id_field.clone(),
         label: args.label_field.clone(),
-        group: None,
+        ..Default::default()
     };
     if !args.describe.is_empty() {
         let entry = task::find_entry(&loc, &args.entry.query(Some(OutputKind::Embeddings))).await?;
@@ -193,7 +253,7 @@ pub async fn fit(args: &FitArgs) -> anyhow::Result<TaskRecord> {
         };
         return Ok(task::fit_zero_shot(&loc, &args.name, &entry, z).await?);
     }
-    let gold = match &args.labels {
+    let mut gold = match &args.labels {
         Some(p) => labels::read(p, &fields)?,
         None => Vec::new(),
     };
@@ -202,7 +262,34 @@ pub async fn fit(args: &FitArgs) -> anyhow::Result<TaskRecord> {
         .as_ref()
         .map(|p| p.display().to_string())
         .unwrap_or_default();
-    let entry = task::find_entry(&loc, &args.entry.query(None)).await?;
+    let entry = if args.add {
+        // The task as it is: its gold labels, and the entry it was fitted on.
+        let existing = distill_cache::task::read_task(&loc, &args.name).await?;
+        let before = existing.gold.len();
+        gold = labels::merge(&existing.gold, gold, &path)?;
+        eprintln!(
+            "task {}: {} gold labels, {} added from {path}",
+            args.name,
+            gold.len(),
+            gold.len() - before
+        );
+        let (teacher, output) = (
+            existing.teacher.to_string(),
+            existing.base_output.to_string(),
+        );
+        task::find_entry(
+            &loc,
+            &task::EntryQuery {
+                corpus: None,
+                teacher: Some(&teacher),
+                output: Some(&output),
+                kind: None,
+            },
+        )
+        .await?
+    } else {
+        task::find_entry(&loc, &args.entry.query(None)).await?
+    };
     match entry.spec.kind() {
         Some(OutputKind::Embeddings) => {
             if gold.is_empty() {
@@ -211,9 +298,13 @@ pub async fn fit(args: &FitArgs) -> anyhow::Result<TaskRecord> {
                     entry.manifest.corpus
                 );
             }
-            let opts = LogRegOptions {
+            if let Some(c) = args.c.filter(|c| !(c.is_finite() && *c > 0.0)) {
+                anyhow::bail!("--c {c}: must be a positive number");
+            }
+            let opts = CvOptions {
                 c: args.c,
-                ..Default::default()
+                folds: args.folds,
+                seed: args.seed,
             };
             Ok(task::fit_head(
                 &loc,
@@ -227,7 +318,10 @@ pub async fn fit(args: &FitArgs) -> anyhow::Result<TaskRecord> {
             .await?)
         }
         Some(OutputKind::Logits) if entry.spec_is_prompted() && !gold.is_empty() => {
-            Ok(task::fit_calibrated(&loc, &args.name, &entry, &gold, &path, args.folds, 0).await?)
+            Ok(task::fit_calibrated(
+                &loc, &args.name, &entry, &gold, &path, args.folds, args.seed,
+            )
+            .await?)
         }
         Some(OutputKind::Logits) => {
             let info = distill_cache::catalog::read_teacher(&loc, &entry.manifest.teacher).await?;
@@ -238,4 +332,45 @@ pub async fn fit(args: &FitArgs) -> anyhow::Result<TaskRecord> {
         }
         _ => unreachable!("find_entry returns per-example entries only"),
     }
+}
+
+/// `distill task suggest`: the examples worth labeling next, as JSONL with an empty `label`.
+async fn suggest(args: &SuggestArgs) -> anyhow::Result<()> {
+    use distill_student_trainer::model::Predictor;
+    let loc = store::open(&args.cache, false)?;
+    let record = distill_cache::task::read_task(&loc, &args.task).await?;
+    let student = match &args.student {
+        Some(dir) => {
+            let (dir, device, t) = (dir.clone(), args.device.clone(), record.clone());
+            Some(
+                tokio::task::spawn_blocking(move || Predictor::load_for_task(&dir, &device, &t))
+                    .await??,
+            )
+        }
+        None => None,
+    };
+    let found =
+        distill_student_trainer::suggest::for_task(&loc, &record, args.n, student, None).await?;
+    let lines = found
+        .iter()
+        .map(|s| {
+            let mut v = serde_json::to_value(s)?;
+            v["label"] = "".into();
+            Ok(serde_json::to_string(&v)?)
+        })
+        .collect::<anyhow::Result<Vec<String>>>()?;
+    crate::eval_cmd::write_lines(&args.out, lines)?;
+    eprintln!(
+        "{} suggestions for task {}{}: fill in each \"label\" and add them with `distill task fit --cache {} --name {} --add --labels FILE`",
+        found.len(),
+        record.name,
+        if args.out == "-" {
+            String::new()
+        } else {
+            format!(" in {}", args.out)
+        },
+        args.cache,
+        record.name
+    );
+    Ok(())
 }

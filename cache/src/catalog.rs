@@ -152,6 +152,15 @@ pub async fn read_teacher(loc: &Location, teacher: &Fingerprint) -> Result<Teach
     })
 }
 
+/// Reads the output spec of an entry (`output.json`; `None` if the entry has none).
+pub async fn read_output(
+    loc: &Location,
+    teacher: &Fingerprint,
+    output: &Fingerprint,
+) -> Result<Option<OutputSpec>> {
+    get_json(loc, &layout::output_path(teacher, output)).await
+}
+
 /// Reads a corpus manifest.
 pub async fn read_manifest(
     loc: &Location,

@@ -12,8 +12,6 @@
 
 use crate::kd::log_softmax;
 use crate::logreg::{self, LogRegOptions};
-use crate::metrics::{accuracy, argmax, macro_f1};
-use crate::rng::Rng;
 use distill_cache::task::LinearHead;
 use serde::{Deserialize, Serialize};
 
@@ -101,23 +99,6 @@ pub fn fit(kind: Calibration, x: &[Vec<f32>], y: &[usize], classes: usize) -> Li
     }
 }
 
-/// Stratified folds: each class's examples dealt round-robin after a seeded shuffle.
-fn folds(y: &[usize], k: usize, seed: u64) -> Vec<usize> {
-    let mut fold = vec![0; y.len()];
-    let classes = y.iter().max().map(|m| m + 1).unwrap_or(0);
-    let mut rng = Rng::derive(seed, "calibration-folds", 0);
-    let mut next = 0;
-    for c in 0..classes {
-        let mut idx: Vec<usize> = (0..y.len()).filter(|&i| y[i] == c).collect();
-        rng.shuffle(&mut idx);
-        for i in idx {
-            fold[i] = next % k;
-            next += 1;
-        }
-    }
-    fold
-}
-
 /// Compares the calibrations by `k`-fold cross-validation and refits the best on everything. Ties go
 /// to the simpler calibration.
 pub fn choose(
@@ -127,33 +108,18 @@ pub fn choose(
     k: usize,
     seed: u64,
 ) -> (LinearHead, CalibrationReport) {
-    let k = k.clamp(2, x.len().max(2));
-    let fold = folds(y, k, seed);
+    let k = crate::cv::fold_count(k, x.len());
+    let fold = crate::cv::folds(y, k, seed, "calibration-folds");
     let mut figures = Vec::new();
     for kind in [Calibration::None, Calibration::Bias, Calibration::Head] {
-        let mut pred = vec![0usize; y.len()];
-        for f in 0..k {
-            let (mut tx, mut ty) = (vec![], vec![]);
-            for i in 0..y.len() {
-                if fold[i] != f {
-                    tx.push(x[i].clone());
-                    ty.push(y[i]);
-                }
-            }
-            if tx.is_empty() {
-                continue;
-            }
-            let head = fit(kind, &tx, &ty, classes);
-            let mut z = vec![0f32; classes];
-            for i in (0..y.len()).filter(|&i| fold[i] == f) {
-                head.apply(&x[i], &mut z);
-                pred[i] = argmax(&z);
-            }
-        }
+        let scores = crate::cv::out_of_fold(x, y, &fold, k, classes, |_, tx, ty| {
+            fit(kind, tx, ty, classes)
+        });
+        let (accuracy, macro_f1, _) = crate::cv::score(&scores, y, classes, 1.0);
         figures.push(CvFigures {
             calibration: kind,
-            accuracy: accuracy(&pred, y),
-            macro_f1: macro_f1(&pred, y, classes),
+            accuracy,
+            macro_f1,
         });
     }
     let best = figures
@@ -179,6 +145,8 @@ pub fn choose(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::argmax;
+    use crate::rng::Rng;
 
     /// A scorer biased towards class 0 by `shift`: class `c` scores `signal·[c == y] − shift·[c != 0]`
     /// plus noise.

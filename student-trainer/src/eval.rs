@@ -1,11 +1,200 @@
 //! Evaluating a model on labeled examples, and finding the examples worth labeling next.
 
-use crate::data::Example;
+use crate::data::{Example, Selection, TrainData};
+use crate::labels::Gold;
 use crate::metrics::{accuracy, argmax, ece, macro_f1, probabilities, quantile};
 use crate::model::Predictor;
-use crate::Result;
+use crate::{Result, StudentError};
+use distill_cache::model_dir::{Head, ModelDir};
+use distill_cache::spec::OutputSpec;
+use distill_cache::store::Location;
+use distill_cache::task::{LinearHead, TaskKind, TaskRecord};
+use distill_teacher::{DeviceSpec, Teacher};
 use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Instant;
+
+/// Where the task's teacher comes from when labeled rows are not in the cache.
+#[derive(Clone, Debug)]
+pub struct TeacherSource {
+    /// The teacher's model directory or file (`None`: where the cache says it was loaded from).
+    pub model: Option<String>,
+    pub device: DeviceSpec,
+}
+
+/// The task's teacher as a classifier of new texts — the model that labeled the task's entry, with
+/// the task's head, calibration or prompt on top — checked against the task's teacher fingerprint.
+pub async fn task_teacher(
+    loc: &Location,
+    task: &TaskRecord,
+    source: &TeacherSource,
+) -> Result<Predictor> {
+    let model = match &source.model {
+        Some(m) => m.clone(),
+        None => {
+            distill_cache::catalog::read_teacher(loc, &task.teacher)
+                .await?
+                .source
+        }
+    };
+    let spec = distill_cache::catalog::read_output(loc, &task.teacher, &task.base_output)
+        .await?
+        .ok_or_else(|| {
+            StudentError::Invalid(format!(
+                "task {}: its entry {} has no output description in the cache",
+                task.name,
+                task.base_output.short()
+            ))
+        })?;
+    let md = ModelDir::resolve(&model).await?;
+    let device = source.device.clone();
+    let teacher = tokio::task::spawn_blocking(move || Teacher::load(&md, &device))
+        .await
+        .map_err(|e| StudentError::Invalid(format!("loading the teacher panicked: {e}")))??;
+    if teacher.info().fingerprint != task.teacher {
+        return Err(StudentError::Model {
+            path: model,
+            reason: format!(
+                "fingerprint {}, but task {} was labeled by teacher {}: give that teacher with --teacher",
+                teacher.info().fingerprint,
+                task.name,
+                task.teacher
+            ),
+        });
+    }
+    let labels = task.labels.clone();
+    let prompt = match &spec {
+        OutputSpec::Logits {
+            prompt: Some(p), ..
+        } => Some(p.clone()),
+        _ => None,
+    };
+    Ok(match (&task.head, prompt, task.kind) {
+        (Some(head), Some(p), _) => Predictor::Prompted(Arc::new(teacher), p, head.clone(), labels),
+        (Some(head), None, _) => Predictor::TeacherHead(Arc::new(teacher), head.clone(), labels),
+        (None, Some(p), _) => {
+            // The raw prompted scores: an identity head.
+            let c = labels.len();
+            let mut weight = vec![0f32; c * c];
+            (0..c).for_each(|i| weight[i * c + i] = 1.0);
+            let identity = LinearHead {
+                classes: c,
+                dim: c,
+                weight,
+                bias: vec![0.0; c],
+                normalize_input: false,
+            };
+            Predictor::Prompted(Arc::new(teacher), p, identity, labels)
+        }
+        (None, None, TaskKind::Teacher)
+            if matches!(teacher.info().head, Head::Classifier { .. }) =>
+        {
+            Predictor::Bert(Box::new(teacher), labels)
+        }
+        _ => {
+            return Err(StudentError::Invalid(format!(
+                "task {} ({}) has no head to apply to its teacher's outputs",
+                task.name,
+                task.kind.name()
+            )))
+        }
+    })
+}
+
+/// The examples of a labels file, with gold classes in `labels` order and the teacher's task logits:
+/// from the cache for ids of the task's corpus, and from the task's teacher ([`task_teacher`], loaded
+/// only when needed) for rows that carry their own text and are not in the cache.
+pub async fn labeled_examples(
+    loc: &Location,
+    task: &TaskRecord,
+    gold: &[Gold],
+    path: &str,
+    labels: &[String],
+    teacher: &TeacherSource,
+) -> Result<Vec<Example>> {
+    let index: HashMap<&str, usize> = labels
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.as_str(), i))
+        .collect();
+    for g in gold {
+        if !index.contains_key(g.label.as_str()) {
+            return Err(StudentError::Line {
+                path: path.to_owned(),
+                line: g.line,
+                reason: format!(
+                    "label {:?} is not one the model knows ({})",
+                    g.label,
+                    labels.join(", ")
+                ),
+            });
+        }
+    }
+    let ids: HashSet<String> = gold.iter().map(|g| g.id.clone()).collect();
+    let data = TrainData::open(loc, task, Default::default(), 0)
+        .await?
+        .select(Selection::Ids(ids));
+    let mut cached: HashMap<String, Example> = tokio::task::spawn_blocking(move || data.collect())
+        .await
+        .map_err(|e| StudentError::Invalid(format!("reading the cache panicked: {e}")))??
+        .into_iter()
+        .map(|e| (e.id.clone(), e))
+        .collect();
+    // Rows not in the cache must bring their text; the teacher labels them.
+    let mut new: Vec<&Gold> = Vec::new();
+    for g in gold {
+        if !cached.contains_key(&g.id) {
+            if g.text.is_none() {
+                return Err(StudentError::Line {
+                    path: path.to_owned(),
+                    line: g.line,
+                    reason: format!(
+                        "id {:?} is not in task {}'s corpus ({}): give the row its text in a \"text\" field to evaluate on it",
+                        g.id, task.name, task.corpus
+                    ),
+                });
+            }
+            new.push(g);
+        }
+    }
+    let mut fresh: HashMap<String, Vec<f32>> = HashMap::new();
+    if !new.is_empty() {
+        let predictor = task_teacher(loc, task, teacher).await?;
+        let texts: Vec<String> = new
+            .iter()
+            .map(|g| g.text.clone().expect("checked"))
+            .collect();
+        let logits = tokio::task::spawn_blocking(move || {
+            let t: Vec<&str> = texts.iter().map(String::as_str).collect();
+            predictor.logits(&t)
+        })
+        .await
+        .map_err(|e| StudentError::Invalid(format!("the teacher panicked: {e}")))??;
+        for (g, z) in new.iter().zip(logits) {
+            fresh.insert(g.id.clone(), z);
+        }
+    }
+    Ok(gold
+        .iter()
+        .map(|g| {
+            let gold_class = Some(index[g.label.as_str()]);
+            match cached.remove(&g.id) {
+                Some(e) => Example {
+                    gold: gold_class,
+                    ..e
+                },
+                None => Example {
+                    id: g.id.clone(),
+                    text: g.text.clone().expect("checked"),
+                    soft: fresh.remove(&g.id).expect("labeled above"),
+                    gold: gold_class,
+                    embedding: None,
+                },
+            }
+        })
+        .collect())
+}
 
 /// What `distill eval` reports.
 #[derive(Clone, Debug, Default, Serialize)]

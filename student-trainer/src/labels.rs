@@ -1,5 +1,6 @@
 //! Gold labels: a JSONL file of `{"id": …, "label": …}` objects (field names configurable), read with
-//! errors that name the file and line.
+//! errors that name the file and line. A row may carry its text (`"text"`): evaluation then runs the
+//! teacher on it when its id is not in the cache, and a row with a text needs no id.
 
 use crate::{Result, StudentError};
 use std::collections::HashSet;
@@ -12,6 +13,8 @@ pub struct Gold {
     pub id: String,
     pub label: String,
     pub group: Option<String>,
+    /// The row's own text, where the file gives one.
+    pub text: Option<String>,
     pub line: u64,
 }
 
@@ -21,6 +24,8 @@ pub struct Fields {
     pub id: String,
     pub label: String,
     pub group: Option<String>,
+    /// An optional text field.
+    pub text: String,
 }
 
 impl Default for Fields {
@@ -29,6 +34,7 @@ impl Default for Fields {
             id: "id".into(),
             label: "label".into(),
             group: None,
+            text: "text".into(),
         }
     }
 }
@@ -68,7 +74,16 @@ pub fn read(path: &Path, fields: &Fields) -> Result<Vec<Gold>> {
                 ))
             })
         };
-        let id = get(&fields.id)?;
+        let text = v
+            .get(&fields.text)
+            .and_then(|t| t.as_str())
+            .map(str::to_owned);
+        let id = match (get(&fields.id), &text) {
+            (Ok(id), _) => id,
+            // A row with its own text needs no id: it is named by its line.
+            (Err(_), Some(_)) => format!("line-{n}"),
+            (Err(e), None) => return Err(e),
+        };
         let label = get(&fields.label)?;
         if label.is_empty() {
             return Err(line_err(format!("empty {:?}", fields.label)));
@@ -84,6 +99,7 @@ pub fn read(path: &Path, fields: &Fields) -> Result<Vec<Gold>> {
             id,
             label,
             group,
+            text,
             line: n,
         });
     }
@@ -92,6 +108,46 @@ pub fn read(path: &Path, fields: &Fields) -> Result<Vec<Gold>> {
             path: name,
             reason: "no labeled examples".into(),
         });
+    }
+    Ok(out)
+}
+
+/// A task's gold labels with `more` added (`distill task fit --add`): an id already labeled the same
+/// way is kept once; labeled another way, it is an error naming the line of `more`.
+pub fn merge(
+    existing: &[distill_cache::task::GoldLabel],
+    more: Vec<Gold>,
+    path: &str,
+) -> Result<Vec<Gold>> {
+    let known: std::collections::HashMap<&str, &str> = existing
+        .iter()
+        .map(|g| (g.id.as_str(), g.label.as_str()))
+        .collect();
+    let mut out: Vec<Gold> = existing
+        .iter()
+        .map(|g| Gold {
+            id: g.id.clone(),
+            label: g.label.clone(),
+            group: None,
+            text: None,
+            line: 0,
+        })
+        .collect();
+    for g in more {
+        match known.get(g.id.as_str()) {
+            Some(l) if *l == g.label => {}
+            Some(l) => {
+                return Err(StudentError::Line {
+                    path: path.to_owned(),
+                    line: g.line,
+                    reason: format!(
+                        "id {:?} is labeled {:?} here but {:?} in the task: fix one of them",
+                        g.id, g.label, l
+                    ),
+                })
+            }
+            None => out.push(g),
+        }
     }
     Ok(out)
 }
@@ -156,5 +212,44 @@ mod tests {
         };
         let g = read(&p, &fields).unwrap();
         assert_eq!((g[0].id.as_str(), g[0].group.as_deref()), ("7", Some("m")));
+        // A row with its own text needs no id.
+        std::fs::write(&p, "{\"text\":\"fine\",\"label\":\"x\"}\n").unwrap();
+        let g = read(&p, &Fields::default()).unwrap();
+        assert_eq!(
+            (g[0].id.as_str(), g[0].text.as_deref()),
+            ("line-1", Some("fine"))
+        );
+    }
+
+    #[test]
+    fn merging_adds_new_ids_and_refuses_a_relabel() {
+        let existing = vec![distill_cache::task::GoldLabel {
+            id: "a".into(),
+            label: "x".into(),
+        }];
+        let g = |id: &str, label: &str, line| Gold {
+            id: id.into(),
+            label: label.into(),
+            group: None,
+            text: None,
+            line,
+        };
+        let m = merge(
+            &existing,
+            vec![g("a", "x", 1), g("b", "y", 2)],
+            "more.jsonl",
+        )
+        .unwrap();
+        assert_eq!(
+            m.iter().map(|g| g.id.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        let e = merge(&existing, vec![g("a", "y", 3)], "more.jsonl")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("more.jsonl, line 3:") && e.contains("\"x\""),
+            "{e}"
+        );
     }
 }

@@ -1,9 +1,11 @@
 //! Students and tasks from the cache, without the teacher.
 //!
 //! - [`labels`]: gold-label files (JSONL), with errors naming the line;
-//! - [`logreg`] and [`task`]: few-shot heads (multinomial logistic regression with L2) and zero-shot
+//! - [`logreg`] and [`task`]: few-shot heads (multinomial logistic regression with L2, `C` and
+//!   temperature chosen by cross-validation) and zero-shot
 //!   heads (label descriptions) fitted on cached embeddings, applied to the whole corpus and committed
 //!   as a derived logits entry (see `distill_cache::task`);
+//! - [`cv`]: stratified k-fold cross-validation on gold labels (folds, out-of-fold scores, temperature);
 //! - [`calibrate`]: calibration of a prompted teacher's class scores on the gold labels (none, a bias
 //!   per class, or a small head), chosen by stratified cross-validation;
 //! - [`data`]: streaming a task's cached shards through a seeded shuffle buffer;
@@ -20,12 +22,15 @@
 //! - [`checkpoint`]: training checkpoints (both students) and resuming them;
 //! - [`dir`]: model folders (the `distill.json` marker, atomic writes);
 //! - [`model`]: student directories (layout, loading, prediction);
+//! - [`suggest`]: the examples worth labeling next (teacher uncertainty, teacher–student
+//!   disagreement, spread over the embedding space);
 //! - [`metrics`] and [`eval`]: accuracy, macro-F1, agreement, calibration, latency, blind spots.
 //!
 //! It reads the cache only through `distill-cache` and runs models through `distill-teacher`.
 
 pub mod calibrate;
 pub mod checkpoint;
+pub mod cv;
 pub mod data;
 pub mod dir;
 pub mod error;
@@ -41,6 +46,7 @@ pub mod optim;
 pub mod protocol;
 pub mod recipe;
 pub mod rng;
+pub mod suggest;
 pub mod task;
 pub mod transformer;
 

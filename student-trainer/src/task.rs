@@ -2,7 +2,7 @@
 //! to every cached row and committed as a derived logits entry; then the task record. No teacher pass.
 
 use crate::labels::Gold;
-use crate::logreg::{self, LogRegOptions};
+use crate::logreg::{self, CvOptions};
 use crate::{Result, StudentError};
 use distill_cache::catalog::{self, CorpusManifest};
 use distill_cache::commit::{commit_shard, put_if_absent, read_shard, shard_meta};
@@ -227,14 +227,16 @@ pub fn check_classes(
     Ok(class_names(gold))
 }
 
-/// Fits a logistic-regression head on the gold examples' cached embeddings and publishes the task.
+/// Fits a logistic-regression head on the gold examples' cached embeddings — `C` and temperature
+/// chosen by stratified cross-validation unless `C` is fixed ([`logreg::fit_cv`]) — and publishes
+/// the task, with the cross-validated figures in its record.
 pub async fn fit_head(
     loc: &Location,
     name: &str,
     entry: &Entry,
     gold: &[Gold],
     labels_path: &str,
-    opts: LogRegOptions,
+    cvo: CvOptions,
     min_per_class: usize,
 ) -> Result<TaskRecord> {
     task::check_name(name)?;
@@ -254,12 +256,13 @@ pub async fn fit_head(
         .collect();
     let y: Vec<usize> = gold.iter().map(|g| index[g.label.as_str()]).collect();
     let classes = labels.len();
-    let head = tokio::task::spawn_blocking(move || logreg::fit(&x, &y, classes, opts))
+    let (head, report) = tokio::task::spawn_blocking(move || logreg::fit_cv(&x, &y, classes, cvo))
         .await
         .map_err(|e| StudentError::Invalid(format!("head fit panicked: {e}")))?;
     let def = Definition {
         head: Some(head),
         gold,
+        cross_validation: Some(serde_json::to_value(&report).expect("serialisable")),
         ..Definition::new(TaskKind::Head, labels)
     };
     publish(loc, name, entry, def).await

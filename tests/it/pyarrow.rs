@@ -124,3 +124,74 @@ async fn pyarrow_reads_the_documented_schema_and_metadata() {
         }
     }
 }
+
+/// Every snippet of docs/cache-format.md's "Reading the cache elsewhere", run with pyarrow, DuckDB and
+/// polars on a store that holds two kinds of entry (embeddings, and a task's derived logits): the
+/// per-entry paths read one entry, the union by name reads both.
+#[test]
+fn the_cache_format_pages_snippets_run_with_pyarrow_duckdb_and_polars() {
+    let Some(python) = python_with("pyarrow, duckdb, polars") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let encoder = tiny_encoder(dir.path());
+    let corpus = dir.path().join("corpus.jsonl");
+    write_corpus(&corpus, 30);
+    let store = dir.path().join("cache").display().to_string();
+    let job = label_with(
+        corpus.to_str().unwrap(),
+        encoder.to_str().unwrap(),
+        &store,
+        &["--shard-size", "16"],
+    );
+    let gold = dir.path().join("gold.jsonl");
+    let lines: String = (0..30)
+        .map(|i| {
+            format!(
+                "{{\"id\":\"doc-{i}\",\"label\":\"{}\"}}\n",
+                ["a", "b"][i % 2]
+            )
+        })
+        .collect();
+    std::fs::write(&gold, lines).unwrap();
+    let task = run_json(&[
+        "task",
+        "fit",
+        "--cache",
+        &store,
+        "--name",
+        "docs",
+        "--labels",
+        gold.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_ne!(
+        task["output"], task["base_output"],
+        "a derived logits entry"
+    );
+    let doc = repo_root().join("docs/cache-format.md");
+    let script = repo_root().join("scripts/check_cache_docs.py");
+    let out = std::process::Command::new(&python)
+        .arg(&script)
+        .args([
+            doc.to_str().unwrap(),
+            &store,
+            job["teacher_fingerprint"].as_str().unwrap(),
+            job["output_fingerprint"].as_str().unwrap(),
+            "30",
+            "60",
+        ])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        said.lines().filter(|l| l.starts_with("ok ")).count(),
+        5,
+        "{said}"
+    );
+}

@@ -687,11 +687,14 @@ fn quickstart_reduced() {
             .collect::<Vec<_>>()
     };
     let mut expect = vec![
+        "teacher + head, C = 1",
         "teacher + head",
         "n-gram, gold only",
         "n-gram, distilled",
         "n-gram, distilled, test texts unseen",
         "transformer, distilled",
+        "teacher + head, + random labels",
+        "teacher + head, + suggested labels",
     ];
     if !llm.is_empty() {
         expect.extend([
@@ -704,12 +707,21 @@ fn quickstart_reduced() {
     assert_eq!(
         models("review-vs-plot"),
         [
+            "teacher + head, C = 1",
             "teacher + head",
             "n-gram, gold only",
             "n-gram, distilled",
             "n-gram, distilled, test texts unseen"
         ]
     );
+    // The labeling loop's two tasks hold the same number of gold labels: 40 + 50 each.
+    for more in ["more-random", "more-suggested"] {
+        let g = std::fs::read_to_string(
+            out.join(format!("split/quickstart-sentiment-d0-{more}.gold.jsonl")),
+        )
+        .unwrap();
+        assert_eq!(g.lines().count(), 90, "{more}");
+    }
     assert_eq!(report["students_saw_test_texts"], true);
     let summary: Vec<String> = report["summary"]
         .as_array()
@@ -718,13 +730,20 @@ fn quickstart_reduced() {
         .filter(|s| s["task"] == "sentiment")
         .map(|s| s["model"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(summary[0], "teacher + head");
-    assert_eq!(summary.last().unwrap(), expect.last().unwrap());
+    assert_eq!(
+        summary[..4],
+        [
+            "teacher + head, C = 1",
+            "teacher + head",
+            "teacher + head, + random labels",
+            "teacher + head, + suggested labels"
+        ]
+    );
     let targets = report["targets"].as_array().unwrap();
     assert_eq!(
         targets.len(),
-        if llm.is_empty() { 6 } else { 8 },
-        "3 checks for each of the 2 distilled students, 2 for the LLM teacher and its student"
+        if llm.is_empty() { 8 } else { 10 },
+        "3 checks for each of the 2 distilled students, CV against fixed C, suggested against random, 2 for the LLM teacher and its student"
     );
     assert!(targets
         .iter()
@@ -770,6 +789,12 @@ fn quickstart_reduced() {
     }
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("accuracy-latency.svg") && out.join("accuracy-latency.svg").is_file());
+    let svg = std::fs::read_to_string(out.join("accuracy-latency.svg")).unwrap();
+    assert!(
+        svg.contains("Task 1: fresh vs rotten")
+            && svg.contains("Task 2: critic review vs plot summary"),
+        "a legend"
+    );
     // The teacher pass is paid once: labeling the corpus again is all cache hits.
     let again = label_with(
         &dir.join("corpus.jsonl").display().to_string(),
@@ -1001,6 +1026,209 @@ fn ngram_training_resumes_from_its_epoch_checkpoint() {
     );
     assert!(
         e.contains("position.json") && e.contains("delete the checkpoint"),
+        "{e}"
+    );
+}
+
+/// The loop of issue 15 on a small task: a head whose C and temperature are cross-validated (and
+/// `--c` fixing C), `eval` on labeled texts that are not in the cache, `task suggest` and `task fit
+/// --add` taking the labeled suggestions in.
+#[test]
+fn cross_validated_heads_eval_on_new_texts_and_the_labeling_loop() {
+    let tmp = tempfile::tempdir().unwrap();
+    let teacher = tiny_encoder(tmp.path());
+    let s = Synthetic::new(tmp.path(), 200);
+    s.label(&teacher);
+    let train = std::fs::read_to_string(s.path("train.jsonl")).unwrap();
+    let few = s.path("few.jsonl");
+    std::fs::write(
+        &few,
+        train
+            .lines()
+            .take(40)
+            .map(|l| format!("{l}\n"))
+            .collect::<String>(),
+    )
+    .unwrap();
+
+    // C and the temperature chosen by 5-fold CV; the record says what CV found.
+    let task = s.fit("loop", &few);
+    let cv = &task["cross_validation"];
+    assert_eq!(cv["folds"], 5, "{cv}");
+    assert_eq!(cv["c_fixed"], false);
+    let grid: Vec<f64> = cv["grid"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["c"].as_f64().unwrap())
+        .collect();
+    assert_eq!(grid.len(), 9);
+    assert!(grid.contains(&cv["c"].as_f64().unwrap()));
+    let acc = cv["accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&acc) && cv["temperature"].as_f64().unwrap() > 0.0);
+    // --c fixes C (temperature 1: the head of earlier releases); the human output shows the CV figures.
+    let fixed = run_json(&[
+        "task", "fit", "--cache", &s.store, "--name", "loop-c", "--labels", &few, "--c", "2.5",
+        "--json",
+    ]);
+    let f = &fixed["cross_validation"];
+    assert_eq!(
+        (f["c"].as_f64(), f["c_fixed"].as_bool()),
+        (Some(2.5), Some(true))
+    );
+    assert_eq!(f["temperature"], 1.0);
+    assert_eq!(f["grid"].as_array().unwrap().len(), 1);
+    let shown = ok(&[
+        "task", "fit", "--cache", &s.store, "--name", "loop-h", "--labels", &few,
+    ]);
+    assert!(shown.contains("cross-validated accuracy"), "{shown}");
+    let e = expect_error(&[
+        "task", "fit", "--cache", &s.store, "--name", "x", "--labels", &few, "--c", "0",
+    ]);
+    assert!(e.contains("--c 0"), "{e}");
+
+    // eval on a labels file mixing cached ids with new texts (no ids): the teacher runs on the new
+    // ones, so the teacher + head agrees with "its" logits on every row.
+    let test = std::fs::read_to_string(s.path("test.jsonl")).unwrap();
+    let mut mixed: String = test.lines().take(10).map(|l| format!("{l}\n")).collect();
+    for (i, cue) in ["great", "awful", "superb", "tedious", "moving", "boring"]
+        .iter()
+        .enumerate()
+    {
+        let label = if i % 2 == 0 { "pos" } else { "neg" };
+        mixed += &format!(
+            "{}\n",
+            serde_json::json!({"text": format!("a story never seen, {cue} from start to end"), "label": label})
+        );
+    }
+    let mixed_path = s.path("mixed.jsonl");
+    std::fs::write(&mixed_path, &mixed).unwrap();
+    let th = run_json(&[
+        "eval",
+        "--model",
+        teacher.to_str().unwrap(),
+        "--cache",
+        &s.store,
+        "--task",
+        "loop",
+        "--labels",
+        &mixed_path,
+        "--json",
+    ]);
+    assert_eq!(th["examples"], 16, "{th}");
+    assert_eq!(th["agreement"], 1.0, "{th}");
+    // A row that is neither in the cache nor brings its text is named.
+    let bad = s.path("bad.jsonl");
+    std::fs::write(
+        &bad,
+        format!(
+            "{}{}\n",
+            test.lines().next().unwrap().to_owned() + "\n",
+            r#"{"id":"nowhere","label":"pos"}"#
+        ),
+    )
+    .unwrap();
+    let e = expect_error(&[
+        "eval",
+        "--model",
+        teacher.to_str().unwrap(),
+        "--cache",
+        &s.store,
+        "--task",
+        "loop",
+        "--labels",
+        &bad,
+    ]);
+    assert!(
+        e.contains("bad.jsonl, line 2") && e.contains("\"text\""),
+        "{e}"
+    );
+
+    // suggest: 10 rows of the corpus that are not gold yet, distinct, ready to be labeled.
+    let student = s.path("loop-ngram");
+    ok(&[
+        "train",
+        "--cache",
+        &s.store,
+        "--task",
+        "loop",
+        "--student",
+        "ngram",
+        "--out",
+        &student,
+        "--epochs",
+        "3",
+        "--buckets",
+        "4096",
+    ]);
+    let sugg = s.path("suggest.jsonl");
+    ok(&[
+        "task",
+        "suggest",
+        "--cache",
+        &s.store,
+        "--task",
+        "loop",
+        "--n",
+        "10",
+        "--student",
+        &student,
+        "--out",
+        &sugg,
+    ]);
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(&sugg)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 10);
+    let gold_ids: std::collections::HashSet<String> = std::fs::read_to_string(&few)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| v["id"].as_str().unwrap().to_owned())
+        .collect();
+    let ids: std::collections::HashSet<&str> =
+        rows.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 10, "distinct");
+    assert!(
+        ids.iter().all(|id| !gold_ids.contains(*id)),
+        "no gold id suggested"
+    );
+    assert!(rows
+        .iter()
+        .all(|r| r["label"] == "" && r["text"].is_string()));
+    // Label them (the synthetic truth: even rows positive) and add them to the task.
+    let labeled: String = rows
+        .iter()
+        .map(|r| {
+            let id = r["id"].as_str().unwrap();
+            let i: usize = id.trim_start_matches("s-").parse().unwrap();
+            format!("{}\n", serde_json::json!({"id": id, "label": if i % 2 == 0 { "pos" } else { "neg" }, "text": r["text"]}))
+        })
+        .collect();
+    let more = s.path("more.jsonl");
+    std::fs::write(&more, labeled).unwrap();
+    let grown = run_json(&[
+        "task", "fit", "--cache", &s.store, "--name", "loop", "--add", "--labels", &more, "--json",
+    ]);
+    assert_eq!(grown["gold"].as_array().unwrap().len(), 50);
+    assert_eq!(grown["base_output"], task["base_output"], "the same entry");
+    // A gold id labeled the other way is named, and nothing is refitted.
+    let first = std::fs::read_to_string(&few).unwrap();
+    let v: serde_json::Value = serde_json::from_str(first.lines().next().unwrap()).unwrap();
+    let flipped = if v["label"] == "pos" { "neg" } else { "pos" };
+    let conflict = s.path("conflict.jsonl");
+    std::fs::write(
+        &conflict,
+        format!("{}\n", serde_json::json!({"id": v["id"], "label": flipped})),
+    )
+    .unwrap();
+    let e = expect_error(&[
+        "task", "fit", "--cache", &s.store, "--name", "loop", "--add", "--labels", &conflict,
+    ]);
+    assert!(
+        e.contains("conflict.jsonl, line 1") && e.contains("fix one"),
         "{e}"
     );
 }
