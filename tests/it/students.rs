@@ -1204,7 +1204,7 @@ fn cross_validated_heads_eval_on_new_texts_and_the_labeling_loop() {
         .map(|r| {
             let id = r["id"].as_str().unwrap();
             let i: usize = id.trim_start_matches("s-").parse().unwrap();
-            format!("{}\n", serde_json::json!({"id": id, "label": if i % 2 == 0 { "pos" } else { "neg" }, "text": r["text"]}))
+            format!("{}\n", serde_json::json!({"id": id, "label": if i.is_multiple_of(2) { "pos" } else { "neg" }, "text": r["text"]}))
         })
         .collect();
     let more = s.path("more.jsonl");
