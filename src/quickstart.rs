@@ -20,13 +20,14 @@ use distill_cache::spec::{Dtype, OutputKind};
 use distill_cache::store;
 use distill_student_trainer::data::TrainData;
 use distill_student_trainer::eval::{self, EvalReport};
+use distill_student_trainer::finetune::FinetuneOptions;
 use distill_student_trainer::labels::{self, Fields, Gold};
 use distill_student_trainer::logreg::CvOptions;
 use distill_student_trainer::model::{dir_bytes, Predictor};
 use distill_student_trainer::protocol::{
     draw, relabel, review_or_plot, sentiment, split_by_group, summarize, targets, Check, Mapping,
     Row, Summary, FIXED_C_ROW, LLM_NGRAM_ROW, LLM_TEACHER_ROW, MORE_RANDOM_ROW, MORE_SUGGESTED_ROW,
-    UNSEEN_ROW,
+    TUNED_NGRAM_ROW, TUNED_ROW, UNSEEN_ROW,
 };
 use distill_student_trainer::rng::Rng;
 use distill_student_trainer::task as tasks;
@@ -112,6 +113,10 @@ pub struct QuickstartArgs {
     /// (0: skip).
     #[arg(long, env = "DISTILL_SUGGEST", default_value_t = 50)]
     pub suggest: usize,
+    /// Fine-tune the teacher on each draw's gold labels (`task fit --finetune`): pair iterations per
+    /// gold label (0: skip the tuned-teacher rows).
+    #[arg(long, env = "DISTILL_FINETUNE_PAIRS", default_value_t = 5)]
+    pub finetune_pairs: usize,
     /// Rows of the training movies the LLM labels for distillation, besides the test rows and the
     /// gold labels of every draw (the LLM labels a subset: a 135M decoder costs ~10× MiniLM per row).
     #[arg(long, env = "DISTILL_LLM_ROWS", default_value_t = 3000)]
@@ -653,6 +658,108 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
                 });
             }
         }
+        if !second && args.finetune_pairs > 0 {
+            // The teacher fine-tuned on the same gold labels, its head, and a student from it.
+            let tuned_name = format!("{name}-tuned");
+            let tuned_out = out.join("models").join(format!("{tuned_name}-teacher"));
+            eprintln!(
+                "    fine-tuning the teacher on the {} gold labels ({} pair iterations per label), then its pass over the corpus",
+                picked.len(),
+                args.finetune_pairs
+            );
+            let tune = crate::task_cmd::Finetune {
+                cache: &args.store,
+                out: &tuned_out,
+                teacher: Some(args.teacher.clone()),
+                opts: FinetuneOptions {
+                    pairs: args.finetune_pairs,
+                    seed: args.seed + *d as u64,
+                    ..Default::default()
+                },
+                device: DeviceSpec::Cpu,
+                show: true,
+            };
+            let tuned_record = crate::task_cmd::fit_finetuned(
+                &loc,
+                &tuned_name,
+                &entry,
+                &picked,
+                &gold_path.display().to_string(),
+                &tune,
+                cvo,
+            )
+            .await?;
+            task_seconds.push((tuned_name.clone(), tuned_record.teacher_seconds));
+            let tuned_teacher = {
+                let md = distill_cache::model_dir::ModelDir::inspect(
+                    &tuned_out.display().to_string(),
+                    &tuned_out,
+                )?;
+                std::sync::Arc::new(
+                    tokio::task::spawn_blocking(move || Teacher::load(&md, &DeviceSpec::Cpu))
+                        .await??,
+                )
+            };
+            let tuned_row = TeacherRow {
+                teacher: tuned_teacher,
+                source: eval::TeacherSource {
+                    model: Some(tuned_out.display().to_string()),
+                    device: DeviceSpec::Cpu,
+                },
+                ..teacher_row.clone()
+            };
+            let report = tuned_row
+                .evaluate(&loc, &tuned_record, &test_path, TUNED_ROW)
+                .await?;
+            eprintln!(
+                "      {TUNED_ROW}: {:.1}% accuracy",
+                100.0 * report.accuracy
+            );
+            rows.push(Row {
+                task: task_kind.to_string(),
+                draw: *d,
+                model: TUNED_ROW.into(),
+                distilled: false,
+                unseen: true,
+                report,
+            });
+            let dir = out.join("models").join(format!("{tuned_name}-ngram"));
+            let mut targs = TrainArgs::new(&args.store, &tuned_name, StudentKind::Ngram, &dir);
+            targs.seed = args.seed + *d as u64;
+            targs.checkpoint = None;
+            eprintln!("    training {TUNED_NGRAM_ROW}");
+            train_cmd::train(&loc, &tuned_record, &targs, exclude.clone(), None, true).await?;
+            let model = {
+                let dir = dir.clone();
+                tokio::task::spawn_blocking(move || Predictor::load(&dir, &DeviceSpec::Cpu))
+                    .await??
+            };
+            let (params, bytes) = (parameters(&model, &dir), dir_bytes(&dir));
+            let examples = labeled_examples(
+                &loc,
+                &tuned_record,
+                &test_path,
+                &Fields::default(),
+                &tuned_record.labels,
+                &source,
+            )
+            .await?;
+            let samples = args.latency_samples;
+            let mut report = tokio::task::spawn_blocking(move || {
+                eval::evaluate(TUNED_NGRAM_ROW, &model, &examples, samples, params, bytes)
+            })
+            .await??;
+            report.model = TUNED_NGRAM_ROW.to_owned();
+            eprintln!("      {:.1}% accuracy", 100.0 * report.accuracy);
+            rows.push(Row {
+                task: task_kind.to_string(),
+                draw: *d,
+                model: TUNED_NGRAM_ROW.into(),
+                distilled: true,
+                unseen: args.exclude_test_texts,
+                report,
+            });
+        }
         if let (false, Some((_, llm_entry, llm_teacher, llm_bytes))) = (second, &llm) {
             // The LLM teacher, calibrated on the same gold labels, and a student distilled from it.
             let llm_name = format!("quickstart-sentiment-llm-d{d}");
@@ -820,6 +927,7 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
 }
 
 /// A "teacher + head" row: the teacher run live (for its latency), a task's head on top.
+#[derive(Clone)]
 struct TeacherRow {
     teacher: std::sync::Arc<Teacher>,
     params: u64,

@@ -8,6 +8,8 @@
 //! - [`cv`]: stratified k-fold cross-validation on gold labels (folds, out-of-fold scores, temperature);
 //! - [`calibrate`]: calibration of a prompted teacher's class scores on the gold labels (none, a bias
 //!   per class, or a small head), chosen by stratified cross-validation;
+//! - [`finetune`]: few-shot fine-tuning of an encoder teacher on the gold labels (contrastive pairs,
+//!   SetFit's way), written as a new teacher in the original's layout;
 //! - [`data`]: streaming a task's cached shards through a seeded shuffle buffer;
 //! - [`kd`] and [`optim`]: the distillation loss, AdamW, the learning-rate schedule, clipping;
 //! - [`ngram`]: the hashed bag-of-n-grams student;
@@ -35,6 +37,7 @@ pub mod data;
 pub mod dir;
 pub mod error;
 pub mod eval;
+pub mod finetune;
 pub mod kd;
 pub mod labels;
 pub mod lm;

@@ -21,6 +21,11 @@ pub const FIXED_C_ROW: &str = "teacher + head, C = 1";
 pub const MORE_RANDOM_ROW: &str = "teacher + head, + random labels";
 pub const MORE_SUGGESTED_ROW: &str = "teacher + head, + suggested labels";
 
+/// The teacher fine-tuned on the draw's gold labels (`task fit --finetune`), its head, and an n-gram
+/// student distilled from it.
+pub const TUNED_ROW: &str = "tuned teacher + head";
+pub const TUNED_NGRAM_ROW: &str = "n-gram, distilled from the tuned teacher";
+
 /// One evaluated model in one draw.
 #[derive(Clone, Debug, Serialize)]
 pub struct Row {
@@ -122,10 +127,12 @@ pub fn summarize(rows: &[Row]) -> Vec<Summary> {
         "teacher + head",
         MORE_RANDOM_ROW,
         MORE_SUGGESTED_ROW,
+        TUNED_ROW,
         "n-gram, gold only",
         "n-gram, distilled",
         "transformer, distilled",
         UNSEEN_ROW,
+        TUNED_NGRAM_ROW,
         LLM_TEACHER_ROW,
         LLM_NGRAM_ROW,
     ];
@@ -209,6 +216,25 @@ pub fn targets(summary: &[Summary], draws: usize) -> Vec<Check> {
             met: sg >= r,
         });
     }
+    if let Some(tuned) = find(TUNED_ROW) {
+        let (t, h) = (100.0 * tuned.mean.accuracy, 100.0 * th.mean.accuracy);
+        out.push(Check {
+            what: format!(
+                "{TUNED_ROW}: {t:.1}% ≥ teacher + head + 2 ({:.1}%){note}",
+                h + 2.0
+            ),
+            met: t >= h + 2.0,
+        });
+        if let Some(student) = find(TUNED_NGRAM_ROW) {
+            let n = 100.0 * student.mean.accuracy;
+            out.push(Check {
+                what: format!(
+                    "{TUNED_NGRAM_ROW}: {n:.1}% within 1 point of its teacher ({t:.1}%){note}"
+                ),
+                met: n >= t - 1.0,
+            });
+        }
+    }
     // The targets are about the distilled students of the main setup; the unseen-texts row is a
     // diagnostic of generalisation to new text, shown in the tables.
     if let (Some(llm), Some(student)) = (find(LLM_TEACHER_ROW), find(LLM_NGRAM_ROW)) {
@@ -223,7 +249,9 @@ pub fn targets(summary: &[Summary], draws: usize) -> Vec<Check> {
         });
     }
     for s in summary.iter().filter(|s| {
-        s.task == "sentiment" && s.distilled && s.model != UNSEEN_ROW && s.model != LLM_NGRAM_ROW
+        s.task == "sentiment"
+            && s.distilled
+            && ![UNSEEN_ROW, LLM_NGRAM_ROW, TUNED_NGRAM_ROW].contains(&s.model.as_str())
     }) {
         let a = 100.0 * s.mean.accuracy;
         out.push(Check {

@@ -176,6 +176,40 @@ pub async fn gold_embeddings(
     Ok(out.into_iter().map(|e| e.expect("checked")).collect())
 }
 
+/// The cached texts of the gold ids, in gold order. Every id must be in the cache.
+pub async fn gold_texts(
+    loc: &Location,
+    entry: &Entry,
+    gold: &[Gold],
+    labels_path: &str,
+) -> Result<Vec<String>> {
+    let want: HashMap<&str, usize> = gold
+        .iter()
+        .enumerate()
+        .map(|(i, g)| (g.id.as_str(), i))
+        .collect();
+    let mut out: Vec<Option<String>> = vec![None; gold.len()];
+    for s in &entry.manifest.shards {
+        let (_, data) = read_shard(loc, &key(&entry.manifest, &s.fingerprint)).await?;
+        for (id, text) in data.ids.iter().zip(data.texts) {
+            if let Some(&j) = want.get(id.as_str()) {
+                out[j] = Some(text);
+            }
+        }
+    }
+    if let Some(i) = out.iter().position(Option::is_none) {
+        return Err(StudentError::Line {
+            path: labels_path.to_owned(),
+            line: gold[i].line,
+            reason: format!(
+                "id {:?} is not in the cached corpus {}: label with the corpus these ids come from",
+                gold[i].id, entry.manifest.corpus
+            ),
+        });
+    }
+    Ok(out.into_iter().map(|t| t.expect("checked")).collect())
+}
+
 /// The ids of every cached row of an entry (rows the teacher pass rejected are absent).
 pub async fn cached_ids(
     loc: &Location,

@@ -97,6 +97,8 @@ pub struct TransformerStudent {
     vars: BTreeMap<String, Var>,
     pub labels: Vec<String>,
     teacher_dir: PathBuf,
+    /// Whether the teacher's weights have a pooler (written back by [`TransformerStudent::save_encoder`]).
+    teacher_pooler: bool,
     device: Device,
 }
 
@@ -241,10 +243,8 @@ impl TransformerStudent {
                 put(dst, t)?;
             }
         }
-        let pooler_w = match (
-            opts.from_teacher,
-            all.contains_key(&format!("{prefix}pooler.dense.weight")),
-        ) {
+        let teacher_pooler = all.contains_key(&format!("{prefix}pooler.dense.weight"));
+        let pooler_w = match (opts.from_teacher, teacher_pooler) {
             (true, true) => (
                 tensor("pooler.dense.weight", &[hidden, hidden])?,
                 tensor("pooler.dense.bias", &[hidden])?,
@@ -270,8 +270,125 @@ impl TransformerStudent {
             vars,
             labels,
             teacher_dir: teacher.dir.clone(),
+            teacher_pooler,
             device: device.clone(),
         })
+    }
+
+    /// The teacher's layer count (`num_hidden_layers` of its `config.json`).
+    pub fn teacher_layers(teacher: &ModelDir) -> Result<usize> {
+        let path = teacher.hf_config()?;
+        let config: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(path).map_err(StudentError::io(path))?,
+        )
+        .map_err(|e| StudentError::Model {
+            path: teacher.location.clone(),
+            reason: format!("config.json: {e}"),
+        })?;
+        config
+            .get("num_hidden_layers")
+            .and_then(|v| v.as_u64())
+            .map(|v| v as usize)
+            .ok_or_else(|| StudentError::Model {
+                path: teacher.location.clone(),
+                reason: "config.json has no num_hidden_layers".into(),
+            })
+    }
+
+    /// Differentiable sentence embeddings as a sentence encoder's head makes them: token states
+    /// mean-pooled over the mask (or the first token's), L2-normalised when `normalize`.
+    pub fn embed(
+        &self,
+        ids: &Tensor,
+        mask: &Tensor,
+        pooling: distill_cache::model_dir::Pooling,
+        normalize: bool,
+    ) -> Result<Tensor> {
+        use distill_cache::model_dir::Pooling;
+        let (b, t) = ids.dims2()?;
+        let h = self.shape.hidden;
+        let x = self.encode(ids, mask)?.reshape((b, t, h))?;
+        let pooled = match pooling {
+            Pooling::Cls => x.i((.., 0))?.contiguous()?,
+            Pooling::Mean => {
+                let m = mask.unsqueeze(2)?;
+                let sum = x.broadcast_mul(&m)?.sum(1)?;
+                sum.broadcast_div(&m.sum(1)?.clamp(1.0f32, f32::MAX)?)?
+            }
+            Pooling::Max => {
+                return Err(StudentError::Invalid(
+                    "fine-tuning a max-pooling encoder is not supported (mean or CLS pooling)"
+                        .into(),
+                ))
+            }
+        };
+        if normalize {
+            let norm = pooled
+                .sqr()?
+                .sum_keepdim(D::Minus1)?
+                .sqrt()?
+                .clamp(1e-12f32, f32::MAX)?;
+            Ok(pooled.broadcast_div(&norm)?)
+        } else {
+            Ok(pooled)
+        }
+    }
+
+    /// Writes the whole encoder in the teacher's own layout — every file of the teacher's directory
+    /// (tokenizer, pooling and normalisation modules, `config.json`) with this encoder's weights in
+    /// `model.safetensors` — plus `distill.json` (`info`): a teacher `distill label` runs like the
+    /// original, with its own fingerprint.
+    pub fn save_encoder(&self, dir: &Path, info: &StudentInfo) -> Result<()> {
+        let teacher_layers = self
+            .config
+            .get("num_hidden_layers")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0) as usize;
+        if self.layers != teacher_layers {
+            return Err(StudentError::Invalid(format!(
+                "an encoder of {} layers is not the teacher's {teacher_layers}: save it as a student",
+                self.layers
+            )));
+        }
+        copy_tree(&self.teacher_dir, dir, &|name| {
+            !matches!(
+                name,
+                "model.safetensors" | "pytorch_model.bin" | "tf_model.h5" | "flax_model.msgpack"
+            ) && !name.ends_with(".onnx")
+                && name != crate::dir::INFO_FILE
+        })?;
+        let tensors: HashMap<String, Tensor> = self
+            .named_tensors("")
+            .into_iter()
+            .filter(|(k, _)| {
+                !k.starts_with("classifier") && (self.teacher_pooler || !k.starts_with("pooler"))
+            })
+            .map(|(k, v)| Ok((k, v.to_device(&Device::Cpu)?)))
+            .collect::<Result<_>>()?;
+        candle_core::safetensors::save(&tensors, dir.join("model.safetensors"))?;
+        std::fs::write(
+            dir.join(crate::dir::INFO_FILE),
+            serde_json::to_vec_pretty(info).expect("json"),
+        )
+        .map_err(StudentError::io(dir.join(crate::dir::INFO_FILE)))
+    }
+
+    /// The variables training updates, with whether weight decay applies (not to biases and norms);
+    /// the classifier and pooler are left out when `encoder_only`.
+    pub fn trainable(&self, encoder_only: bool) -> Vec<(String, Var, bool)> {
+        self.vars
+            .iter()
+            .filter(|(n, _)| {
+                !encoder_only || !(n.starts_with("classifier") || n.starts_with("pooler"))
+            })
+            .map(|(n, v)| {
+                (
+                    n.clone(),
+                    v.clone(),
+                    !(n.ends_with("bias") || n.contains("LayerNorm")),
+                )
+            })
+            .collect()
     }
 
     fn v(&self, name: &str) -> &Tensor {
@@ -433,6 +550,25 @@ impl TransformerStudent {
     }
 }
 
+/// Copies the files of `from` (recursively) whose names `keep` accepts into `to`.
+fn copy_tree(from: &Path, to: &Path, keep: &dyn Fn(&str) -> bool) -> Result<()> {
+    std::fs::create_dir_all(to).map_err(StudentError::io(to))?;
+    for e in std::fs::read_dir(from).map_err(StudentError::io(from))? {
+        let e = e.map_err(StudentError::io(from))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let path = e.path();
+        if name.starts_with('.') || !keep(&name) {
+            continue;
+        }
+        if path.is_dir() {
+            copy_tree(&path, &to.join(&name), keep)?;
+        } else {
+            std::fs::copy(&path, to.join(&name)).map_err(StudentError::io(&path))?;
+        }
+    }
+    Ok(())
+}
+
 /// A tokenizer set up as training uses it: no padding, truncation at `max_seq`.
 pub fn tokenizer(teacher: &ModelDir, max_seq: usize) -> Result<tokenizers::Tokenizer> {
     let bad = |e: String| StudentError::Model {
@@ -555,6 +691,7 @@ impl TransformerStudent {
             vars,
             labels: self.labels.clone(),
             teacher_dir: self.teacher_dir.clone(),
+            teacher_pooler: self.teacher_pooler,
             device: self.device.clone(),
         })
     }

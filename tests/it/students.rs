@@ -670,6 +670,8 @@ fn quickstart_reduced() {
         "48",
         "--latency-samples",
         "10",
+        "--finetune-pairs",
+        "1",
     ]
     .map(|s| s.to_string());
     let stdout = ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
@@ -695,6 +697,8 @@ fn quickstart_reduced() {
         "transformer, distilled",
         "teacher + head, + random labels",
         "teacher + head, + suggested labels",
+        "tuned teacher + head",
+        "n-gram, distilled from the tuned teacher",
     ];
     if !llm.is_empty() {
         expect.extend([
@@ -742,8 +746,8 @@ fn quickstart_reduced() {
     let targets = report["targets"].as_array().unwrap();
     assert_eq!(
         targets.len(),
-        if llm.is_empty() { 8 } else { 10 },
-        "3 checks for each of the 2 distilled students, CV against fixed C, suggested against random, 2 for the LLM teacher and its student"
+        if llm.is_empty() { 10 } else { 12 },
+        "3 checks for each of the 2 distilled students, CV against fixed C, suggested against random, 2 for the tuned teacher and its student, 2 for the LLM teacher and its student"
     );
     assert!(targets
         .iter()
@@ -759,7 +763,10 @@ fn quickstart_reduced() {
         .iter()
         .map(|t| (t[0].clone(), t[1].as_f64().unwrap()))
     {
-        assert_eq!(secs, 0.0, "task {name} ran the teacher");
+        // A head costs no teacher pass; the tuned teacher's task is a new teacher and its pass.
+        if !name.as_str().unwrap().ends_with("-tuned") {
+            assert_eq!(secs, 0.0, "task {name} ran the teacher");
+        }
     }
     // The split file lists the test ids; the unseen-texts student was trained without them, the
     // main-setup student distilled over the whole unlabeled corpus.
@@ -787,6 +794,23 @@ fn quickstart_reduced() {
             "{r}"
         );
     }
+    // The tuned teacher is a teacher of its own: an HF directory that the cache lists as another
+    // teacher, labeled once.
+    let tuned = out.join("models/quickstart-sentiment-d0-tuned-teacher");
+    assert!(tuned.join("model.safetensors").is_file() && tuned.join("modules.json").is_file());
+    let task: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.join("cache/v1/tasks/quickstart-sentiment-d0-tuned.json")).unwrap(),
+    )
+    .unwrap();
+    let base: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.join("cache/v1/tasks/quickstart-sentiment-d0.json")).unwrap(),
+    )
+    .unwrap();
+    assert_ne!(task["teacher"], base["teacher"]);
+    assert!(
+        task["teacher_seconds"].as_f64().unwrap() > 0.0,
+        "the tuned pass costs teacher time"
+    );
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("accuracy-latency.svg") && out.join("accuracy-latency.svg").is_file());
     let svg = std::fs::read_to_string(out.join("accuracy-latency.svg")).unwrap();
