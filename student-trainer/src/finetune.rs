@@ -526,4 +526,72 @@ mod encoder_tests {
         };
         assert_ne!(fp(&reloaded), fp(&dir), "a teacher of its own");
     }
+
+    /// A run interrupted after a checkpoint and started again ends with the weights of a run that was
+    /// never interrupted.
+    #[test]
+    fn an_interrupted_run_resumes_from_its_checkpoint_to_the_same_weights() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tiny_teacher(&tmp.path().join("teacher"));
+        let texts: Vec<String> = TEXTS.iter().map(|s| s.to_string()).collect();
+        let y = vec![1, 1, 1, 1, 0, 0, 0, 0];
+        let opts = FinetuneOptions {
+            pairs: 6,
+            epochs: 2,
+            batch: 8,
+            lr: 1e-3,
+            checkpoint_every: 2,
+            ..Default::default()
+        };
+        let whole = finetune(
+            &dir,
+            (&texts, &y),
+            &opts,
+            Run {
+                id: "r",
+                checkpoint: None,
+                device: &Device::Cpu,
+            },
+            |_| {},
+        )
+        .unwrap();
+        let ckpt = tmp.path().join("ckpt");
+        let broken = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            finetune(
+                &dir,
+                (&texts, &y),
+                &opts,
+                Run {
+                    id: "r",
+                    checkpoint: Some(&ckpt),
+                    device: &Device::Cpu,
+                },
+                |s| assert!(s.step < 5, "killed at step 5"),
+            )
+        }));
+        assert!(broken.is_err(), "the first run was interrupted");
+        let mut first_step = None;
+        let resumed = finetune(
+            &dir,
+            (&texts, &y),
+            &opts,
+            Run {
+                id: "r",
+                checkpoint: Some(&ckpt),
+                device: &Device::Cpu,
+            },
+            |s| {
+                first_step.get_or_insert(s.step);
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            first_step,
+            Some(5),
+            "resumed after the checkpoint of step 4"
+        );
+        let a = student_embeddings(&whole, &dir, &TEXTS);
+        let b = student_embeddings(&resumed, &dir, &TEXTS);
+        assert!(max_diff(&a, &b) < 1e-6, "{}", max_diff(&a, &b));
+    }
 }

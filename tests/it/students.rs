@@ -1256,3 +1256,90 @@ fn cross_validated_heads_eval_on_new_texts_and_the_labeling_loop() {
         "{e}"
     );
 }
+
+/// `task fit --finetune`: the tuned teacher is a model directory of its own, labeled once through the
+/// normal path (a rerun reuses it and hits the cache), and the task's head sits on its embeddings.
+#[test]
+fn a_finetuned_teacher_is_a_teacher_of_its_own_labeled_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let teacher = tiny_encoder(tmp.path());
+    let s = Synthetic::new(tmp.path(), 120);
+    let base = s.label(&teacher);
+    let tuned = s.path("tuned");
+    // The base teacher named: once tuned, the cache holds two embeddings entries of the corpus.
+    let base_fp = base["teacher_fingerprint"].as_str().unwrap().to_owned();
+    let args = [
+        "task",
+        "fit",
+        "--teacher-fingerprint",
+        &base_fp,
+        "--cache",
+        &s.store,
+        "--name",
+        "ft",
+        "--labels",
+        &s.path("train.jsonl"),
+        "--finetune",
+        "--tuned-out",
+        &tuned,
+        "--finetune-pairs",
+        "1",
+        "--json",
+    ];
+    let task = run_json(&args);
+    assert_ne!(
+        task["teacher"], base["teacher_fingerprint"],
+        "a new teacher"
+    );
+    assert_eq!(task["rows"], 120);
+    assert!(task["teacher_seconds"].as_f64().unwrap() > 0.0);
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "distill.json",
+    ] {
+        assert!(Path::new(&tuned).join(f).is_file(), "{f}");
+    }
+    // The same run again: the tuned teacher is reused and its pass is all cache hits.
+    let out = distill(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(again["teacher"], task["teacher"]);
+    assert_eq!(
+        again["teacher_seconds"], 0.0,
+        "reused, and every shard a cache hit"
+    );
+    // The tuned teacher + the task's head agrees with the task's cached logits on new texts too.
+    let new = s.path("new.jsonl");
+    std::fs::write(&new, "{\"text\":\"a great and moving film\",\"label\":\"pos\"}\n{\"text\":\"tedious and awful\",\"label\":\"neg\"}\n").unwrap();
+    let th = run_json(&[
+        "eval", "--model", &tuned, "--cache", &s.store, "--task", "ft", "--labels", &new, "--json",
+    ]);
+    assert_eq!(
+        (th["examples"].as_u64(), th["agreement"].as_f64()),
+        (Some(2), Some(1.0)),
+        "{th}"
+    );
+    // Where the tuned teacher goes must be said.
+    let out = distill(&[
+        "task",
+        "fit",
+        "--cache",
+        &s.store,
+        "--name",
+        "x",
+        "--labels",
+        &s.path("train.jsonl"),
+        "--finetune",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--tuned-out"),
+        "{err}"
+    );
+}
