@@ -126,6 +126,7 @@ pub async fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
     let fields = Fields {
         id: args.id_field.clone(),
         label: args.label_field.clone(),
+        text_rows: true,
         ..Default::default()
     };
     let source = eval::TeacherSource {

@@ -647,7 +647,6 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
                 )
                 .await?;
                 let report = teacher_row.evaluate(&loc, &r, &test_path, row).await?;
-                eprintln!("      {row}: {:.1}% accuracy", 100.0 * report.accuracy);
                 rows.push(Row {
                     task: task_kind.to_string(),
                     draw: *d,
@@ -667,9 +666,10 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
                 picked.len(),
                 args.finetune_pairs
             );
+            let tuned_url = tuned_out.display().to_string();
             let tune = crate::task_cmd::Finetune {
                 cache: &args.store,
-                out: &tuned_out,
+                out: &tuned_url,
                 teacher: Some(args.teacher.clone()),
                 opts: FinetuneOptions {
                     pairs: args.finetune_pairs,
@@ -678,6 +678,8 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
                 },
                 device: DeviceSpec::Cpu,
                 show: true,
+                text_field: "text".into(),
+                id_field: "id".into(),
             };
             let tuned_record = crate::task_cmd::fit_finetuned(
                 &loc,
@@ -711,10 +713,6 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
             let report = tuned_row
                 .evaluate(&loc, &tuned_record, &test_path, TUNED_ROW)
                 .await?;
-            eprintln!(
-                "      {TUNED_ROW}: {:.1}% accuracy",
-                100.0 * report.accuracy
-            );
             rows.push(Row {
                 task: task_kind.to_string(),
                 draw: *d,
@@ -723,18 +721,6 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
                 unseen: true,
                 report,
             });
-            let dir = out.join("models").join(format!("{tuned_name}-ngram"));
-            let mut targs = TrainArgs::new(&args.store, &tuned_name, StudentKind::Ngram, &dir);
-            targs.seed = args.seed + *d as u64;
-            targs.checkpoint = None;
-            eprintln!("    training {TUNED_NGRAM_ROW}");
-            train_cmd::train(&loc, &tuned_record, &targs, exclude.clone(), None, true).await?;
-            let model = {
-                let dir = dir.clone();
-                tokio::task::spawn_blocking(move || Predictor::load(&dir, &DeviceSpec::Cpu))
-                    .await??
-            };
-            let (params, bytes) = (parameters(&model, &dir), dir_bytes(&dir));
             let examples = labeled_examples(
                 &loc,
                 &tuned_record,
@@ -744,13 +730,15 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
                 &source,
             )
             .await?;
-            let samples = args.latency_samples;
-            let mut report = tokio::task::spawn_blocking(move || {
-                eval::evaluate(TUNED_NGRAM_ROW, &model, &examples, samples, params, bytes)
-            })
-            .await??;
-            report.model = TUNED_NGRAM_ROW.to_owned();
-            eprintln!("      {:.1}% accuracy", 100.0 * report.accuracy);
+            let student = NgramRow {
+                args: &args,
+                out: &out,
+                exclude: &exclude,
+                seed: args.seed + *d as u64,
+            };
+            let report = student
+                .distill(&loc, &tuned_record, examples, TUNED_NGRAM_ROW)
+                .await?;
             rows.push(Row {
                 task: task_kind.to_string(),
                 draw: *d,
@@ -811,25 +799,15 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
                 unseen: true,
                 report,
             });
-            let dir = out.join("models").join(format!("{llm_name}-ngram"));
-            let mut targs = TrainArgs::new(&args.store, &llm_name, StudentKind::Ngram, &dir);
-            targs.seed = args.seed + *d as u64;
-            targs.checkpoint = None;
-            eprintln!("    training {LLM_NGRAM_ROW}");
-            train_cmd::train(&loc, &record, &targs, exclude.clone(), None, true).await?;
-            let model = {
-                let dir = dir.clone();
-                tokio::task::spawn_blocking(move || Predictor::load(&dir, &DeviceSpec::Cpu))
-                    .await??
+            let student = NgramRow {
+                args: &args,
+                out: &out,
+                exclude: &exclude,
+                seed: args.seed + *d as u64,
             };
-            let (params, bytes) = (parameters(&model, &dir), dir_bytes(&dir));
-            let samples = args.latency_samples;
-            let mut report = tokio::task::spawn_blocking(move || {
-                eval::evaluate(LLM_NGRAM_ROW, &model, &examples, samples, params, bytes)
-            })
-            .await??;
-            report.model = LLM_NGRAM_ROW.to_owned();
-            eprintln!("      {:.1}% accuracy", 100.0 * report.accuracy);
+            let report = student
+                .distill(&loc, &record, examples, LLM_NGRAM_ROW)
+                .await?;
             rows.push(Row {
                 task: task_kind.to_string(),
                 draw: *d,
@@ -926,6 +904,48 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An n-gram student distilled from a task (into `<out>/models/<task>-ngram`) and evaluated on the
+/// test examples.
+struct NgramRow<'a> {
+    args: &'a QuickstartArgs,
+    out: &'a Path,
+    exclude: &'a HashSet<String>,
+    seed: u64,
+}
+
+impl NgramRow<'_> {
+    async fn distill(
+        &self,
+        loc: &distill_cache::store::Location,
+        record: &distill_cache::task::TaskRecord,
+        examples: Vec<distill_student_trainer::data::Example>,
+        row: &'static str,
+    ) -> anyhow::Result<EvalReport> {
+        let dir = self
+            .out
+            .join("models")
+            .join(format!("{}-ngram", record.name));
+        let mut targs = TrainArgs::new(&self.args.store, &record.name, StudentKind::Ngram, &dir);
+        targs.seed = self.seed;
+        targs.checkpoint = None;
+        eprintln!("    training {row}");
+        train_cmd::train(loc, record, &targs, self.exclude.clone(), None, true).await?;
+        let model = {
+            let dir = dir.clone();
+            tokio::task::spawn_blocking(move || Predictor::load(&dir, &DeviceSpec::Cpu)).await??
+        };
+        let (params, bytes) = (parameters(&model, &dir), dir_bytes(&dir));
+        let samples = self.args.latency_samples;
+        let mut report = tokio::task::spawn_blocking(move || {
+            eval::evaluate(row, &model, &examples, samples, params, bytes)
+        })
+        .await??;
+        report.model = row.to_owned();
+        eprintln!("      {:.1}% accuracy", 100.0 * report.accuracy);
+        Ok(report)
+    }
+}
+
 /// A "teacher + head" row: the teacher run live (for its latency), a task's head on top.
 #[derive(Clone)]
 struct TeacherRow {
@@ -956,10 +976,12 @@ impl TeacherRow {
         let head = record.head.clone().expect("a fitted task has a head");
         let th = Predictor::TeacherHead(self.teacher.clone(), head, record.labels.clone());
         let (samples, params, bytes) = (self.samples, self.params, self.bytes);
-        Ok(tokio::task::spawn_blocking(move || {
+        let report = tokio::task::spawn_blocking(move || {
             eval::evaluate(row, &th, &examples, samples, params, bytes)
         })
-        .await??)
+        .await??;
+        eprintln!("      {row}: {:.1}% accuracy", 100.0 * report.accuracy);
+        Ok(report)
     }
 }
 

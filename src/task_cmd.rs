@@ -11,7 +11,7 @@ use distill_student_trainer::labels::{self, Fields};
 use distill_student_trainer::logreg::{CvOptions, HeadReport};
 use distill_student_trainer::task;
 use distill_teacher::{DeviceSpec, Teacher};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Debug, Subcommand)]
 pub enum TaskCommand {
@@ -87,7 +87,7 @@ pub struct FitArgs {
     pub labels: Option<PathBuf>,
     /// Add --labels to the existing task's gold labels (labeled suggestions from `task suggest`)
     /// and fit it again on the same cached entry.
-    #[arg(long, requires = "labels")]
+    #[arg(long, requires = "labels", conflicts_with = "finetune")]
     pub add: bool,
     #[arg(long, env = "DISTILL_ID_FIELD", default_value = "id")]
     pub id_field: String,
@@ -122,9 +122,15 @@ pub struct FitArgs {
     /// and fit the head on its embeddings.
     #[arg(long, requires = "tuned_out", requires = "labels")]
     pub finetune: bool,
-    /// Where the tuned teacher goes (an HF-layout model directory; reused when it holds the same run).
-    #[arg(long, env = "DISTILL_TUNED_OUT")]
-    pub tuned_out: Option<PathBuf>,
+    /// Where the tuned teacher goes: a local directory or an object-store URL (an HF-layout model
+    /// directory; reused when it holds the same run).
+    #[arg(long, env = "DISTILL_TUNED_OUT", requires = "finetune")]
+    pub tuned_out: Option<String>,
+    /// --finetune: the corpus's text and id fields, as it was labeled (the tuned teacher labels it again).
+    #[arg(long, env = "DISTILL_TEXT_FIELD", default_value = "text")]
+    pub text_field: String,
+    #[arg(long, env = "DISTILL_CORPUS_ID_FIELD", default_value = "id")]
+    pub corpus_id_field: String,
     /// Fine-tuning: iterations per gold example (each one positive and one negative pair).
     /// (SetFit uses 20; 5 costs a quarter and gained as much on the quickstart's task, see the README).
     #[arg(long, env = "DISTILL_FINETUNE_PAIRS", default_value_t = 5)]
@@ -224,6 +230,8 @@ pub async fn fit(args: &FitArgs) -> anyhow::Result<TaskRecord> {
     let fields = Fields {
         id: args.id_field.clone(),
         label: args.label_field.clone(),
+        // Suggestions left unlabeled are skipped when they are added.
+        skip_unlabeled: args.add,
         ..Default::default()
     };
     if !args.describe.is_empty() {
@@ -327,6 +335,8 @@ pub async fn fit(args: &FitArgs) -> anyhow::Result<TaskRecord> {
             },
             device: args.device.clone(),
             show: !args.json,
+            text_field: args.text_field.clone(),
+            id_field: args.corpus_id_field.clone(),
         };
         let cvo = CvOptions {
             c: args.c,
@@ -424,12 +434,16 @@ async fn suggest(args: &SuggestArgs) -> anyhow::Result<()> {
 pub struct Finetune<'a> {
     /// The cache store's URL (the tuned teacher's pass labels into it).
     pub cache: &'a str,
-    pub out: &'a Path,
+    /// A local directory or an object-store URL (built locally in the model cache, then uploaded).
+    pub out: &'a str,
     /// The teacher to tune (default: where the cache says the entry's teacher was loaded from).
     pub teacher: Option<String>,
     pub opts: FinetuneOptions,
     pub device: DeviceSpec,
     pub show: bool,
+    /// How the entry's corpus was read (its text and id fields).
+    pub text_field: String,
+    pub id_field: String,
 }
 
 /// `task fit --finetune`: tunes the entry's teacher on the gold labels, labels the entry's corpus once
@@ -452,6 +466,20 @@ pub async fn fit_finetuned(
         );
     };
     distill_cache::task::check_name(name)?;
+    // The tuned teacher labels the entry's corpus again: it must read as it was labeled.
+    let corpus = distill_cache::corpus::CorpusSpec {
+        url: entry.manifest.corpus.clone(),
+        format: None,
+        text_field: tune.text_field.clone(),
+        id_field: tune.id_field.clone(),
+    };
+    task::check_corpus(entry, &corpus).await?;
+    let remote = tune.out.contains("://") && !tune.out.starts_with("file://");
+    let local = if remote {
+        distill_cache::model_dir::local_dir_for(tune.out)
+    } else {
+        PathBuf::from(tune.out.strip_prefix("file://").unwrap_or(tune.out))
+    };
     let bar = crate::train_cmd::TrainBar::new(tune.show, "fine-tune");
     let bar = std::sync::Arc::new(std::sync::Mutex::new(bar));
     let b2 = bar.clone();
@@ -462,7 +490,7 @@ pub async fn fit_finetuned(
             gold,
             labels_path: path,
             teacher: tune.teacher.clone(),
-            out: tune.out,
+            out: &local,
             opts: tune.opts.clone(),
             device: tune.device.clone(),
         },
@@ -485,6 +513,17 @@ pub async fn fit_finetuned(
             );
         }
     }
+    if remote {
+        distill_cache::model_dir::upload_dir(&tuned.dir, tune.out).await?;
+        if tune.show {
+            eprintln!("uploaded to {}", tune.out);
+        }
+    }
+    let teacher = if remote {
+        tune.out.to_owned()
+    } else {
+        tuned.dir.display().to_string()
+    };
     // The tuned teacher's pass over the entry's corpus, once.
     let dtype = match entry.spec {
         distill_cache::spec::OutputSpec::Embeddings { dtype } => dtype,
@@ -492,13 +531,13 @@ pub async fn fit_finetuned(
     };
     let label_args = crate::label::LabelArgs {
         corpus: crate::label::CorpusArgs {
-            corpus: entry.manifest.corpus.clone(),
+            corpus: corpus.url.clone(),
             format: None,
-            text_field: "text".into(),
-            id_field: "id".into(),
+            text_field: corpus.text_field.clone(),
+            id_field: corpus.id_field.clone(),
         },
         teacher: crate::label::TeacherArgs {
-            teacher: tuned.dir.display().to_string(),
+            teacher,
             device: tune.device.clone(),
             max_batch_tokens: 4096,
         },

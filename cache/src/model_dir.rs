@@ -960,12 +960,65 @@ fn write_aside(dest: &Path, bytes: &[u8]) -> Result<()> {
     })
 }
 
+/// The local folder a model directory at `url` is downloaded to (a model written for `url` is built
+/// there, so that resolving it later downloads nothing).
+pub fn local_dir_for(url: &str) -> PathBuf {
+    let key = Hasher::new("distill.model-url").str(url).clone().finish();
+    model_cache_dir().join(key.short())
+}
+
+/// Uploads every file of a local model directory to `url` (object storage): weights first,
+/// `config.json` last, so that a reader who finds `config.json` finds the rest (each file is one put).
+pub async fn upload_dir(local: &Path, url: &str) -> Result<()> {
+    let loc = crate::store::open(url, true)?;
+    let mut files = Vec::new();
+    let mut stack = vec![local.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).map_err(|source| CacheError::Io {
+            path: dir.clone(),
+            source,
+        })? {
+            let path = e
+                .map_err(|source| CacheError::Io {
+                    path: dir.clone(),
+                    source,
+                })?
+                .path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(rel) = path.strip_prefix(local) {
+                files.push(rel.to_string_lossy().replace('\\', "/"));
+            }
+        }
+    }
+    let rank = |f: &str| match f {
+        _ if f.ends_with(".safetensors") => 0,
+        "config.json" => 2,
+        _ => 1,
+    };
+    files.sort_by_key(|f| (rank(f), f.clone()));
+    for rel in files {
+        let path = local.join(&rel);
+        let bytes = std::fs::read(&path).map_err(|source| CacheError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        loc.store
+            .put(&loc.child(&rel), bytes.into())
+            .await
+            .map_err(|e| CacheError::Store {
+                url: format!("{}/{rel}", url.trim_end_matches('/')),
+                reason: crate::store::describe_store_error(&e),
+            })?;
+    }
+    Ok(())
+}
+
 /// Downloads the files of a remote model directory (those distill reads) into the model cache.
 /// A file already there with the remote size is kept. Files are written aside, then renamed.
 async fn download(url: &str) -> Result<PathBuf> {
     let loc = crate::store::open(url, false)?;
-    let key = Hasher::new("distill.model-url").str(url).clone().finish();
-    let local = model_cache_dir().join(key.short());
+    let local = local_dir_for(url);
     let io = |path: &Path, source| CacheError::Io {
         path: path.to_owned(),
         source,

@@ -144,6 +144,12 @@ pub async fn labeled_examples(
     // Rows not in the cache must bring their text; the teacher labels them.
     let mut new: Vec<&Gold> = Vec::new();
     for g in gold {
+        // A row that brings a text other than the cached one is a new text with a clashing id.
+        if let (Some(t), Some(c)) = (&g.text, cached.get(&g.id)) {
+            if &c.text != t {
+                cached.remove(&g.id);
+            }
+        }
         if !cached.contains_key(&g.id) {
             if g.text.is_none() {
                 return Err(StudentError::Line {

@@ -311,6 +311,11 @@ pub async fn tune_teacher(
             }
         }
     }
+    // A folder without distill.json that holds a model is a download of the URL the tuned teacher
+    // goes to (made by resolving it here earlier): it is replaced, not refused.
+    if r.out.join("config.json").is_file() && !info_path.is_file() {
+        std::fs::remove_dir_all(r.out).map_err(StudentError::io(r.out))?;
+    }
     let device = r.device.open()?;
     let (out, opts) = (r.out.to_owned(), r.opts.clone());
     let info = StudentInfo {
@@ -334,7 +339,10 @@ pub async fn tune_teacher(
     };
     tokio::task::spawn_blocking(move || -> Result<Tuned> {
         let start = std::time::Instant::now();
-        let ckpt = PathBuf::from(format!("{}.checkpoint", out.display()));
+        let ckpt = PathBuf::from(format!(
+            "{}.checkpoint",
+            out.display().to_string().trim_end_matches('/')
+        ));
         let mut steps = 0;
         let mut on_step = on_step;
         let student = finetune(

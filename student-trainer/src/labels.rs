@@ -26,6 +26,10 @@ pub struct Fields {
     pub group: Option<String>,
     /// An optional text field.
     pub text: String,
+    /// Rows with a text need no id (`eval` on new texts): they are named `line-N`.
+    pub text_rows: bool,
+    /// Rows whose label is empty are skipped, not refused (suggestions left unlabeled).
+    pub skip_unlabeled: bool,
 }
 
 impl Default for Fields {
@@ -35,6 +39,8 @@ impl Default for Fields {
             label: "label".into(),
             group: None,
             text: "text".into(),
+            text_rows: false,
+            skip_unlabeled: false,
         }
     }
 }
@@ -81,10 +87,13 @@ pub fn read(path: &Path, fields: &Fields) -> Result<Vec<Gold>> {
         let id = match (get(&fields.id), &text) {
             (Ok(id), _) => id,
             // A row with its own text needs no id: it is named by its line.
-            (Err(_), Some(_)) => format!("line-{n}"),
-            (Err(e), None) => return Err(e),
+            (Err(_), Some(_)) if fields.text_rows => format!("line-{n}"),
+            (Err(e), _) => return Err(e),
         };
         let label = get(&fields.label)?;
+        if label.is_empty() && fields.skip_unlabeled {
+            continue;
+        }
         if label.is_empty() {
             return Err(line_err(format!("empty {:?}", fields.label)));
         }
@@ -212,9 +221,14 @@ mod tests {
         };
         let g = read(&p, &fields).unwrap();
         assert_eq!((g[0].id.as_str(), g[0].group.as_deref()), ("7", Some("m")));
-        // A row with its own text needs no id.
+        // A row with its own text needs no id where text rows are allowed (eval), only there.
         std::fs::write(&p, "{\"text\":\"fine\",\"label\":\"x\"}\n").unwrap();
-        let g = read(&p, &Fields::default()).unwrap();
+        assert!(read(&p, &Fields::default()).is_err());
+        let text_rows = Fields {
+            text_rows: true,
+            ..Default::default()
+        };
+        let g = read(&p, &text_rows).unwrap();
         assert_eq!(
             (g[0].id.as_str(), g[0].text.as_deref()),
             ("line-1", Some("fine"))

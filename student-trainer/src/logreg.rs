@@ -2,10 +2,13 @@
 //! line search. The objective is scikit-learn's, divided by `C·n`:
 //! `mean CE + ‖W‖² / (2·C·n)` (the bias is not penalised), so `C` means what it means there.
 //!
-//! [`fit_cv`] chooses `C` as scikit-learn's `LogisticRegressionCV` does — stratified k-fold
-//! cross-validation over a grid, the best mean accuracy (ties: the lower log-loss) — then the
-//! temperature of the head's soft labels on the same out-of-fold scores, and reports the
-//! cross-validated accuracy and macro-F1: an estimate of the teacher's quality before any test set.
+//! [`fit_cv`] chooses `C` as scikit-learn's `LogisticRegressionCV(scoring="neg_log_loss")` does —
+//! stratified k-fold cross-validation over a grid, the lowest out-of-fold log-loss (ties: the higher
+//! accuracy) — then the temperature of the head's soft labels on the same out-of-fold scores, and
+//! reports the cross-validated accuracy and macro-F1: an estimate of the teacher's quality before any
+//! test set. Log-loss, not accuracy: with ~100 labels the accuracy of a fold moves in steps of 5% and
+//! chose poorly regularised heads (measured on the quickstart's task: 66.5% against 68.3% for C = 1,
+//! three draws), while the log-loss ranks every C smoothly.
 
 use crate::cv;
 use crate::kd::log_softmax;
@@ -206,8 +209,8 @@ pub fn fit_cv(
         });
         let better = best.as_ref().is_none_or(|(b, _)| {
             let b = &points[*b];
-            accuracy > b.accuracy + 1e-12
-                || (accuracy > b.accuracy - 1e-12 && log_loss < b.log_loss)
+            log_loss < b.log_loss - 1e-12
+                || (log_loss < b.log_loss + 1e-12 && accuracy > b.accuracy)
         });
         if better {
             best = Some((i, scores));
@@ -365,7 +368,7 @@ mod tests {
             "cv {} vs fresh {acc}",
             report.accuracy
         );
-        assert!(report.temperature > 0.05 && report.temperature < 20.0);
+        assert!((0.25..=10.0).contains(&report.temperature), "{report:?}");
     }
 
     #[test]

@@ -176,6 +176,31 @@ pub async fn gold_embeddings(
     Ok(out.into_iter().map(|e| e.expect("checked")).collect())
 }
 
+/// Checks that reading the corpus with `spec` gives the entry's shards (the same content, in the same
+/// order), before a new teacher labels it for this entry's task.
+pub async fn check_corpus(entry: &Entry, spec: &distill_cache::corpus::CorpusSpec) -> Result<()> {
+    let mut reader = distill_cache::corpus::CorpusReader::open(spec).await?;
+    let m = &entry.manifest;
+    let mut i = 0;
+    while let Some(shard) = reader.next_shard(m.shard_size as usize).await? {
+        if m.shards.get(i).map(|s| &s.fingerprint) != Some(&shard.fingerprint) {
+            return Err(StudentError::Invalid(format!(
+                "the corpus {} read with text field {:?} and id field {:?} is not what the entry was labeled from (shard {i} differs): give --text-field and --corpus-id-field as when it was labeled, or the corpus as it was",
+                spec.url, spec.text_field, spec.id_field
+            )));
+        }
+        i += 1;
+    }
+    if i != m.shards.len() {
+        return Err(StudentError::Invalid(format!(
+            "the corpus {} has {i} shards now, the entry {}: give the corpus as it was labeled",
+            spec.url,
+            m.shards.len()
+        )));
+    }
+    Ok(())
+}
+
 /// The cached texts of the gold ids, in gold order. Every id must be in the cache.
 pub async fn gold_texts(
     loc: &Location,

@@ -350,11 +350,20 @@ impl TransformerStudent {
                 self.layers
             )));
         }
+        // Everything but weights (of any format, sharded or not) and distill's own marker.
         copy_tree(&self.teacher_dir, dir, &|name| {
-            !matches!(
-                name,
-                "model.safetensors" | "pytorch_model.bin" | "tf_model.h5" | "flax_model.msgpack"
-            ) && !name.ends_with(".onnx")
+            let weights = [
+                ".safetensors",
+                ".safetensors.index.json",
+                ".bin",
+                ".bin.index.json",
+                ".h5",
+                ".msgpack",
+                ".ot",
+                ".onnx",
+            ];
+            !weights.iter().any(|w| name.ends_with(w))
+                && !matches!(name, "onnx" | "openvino")
                 && name != crate::dir::INFO_FILE
         })?;
         let tensors: HashMap<String, Tensor> = self

@@ -1232,6 +1232,8 @@ fn cross_validated_heads_eval_on_new_texts_and_the_labeling_loop() {
         })
         .collect();
     let more = s.path("more.jsonl");
+    // A suggestion left unlabeled is skipped, not refused.
+    let labeled = labeled + "{\"id\":\"s-199\",\"label\":\"\"}\n";
     std::fs::write(&more, labeled).unwrap();
     let grown = run_json(&[
         "task", "fit", "--cache", &s.store, "--name", "loop", "--add", "--labels", &more, "--json",
@@ -1325,6 +1327,31 @@ fn a_finetuned_teacher_is_a_teacher_of_its_own_labeled_once() {
         (Some(2), Some(1.0)),
         "{th}"
     );
+    // To object storage: built locally, uploaded, labeled from its URL. The same run gives the same
+    // weights, so the same teacher and a pass of cache hits.
+    if let Some(s3) = s3_url() {
+        let url = format!("{s3}/tuned-{}", std::process::id());
+        let up = run_json(&[
+            "task",
+            "fit",
+            "--teacher-fingerprint",
+            &base_fp,
+            "--cache",
+            &s.store,
+            "--name",
+            "ft-s3",
+            "--labels",
+            &s.path("train.jsonl"),
+            "--finetune",
+            "--tuned-out",
+            &url,
+            "--finetune-pairs",
+            "1",
+            "--json",
+        ]);
+        assert_eq!(up["teacher"], task["teacher"]);
+        assert_eq!(up["output"], task["output"]);
+    }
     // Where the tuned teacher goes must be said.
     let out = distill(&[
         "task",
