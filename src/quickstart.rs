@@ -587,6 +587,13 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
                 report,
             });
         }
+        // The n-gram students distilled from this draw's other teachers (tuned, LLM).
+        let ngram = NgramRow {
+            args: &args,
+            out: &out,
+            exclude: &exclude,
+            seed: args.seed + *d as u64,
+        };
         if !second && args.suggest > 0 {
             // The labeling loop, with the gold labels held back: the same budget of more labels,
             // at random or suggested by `task suggest` (with the distilled n-gram student).
@@ -730,13 +737,7 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
                 &source,
             )
             .await?;
-            let student = NgramRow {
-                args: &args,
-                out: &out,
-                exclude: &exclude,
-                seed: args.seed + *d as u64,
-            };
-            let report = student
+            let report = ngram
                 .distill(&loc, &tuned_record, examples, TUNED_NGRAM_ROW)
                 .await?;
             rows.push(Row {
@@ -799,13 +800,7 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
                 unseen: true,
                 report,
             });
-            let student = NgramRow {
-                args: &args,
-                out: &out,
-                exclude: &exclude,
-                seed: args.seed + *d as u64,
-            };
-            let report = student
+            let report = ngram
                 .distill(&loc, &record, examples, LLM_NGRAM_ROW)
                 .await?;
             rows.push(Row {

@@ -560,12 +560,6 @@ pub async fn fit_finetuned(
         },
     )
     .await?;
-    if tuned_entry.manifest.corpus_fingerprint != entry.manifest.corpus_fingerprint {
-        anyhow::bail!(
-            "the corpus {} read now is not the one the task's entry was labeled from (other shards): fit the task on the corpus as it was",
-            entry.manifest.corpus
-        );
-    }
     let mut record = task::fit_head(loc, name, &tuned_entry, gold, path, cvo, 2).await?;
     // What defining this task cost on the teacher's device: the fine-tuning and the tuned pass.
     record.teacher_seconds = tuned.seconds + job.ledger.teacher_seconds;

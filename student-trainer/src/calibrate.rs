@@ -40,7 +40,8 @@ pub struct CalibrationReport {
     pub figures: Vec<CvFigures>,
 }
 
-fn identity(classes: usize, bias: Vec<f32>) -> LinearHead {
+/// The head that passes `classes` scores through, plus `bias`.
+pub fn identity(classes: usize, bias: Vec<f32>) -> LinearHead {
     let mut weight = vec![0f32; classes * classes];
     for c in 0..classes {
         weight[c * classes + c] = 1.0;

@@ -8,7 +8,7 @@ use crate::{Result, StudentError};
 use distill_cache::model_dir::{Head, ModelDir};
 use distill_cache::spec::OutputSpec;
 use distill_cache::store::Location;
-use distill_cache::task::{LinearHead, TaskKind, TaskRecord};
+use distill_cache::task::{TaskKind, TaskRecord};
 use distill_teacher::{DeviceSpec, Teacher};
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
@@ -74,17 +74,8 @@ pub async fn task_teacher(
         (Some(head), Some(p), _) => Predictor::Prompted(Arc::new(teacher), p, head.clone(), labels),
         (Some(head), None, _) => Predictor::TeacherHead(Arc::new(teacher), head.clone(), labels),
         (None, Some(p), _) => {
-            // The raw prompted scores: an identity head.
-            let c = labels.len();
-            let mut weight = vec![0f32; c * c];
-            (0..c).for_each(|i| weight[i * c + i] = 1.0);
-            let identity = LinearHead {
-                classes: c,
-                dim: c,
-                weight,
-                bias: vec![0.0; c],
-                normalize_input: false,
-            };
+            // The raw prompted scores.
+            let identity = crate::calibrate::identity(labels.len(), vec![0.0; labels.len()]);
             Predictor::Prompted(Arc::new(teacher), p, identity, labels)
         }
         (None, None, TaskKind::Teacher)

@@ -269,22 +269,8 @@ pub async fn tune_teacher(
     r: TuneRequest<'_>,
     on_step: impl FnMut(StepReport) + Send + 'static,
 ) -> Result<Tuned> {
-    let source = match &r.teacher {
-        Some(t) => t.clone(),
-        None => {
-            distill_cache::catalog::read_teacher(r.loc, &r.entry.manifest.teacher)
-                .await?
-                .source
-        }
-    };
-    let dir = ModelDir::resolve(&source).await?;
+    // The run is known from the request alone: a finished one is reused before anything is read.
     let labels = crate::task::check_classes(r.gold, 2, r.labels_path)?;
-    let texts = crate::task::gold_texts(r.loc, r.entry, r.gold, r.labels_path).await?;
-    let y: Vec<usize> = r
-        .gold
-        .iter()
-        .map(|g| labels.iter().position(|l| l == &g.label).expect("a class"))
-        .collect();
     let mut gold: Vec<(&str, &str)> = r
         .gold
         .iter()
@@ -311,6 +297,21 @@ pub async fn tune_teacher(
             }
         }
     }
+    let source = match &r.teacher {
+        Some(t) => t.clone(),
+        None => {
+            distill_cache::catalog::read_teacher(r.loc, &r.entry.manifest.teacher)
+                .await?
+                .source
+        }
+    };
+    let dir = ModelDir::resolve(&source).await?;
+    let texts = crate::task::gold_texts(r.loc, r.entry, r.gold, r.labels_path).await?;
+    let y: Vec<usize> = r
+        .gold
+        .iter()
+        .map(|g| labels.iter().position(|l| l == &g.label).expect("a class"))
+        .collect();
     // A folder without distill.json that holds a model is a download of the URL the tuned teacher
     // goes to (made by resolving it here earlier): it is replaced, not refused.
     if r.out.join("config.json").is_file() && !info_path.is_file() {

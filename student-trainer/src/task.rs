@@ -132,25 +132,26 @@ fn key(m: &CorpusManifest, shard: &Fingerprint) -> ShardKey {
     }
 }
 
-/// Reads the cached embeddings of the gold ids. Every id must be in the cache.
-pub async fn gold_embeddings(
+/// One value per gold id, in gold order, taken from its cached row by `take` (shard, row index).
+/// Every id must be in the cache; the first missing one is named by its line.
+async fn gold_rows<T: Clone>(
     loc: &Location,
     entry: &Entry,
     gold: &[Gold],
     labels_path: &str,
-) -> Result<Vec<Vec<f32>>> {
+    take: impl Fn(&ShardData, usize, &str) -> Result<T>,
+) -> Result<Vec<T>> {
     let want: HashMap<&str, usize> = gold
         .iter()
         .enumerate()
         .map(|(i, g)| (g.id.as_str(), i))
         .collect();
-    let mut out: Vec<Option<Vec<f32>>> = vec![None; gold.len()];
+    let mut out: Vec<Option<T>> = vec![None; gold.len()];
     for s in &entry.manifest.shards {
         let (_, data) = read_shard(loc, &key(&entry.manifest, &s.fingerprint)).await?;
-        let v = data.expect_vectors(s.fingerprint.as_str())?;
         for (i, id) in data.ids.iter().enumerate() {
             if let Some(&j) = want.get(id.as_str()) {
-                out[j] = Some(v.row(i).to_vec());
+                out[j] = Some(take(&data, i, s.fingerprint.as_str())?);
             }
         }
     }
@@ -176,6 +177,32 @@ pub async fn gold_embeddings(
     Ok(out.into_iter().map(|e| e.expect("checked")).collect())
 }
 
+/// Reads the cached embeddings of the gold ids. Every id must be in the cache.
+pub async fn gold_embeddings(
+    loc: &Location,
+    entry: &Entry,
+    gold: &[Gold],
+    labels_path: &str,
+) -> Result<Vec<Vec<f32>>> {
+    gold_rows(loc, entry, gold, labels_path, |data, i, shard| {
+        Ok(data.expect_vectors(shard)?.row(i).to_vec())
+    })
+    .await
+}
+
+/// The cached texts of the gold ids, in gold order. Every id must be in the cache.
+pub async fn gold_texts(
+    loc: &Location,
+    entry: &Entry,
+    gold: &[Gold],
+    labels_path: &str,
+) -> Result<Vec<String>> {
+    gold_rows(loc, entry, gold, labels_path, |data, i, _| {
+        Ok(data.texts[i].clone())
+    })
+    .await
+}
+
 /// Checks that reading the corpus with `spec` gives the entry's shards (the same content, in the same
 /// order), before a new teacher labels it for this entry's task.
 pub async fn check_corpus(entry: &Entry, spec: &distill_cache::corpus::CorpusSpec) -> Result<()> {
@@ -199,40 +226,6 @@ pub async fn check_corpus(entry: &Entry, spec: &distill_cache::corpus::CorpusSpe
         )));
     }
     Ok(())
-}
-
-/// The cached texts of the gold ids, in gold order. Every id must be in the cache.
-pub async fn gold_texts(
-    loc: &Location,
-    entry: &Entry,
-    gold: &[Gold],
-    labels_path: &str,
-) -> Result<Vec<String>> {
-    let want: HashMap<&str, usize> = gold
-        .iter()
-        .enumerate()
-        .map(|(i, g)| (g.id.as_str(), i))
-        .collect();
-    let mut out: Vec<Option<String>> = vec![None; gold.len()];
-    for s in &entry.manifest.shards {
-        let (_, data) = read_shard(loc, &key(&entry.manifest, &s.fingerprint)).await?;
-        for (id, text) in data.ids.iter().zip(data.texts) {
-            if let Some(&j) = want.get(id.as_str()) {
-                out[j] = Some(text);
-            }
-        }
-    }
-    if let Some(i) = out.iter().position(Option::is_none) {
-        return Err(StudentError::Line {
-            path: labels_path.to_owned(),
-            line: gold[i].line,
-            reason: format!(
-                "id {:?} is not in the cached corpus {}: label with the corpus these ids come from",
-                gold[i].id, entry.manifest.corpus
-            ),
-        });
-    }
-    Ok(out.into_iter().map(|t| t.expect("checked")).collect())
 }
 
 /// The ids of every cached row of an entry (rows the teacher pass rejected are absent).
