@@ -89,6 +89,9 @@ pub fn main() -> std::process::ExitCode {
             Command::Bench(cmd) => crate::bench::run(cmd).await,
         }
     });
+    // Tasks still running (an in-process coordinator finishing a failed job) are stopped before the
+    // result is printed, so whatever they log comes before it and an error stays the last line.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -9,8 +9,14 @@
 //! OpenBLAS is told to use one thread: callers split the rows of a product over their own thread pool
 //! (rayon), so OpenBLAS's worker threads never spin beside rayon's on a small machine.
 //!
+//! It also holds the process's allocator setting ([`alloc`]): mimalloc with purging off, which the
+//! `distill` binary installs because the forward's per-layer buffers are reused rather than handed back
+//! to the kernel.
+//!
 //! This crate is the workspace's only unsafe code: calling the loaded function, with every length
-//! checked against the slices first.
+//! checked against the slices first, and setting one allocator option.
+
+pub mod alloc;
 
 use std::sync::OnceLock;
 

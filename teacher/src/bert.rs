@@ -6,9 +6,10 @@
 //! contiguous, and layer norm / softmax use candle's fused kernels. Dropout is absent (inference only).
 //! Tensor names follow HF checkpoints, with or without the `bert.` prefix.
 
-use crate::cpu::{CpuAttention, CpuGeluErf};
-use crate::linear::Linear;
+use crate::cpu::CpuAttention;
+use crate::linear::{Epilogue, Linear};
 use crate::model::{Model, ModelShape};
+use crate::norm::{Norm, NormKind};
 use crate::{Result, TeacherError};
 use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::VarBuilder;
@@ -93,25 +94,14 @@ fn dense(vb: &VarBuilder, inp: usize, out: usize) -> candle_core::Result<Linear>
     Linear::new(&vb.get((out, inp), "weight")?, Some(vb.get(out, "bias")?))
 }
 
-#[derive(Clone, Debug)]
-struct Norm {
-    gamma: Tensor,
-    beta: Tensor,
-    eps: f32,
-}
-
-impl Norm {
-    fn load(vb: &VarBuilder, size: usize, eps: f64) -> candle_core::Result<Self> {
-        Ok(Self {
-            gamma: vb.get(size, "weight")?,
-            beta: vb.get(size, "bias")?,
-            eps: eps as f32,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        candle_nn::ops::layer_norm(x, &self.gamma, &self.beta, self.eps)
-    }
+/// A LayerNorm of a checkpoint: `weight` (γ) and `bias` (β).
+fn layer_norm(vb: &VarBuilder, size: usize, eps: f64) -> candle_core::Result<Norm> {
+    Norm::new(
+        NormKind::Layer,
+        vb.get(size, "weight")?,
+        Some(vb.get(size, "bias")?),
+        eps,
+    )
 }
 
 #[derive(Clone, Debug)]
@@ -193,7 +183,7 @@ impl Bert {
         let token_type = e
             .get((config.type_vocab_size, h), "token_type_embeddings.weight")
             .map_err(misfit)?;
-        let emb_norm = Norm::load(&e.pp("LayerNorm"), h, config.layer_norm_eps).map_err(misfit)?;
+        let emb_norm = layer_norm(&e.pp("LayerNorm"), h, config.layer_norm_eps).map_err(misfit)?;
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
             let l = vb.pp(format!("encoder.layer.{i}"));
@@ -204,13 +194,13 @@ impl Bert {
             layers.push(Layer {
                 qkv: Linear::fused(&[q, k, v]).map_err(misfit)?,
                 attn_out: dense(&a.pp("output.dense"), h, h).map_err(misfit)?,
-                attn_norm: Norm::load(&a.pp("output.LayerNorm"), h, config.layer_norm_eps)
+                attn_norm: layer_norm(&a.pp("output.LayerNorm"), h, config.layer_norm_eps)
                     .map_err(misfit)?,
                 ff_in: dense(&l.pp("intermediate.dense"), h, config.intermediate_size)
                     .map_err(misfit)?,
                 ff_out: dense(&l.pp("output.dense"), config.intermediate_size, h)
                     .map_err(misfit)?,
-                ff_norm: Norm::load(&l.pp("output.LayerNorm"), h, config.layer_norm_eps)
+                ff_norm: layer_norm(&l.pp("output.LayerNorm"), h, config.layer_norm_eps)
                     .map_err(misfit)?,
             });
         }
@@ -290,15 +280,17 @@ impl Bert {
             } else {
                 qkv.apply_op1_no_bwd(&cpu_attention)?
             };
-            x = l.attn_norm.forward(&l.attn_out.forward_add(&ctx, &x)?)?;
-            let inner = l.ff_in.forward(&x)?;
+            x = l
+                .attn_out
+                .forward_with(&ctx, Some(&x), Epilogue::Norm(&l.attn_norm))?;
             let inner = match self.act {
-                Act::GeluErf if inner.device().is_cpu() => inner.apply_op1_no_bwd(&CpuGeluErf)?,
-                Act::GeluErf => inner.gelu_erf()?,
-                Act::GeluTanh => inner.gelu()?,
-                Act::Relu => inner.relu()?,
+                Act::GeluErf => l.ff_in.forward_with(&x, None, Epilogue::GeluErf)?,
+                Act::GeluTanh => l.ff_in.forward(&x)?.gelu()?,
+                Act::Relu => l.ff_in.forward(&x)?.relu()?,
             };
-            x = l.ff_norm.forward(&l.ff_out.forward_add(&inner, &x)?)?;
+            x = l
+                .ff_out
+                .forward_with(&inner, Some(&x), Epilogue::Norm(&l.ff_norm))?;
         }
         x.reshape((b, t, h))
     }

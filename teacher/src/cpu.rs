@@ -2,6 +2,7 @@
 //!
 //! Each works straight on the flattened `[batch × tokens, features]` matrices the models keep, touches
 //! only each row's real tokens, and runs rows (or rows × heads) in parallel on rayon:
+//! - [`attend_head`]: one head's attention, blocked like a small GEMM (both attentions below use it);
 //! - [`CpuAttention`]: bidirectional multi-head attention from a fused QKV matrix (BERT);
 //! - [`CpuCausalAttention`]: causal grouped-query attention with rotary embeddings applied on the way
 //!   in (llama);
@@ -28,8 +29,8 @@ pub(crate) fn contiguous_f32<'a>(
 ///
 /// candle's batched matmul runs one small multi-threaded GEMM per (row, head) — thousands of tiny
 /// calls per layer, dominated by thread hand-offs — and needs two transposing copies around it. Here
-/// rows run in parallel, each head in one pass over its own keys, and only each row's real tokens are
-/// touched: padded keys are skipped (exactly what the additive mask does: their softmax weight is 0) and
+/// rows run in parallel, each head's keys and values are packed once and attended by [`attend_head`],
+/// and only each row's real tokens are touched: padded keys are skipped (exactly what the additive mask does: their softmax weight is 0) and
 /// padded queries are left at zero (no pooling or head reads them).
 #[derive(Clone, Debug)]
 pub(crate) struct CpuAttention {
@@ -40,22 +41,136 @@ pub(crate) struct CpuAttention {
     pub scale: f32,
 }
 
-pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight independent partial sums, so the compiler vectorises the loop.
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
+/// Queries and keys handled together by [`attend_head`]'s register blocks.
+const QB: usize = 4;
+const KB: usize = 8;
+
+/// `acc[r][l] += a[r] · b[l]`: one rank-1 update of a register block.
+#[inline(always)]
+fn outer_add(acc: &mut [[f32; KB]; QB], a: &[f32; QB], b: &[f32; KB]) {
+    for r in 0..QB {
+        for l in 0..KB {
+            acc[r][l] += a[r] * b[l];
         }
     }
-    acc.iter().sum::<f32>() + tail
+}
+
+/// One head's keys and values packed for [`attend_head`]: keys transposed (`[d][n_pad]`) and values
+/// with rows `d_pad` wide, both zero-padded (`n_pad`, `d_pad`: multiples of 8), so every block of the
+/// kernel is full and padded keys contribute exact zeros.
+#[derive(Debug, Default)]
+pub(crate) struct PackedKv {
+    kt: Vec<f32>,
+    v: Vec<f32>,
+    n_pad: usize,
+    d: usize,
+    d_pad: usize,
+}
+
+impl PackedKv {
+    /// Room for `n` keys of `d` dimensions, all zero.
+    pub fn reset(&mut self, n: usize, d: usize) {
+        self.n_pad = n.div_ceil(KB).max(1) * KB;
+        self.d = d;
+        self.d_pad = d.div_ceil(KB) * KB;
+        self.kt.clear();
+        self.kt.resize(d * self.n_pad, 0.0);
+        self.v.clear();
+        self.v.resize(self.n_pad * self.d_pad, 0.0);
+    }
+
+    /// Sets key and value `j`.
+    #[inline]
+    pub fn set(&mut self, j: usize, key: &[f32], value: &[f32]) {
+        for (dd, &x) in key.iter().enumerate() {
+            self.kt[dd * self.n_pad + j] = x;
+        }
+        self.v[j * self.d_pad..][..self.d].copy_from_slice(value);
+    }
+}
+
+/// `out_i = Σ_j softmax_j(scale · q_i · k_j) · v_j` over keys `j < seen(i)` for `nq` queries of one
+/// head: query `i` is `q[i·q_stride..][..d]`, its output goes to `out[i·out_stride..][..d]`.
+///
+/// Blocked like a small GEMM: four queries against eight keys (scores), then four queries times
+/// eight value dimensions (outputs), accumulators in registers, so the compiler vectorises across
+/// keys and dimensions; a dot product per (query, key) left most of each vector unit idle at head
+/// sizes of 32–64. `probs` is scratch.
+#[allow(clippy::too_many_arguments)]
+#[inline(never)]
+pub(crate) fn attend_head(
+    q: &[f32],
+    q_stride: usize,
+    nq: usize,
+    kv: &PackedKv,
+    seen: impl Fn(usize) -> usize,
+    scale: f32,
+    probs: &mut Vec<f32>,
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    let (d, n_pad, d_pad) = (kv.d, kv.n_pad, kv.d_pad);
+    probs.resize(QB * n_pad, 0.0);
+    let mut qt = vec![[0f32; QB]; d];
+    for i0 in (0..nq).step_by(QB) {
+        let nb = (nq - i0).min(QB);
+        let limits: [usize; QB] = std::array::from_fn(|r| seen(i0 + r.min(nb - 1)).min(n_pad));
+        let k_end = limits.iter().max().copied().unwrap_or(0).div_ceil(KB) * KB;
+        // The block's queries (the last one repeated to fill it), scaled, dimension by dimension.
+        let qrows: [&[f32]; QB] =
+            std::array::from_fn(|r| &q[(i0 + r.min(nb - 1)) * q_stride..][..d]);
+        for (dd, col) in qt.iter_mut().enumerate() {
+            for r in 0..QB {
+                col[r] = qrows[r][dd] * scale;
+            }
+        }
+        for j0 in (0..k_end).step_by(KB) {
+            let mut acc = [[0f32; KB]; QB];
+            for (dd, qv) in qt.iter().enumerate() {
+                let k: &[f32; KB] = kv.kt[dd * n_pad + j0..][..KB].try_into().expect("KB");
+                outer_add(&mut acc, qv, k);
+            }
+            for (r, a) in acc.iter().enumerate() {
+                probs[r * n_pad + j0..][..KB].copy_from_slice(a);
+            }
+        }
+        for r in 0..nb {
+            let p = &mut probs[r * n_pad..][..k_end];
+            let (live, dead) = p.split_at_mut(limits[r]);
+            // Lane-wise max and sum, and the exponentials in a loop of their own: each vectorises.
+            let mut lanes = [f32::NEG_INFINITY; 8];
+            for c in live.chunks(8) {
+                for (m, &x) in lanes.iter_mut().zip(c) {
+                    *m = if x > *m { x } else { *m };
+                }
+            }
+            let max = lanes.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            for x in live.iter_mut() {
+                *x = exp_f32(*x - max);
+            }
+            let mut lanes = [0f32; 8];
+            for c in live.chunks(8) {
+                for (a, &x) in lanes.iter_mut().zip(c) {
+                    *a += x;
+                }
+            }
+            let inv = 1.0 / lanes.iter().sum::<f32>();
+            live.iter_mut().for_each(|x| *x *= inv);
+            dead.fill(0.0);
+        }
+        for d0 in (0..d_pad).step_by(KB) {
+            let mut acc = [[0f32; KB]; QB];
+            for j in 0..k_end {
+                let v: &[f32; KB] = kv.v[j * d_pad + d0..][..KB].try_into().expect("KB");
+                let w: [f32; QB] = std::array::from_fn(|r| probs[r * n_pad + j]);
+                outer_add(&mut acc, &w, v);
+            }
+            let width = (d - d0).min(KB);
+            for r in 0..nb {
+                out[(i0 + r) * out_stride + d0..][..width].copy_from_slice(&acc[r][..width]);
+            }
+        }
+    }
 }
 
 impl CustomOp1 for CpuAttention {
@@ -86,40 +201,29 @@ impl CustomOp1 for CpuAttention {
             .enumerate()
             .for_each(|(row, out_row)| {
                 let len = self.lengths[row].min(t);
+                if len == 0 {
+                    return;
+                }
                 let base = row * t * width;
-                let mut probs = vec![0f32; len];
-                // This head's keys and values, packed contiguously: rows of the QKV matrix are 3·hidden
-                // apart, which would make every key a cache miss.
-                let (mut keys, mut values) = (vec![0f32; len * hd], vec![0f32; len * hd]);
+                let (mut kv, mut probs) = (PackedKv::default(), Vec::new());
                 for head in 0..self.heads {
                     let (qo, ko, vo) = (head * hd, h + head * hd, 2 * h + head * hd);
+                    kv.reset(len, hd);
                     for j in 0..len {
-                        keys[j * hd..(j + 1) * hd]
-                            .copy_from_slice(&qkv[base + j * width + ko..][..hd]);
-                        values[j * hd..(j + 1) * hd]
-                            .copy_from_slice(&qkv[base + j * width + vo..][..hd]);
+                        let at = base + j * width;
+                        kv.set(j, &qkv[at + ko..][..hd], &qkv[at + vo..][..hd]);
                     }
-                    for i in 0..len {
-                        let q = &qkv[base + i * width + qo..][..hd];
-                        let mut max = f32::NEG_INFINITY;
-                        for (p, k) in probs.iter_mut().zip(keys.chunks_exact(hd)) {
-                            *p = dot(q, k) * self.scale;
-                            max = max.max(*p);
-                        }
-                        let mut sum = 0f32;
-                        for p in probs.iter_mut() {
-                            *p = exp_f32(*p - max);
-                            sum += *p;
-                        }
-                        let inv = 1.0 / sum;
-                        let o = &mut out_row[i * h + qo..][..hd];
-                        for (p, v) in probs.iter().zip(values.chunks_exact(hd)) {
-                            let w = p * inv;
-                            for (od, vd) in o.iter_mut().zip(v) {
-                                *od += w * vd;
-                            }
-                        }
-                    }
+                    attend_head(
+                        &qkv[base + qo..],
+                        width,
+                        len,
+                        &kv,
+                        |_| len,
+                        self.scale,
+                        &mut probs,
+                        &mut out_row[qo..],
+                        h,
+                    );
                 }
             });
         Ok((CpuStorage::F32(out), Shape::from((n, h))))
@@ -164,15 +268,16 @@ impl CustomOp1 for CpuGeluErf {
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let input = contiguous_f32(storage, layout, "gelu")?;
-        let mut out = vec![0f32; input.len()];
-        out.par_chunks_mut(1 << 14)
-            .zip(input.par_chunks(1 << 14))
-            .for_each(|(o, x)| {
-                for (o, &x) in o.iter_mut().zip(x) {
-                    *o = 0.5 * x * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2));
-                }
-            });
+        let mut out = input.to_vec();
+        out.par_chunks_mut(1 << 14).for_each(gelu_erf_in_place);
         Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+}
+
+/// Exact GELU of every value, in place.
+pub(crate) fn gelu_erf_in_place(xs: &mut [f32]) {
+    for x in xs {
+        *x = 0.5 * *x * (1.0 + erf_f32(*x * std::f32::consts::FRAC_1_SQRT_2));
     }
 }
 
@@ -332,54 +437,51 @@ impl CustomOp1 for CpuCausalAttention<'_> {
                 let total = past_len + len;
                 let base = row * t * width;
                 let (ko, vo) = ((h + g) * d, (h + kv + g) * d);
-                let mut keys = vec![0f32; total * d];
-                let mut values = vec![0f32; total * d];
+                let mut packed = PackedKv::default();
+                packed.reset(total, d);
+                let mut keys = vec![0f32; len * d];
                 if let Some(p) = self.past {
                     for j in 0..past_len {
                         let at = (j * kv + g) * d;
-                        keys[j * d..(j + 1) * d].copy_from_slice(&p.k[at..at + d]);
-                        values[j * d..(j + 1) * d].copy_from_slice(&p.v[at..at + d]);
+                        packed.set(j, &p.k[at..at + d], &p.v[at..at + d]);
                     }
                 }
+                let mut values = vec![0f32; len * d];
                 for j in 0..len {
-                    let at = (past_len + j) * d;
-                    let kr = &mut keys[at..at + d];
+                    let kr = &mut keys[j * d..(j + 1) * d];
                     kr.copy_from_slice(&qkv[base + j * width + ko..][..d]);
                     self.rotary.apply(kr, past_len + j);
-                    values[at..at + d].copy_from_slice(&qkv[base + j * width + vo..][..d]);
+                    values[j * d..(j + 1) * d].copy_from_slice(&qkv[base + j * width + vo..][..d]);
+                    packed.set(past_len + j, kr, &values[j * d..(j + 1) * d]);
                 }
-                let mut out = vec![0f32; group * len * d];
-                let mut q = vec![0f32; d];
-                let mut probs = vec![0f32; total];
+                // This group's queries, rotated: `[group, len, d]`.
+                let mut queries = vec![0f32; group * len * d];
                 for qh in 0..group {
                     let head = g * group + qh;
                     for i in 0..len {
-                        let seen = past_len + i + 1;
-                        q.copy_from_slice(&qkv[base + i * width + head * d..][..d]);
-                        self.rotary.apply(&mut q, past_len + i);
-                        let mut max = f32::NEG_INFINITY;
-                        for (p, k) in probs[..seen].iter_mut().zip(keys.chunks_exact(d)) {
-                            *p = dot(&q, k) * self.scale;
-                            max = max.max(*p);
-                        }
-                        let mut sum = 0f32;
-                        for p in probs[..seen].iter_mut() {
-                            *p = exp_f32(*p - max);
-                            sum += *p;
-                        }
-                        let inv = 1.0 / sum;
-                        let o = &mut out[(qh * len + i) * d..][..d];
-                        for (p, v) in probs[..seen].iter().zip(values.chunks_exact(d)) {
-                            let w = p * inv;
-                            for (od, vd) in o.iter_mut().zip(v) {
-                                *od += w * vd;
-                            }
-                        }
+                        let qr = &mut queries[(qh * len + i) * d..][..d];
+                        qr.copy_from_slice(&qkv[base + i * width + head * d..][..d]);
+                        self.rotary.apply(qr, past_len + i);
                     }
                 }
+                let mut out = vec![0f32; group * len * d];
+                let mut probs = Vec::new();
+                for qh in 0..group {
+                    let at = qh * len * d;
+                    attend_head(
+                        &queries[at..],
+                        d,
+                        len,
+                        &packed,
+                        |i| past_len + i + 1,
+                        self.scale,
+                        &mut probs,
+                        &mut out[at..],
+                        d,
+                    );
+                }
                 if self.kv_out.is_some() {
-                    let own = past_len * d;
-                    (out, keys.split_off(own), values.split_off(own))
+                    (out, keys, values)
                 } else {
                     (out, vec![], vec![])
                 }
@@ -443,13 +545,17 @@ impl CustomOp1 for CpuSiluMul {
         let mut out = vec![0f32; n * f];
         out.par_chunks_mut(f)
             .zip(x.par_chunks(w))
-            .for_each(|(o, row)| {
-                let (gate, up) = row.split_at(f);
-                for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
-                    *o = g / (1.0 + exp_f32(-g)) * u;
-                }
-            });
+            .for_each(|(o, row)| silu_mul_row(row, o));
         Ok((CpuStorage::F32(out), Shape::from((n, f))))
+    }
+}
+
+/// `silu(gate) · up` of one row `[gate…, up…]` into `out` (half its width).
+#[inline]
+pub(crate) fn silu_mul_row(row: &[f32], out: &mut [f32]) {
+    let (gate, up) = row.split_at(out.len());
+    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+        *o = g / (1.0 + exp_f32(-g)) * u;
     }
 }
 
@@ -457,6 +563,67 @@ impl CustomOp1 for CpuSiluMul {
 mod tests {
     use super::*;
     use candle_core::{DType, Device, Tensor};
+
+    #[test]
+    fn blocked_attention_matches_the_definition() {
+        // Head sizes off the blocks (d = 13, 40), query counts off the blocks, causal and full.
+        for (d, nq, past) in [
+            (13usize, 6usize, 0usize),
+            (40, 9, 5),
+            (64, 1, 0),
+            (32, 27, 0),
+        ] {
+            let n = past + nq;
+            let val = |i: usize| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 1.5;
+            let keys: Vec<f32> = (0..n * d).map(val).collect();
+            let values: Vec<f32> = (0..n * d).map(|i| val(i + 17)).collect();
+            let queries: Vec<f32> = (0..nq * d).map(|i| val(i + 331)).collect();
+            let mut kv = PackedKv::default();
+            kv.reset(n, d);
+            for j in 0..n {
+                kv.set(j, &keys[j * d..][..d], &values[j * d..][..d]);
+            }
+            for causal in [false, true] {
+                let seen = |i: usize| if causal { past + i + 1 } else { n };
+                let scale = 1.0 / (d as f32).sqrt();
+                let mut out = vec![0f32; nq * d];
+                attend_head(
+                    &queries,
+                    d,
+                    nq,
+                    &kv,
+                    seen,
+                    scale,
+                    &mut Vec::new(),
+                    &mut out,
+                    d,
+                );
+                for i in 0..nq {
+                    let q = &queries[i * d..][..d];
+                    let s: Vec<f64> = (0..seen(i))
+                        .map(|j| {
+                            let k = &keys[j * d..][..d];
+                            q.iter().zip(k).map(|(a, b)| (a * b) as f64).sum::<f64>() * scale as f64
+                        })
+                        .collect();
+                    let max = s.iter().cloned().fold(f64::MIN, f64::max);
+                    let z: f64 = s.iter().map(|x| (x - max).exp()).sum();
+                    for dd in 0..d {
+                        let want: f64 = s
+                            .iter()
+                            .enumerate()
+                            .map(|(j, x)| (x - max).exp() / z * values[j * d + dd] as f64)
+                            .sum();
+                        let got = out[i * d + dd] as f64;
+                        assert!(
+                            (got - want).abs() < 1e-5,
+                            "d {d} query {i} dim {dd}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn fast_erf_matches_libm() {

@@ -6,7 +6,9 @@
 //!   config read straight from the model's own files;
 //! - [`cpu`]: the custom CPU kernels both use (attention over each row's real tokens, GELU, SwiGLU,
 //!   rotary embeddings);
-//! - [`linear`]: linear layers, on the CPU through the BLAS loaded at run time where there is one;
+//! - [`linear`]: linear layers, on the CPU through the BLAS loaded at run time where there is one,
+//!   with the op that follows (GELU, SwiGLU, a norm) applied to each thread's rows in cache;
+//! - [`norm`]: LayerNorm and RMSNorm, with a host kernel the linear layers share;
 //! - [`tokenizer`]: tokenizers from `tokenizer.json` or GGUF metadata, with distill's overrides;
 //! - [`batching`]: length-sorted batches under a token budget, so padding wastes almost nothing;
 //! - [`outputs`]: heads shared by the architectures — pooling, and the per-position top-k / tail /
@@ -28,6 +30,7 @@ pub mod fixtures;
 pub mod linear;
 pub mod llama;
 pub mod model;
+pub mod norm;
 pub mod outputs;
 pub mod pass;
 pub mod prompt;

@@ -15,12 +15,13 @@
 //! (`(i, i + d/2)`).
 
 pub use crate::cpu::LayerKv;
-use crate::cpu::{CpuCausalAttention, CpuSiluMul, Rotary};
-use crate::linear::Linear;
+use crate::cpu::{CpuCausalAttention, Rotary};
+use crate::linear::{Epilogue, Linear};
 use crate::model::{Model, ModelShape};
+use crate::norm::{Norm, NormKind};
 use crate::{Result, TeacherError};
 use candle_core::quantized::gguf_file;
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use distill_cache::gguf::Gguf;
 use distill_cache::model_dir::{ModelDir, ModelFormat};
 use serde::Deserialize;
@@ -216,10 +217,10 @@ impl LlamaConfig {
 
 #[derive(Clone, Debug)]
 struct Layer {
-    attn_norm: Tensor,
+    attn_norm: Norm,
     qkv: Linear,
     out: Linear,
-    ffn_norm: Tensor,
+    ffn_norm: Norm,
     gate_up: Linear,
     down: Linear,
 }
@@ -230,7 +231,7 @@ pub struct Llama {
     pub config: LlamaConfig,
     embed: Tensor,
     layers: Vec<Layer>,
-    norm: Tensor,
+    norm: Norm,
     /// The output head, `[hidden] → [vocab]` (the embeddings when they are tied).
     head: Linear,
     rotary: Rotary,
@@ -540,12 +541,13 @@ impl Llama {
         let (q_out, kv_out) = (c.heads * d, c.kv_heads * d);
         for i in 0..c.layers {
             let p = format!("model.layers.{i}.");
-            let attn_norm = w.need(&format!("{p}input_layernorm.weight"), &[h])?;
+            let rms = |t| Norm::new(NormKind::Rms, t, None, c.rms_eps);
+            let attn_norm = rms(w.need(&format!("{p}input_layernorm.weight"), &[h])?)?;
             let q = w.need(&format!("{p}self_attn.q_proj.weight"), &[q_out, h])?;
             let k = w.need(&format!("{p}self_attn.k_proj.weight"), &[kv_out, h])?;
             let v = w.need(&format!("{p}self_attn.v_proj.weight"), &[kv_out, h])?;
             let o = w.need(&format!("{p}self_attn.o_proj.weight"), &[h, q_out])?;
-            let ffn_norm = w.need(&format!("{p}post_attention_layernorm.weight"), &[h])?;
+            let ffn_norm = rms(w.need(&format!("{p}post_attention_layernorm.weight"), &[h])?)?;
             let gate = w.need(&format!("{p}mlp.gate_proj.weight"), &[f, h])?;
             let up = w.need(&format!("{p}mlp.up_proj.weight"), &[f, h])?;
             let down = w.need(&format!("{p}mlp.down_proj.weight"), &[h, f])?;
@@ -566,7 +568,12 @@ impl Llama {
                 down: Linear::new(&down, None)?,
             });
         }
-        let norm = w.need("model.norm.weight", &[h])?;
+        let norm = Norm::new(
+            NormKind::Rms,
+            w.need("model.norm.weight", &[h])?,
+            None,
+            c.rms_eps,
+        )?;
         // Without an output matrix the head is tied to the embeddings.
         let head = match w.optional("lm_head.weight", &[c.vocab, h])? {
             Some(head) => head,
@@ -678,7 +685,7 @@ impl Llama {
 
     /// The forward pass: final states `[b, t, hidden]` of right-padded rows placed after an optional
     /// shared `past` (one [`LayerKv`] per layer), and with `keep_kv` each row's own rotated keys and
-    /// values per layer (`[row][layer]`). `use_ops` takes candle's ops on the CPU too (tests).
+    /// values per layer (`[row][layer]`). `use_ops` takes candle's attention ops on the CPU too (tests).
     pub fn run(
         &self,
         ids: &Tensor,
@@ -697,12 +704,16 @@ impl Llama {
                 self.rotary.positions
             )));
         }
-        let eps = c.rms_eps as f32;
         let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?;
         let cpu = ids.device().is_cpu() && !use_ops;
         let mut kept: Vec<Vec<LayerKv>> = vec![Vec::with_capacity(c.layers); b];
+        // Each residual product hands the next block its normalised input along with the residual
+        // stream (`forward_add_normed`), so no norm runs as a pass of its own.
+        let mut hn = match self.layers.first() {
+            Some(l) => l.attn_norm.forward(&x)?,
+            None => self.norm.forward(&x)?,
+        };
         for (li, l) in self.layers.iter().enumerate() {
-            let hn = candle_nn::ops::rms_norm(&x, &l.attn_norm, eps)?;
             let qkv = l.qkv.forward(&hn)?;
             let layer_past = past.map(|x| &x[li]);
             let ctx = if cpu {
@@ -744,20 +755,15 @@ impl Llama {
                 }
                 ctx
             };
-            x = l.out.forward_add(&ctx, &x)?;
-            let hn = candle_nn::ops::rms_norm(&x, &l.ffn_norm, eps)?;
-            let gu = l.gate_up.forward(&hn)?;
-            let act = if cpu {
-                gu.apply_op1_no_bwd(&CpuSiluMul)?
-            } else {
-                let f = c.intermediate;
-                (candle_nn::ops::silu(&gu.narrow(D::Minus1, 0, f)?)?
-                    * gu.narrow(D::Minus1, f, f)?)?
+            let (x1, hn1) = l.out.forward_add_normed(&ctx, &x, &l.ffn_norm)?;
+            let act = l.gate_up.forward_with(&hn1, None, Epilogue::SiluMul)?;
+            let next = match self.layers.get(li + 1) {
+                Some(n) => &n.attn_norm,
+                None => &self.norm,
             };
-            x = l.down.forward_add(&act, &x)?;
+            (x, hn) = l.down.forward_add_normed(&act, &x1, next)?;
         }
-        let x = candle_nn::ops::rms_norm(&x, &self.norm, eps)?;
-        Ok((x.reshape((b, t, c.hidden))?, keep_kv.then_some(kept)))
+        Ok((hn.reshape((b, t, c.hidden))?, keep_kv.then_some(kept)))
     }
 }
 
