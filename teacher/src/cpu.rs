@@ -41,6 +41,21 @@ pub(crate) struct CpuAttention {
     pub scale: f32,
 }
 
+/// Σ f(x) over eight independent partial sums, so the loop vectorises (a plain `sum` of floats does
+/// not: its order is fixed).
+#[inline]
+pub(crate) fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = xs.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().map(|&x| f(x)).sum();
+    for c in chunks {
+        for i in 0..8 {
+            acc[i] += f(c[i]);
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 /// Queries and keys handled together by [`attend_head`]'s register blocks.
 const QB: usize = 4;
 const KB: usize = 8;
@@ -148,13 +163,7 @@ pub(crate) fn attend_head(
             for x in live.iter_mut() {
                 *x = exp_f32(*x - max);
             }
-            let mut lanes = [0f32; 8];
-            for c in live.chunks(8) {
-                for (a, &x) in lanes.iter_mut().zip(c) {
-                    *a += x;
-                }
-            }
-            let inv = 1.0 / lanes.iter().sum::<f32>();
+            let inv = 1.0 / lane_sum(live, |x| x);
             live.iter_mut().for_each(|x| *x *= inv);
             dead.fill(0.0);
         }
@@ -439,20 +448,28 @@ impl CustomOp1 for CpuCausalAttention<'_> {
                 let (ko, vo) = ((h + g) * d, (h + kv + g) * d);
                 let mut packed = PackedKv::default();
                 packed.reset(total, d);
-                let mut keys = vec![0f32; len * d];
                 if let Some(p) = self.past {
                     for j in 0..past_len {
                         let at = (j * kv + g) * d;
                         packed.set(j, &p.k[at..at + d], &p.v[at..at + d]);
                     }
                 }
-                let mut values = vec![0f32; len * d];
+                // The row's own rotated keys and values are kept only when they are handed back.
+                let keep = self.kv_out.is_some();
+                let (mut keys, mut values) = if keep {
+                    (vec![0f32; len * d], vec![0f32; len * d])
+                } else {
+                    (vec![0f32; d], Vec::new())
+                };
                 for j in 0..len {
-                    let kr = &mut keys[j * d..(j + 1) * d];
+                    let kr = &mut keys[if keep { j * d } else { 0 }..][..d];
                     kr.copy_from_slice(&qkv[base + j * width + ko..][..d]);
                     self.rotary.apply(kr, past_len + j);
-                    values[j * d..(j + 1) * d].copy_from_slice(&qkv[base + j * width + vo..][..d]);
-                    packed.set(past_len + j, kr, &values[j * d..(j + 1) * d]);
+                    let v = &qkv[base + j * width + vo..][..d];
+                    packed.set(past_len + j, kr, v);
+                    if keep {
+                        values[j * d..(j + 1) * d].copy_from_slice(v);
+                    }
                 }
                 // This group's queries, rotated: `[group, len, d]`.
                 let mut queries = vec![0f32; group * len * d];
@@ -480,7 +497,7 @@ impl CustomOp1 for CpuCausalAttention<'_> {
                         d,
                     );
                 }
-                if self.kv_out.is_some() {
+                if keep {
                     (out, keys, values)
                 } else {
                     (out, vec![], vec![])

@@ -2,6 +2,7 @@
 //! on the device (candle's ops, other devices) and on the host (the CPU kernel below, which the linear
 //! layers also run in place on their own output rows while those are still in cache).
 
+use crate::cpu::lane_sum;
 use candle_core::{DType, Tensor};
 
 /// Which normalisation.
@@ -109,20 +110,6 @@ impl Norm {
     pub fn on_host(&self) -> bool {
         !self.gamma_host.is_empty()
     }
-}
-
-/// Σ f(x) over eight independent partial sums, so the loop vectorises.
-#[inline]
-fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
-    let mut acc = [0f32; 8];
-    let chunks = xs.chunks_exact(8);
-    let tail: f32 = chunks.remainder().iter().map(|&x| f(x)).sum();
-    for c in chunks {
-        for i in 0..8 {
-            acc[i] += f(c[i]);
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 #[cfg(test)]
