@@ -38,7 +38,8 @@ pub struct TeacherBenchArgs {
     /// Also time fixed batches of this many rows in corpus order (0: skip; per-example outputs only).
     #[arg(long, default_value_t = 32)]
     pub unsorted_batch: usize,
-    /// Runs of the end-to-end `distill label` (median taken; 0: skip it).
+    /// Rounds of one bare forward pass followed by one end-to-end `distill label` run (medians
+    /// taken; the end-to-end ratio round by round). 0: three bare passes and no label run.
     #[arg(long, default_value_t = 3)]
     pub label_runs: usize,
     /// Print the figures as JSON on stdout.
@@ -60,10 +61,15 @@ struct Figures {
     tokenize_seconds: f64,
     sorted: Pass,
     unsorted: Option<Pass>,
-    /// `distill label` rows per second of its job (corpus read to last commit).
+    /// `distill label` rows per second of its job (corpus read to last commit), with the teacher the
+    /// bench holds (loaded and warm, as a worker's across shards).
     end_to_end_rows_per_second: f64,
+    /// The median over rounds of the end-to-end rows/s ÷ the rows/s of the bare forward passes over
+    /// the same two shards, run just before (the host's cost: tokenizing, planning, encoding, commits).
     end_to_end_over_forward: f64,
-    /// The same, counting also the teacher's load and fingerprint (a fixed cost per process).
+    /// That ratio in each round.
+    end_to_end_rounds: Vec<f64>,
+    /// The same, counting also the teacher's load (a fixed cost per worker process).
     end_to_end_with_load_rows_per_second: f64,
     /// Bytes of the committed cache entry per real token.
     cache_bytes_per_token: f64,
@@ -146,72 +152,98 @@ async fn teacher(args: TeacherBenchArgs) -> anyhow::Result<()> {
     let texts: Vec<String> = shard.rows.iter().map(|r| r.text.clone()).collect();
     let dir = ModelDir::resolve(&args.teacher.teacher).await?;
     let spec = args.output.request()?.resolve(&dir)?;
+    let loading = Instant::now();
     let teacher = std::sync::Arc::new(args.teacher.load_dir(dir).await?);
+    let load_seconds = loading.elapsed().as_secs_f64();
     let shape = teacher.shape();
     let parameters = shape.parameters;
     let budget = args.teacher.max_batch_tokens;
     let unsorted_batch = args.unsorted_batch;
     let t2 = teacher.clone();
     let spec2 = spec.clone();
-    let (tokenize_seconds, sorted, unsorted) =
-        tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let (tokenize_seconds, encoded) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let s = Instant::now();
+        let encoded = match &spec2 {
+            OutputSpec::TokenTopk(_) => t2.tokenizer().encode(&refs)?,
+            _ => t2.tokenize(&refs)?,
+        };
+        Ok((s.elapsed().as_secs_f64(), encoded))
+    })
+    .await??;
+    let encoded = std::sync::Arc::new(encoded);
+    let lengths: Vec<usize> = encoded.iter().map(|e| e.ids.len()).collect();
+    let real: u64 = lengths.iter().map(|&l| l as u64).sum();
+    let head_positions = match &spec {
+        OutputSpec::TokenTopk(_) => real,
+        _ => 0,
+    };
+    // Useful work only: the layers per real token, attention over each row's own length, the output
+    // head where it runs.
+    let flops = shape.forward_flops(&lengths, head_positions);
+    let rows = encoded.len();
+    let pass = |seconds: f64, padded: u64| Pass {
+        seconds,
+        texts_per_second: rows as f64 / seconds,
+        real_tokens_per_second: real as f64 / seconds,
+        real_tokens_per_second_per_thread: real as f64 / seconds / threads as f64,
+        padding_efficiency: real as f64 / padded as f64,
+        gflops: flops / seconds / 1e9,
+        gemm_ratio: flops / seconds / 1e9 / gemm,
+    };
+    // One bare forward pass over all rows (length-sorted token-budget batches), or over shards of
+    // `shard_rows` rows one after the other as a worker gets them (0: all rows at once): seconds and
+    // padded tokens.
+    let forward = {
+        let (teacher, spec, encoded) = (teacher.clone(), spec.clone(), encoded.clone());
+        move |shard_rows: usize| -> anyhow::Result<(f64, u64)> {
             let s = Instant::now();
-            let encoded = match &spec2 {
-                OutputSpec::TokenTopk(_) => t2.tokenizer().encode(&refs)?,
-                _ => t2.tokenize(&refs)?,
-            };
-            let tokenize_seconds = s.elapsed().as_secs_f64();
-            let lengths: Vec<usize> = encoded.iter().map(|e| e.ids.len()).collect();
-            let real: u64 = lengths.iter().map(|&l| l as u64).sum();
-            let head_positions = match &spec2 {
-                OutputSpec::TokenTopk(_) => real,
-                _ => 0,
-            };
-            // Useful work only: the layers per real token, attention over each row's own length,
-            // the output head where it runs.
-            let flops = shape.forward_flops(&lengths, head_positions);
-            let pass = |seconds: f64, padded: u64| Pass {
-                seconds,
-                texts_per_second: encoded.len() as f64 / seconds,
-                real_tokens_per_second: real as f64 / seconds,
-                real_tokens_per_second_per_thread: real as f64 / seconds / threads as f64,
-                padding_efficiency: real as f64 / padded as f64,
-                gflops: flops / seconds / 1e9,
-                gemm_ratio: flops / seconds / 1e9 / gemm,
-            };
             let mut padded = 0;
-            let secs = median_seconds(3, || {
-                padded = match &spec2 {
-                    OutputSpec::TokenTopk(t) => t2.label_topk(&encoded, t, budget, 1)?,
-                    _ => t2.label_encoded(&encoded, budget)?,
+            let size = if shard_rows == 0 {
+                encoded.len()
+            } else {
+                shard_rows
+            };
+            for part in encoded.chunks(size.max(1)) {
+                padded += match &spec {
+                    OutputSpec::TokenTopk(t) => teacher.label_topk(part, t, budget, 1)?,
+                    _ => teacher.label_encoded(part, budget)?,
                 }
                 .padded_tokens;
-                Ok(())
-            })?;
-            let sorted = pass(secs, padded);
-            let unsorted = if unsorted_batch > 0 && spec2.is_per_example() {
-                let mut padded = 0u64;
-                let secs = median_seconds(1, || {
-                    padded = 0;
-                    for chunk in encoded.chunks(unsorted_batch) {
-                        let rows: Vec<_> = chunk.iter().collect();
-                        padded += (rows.len() * rows.iter().map(|r| r.ids.len()).max().unwrap_or(0))
-                            as u64;
-                        t2.forward(&rows)?;
-                    }
-                    Ok(())
-                })?;
-                Some(pass(secs, padded))
-            } else {
-                None
-            };
-            Ok((tokenize_seconds, sorted, unsorted))
+            }
+            Ok((s.elapsed().as_secs_f64(), padded))
+        }
+    };
+    let forward = std::sync::Arc::new(forward);
+    let run_forward = |shard_rows: usize| {
+        let f = forward.clone();
+        async move { tokio::task::spawn_blocking(move || f(shard_rows)).await? }
+    };
+    run_forward(0).await?; // warm-up
+
+    let unsorted = if unsorted_batch > 0 && spec.is_per_example() {
+        let (t2, encoded) = (teacher.clone(), encoded.clone());
+        let (secs, padded) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let s = Instant::now();
+            let mut padded = 0u64;
+            for chunk in encoded.chunks(unsorted_batch) {
+                let rows: Vec<_> = chunk.iter().collect();
+                padded += (rows.len() * rows.iter().map(|r| r.ids.len()).max().unwrap_or(0)) as u64;
+                t2.forward(&rows)?;
+            }
+            Ok((s.elapsed().as_secs_f64(), padded))
         })
         .await??;
-    drop(teacher);
+        Some(pass(secs, padded))
+    } else {
+        None
+    };
 
-    // End to end: the same rows through `distill label` into a fresh local store.
+    // End to end: the same rows through `distill label`'s in-process coordinator and worker into a
+    // fresh local store, each run right after a bare forward pass, so the ratio of the two is taken
+    // side by side (this kind of machine's speed drifts by ±10–20% within minutes). Each run writes into a fresh store (a second run into
+    // the same store would be all cache hits); the rows make two shards, so the second is labeled
+    // while the first commits.
     let dir = tempfile_dir()?;
     let corpus_path = dir.join("bench.jsonl");
     let mut body = String::new();
@@ -222,10 +254,24 @@ async fn teacher(args: TeacherBenchArgs) -> anyhow::Result<()> {
         body.push('\n');
     }
     std::fs::write(&corpus_path, body)?;
-    // Median of the runs, each into a fresh store (a second run into the same store would be all
-    // cache hits); shards of 1,024 rows, so 2,048 rows make two full shards.
-    let (mut e2e_runs, mut load_runs, mut bytes_per_token) = (Vec::new(), Vec::new(), 0.0);
-    for run in 0..args.label_runs {
+    let rounds = if args.label_runs > 0 {
+        args.label_runs
+    } else {
+        3
+    };
+    let (mut forward_runs, mut padded) = (Vec::new(), 0);
+    let (mut e2e_runs, mut ratios, mut load_runs, mut bytes_per_token) =
+        (Vec::new(), Vec::new(), Vec::new(), 0.0);
+    let shard_rows = rows.div_ceil(2).max(1);
+    for run in 0..rounds {
+        let (secs, p) = run_forward(0).await?;
+        forward_runs.push(secs);
+        padded = p;
+        if run >= args.label_runs {
+            continue;
+        }
+        // The baseline of the end-to-end run: the same two shards' forward passes back to back.
+        let (shard_secs, _) = run_forward(shard_rows).await?;
         let label_args = LabelArgs {
             corpus: CorpusArgs {
                 corpus: corpus_path.display().to_string(),
@@ -236,24 +282,34 @@ async fn teacher(args: TeacherBenchArgs) -> anyhow::Result<()> {
             teacher: args.teacher.clone(),
             store: Some(dir.join(format!("store-{run}")).display().to_string()),
             output: args.output.clone(),
-            shard_size: 1024,
+            shard_size: shard_rows,
             strict: false,
             max_attempts: 0,
             json: false,
             remote: Default::default(),
         };
+        // The teacher this process already holds, warm, as a worker holds it across shards; its load
+        // is a cost per process, counted in the second figure.
+        let store = distill_cache::store::open(label_args.store.as_deref().expect("set"), true)?;
         let started = Instant::now();
-        let summary = crate::label::label(&label_args, false).await?;
-        load_runs.push(summary.ledger.rows as f64 / started.elapsed().as_secs_f64());
-        e2e_runs.push(summary.ledger.rows as f64 / summary.ledger.wall_seconds);
+        let summary =
+            crate::label::label_in_process(&label_args, store, teacher.clone(), false).await?;
+        let rows_per_second = summary.ledger.rows as f64 / summary.ledger.wall_seconds;
+        load_runs
+            .push(summary.ledger.rows as f64 / (started.elapsed().as_secs_f64() + load_seconds));
+        e2e_runs.push(rows_per_second);
+        ratios.push(rows_per_second * shard_secs / rows as f64);
         bytes_per_token = summary.ledger.bytes_written as f64 / summary.ledger.tokens.max(1) as f64;
     }
+    drop(teacher);
     let _ = std::fs::remove_dir_all(&dir);
     let median = |mut v: Vec<f64>| {
         v.sort_by(|a, b| a.total_cmp(b));
         v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
     };
+    let sorted = pass(median(forward_runs), padded);
     let (e2e, with_load) = (median(e2e_runs), median(load_runs));
+    let e2e_over_forward = median(ratios.clone());
     let figures = Figures {
         rows: shard.rows.len(),
         threads,
@@ -265,7 +321,8 @@ async fn teacher(args: TeacherBenchArgs) -> anyhow::Result<()> {
             .map(|b| b.name.clone())
             .unwrap_or_else(|| "candle".into()),
         tokenize_seconds,
-        end_to_end_over_forward: e2e / sorted.texts_per_second,
+        end_to_end_over_forward: e2e_over_forward,
+        end_to_end_rounds: ratios,
         end_to_end_rows_per_second: e2e,
         end_to_end_with_load_rows_per_second: with_load,
         cache_bytes_per_token: bytes_per_token,

@@ -411,6 +411,7 @@ pub async fn label_in_process(
             max_batch_tokens: args.teacher.max_batch_tokens,
             drain_grace: Duration::from_secs(600),
             stores: vec![store],
+            idle_poll_max: Duration::from_millis(100),
         },
         Arc::new(distill_worker::pull::TeacherSlot::with(teacher)),
         Default::default(),

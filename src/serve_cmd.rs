@@ -254,6 +254,7 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         max_batch_tokens: args.max_batch_tokens,
         drain_grace: seconds("drain-grace-seconds", args.drain_grace_seconds)?,
         stores: Vec::new(),
+        idle_poll_max: std::time::Duration::from_secs(1),
     };
     let mut run = tokio::spawn(distill_worker::pull::run(cfg, slot, metrics, stopped));
     // The pull loop ends on its own only with an error (refused by the coordinator, a protocol it

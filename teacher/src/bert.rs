@@ -6,13 +6,14 @@
 //! contiguous, and layer norm / softmax use candle's fused kernels. Dropout is absent (inference only).
 //! Tensor names follow HF checkpoints, with or without the `bert.` prefix.
 
-use crate::cpu::CpuAttention;
+use crate::cpu::{with_host, zeros, CpuAttention};
 use crate::linear::{Epilogue, Linear};
 use crate::model::{Model, ModelShape};
 use crate::norm::{Norm, NormKind};
 use crate::{Result, TeacherError};
 use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::VarBuilder;
+use rayon::prelude::*;
 use serde::Deserialize;
 
 /// The fields of `config.json` the encoder needs.
@@ -237,16 +238,21 @@ impl Bert {
         let h = self.config.hidden_size;
         let hd = h / self.heads;
         let n = b * t;
-        let x = self
-            .word
-            .index_select(&ids.flatten_all()?, 0)?
-            .reshape((b, t, h))?;
-        let pos = self
-            .position
-            .narrow(0, 0, t)?
-            .broadcast_add(&self.token_type0)?;
-        let x = x.broadcast_add(&pos)?.reshape((n, h))?;
-        let mut x = self.emb_norm.forward(&x)?;
+        let mut x = match self.embed_host(ids)? {
+            Some(x) => x,
+            None => {
+                let x = self
+                    .word
+                    .index_select(&ids.flatten_all()?, 0)?
+                    .reshape((b, t, h))?;
+                let pos = self
+                    .position
+                    .narrow(0, 0, t)?
+                    .broadcast_add(&self.token_type0)?;
+                self.emb_norm
+                    .forward(&x.broadcast_add(&pos)?.reshape((n, h))?)?
+            }
+        };
         // Other devices mask padding with an additive bias (0 real, large negative padding); the CPU
         // kernel skips padded keys instead and needs none.
         let bias = if ids.device().is_cpu() {
@@ -293,6 +299,50 @@ impl Bert {
                 .forward_with(&inner, Some(&x), Epilogue::Norm(&l.ff_norm))?;
         }
         x.reshape((b, t, h))
+    }
+
+    /// The embedding layer on the CPU, `[b·t, hidden]`: word + (position + token type 0) of each
+    /// token, layer-normalised, tokens in parallel on the host (candle's `index_select` runs on one
+    /// thread while the other cores wait). `None` off the CPU.
+    fn embed_host(&self, ids: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        if !ids.device().is_cpu() || !self.emb_norm.on_host() {
+            return Ok(None);
+        }
+        let (b, t) = ids.dims2()?;
+        let (h, vocab) = (self.config.hidden_size, self.config.vocab_size);
+        let ids: Vec<u32> = ids.flatten_all()?.to_vec1()?;
+        if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+            candle_core::bail!("token id {bad} is outside the vocabulary ({vocab} ids)");
+        }
+        if t > self.config.max_position_embeddings {
+            candle_core::bail!(
+                "{t} tokens but {} positions",
+                self.config.max_position_embeddings
+            );
+        }
+        let x = with_host(&self.word, |word| {
+            with_host(&self.position, |pos| {
+                with_host(&self.token_type0, |type0| {
+                    let mut x = zeros(b * t * h);
+                    x.par_chunks_mut(h)
+                        .with_min_len(64)
+                        .enumerate()
+                        .for_each(|(i, row)| {
+                            let w = &word[ids[i] as usize * h..][..h];
+                            let p = &pos[(i % t) * h..][..h];
+                            for (((o, w), p), c) in row.iter_mut().zip(w).zip(p).zip(type0) {
+                                *o = w + (p + c);
+                            }
+                            self.emb_norm.apply(row);
+                        });
+                    x
+                })
+            })
+        });
+        match x.flatten().flatten() {
+            Some(x) => Ok(Some(Tensor::from_vec(x, (b * t, h), self.word.device())?)),
+            None => Ok(None),
+        }
     }
 
     /// Class logits from token states (`[b, t, hidden]` → `[b, labels]`): pooler (tanh) on the first

@@ -9,7 +9,7 @@
 //! - [`CpuGeluErf`]: exact GELU with a vectorisable erf (BERT);
 //! - [`CpuSiluMul`]: `silu(gate) · up` from a fused gate/up matrix (llama's SwiGLU).
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
 /// The f32 values of a contiguous CPU tensor, for the custom CPU ops below.
@@ -22,6 +22,25 @@ pub(crate) fn contiguous_f32<'a>(
         (CpuStorage::F32(v), Some((start, end))) => Ok(&v[start..end]),
         _ => candle_core::bail!("{op}: expects a contiguous f32 tensor"),
     }
+}
+
+/// Hands the values of a contiguous f32 CPU tensor to `f`; `None` for any other tensor (another
+/// device or dtype, a strided view), whose callers fall back to candle's ops.
+pub(crate) fn with_host<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
+    let (storage, layout) = t.storage_and_layout();
+    match (&*storage, layout.contiguous_offsets()) {
+        (Storage::Cpu(CpuStorage::F32(v)), Some((start, end))) => Some(f(&v[start..end])),
+        _ => None,
+    }
+}
+
+/// `len` zeros, written by all of rayon's threads: `vec![0.0; len]` of a few MB is zeroed by the
+/// calling thread alone (a page fault or `memset`) while the others wait, which cost a few percent of a
+/// forward pass on two cores.
+pub(crate) fn zeros(len: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(len);
+    v.par_extend(rayon::iter::repeat_n(0f32, len).with_min_len(1 << 16));
+    v
 }
 
 /// Multi-head self-attention on the CPU, straight from the fused `[b·t, 3·hidden]` QKV matrix to the
@@ -56,30 +75,40 @@ pub(crate) fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-/// Queries and keys handled together by [`attend_head`]'s register blocks.
+/// Queries, keys and value dimensions handled together by [`attend_head`]'s register blocks: four
+/// queries against sixteen keys (or sixteen output dimensions) keep eight 8-wide accumulators in
+/// registers, enough independent FMA chains to keep both FMA units busy.
 const QB: usize = 4;
-const KB: usize = 8;
+const KB: usize = 16;
+const DB: usize = 16;
 
-/// `acc[r][l] += a[r] · b[l]`: one rank-1 update of a register block.
+/// `acc[r][l] += a[r] · b[l]`: one rank-1 update of a register block (fused multiply-adds).
 #[inline(always)]
-fn outer_add(acc: &mut [[f32; KB]; QB], a: &[f32; QB], b: &[f32; KB]) {
+fn outer_add<const W: usize>(acc: &mut [[f32; W]; QB], a: &[f32; QB], b: &[f32; W]) {
     for r in 0..QB {
-        for l in 0..KB {
-            acc[r][l] += a[r] * b[l];
+        for l in 0..W {
+            acc[r][l] = a[r].mul_add(b[l], acc[r][l]);
         }
     }
 }
 
-/// One head's keys and values packed for [`attend_head`]: keys transposed (`[d][n_pad]`) and values
-/// with rows `d_pad` wide, both zero-padded (`n_pad`, `d_pad`: multiples of 8), so every block of the
-/// kernel is full and padded keys contribute exact zeros.
+/// One head's keys and values packed for [`attend_head`]: keys transposed (`[d_pad][n_pad]`) and values
+/// with rows `d_pad` wide, both zero-padded (`n_pad`: a multiple of the key block, `d_pad`: of the
+/// dimension block), so every block of the kernel is full and padded keys contribute exact zeros.
+///
+/// Filled by [`PackedKv::reset`], [`PackedKv::set`] for each key, then [`PackedKv::seal`], which
+/// transposes the keys in 8 × 8 tiles (a scattered store per value cost more than the scores).
 #[derive(Debug, Default)]
 pub(crate) struct PackedKv {
+    /// Keys as set, `[n_pad][d_pad]`.
+    k: Vec<f32>,
+    /// Keys transposed by `seal`, `[d_pad][n_pad]`.
     kt: Vec<f32>,
     v: Vec<f32>,
     n_pad: usize,
     d: usize,
     d_pad: usize,
+    sealed: bool,
 }
 
 impl PackedKv {
@@ -87,28 +116,48 @@ impl PackedKv {
     pub fn reset(&mut self, n: usize, d: usize) {
         self.n_pad = n.div_ceil(KB).max(1) * KB;
         self.d = d;
-        self.d_pad = d.div_ceil(KB) * KB;
-        self.kt.clear();
-        self.kt.resize(d * self.n_pad, 0.0);
+        self.d_pad = d.div_ceil(DB) * DB;
+        self.k.clear();
+        self.k.resize(self.n_pad * self.d_pad, 0.0);
         self.v.clear();
         self.v.resize(self.n_pad * self.d_pad, 0.0);
+        self.kt.resize(self.d_pad * self.n_pad, 0.0);
+        self.sealed = false;
     }
 
     /// Sets key and value `j`.
     #[inline]
     pub fn set(&mut self, j: usize, key: &[f32], value: &[f32]) {
-        for (dd, &x) in key.iter().enumerate() {
-            self.kt[dd * self.n_pad + j] = x;
-        }
+        self.k[j * self.d_pad..][..self.d].copy_from_slice(key);
         self.v[j * self.d_pad..][..self.d].copy_from_slice(value);
+    }
+
+    /// Transposes the keys: call once all are set, before [`attend_head`].
+    pub fn seal(&mut self) {
+        let (n_pad, d_pad) = (self.n_pad, self.d_pad);
+        for j0 in (0..n_pad).step_by(8) {
+            for d0 in (0..d_pad).step_by(8) {
+                let mut tile = [[0f32; 8]; 8];
+                for (a, row) in self.k[j0 * d_pad + d0..].chunks(d_pad).take(8).enumerate() {
+                    let row: &[f32; 8] = row[..8].try_into().expect("8");
+                    for b in 0..8 {
+                        tile[b][a] = row[b];
+                    }
+                }
+                for (b, col) in tile.iter().enumerate() {
+                    self.kt[(d0 + b) * n_pad + j0..][..8].copy_from_slice(col);
+                }
+            }
+        }
+        self.sealed = true;
     }
 }
 
 /// `out_i = Σ_j softmax_j(scale · q_i · k_j) · v_j` over keys `j < seen(i)` for `nq` queries of one
 /// head: query `i` is `q[i·q_stride..][..d]`, its output goes to `out[i·out_stride..][..d]`.
 ///
-/// Blocked like a small GEMM: four queries against eight keys (scores), then four queries times
-/// eight value dimensions (outputs), accumulators in registers, so the compiler vectorises across
+/// Blocked like a small GEMM: four queries against sixteen keys (scores), then four queries times
+/// sixteen value dimensions (outputs), accumulators in registers, so the compiler vectorises across
 /// keys and dimensions; a dot product per (query, key) left most of each vector unit idle at head
 /// sizes of 32–64. `probs` is scratch.
 #[allow(clippy::too_many_arguments)]
@@ -124,6 +173,7 @@ pub(crate) fn attend_head(
     out: &mut [f32],
     out_stride: usize,
 ) {
+    debug_assert!(kv.sealed, "PackedKv::seal before attend_head");
     let (d, n_pad, d_pad) = (kv.d, kv.n_pad, kv.d_pad);
     probs.resize(QB * n_pad, 0.0);
     let mut qt = vec![[0f32; QB]; d];
@@ -154,12 +204,18 @@ pub(crate) fn attend_head(
             let (live, dead) = p.split_at_mut(limits[r]);
             // Lane-wise max and sum, and the exponentials in a loop of their own: each vectorises.
             let mut lanes = [f32::NEG_INFINITY; 8];
-            for c in live.chunks(8) {
-                for (m, &x) in lanes.iter_mut().zip(c) {
-                    *m = if x > *m { x } else { *m };
+            let chunks = live.chunks_exact(8);
+            let tail = chunks.remainder();
+            for c in chunks {
+                for i in 0..8 {
+                    lanes[i] = if c[i] > lanes[i] { c[i] } else { lanes[i] };
                 }
             }
-            let max = lanes.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let max = lanes
+                .iter()
+                .chain(tail)
+                .copied()
+                .fold(f32::NEG_INFINITY, f32::max);
             for x in live.iter_mut() {
                 *x = exp_f32(*x - max);
             }
@@ -167,14 +223,14 @@ pub(crate) fn attend_head(
             live.iter_mut().for_each(|x| *x *= inv);
             dead.fill(0.0);
         }
-        for d0 in (0..d_pad).step_by(KB) {
-            let mut acc = [[0f32; KB]; QB];
+        for d0 in (0..d_pad).step_by(DB) {
+            let mut acc = [[0f32; DB]; QB];
             for j in 0..k_end {
-                let v: &[f32; KB] = kv.v[j * d_pad + d0..][..KB].try_into().expect("KB");
+                let v: &[f32; DB] = kv.v[j * d_pad + d0..][..DB].try_into().expect("DB");
                 let w: [f32; QB] = std::array::from_fn(|r| probs[r * n_pad + j]);
                 outer_add(&mut acc, &w, v);
             }
-            let width = (d - d0).min(KB);
+            let width = d.saturating_sub(d0).min(DB);
             for r in 0..nb {
                 out[(i0 + r) * out_stride + d0..][..width].copy_from_slice(&acc[r][..width]);
             }
@@ -205,7 +261,7 @@ impl CustomOp1 for CpuAttention {
         }
         let qkv = contiguous_f32(storage, layout, "attention")?;
         let t = self.seq;
-        let mut out = vec![0f32; n * h];
+        let mut out = zeros(n * h);
         out.par_chunks_mut(t * h)
             .enumerate()
             .for_each(|(row, out_row)| {
@@ -222,6 +278,7 @@ impl CustomOp1 for CpuAttention {
                         let at = base + j * width;
                         kv.set(j, &qkv[at + ko..][..hd], &qkv[at + vo..][..hd]);
                     }
+                    kv.seal();
                     attend_head(
                         &qkv[base + qo..],
                         width,
@@ -252,17 +309,25 @@ fn erf_f32(x: f32) -> f32 {
     let x = x.clamp(-4.0, 4.0);
     let x2 = x * x;
     let mut p = -2.726_142_3e-10_f32;
-    p = p * x2 + 2.770_681_4e-8;
-    p = p * x2 - 2.101_024e-6;
-    p = p * x2 - 5.692_506_4e-5;
-    p = p * x2 - 7.349_906_3e-4;
-    p = p * x2 - 2.954_600_1e-3;
-    p = p * x2 - 1.609_603_3e-2;
+    for c in [
+        2.770_681_4e-8,
+        -2.101_024e-6,
+        -5.692_506_4e-5,
+        -7.349_906_3e-4,
+        -2.954_600_1e-3,
+        -1.609_603_3e-2,
+    ] {
+        p = p.mul_add(x2, c);
+    }
     let mut q = -1.456_607_2e-5_f32;
-    q = q * x2 - 2.133_740_6e-4;
-    q = q * x2 - 1.682_827e-3;
-    q = q * x2 - 7.373_329e-3;
-    q = q * x2 - 1.426_473_9e-2;
+    for c in [
+        -2.133_740_6e-4,
+        -1.682_827e-3,
+        -7.373_329e-3,
+        -1.426_473_9e-2,
+    ] {
+        q = q.mul_add(x2, c);
+    }
     x * p / q
 }
 
@@ -297,12 +362,14 @@ pub(crate) fn gelu_erf_in_place(xs: &mut [f32]) {
 pub(crate) fn exp_f32(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
     let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
-    let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    let r = n.mul_add(-1.428_606_8e-6, n.mul_add(-0.693_145_75, x));
+    let mut p: f32 = 1.0 / 720.0;
+    for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        p = p.mul_add(r, c);
+    }
+    // 2^n without a float-to-int conversion (whose saturating semantics stop vectorisation): n + 127
+    // lands in the low mantissa bits of 1.5·2^23, and the shift moves it into the exponent field.
+    p * f32::from_bits((n + (127.0 + 12_582_912.0)).to_bits() << 23)
 }
 
 /// Rotary position embeddings: `cos`/`sin` of `position × inv_freq[i]` for every position up to a
@@ -471,6 +538,7 @@ impl CustomOp1 for CpuCausalAttention<'_> {
                         values[j * d..(j + 1) * d].copy_from_slice(v);
                     }
                 }
+                packed.seal();
                 // This group's queries, rotated: `[group, len, d]`.
                 let mut queries = vec![0f32; group * len * d];
                 for qh in 0..group {
@@ -504,7 +572,7 @@ impl CustomOp1 for CpuCausalAttention<'_> {
                 }
             })
             .collect();
-        let mut out = vec![0f32; n * h * d];
+        let mut out = zeros(n * h * d);
         let mut kv_rows = self.kv_out.map(|_| {
             (0..self.batch)
                 .map(|r| {
@@ -559,7 +627,7 @@ impl CustomOp1 for CpuSiluMul {
         let (n, w) = layout.shape().dims2()?;
         let f = w / 2;
         let x = contiguous_f32(storage, layout, "silu-mul")?;
-        let mut out = vec![0f32; n * f];
+        let mut out = zeros(n * f);
         out.par_chunks_mut(f)
             .zip(x.par_chunks(w))
             .for_each(|(o, row)| silu_mul_row(row, o));
@@ -600,6 +668,7 @@ mod tests {
             for j in 0..n {
                 kv.set(j, &keys[j * d..][..d], &values[j * d..][..d]);
             }
+            kv.seal();
             for causal in [false, true] {
                 let seen = |i: usize| if causal { past + i + 1 } else { n };
                 let scale = 1.0 / (d as f32).sqrt();

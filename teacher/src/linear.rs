@@ -199,7 +199,7 @@ impl CustomOp2 for BlasLinear<'_> {
             Epilogue::AlsoNormed(_) => (m, 2),
             _ => (m, 1),
         };
-        let mut out = vec![0f32; copies * n * width];
+        let mut out = crate::cpu::zeros(copies * n * width);
         let (first, second) = out.split_at_mut(n * width);
         // Rows split over rayon's threads, one single-threaded BLAS call each, then the epilogue on
         // the same rows.
@@ -220,15 +220,18 @@ impl CustomOp2 for BlasLinear<'_> {
                 let count = dst.len() / width;
                 let xr = &x[r0 * k..(r0 + count) * k];
                 let product = |y: &mut [f32]| {
-                    if let Some(r) = self.residual {
-                        y.copy_from_slice(&r[r0 * m..(r0 + count) * m]);
-                    }
-                    if let Some(b) = self.bias {
-                        for row in y.chunks_mut(m) {
-                            for (o, b) in row.iter_mut().zip(b) {
-                                *o += b;
+                    // residual + bias in one pass over the rows.
+                    match (self.residual, self.bias) {
+                        (Some(r), Some(b)) => {
+                            for (row, r) in y.chunks_mut(m).zip(r[r0 * m..].chunks(m)) {
+                                for ((o, r), b) in row.iter_mut().zip(r).zip(b) {
+                                    *o = r + b;
+                                }
                             }
                         }
+                        (Some(r), None) => y.copy_from_slice(&r[r0 * m..(r0 + count) * m]),
+                        (None, Some(b)) => y.chunks_mut(m).for_each(|row| row.copy_from_slice(b)),
+                        (None, None) => {}
                     }
                     let beta = if self.bias.is_some() || self.residual.is_some() {
                         1.0

@@ -40,6 +40,49 @@ pub fn pool(
     }
 }
 
+/// [`pool`] (then, with `normalize`, [`l2_normalize`]) on the host for token states `[b, t, h]` in a
+/// contiguous f32 CPU tensor: rows in parallel, each over its own `lengths[i]` real tokens only (padded
+/// states are never read). `None` for any other tensor.
+pub fn pool_host(
+    states: &Tensor,
+    lengths: &[usize],
+    pooling: distill_cache::model_dir::Pooling,
+    normalize: bool,
+) -> candle_core::Result<Option<Vec<f32>>> {
+    use distill_cache::model_dir::Pooling;
+    use rayon::prelude::*;
+    let (b, t, h) = states.dims3()?;
+    if lengths.len() != b {
+        candle_core::bail!("pool: {} lengths for {b} rows", lengths.len());
+    }
+    Ok(crate::cpu::with_host(states, |x| {
+        let mut out = vec![0f32; b * h];
+        out.par_chunks_mut(h.max(1))
+            .zip(lengths)
+            .enumerate()
+            .for_each(|(row, (o, &len))| {
+                let tokens = x[row * t * h..][..len.min(t) * h].chunks(h);
+                match pooling {
+                    Pooling::Cls => o.copy_from_slice(&x[row * t * h..][..h]),
+                    Pooling::Mean => {
+                        tokens.for_each(|s| o.iter_mut().zip(s).for_each(|(o, s)| *o += s));
+                        let n = len.min(t) as f32;
+                        o.iter_mut().for_each(|o| *o /= n);
+                    }
+                    Pooling::Max => {
+                        o.fill(f32::NEG_INFINITY);
+                        tokens.for_each(|s| o.iter_mut().zip(s).for_each(|(o, s)| *o = o.max(*s)));
+                    }
+                }
+                if normalize {
+                    let norm = o.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+                    o.iter_mut().for_each(|v| *v /= norm);
+                }
+            });
+        out
+    }))
+}
+
 /// L2-normalises rows of `[b, h]`.
 pub fn l2_normalize(x: &Tensor) -> candle_core::Result<Tensor> {
     let norm = x
@@ -204,6 +247,51 @@ mod tests {
         let m = l.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
         let s: f64 = l.iter().map(|&x| (x as f64 - m).exp()).sum();
         l.iter().map(|&x| x as f64 - m - s.ln()).collect()
+    }
+
+    #[test]
+    fn host_pooling_matches_the_definition_and_skips_padding() {
+        use distill_cache::model_dir::Pooling;
+        let (b, t, h) = (3usize, 5usize, 7usize);
+        let lengths = [5usize, 2, 1];
+        let val = |i: usize| ((i * 7919 % 1000) as f32 / 250.0) - 2.0;
+        let mut x: Vec<f32> = (0..b * t * h).map(val).collect();
+        // Padded states are unspecified: NaN here, which must not reach any output.
+        for (row, &len) in lengths.iter().enumerate() {
+            x[(row * t + len) * h..(row + 1) * t * h].fill(f32::NAN);
+        }
+        let states = Tensor::from_vec(x.clone(), (b, t, h), &Device::Cpu).unwrap();
+        for pooling in [Pooling::Mean, Pooling::Max, Pooling::Cls] {
+            for normalize in [false, true] {
+                let got = pool_host(&states, &lengths, pooling, normalize)
+                    .unwrap()
+                    .expect("a CPU tensor");
+                for (row, &len) in lengths.iter().enumerate() {
+                    let token = |j: usize, k: usize| x[(row * t + j) * h + k] as f64;
+                    let mut want: Vec<f64> = (0..h)
+                        .map(|k| match pooling {
+                            Pooling::Mean => {
+                                (0..len).map(|j| token(j, k)).sum::<f64>() / len as f64
+                            }
+                            Pooling::Max => (0..len).map(|j| token(j, k)).fold(f64::MIN, f64::max),
+                            Pooling::Cls => token(0, k),
+                        })
+                        .collect();
+                    if normalize {
+                        let norm = want.iter().map(|v| v * v).sum::<f64>().sqrt();
+                        want.iter_mut().for_each(|v| *v /= norm);
+                    }
+                    for k in 0..h {
+                        let g = got[row * h + k] as f64;
+                        assert!(
+                            (g - want[k]).abs() < 1e-6,
+                            "{pooling:?} normalize {normalize} row {row} dim {k}: {g} vs {}",
+                            want[k]
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

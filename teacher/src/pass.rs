@@ -1,6 +1,6 @@
 //! Labeling one shard: the unit of work a worker does, and what a cache commit holds.
 
-use crate::teacher::{Labels, Teacher};
+use crate::teacher::{Labels, Teacher, Tokenized};
 use crate::Result;
 use distill_cache::corpus::Shard;
 use distill_cache::format::{ShardData, ShardMeta};
@@ -28,9 +28,27 @@ pub fn label_shard(
     corpus: &str,
     max_batch_tokens: usize,
 ) -> Result<LabeledShard> {
-    teacher.check_output(spec)?;
+    let input = tokenize_shard(teacher, shard, spec)?;
+    label_tokenized_shard(teacher, shard, &input, spec, corpus, max_batch_tokens)
+}
+
+/// The host half of [`label_shard`]: the shard's texts tokenized for `spec`.
+pub fn tokenize_shard(teacher: &Teacher, shard: &Shard, spec: &OutputSpec) -> Result<Tokenized> {
     let texts: Vec<&str> = shard.rows.iter().map(|r| r.text.as_str()).collect();
-    let labels: Labels = if texts.is_empty() {
+    teacher.tokenize_for(&texts, spec)
+}
+
+/// The device half of [`label_shard`], from [`tokenize_shard`]'s output for the same shard and spec.
+pub fn label_tokenized_shard(
+    teacher: &Teacher,
+    shard: &Shard,
+    input: &Tokenized,
+    spec: &OutputSpec,
+    corpus: &str,
+    max_batch_tokens: usize,
+) -> Result<LabeledShard> {
+    teacher.check_output(spec)?;
+    let labels: Labels = if shard.rows.is_empty() {
         Labels {
             values: OutputValues::empty(spec, teacher.width()),
             tokens: vec![],
@@ -40,7 +58,7 @@ pub fn label_shard(
             prefix_tokens_saved: 0,
         }
     } else {
-        teacher.label_spec(&texts, spec, max_batch_tokens, shard_seed(shard))?
+        teacher.label_tokenized(input, spec, max_batch_tokens, shard_seed(shard))?
     };
     let data = ShardData {
         ids: shard.rows.iter().map(|r| r.id.clone()).collect(),

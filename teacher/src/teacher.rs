@@ -44,6 +44,20 @@ pub struct Labels {
     pub prefix_tokens_saved: u64,
 }
 
+/// Texts tokenized for one output spec by [`Teacher::tokenize_for`], ready for
+/// [`Teacher::label_tokenized`].
+#[derive(Clone, Debug)]
+pub enum Tokenized {
+    /// One row per text (embeddings, logits, token-topk).
+    Rows(Vec<Encoded>),
+    /// A prompt's rows (each text with the prompt's lead and suffix) and the prompt itself.
+    Prompted {
+        prompt: PromptTokens,
+        rows: Vec<Vec<u32>>,
+        truncated: Vec<bool>,
+    },
+}
+
 impl Labels {
     /// The per-example vectors of [`Teacher::label`] (panics on per-token values, which only
     /// [`Teacher::label_spec`] with a `token_topk` spec produces).
@@ -316,31 +330,32 @@ impl Teacher {
     pub fn forward(&self, rows: &[&Encoded]) -> Result<Vec<f32>> {
         let ids: Vec<&[u32]> = rows.iter().map(|r| r.ids.as_slice()).collect();
         let (states, lengths) = self.states(&ids)?;
+        // Sentence encoders pool as their head says; a decoder's embeddings are its mean state.
+        let (pooling, normalize) = match &self.head {
+            Head::Embedding {
+                pooling, normalize, ..
+            } => (*pooling, *normalize),
+            Head::CausalLm { .. } => (distill_cache::model_dir::Pooling::Mean, true),
+            Head::Classifier { .. } => {
+                return Ok(self.model.class_logits(&states)?.flatten_all()?.to_vec1()?)
+            }
+            Head::Unknown => {
+                return Err(TeacherError::Config("the teacher's head is unknown".into()))
+            }
+        };
+        if let Some(v) = outputs::pool_host(&states, &lengths, pooling, normalize)? {
+            return Ok(v);
+        }
         let mask = outputs::padding_mask(
             states.dims3().map(|(b, t, _)| (b, t))?,
             &lengths,
             &self.device,
         )?;
-        let out = match &self.head {
-            Head::Embedding {
-                pooling, normalize, ..
-            } => {
-                let pooled = outputs::pool(&states, &mask, *pooling)?;
-                if *normalize {
-                    outputs::l2_normalize(&pooled)?
-                } else {
-                    pooled
-                }
-            }
-            Head::Classifier { .. } => self.model.class_logits(&states)?,
-            Head::CausalLm { .. } => {
-                let pooled =
-                    outputs::pool(&states, &mask, distill_cache::model_dir::Pooling::Mean)?;
-                outputs::l2_normalize(&pooled)?
-            }
-            Head::Unknown => {
-                return Err(TeacherError::Config("the teacher's head is unknown".into()))
-            }
+        let pooled = outputs::pool(&states, &mask, pooling)?;
+        let out = if normalize {
+            outputs::l2_normalize(&pooled)?
+        } else {
+            pooled
         };
         Ok(out.flatten_all()?.to_vec1::<f32>()?)
     }
@@ -360,16 +375,62 @@ impl Teacher {
         max_batch_tokens: usize,
         seed: u64,
     ) -> Result<Labels> {
+        let input = self.tokenize_for(texts, spec)?;
+        self.label_tokenized(&input, spec, max_batch_tokens, seed)
+    }
+
+    /// The host half of [`Teacher::label_spec`]: texts tokenized as `spec` reads them (a worker runs
+    /// it for the next shard while the device labels the current one).
+    pub fn tokenize_for(&self, texts: &[&str], spec: &OutputSpec) -> Result<Tokenized> {
         self.check_output(spec)?;
-        match spec {
-            OutputSpec::TokenTopk(t) => {
-                let encoded = self.tokenizer.encode(texts)?;
-                self.label_topk(&encoded, t, max_batch_tokens, seed)
-            }
+        Ok(match spec {
+            OutputSpec::TokenTopk(_) => Tokenized::Rows(self.tokenizer.encode(texts)?),
             OutputSpec::Logits {
                 prompt: Some(p), ..
-            } => self.label_prompted(texts, p, max_batch_tokens),
-            _ => self.label(texts, max_batch_tokens),
+            } => {
+                let (prompt, rows, truncated) = self.prompted_rows(texts, p)?;
+                Tokenized::Prompted {
+                    prompt,
+                    rows,
+                    truncated,
+                }
+            }
+            _ => Tokenized::Rows(self.tokenize(texts)?),
+        })
+    }
+
+    /// The device half of [`Teacher::label_spec`], from [`Teacher::tokenize_for`]'s output for the
+    /// same spec.
+    pub fn label_tokenized(
+        &self,
+        input: &Tokenized,
+        spec: &OutputSpec,
+        max_batch_tokens: usize,
+        seed: u64,
+    ) -> Result<Labels> {
+        self.check_output(spec)?;
+        match (spec, input) {
+            (OutputSpec::TokenTopk(t), Tokenized::Rows(encoded)) => {
+                self.label_topk(encoded, t, max_batch_tokens, seed)
+            }
+            (
+                OutputSpec::Logits {
+                    prompt: Some(p), ..
+                },
+                Tokenized::Prompted {
+                    prompt,
+                    rows,
+                    truncated,
+                },
+            ) => self.label_prompted_rows(prompt, rows, truncated, p, max_batch_tokens),
+            (
+                OutputSpec::Logits { prompt: None, .. } | OutputSpec::Embeddings { .. },
+                Tokenized::Rows(encoded),
+            ) => self.label_encoded(encoded, max_batch_tokens),
+            _ => Err(TeacherError::Config(format!(
+                "texts tokenized for another output than {}",
+                spec.describe()
+            ))),
         }
     }
 
@@ -394,8 +455,18 @@ impl Teacher {
         p: &PromptSpec,
         max_batch_tokens: usize,
     ) -> Result<Labels> {
+        let (prompt, rows, truncated) = self.prompted_rows(texts, p)?;
+        self.label_prompted_rows(&prompt, &rows, &truncated, p, max_batch_tokens)
+    }
+
+    /// Each text as the row a prompt runs after its prefix: `lead · text` tokenized, cut to the room
+    /// the context leaves, then the suffix.
+    fn prompted_rows(
+        &self,
+        texts: &[&str],
+        p: &PromptSpec,
+    ) -> Result<(PromptTokens, Vec<Vec<u32>>, Vec<bool>)> {
         let pt = self.prompt_tokens(p)?;
-        let classes = pt.continuations.len();
         let context = self.info.max_seq_length;
         let longest = pt.continuations.iter().map(Vec::len).max().unwrap_or(1);
         let room = context - pt.prefix.len() - pt.suffix.len() - longest;
@@ -408,6 +479,18 @@ impl Teacher {
             ids.extend_from_slice(&pt.suffix);
             rows.push(ids);
         }
+        Ok((pt, rows, truncated))
+    }
+
+    fn label_prompted_rows(
+        &self,
+        pt: &PromptTokens,
+        rows: &[Vec<u32>],
+        truncated: &[bool],
+        p: &PromptSpec,
+        max_batch_tokens: usize,
+    ) -> Result<Labels> {
+        let classes = pt.continuations.len();
         let start = Instant::now();
         let device = &self.device;
         let ids_tensor = |rows: &[&[u32]]| -> Result<(Tensor, Vec<usize>)> {
@@ -510,10 +593,10 @@ impl Teacher {
                 values,
             }),
             tokens: lengths.iter().map(|&l| l as u32).collect(),
-            truncated,
+            truncated: truncated.to_vec(),
             device_seconds: start.elapsed().as_secs_f64(),
             padded_tokens: batching::padded_tokens(&batches) + cont_tokens,
-            prefix_tokens_saved: (pt.prefix.len() * texts.len().saturating_sub(1)) as u64,
+            prefix_tokens_saved: (pt.prefix.len() * rows.len().saturating_sub(1)) as u64,
         })
     }
 

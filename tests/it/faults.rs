@@ -12,18 +12,31 @@ use object_store::{
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-/// Fails shard-file puts: every one after the first `allow` (a store that broke for good), or with
-/// `transient`, the first put of each shard only (a store that drops a request now and then).
+/// Shard-file puts with a fault: failing every one after the first `allow` (a store that broke for
+/// good), or with `transient` the first put of each shard only (a store that drops a request now and
+/// then), or with a [`Gate`] held back (a slow store).
 #[derive(Debug)]
-struct FailShardPuts {
+struct ShardPuts {
     inner: Arc<dyn ObjectStore>,
     allow: usize,
     seen: AtomicUsize,
     transient: bool,
     failed_once: std::sync::Mutex<std::collections::HashSet<String>>,
+    gate: Option<Gate>,
 }
 
-impl FailShardPuts {
+/// Holds every shard-file put back until `at` of them are waiting at once or it has waited three
+/// seconds (labeling the tests' ten-row shards takes milliseconds), and records the most that ever
+/// were in flight together.
+#[derive(Debug)]
+struct Gate {
+    at: usize,
+    open: tokio::sync::watch::Sender<bool>,
+    in_flight: AtomicUsize,
+    most: AtomicUsize,
+}
+
+impl ShardPuts {
     fn new(inner: Arc<dyn ObjectStore>, allow: usize, transient: bool) -> Self {
         Self {
             inner,
@@ -31,6 +44,19 @@ impl FailShardPuts {
             seen: AtomicUsize::new(0),
             transient,
             failed_once: Default::default(),
+            gate: None,
+        }
+    }
+
+    fn gated(inner: Arc<dyn ObjectStore>, at: usize) -> Self {
+        Self {
+            gate: Some(Gate {
+                at,
+                open: tokio::sync::watch::channel(false).0,
+                in_flight: AtomicUsize::new(0),
+                most: AtomicUsize::new(0),
+            }),
+            ..Self::new(inner, usize::MAX, false)
         }
     }
 
@@ -49,14 +75,14 @@ impl FailShardPuts {
     }
 }
 
-impl std::fmt::Display for FailShardPuts {
+impl std::fmt::Display for ShardPuts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "FailShardPuts({})", self.inner)
+        write!(f, "ShardPuts({})", self.inner)
     }
 }
 
 #[async_trait]
-impl ObjectStore for FailShardPuts {
+impl ObjectStore for ShardPuts {
     async fn put_opts(
         &self,
         location: &Path,
@@ -69,7 +95,24 @@ impl ObjectStore for FailShardPuts {
                 source: "injected: connection reset by peer".into(),
             });
         }
-        self.inner.put_opts(location, payload, opts).await
+        let Some(gate) = self
+            .gate
+            .as_ref()
+            .filter(|_| location.as_ref().ends_with(".parquet"))
+        else {
+            return self.inner.put_opts(location, payload, opts).await;
+        };
+        let now = gate.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        gate.most.fetch_max(now, Ordering::SeqCst);
+        if now >= gate.at {
+            gate.open.send_replace(true);
+        }
+        let mut open = gate.open.subscribe();
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(3), open.wait_for(|o| *o)).await;
+        let result = self.inner.put_opts(location, payload, opts).await;
+        gate.in_flight.fetch_sub(1, Ordering::SeqCst);
+        result
     }
     async fn put_multipart_opts(
         &self,
@@ -149,7 +192,7 @@ async fn a_failing_store_fails_the_job_clearly_and_a_rerun_reuses_what_was_commi
         let real = distill_cache::store::open(&url, true).unwrap();
         let faulty =
             real.clone()
-                .with_store(Arc::new(FailShardPuts::new(real.store.clone(), 2, false)));
+                .with_store(Arc::new(ShardPuts::new(real.store.clone(), 2, false)));
         let err = format!("{:#}", run_job(faulty, &model, &corpus).await.unwrap_err());
         // Every attempt of the last three shards failed: the job ends, naming them and the cause.
         assert!(
@@ -203,9 +246,9 @@ async fn transient_store_failures_are_retried_and_the_job_succeeds() {
     }
     for url in stores {
         let real = distill_cache::store::open(&url, true).unwrap();
-        let flaky =
-            real.clone()
-                .with_store(Arc::new(FailShardPuts::new(real.store.clone(), 0, true)));
+        let flaky = real
+            .clone()
+            .with_store(Arc::new(ShardPuts::new(real.store.clone(), 0, true)));
         let summary = run_job(flaky, &model, &corpus).await.unwrap();
         assert_eq!(summary.state, "succeeded");
         assert_eq!(
@@ -220,4 +263,34 @@ async fn transient_store_failures_are_retried_and_the_job_succeeds() {
         assert!(summary.failed_shards.is_empty());
         assert_eq!(shard_files(&url).await.len(), 3);
     }
+}
+
+#[tokio::test]
+async fn labeling_runs_ahead_of_a_slow_store_up_to_the_commit_bound() {
+    // Shard commits are held back: the worker labels the next shards meanwhile, until
+    // COMMITS_IN_FLIGHT commits wait at once, and no further (it then waits for one to finish). A
+    // worker without the pipeline gets one at a time; one without the bound, more (the gate opens
+    // for them at bound + 1).
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_encoder(dir.path());
+    let corpus = dir.path().join("corpus.jsonl");
+    write_corpus(&corpus, 50);
+    let bound = distill_worker::pull::COMMITS_IN_FLIGHT;
+    let url = dir.path().join("cache").display().to_string();
+    let real = distill_cache::store::open(&url, true).unwrap();
+    let gated = Arc::new(ShardPuts::gated(real.store.clone(), bound + 1));
+    let summary = run_job(real.clone().with_store(gated.clone()), &model, &corpus)
+        .await
+        .unwrap();
+    assert_eq!(
+        (summary.state.as_str(), summary.ledger.rows),
+        ("succeeded", 50)
+    );
+    assert_eq!(shard_files(&url).await.len(), 5);
+    let gate = gated.gate.as_ref().unwrap();
+    assert_eq!(
+        gate.most.load(Ordering::SeqCst),
+        bound,
+        "shard commits waiting at once (labeling ran ahead of the store, and stopped at the bound)"
+    );
 }

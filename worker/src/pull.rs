@@ -3,14 +3,17 @@
 //!
 //! - Heartbeats run on the IO runtime every `heartbeat_interval`, renewing every lease held, while the
 //!   teacher's forward passes run on a blocking thread (candle's own thread pool inside).
-//! - While one shard is labeled, the next lease is taken and its input read (prefetch of one).
+//! - Host work stays off the device's path: while one shard is labeled, the next lease is taken, its
+//!   input read and tokenized (prefetch of one), and the labeled shard's Parquet encoding, commit and
+//!   report run on tasks of their own while the next shard is labeled (at most
+//!   [`COMMITS_IN_FLIGHT`] at once; labeling waits when that many are still running).
 //! - The teacher stays loaded across shards and jobs; a lease for another teacher replaces it.
 //! - Before labeling, the cache is asked whether the shard is there already (a speculative twin or a
 //!   worker of an earlier coordinator committed it): then nothing is labeled twice.
 //! - A coordinator that restarted forgets this worker: the worker registers again, re-stating the
 //!   leases it works on, and keeps those the coordinator adopts.
 //! - On shutdown (SIGTERM), it takes no new work, hands back the prefetched lease, and finishes the
-//!   current shard within `drain_grace` or hands it back too.
+//!   current shard and the commits behind it within `drain_grace`, or hands them back too.
 //! - An unreachable coordinator is retried with exponential backoff (0.5 s to 30 s), saying so.
 
 use crate::{Result, WorkerError};
@@ -24,7 +27,8 @@ use distill_cache::store::Location;
 use distill_proto::retry::Backoff;
 use distill_proto::v1;
 use distill_proto::{ClientConfig, WorkerClient};
-use distill_teacher::pass::label_shard;
+use distill_teacher::pass::{label_tokenized_shard, tokenize_shard, LabeledShard};
+use distill_teacher::teacher::Tokenized;
 use distill_teacher::{DeviceSpec, Teacher};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -45,6 +49,9 @@ pub struct PullConfig {
     pub drain_grace: Duration,
     /// Stores to use instead of opening the lease's store URL (in-process runs and tests).
     pub stores: Vec<Location>,
+    /// The longest wait between lease requests while there is no work (the wait doubles from 100 ms
+    /// up to it). A second suits a cluster; in-process runs, on loopback, use 100 ms.
+    pub idle_poll_max: Duration,
 }
 
 /// The teacher this worker holds, reused across shards and jobs.
@@ -203,13 +210,26 @@ impl WorkerMetrics {
     }
 }
 
-/// A lease with its input read and teacher ready.
+/// Labeled shards whose commit and report may run at once, behind the shard being labeled.
+pub const COMMITS_IN_FLIGHT: usize = 2;
+
+/// A lease with its input read and tokenized, and its teacher ready.
 struct Prepared {
     lease: v1::ShardLease,
     shard: Shard,
+    input: Tokenized,
     store: Location,
     teacher: Arc<Teacher>,
     spec: OutputSpec,
+}
+
+/// A shard labeled and ready to commit.
+struct Labeled {
+    lease: v1::ShardLease,
+    shard: Shard,
+    store: Location,
+    output: Fingerprint,
+    labeled: LabeledShard,
 }
 
 /// What the heartbeat and the main loop share.
@@ -488,32 +508,43 @@ impl Shared {
             .get(&lease.teacher, &lease.teacher_fingerprint, &self.cfg.device)
             .await?;
         let shard = distill_cache::jobs::read_input(&store, &lease.input, &shard_fp).await?;
+        let (shard, input) = tokio::task::spawn_blocking({
+            let (teacher, spec) = (teacher.clone(), spec.clone());
+            move || {
+                let input = tokenize_shard(&teacher, &shard, &spec);
+                (shard, input)
+            }
+        })
+        .await
+        .map_err(|e| WorkerError::Config(format!("tokenizing thread: {e}")))?;
         Ok(Some(Prepared {
             lease: lease.clone(),
             shard,
+            input: input?,
             store,
             teacher,
             spec,
         }))
     }
 
-    /// Labels, commits and reports one shard.
-    async fn process(self: Arc<Self>, p: Prepared) {
+    /// Labels one shard (the device's part); `None` when it failed (reported) or was revoked.
+    async fn label(self: Arc<Self>, p: Prepared) -> Option<Labeled> {
         use tracing::Instrument;
         let l = &p.lease;
         let span = tracing::info_span!("shard", job = %l.job_id, shard = l.shard_index, lease = %l.lease_id);
-        self.process_in_span(p).instrument(span).await
+        self.label_in_span(p).instrument(span).await
     }
 
-    async fn process_in_span(self: Arc<Self>, p: Prepared) {
+    async fn label_in_span(self: Arc<Self>, p: Prepared) -> Option<Labeled> {
         let lease = p.lease.clone();
         if self.is_revoked(&lease.lease_id) {
             self.drop_lease(&lease.lease_id);
-            return;
+            return None;
         }
         let max_tokens = self.cfg.max_batch_tokens;
         let Prepared {
             shard,
+            input,
             store,
             teacher,
             spec,
@@ -522,19 +553,45 @@ impl Shared {
         let corpus = lease.corpus.clone();
         let output = spec.fingerprint();
         let labeled = tokio::task::spawn_blocking(move || {
-            let r = label_shard(&teacher, &shard, &spec, &corpus, max_tokens);
+            let r = label_tokenized_shard(&teacher, &shard, &input, &spec, &corpus, max_tokens);
             (shard, r)
         })
         .await;
-        let (shard, labeled) = match labeled {
-            Ok((shard, Ok(l))) => (shard, l),
-            Ok((_, Err(e))) => return self.fail(&lease, e.to_string(), false).await,
-            Err(e) => {
-                return self
-                    .fail(&lease, format!("labeling thread: {e}"), false)
-                    .await
+        match labeled {
+            Ok((shard, Ok(labeled))) => Some(Labeled {
+                lease,
+                shard,
+                store,
+                output,
+                labeled,
+            }),
+            Ok((_, Err(e))) => {
+                self.fail(&lease, e.to_string(), false).await;
+                None
             }
-        };
+            Err(e) => {
+                self.fail(&lease, format!("labeling thread: {e}"), false)
+                    .await;
+                None
+            }
+        }
+    }
+
+    /// Commits a labeled shard to the cache and reports it (the host's part, off the device's path).
+    async fn commit(self: Arc<Self>, l: Labeled) {
+        use tracing::Instrument;
+        let span = tracing::info_span!("shard", job = %l.lease.job_id, shard = l.lease.shard_index, lease = %l.lease.lease_id);
+        self.commit_in_span(l).instrument(span).await
+    }
+
+    async fn commit_in_span(self: Arc<Self>, l: Labeled) {
+        let Labeled {
+            lease,
+            shard,
+            store,
+            output,
+            labeled,
+        } = l;
         let key = ShardKey {
             teacher: labeled.meta.teacher.fingerprint.clone(),
             output,
@@ -698,6 +755,85 @@ pub async fn run(
 }
 
 async fn work(shared: &Arc<Shared>, shutdown: &mut watch::Receiver<bool>) -> Result<()> {
+    let mut commits = Commits::default();
+    let result = label_loop(shared, shutdown, &mut commits).await;
+    // Shards labeled are committed and reported before the worker stops, within the drain grace;
+    // what is still unfinished then is handed back.
+    let deadline = commits
+        .deadline
+        .unwrap_or_else(|| tokio::time::Instant::now() + shared.cfg.drain_grace);
+    if tokio::time::timeout_at(deadline, commits.wait(shared, 0))
+        .await
+        .is_err()
+    {
+        // Commits that finished meanwhile have reported; only those cut short hand their shard back.
+        commits.tasks.abort_all();
+        while let Some(r) = commits.tasks.join_next_with_id().await {
+            match r {
+                Ok((id, ())) => {
+                    commits.leases.remove(&id);
+                }
+                Err(e) => {
+                    let Some(lease) = commits.leases.remove(&e.id()) else {
+                        continue;
+                    };
+                    if e.is_cancelled() {
+                        tracing::warn!(lease = %lease.lease_id, "drain grace elapsed during the commit: handing the shard back");
+                        shared.fail(&lease, "worker draining".into(), true).await;
+                    } else {
+                        shared
+                            .fail(&lease, format!("commit task failed: {e}"), false)
+                            .await;
+                    }
+                }
+            }
+        }
+    }
+    result
+}
+
+/// The commits running behind the labeling: their tasks and the lease of each (to report a task
+/// that died).
+#[derive(Default)]
+struct Commits {
+    tasks: tokio::task::JoinSet<()>,
+    leases: HashMap<tokio::task::Id, v1::ShardLease>,
+    /// When draining: the end of the grace.
+    deadline: Option<tokio::time::Instant>,
+}
+
+impl Commits {
+    fn spawn(&mut self, shared: &Arc<Shared>, labeled: Labeled) {
+        let lease = labeled.lease.clone();
+        let id = self.tasks.spawn(shared.clone().commit(labeled)).id();
+        self.leases.insert(id, lease);
+    }
+
+    /// Waits until at most `left` commits are running.
+    async fn wait(&mut self, shared: &Arc<Shared>, left: usize) {
+        while self.tasks.len() > left {
+            match self.tasks.join_next_with_id().await {
+                Some(Ok((id, ()))) => {
+                    self.leases.remove(&id);
+                }
+                Some(Err(e)) => {
+                    if let Some(lease) = self.leases.remove(&e.id()) {
+                        shared
+                            .fail(&lease, format!("commit task failed: {e}"), false)
+                            .await;
+                    }
+                }
+                None => break,
+            }
+        }
+    }
+}
+
+async fn label_loop(
+    shared: &Arc<Shared>,
+    shutdown: &mut watch::Receiver<bool>,
+    commits: &mut Commits,
+) -> Result<()> {
     let mut next: Option<Prepared> = None;
     let mut idle = Duration::from_millis(100);
     loop {
@@ -713,7 +849,7 @@ async fn work(shared: &Arc<Shared>, shutdown: &mut watch::Receiver<bool>) -> Res
                         _ = tokio::time::sleep(idle) => {}
                         _ = shutdown.changed() => {}
                     }
-                    idle = (idle * 2).min(Duration::from_secs(1));
+                    idle = (idle * 2).min(shared.cfg.idle_poll_max.max(Duration::from_millis(100)));
                     continue;
                 }
                 Err(s) => {
@@ -735,29 +871,50 @@ async fn work(shared: &Arc<Shared>, shutdown: &mut watch::Receiver<bool>) -> Res
         };
         idle = Duration::from_millis(100);
         let current_lease = current.lease.clone();
-        let mut task = tokio::spawn(shared.clone().process(current));
+        // Labeling waits while the commits behind it are all busy (a bounded queue), unless the
+        // worker is told to stop meanwhile: then the shard goes back and the commits drain.
+        let draining = tokio::select! {
+            _ = commits.wait(shared, COMMITS_IN_FLIGHT - 1) => false,
+            _ = shutdown.changed() => true,
+        };
+        if draining {
+            commits.deadline = Some(tokio::time::Instant::now() + shared.cfg.drain_grace);
+            shared
+                .fail(&current.lease, "worker draining".into(), true)
+                .await;
+            return Ok(());
+        }
+        let mut task = tokio::spawn(shared.clone().label(current));
         let mut prefetch = Some(tokio::spawn({
             let shared = shared.clone();
             async move { shared.acquire().await.ok().flatten() }
         }));
         tokio::select! {
             r = &mut task => {
-                if let Err(e) = r {
+                match r {
+                    Ok(Some(labeled)) => commits.spawn(shared, labeled),
+                    Ok(None) => {}
                     // The shard's task died (a panic): report it rather than hold the lease forever.
-                    shared.fail(&current_lease, format!("worker task failed: {e}"), false).await;
+                    Err(e) => shared.fail(&current_lease, format!("worker task failed: {e}"), false).await,
                 }
             }
             _ = shutdown.changed() => {
                 let deadline = tokio::time::Instant::now() + shared.cfg.drain_grace;
+                commits.deadline = Some(deadline);
                 tracing::info!(grace_s = shared.cfg.drain_grace.as_secs_f64(), "draining: finishing the current shard, taking no new work");
                 if let Some(p) = prefetch.take() {
                     if let Ok(Ok(Some(p))) = tokio::time::timeout_at(deadline, p).await {
                         shared.fail(&p.lease, "worker draining".into(), true).await;
                     }
                 }
-                if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
-                    tracing::warn!(lease = %current_lease.lease_id, "drain grace elapsed: handing the shard back");
-                    shared.fail(&current_lease, "worker draining".into(), true).await;
+                match tokio::time::timeout_at(deadline, &mut task).await {
+                    Ok(Ok(Some(labeled))) => commits.spawn(shared, labeled),
+                    Ok(Ok(None)) => {}
+                    Ok(Err(e)) => shared.fail(&current_lease, format!("worker task failed: {e}"), false).await,
+                    Err(_) => {
+                        tracing::warn!(lease = %current_lease.lease_id, "drain grace elapsed: handing the shard back");
+                        shared.fail(&current_lease, "worker draining".into(), true).await;
+                    }
                 }
                 return Ok(());
             }
