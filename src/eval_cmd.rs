@@ -249,8 +249,15 @@ fn clip(s: &str, n: usize) -> String {
 }
 
 pub fn print_table(rows: &[EvalReport]) {
+    // As wide as the longest model name: rows that differ only at the end stay apart.
+    let w = rows
+        .iter()
+        .map(|r| r.model.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(5);
     println!(
-        "{:<34} {:>8} {:>8} {:>8} {:>6} {:>9} {:>9} {:>10} {:>11} {:>9}",
+        "{:<w$} {:>8} {:>8} {:>8} {:>6} {:>9} {:>9} {:>10} {:>11} {:>9}",
         "model",
         "accuracy",
         "macro-F1",
@@ -264,8 +271,8 @@ pub fn print_table(rows: &[EvalReport]) {
     );
     for r in rows {
         println!(
-            "{:<34} {:>7.1}% {:>8.3} {:>7.1}% {:>6.3} {:>9.2} {:>9.2} {:>10.0} {:>11} {:>9}",
-            clip(&r.model, 34),
+            "{:<w$} {:>7.1}% {:>8.3} {:>7.1}% {:>6.3} {:>9.2} {:>9.2} {:>10.0} {:>11} {:>9}",
+            r.model,
             100.0 * r.accuracy,
             r.macro_f1,
             100.0 * r.agreement,

@@ -20,14 +20,14 @@ use distill_cache::spec::{Dtype, OutputKind};
 use distill_cache::store;
 use distill_student_trainer::data::TrainData;
 use distill_student_trainer::eval::{self, EvalReport};
-use distill_student_trainer::finetune::FinetuneOptions;
+use distill_student_trainer::finetune::{FinetuneOptions, Objective};
 use distill_student_trainer::labels::{self, Fields, Gold};
 use distill_student_trainer::logreg::CvOptions;
 use distill_student_trainer::model::{dir_bytes, Predictor};
 use distill_student_trainer::protocol::{
-    draw, relabel, review_or_plot, sentiment, split_by_group, summarize, targets, Check, Mapping,
-    Row, Summary, FIXED_C_ROW, LLM_NGRAM_ROW, LLM_TEACHER_ROW, MORE_RANDOM_ROW, MORE_SUGGESTED_ROW,
-    TUNED_NGRAM_ROW, TUNED_ROW, UNSEEN_ROW,
+    draw, relabel, review_or_plot, sentiment, split_by_group, summarize, targets, tuned_ngram_row,
+    tuned_row, Check, Mapping, Row, Summary, FIXED_C_ROW, LLM_NGRAM_ROW, LLM_TEACHER_ROW,
+    MORE_RANDOM_ROW, MORE_SUGGESTED_ROW, UNSEEN_ROW,
 };
 use distill_student_trainer::rng::Rng;
 use distill_student_trainer::task as tasks;
@@ -113,10 +113,22 @@ pub struct QuickstartArgs {
     /// (0: skip).
     #[arg(long, env = "DISTILL_SUGGEST", default_value_t = 50)]
     pub suggest: usize,
-    /// Fine-tune the teacher on each draw's gold labels (`task fit --finetune`): pair iterations per
-    /// gold label (0: skip the tuned-teacher rows).
+    /// Fine-tune the teacher on each draw's gold labels (`task fit --finetune`) with these objectives
+    /// (comma-separated: contrastive, classifier), one tuned teacher each; empty: skip the
+    /// tuned-teacher rows.
+    #[arg(
+        long,
+        env = "DISTILL_FINETUNE_OBJECTIVES",
+        value_delimiter = ',',
+        default_value = "classifier"
+    )]
+    pub finetune_objectives: Vec<Objective>,
+    /// Contrastive fine-tuning: pair iterations per gold label.
     #[arg(long, env = "DISTILL_FINETUNE_PAIRS", default_value_t = 5)]
     pub finetune_pairs: usize,
+    /// Fine-tuning epochs (default: each objective's own).
+    #[arg(long, env = "DISTILL_FINETUNE_EPOCHS")]
+    pub finetune_epochs: Option<usize>,
     /// Rows of the training movies the LLM labels for distillation, besides the test rows and the
     /// gold labels of every draw (the LLM labels a subset: a 135M decoder costs ~10× MiniLM per row).
     #[arg(long, env = "DISTILL_LLM_ROWS", default_value_t = 3000)]
@@ -664,24 +676,31 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
                 });
             }
         }
-        if !second && args.finetune_pairs > 0 {
+        for &objective in args.finetune_objectives.iter().filter(|_| !second) {
             // The teacher fine-tuned on the same gold labels, its head, and a student from it.
-            let tuned_name = format!("{name}-tuned");
+            let tuned_name = match objective {
+                Objective::Contrastive => format!("{name}-tuned"),
+                other => format!("{name}-tuned-{other}"),
+            };
+            let (row_name, ngram_row_name) = (tuned_row(objective), tuned_ngram_row(objective));
             let tuned_out = out.join("models").join(format!("{tuned_name}-teacher"));
             eprintln!(
-                "    fine-tuning the teacher on the {} gold labels ({} pair iterations per label), then its pass over the corpus",
+                "    fine-tuning the teacher on the {} gold labels ({objective} objective), then its pass over the corpus",
                 picked.len(),
-                args.finetune_pairs
             );
             let tuned_url = tuned_out.display().to_string();
             let tune = crate::task_cmd::Finetune {
                 cache: &args.store,
                 out: &tuned_url,
                 teacher: Some(args.teacher.clone()),
-                opts: FinetuneOptions {
-                    pairs: args.finetune_pairs,
-                    seed: args.seed + *d as u64,
-                    ..Default::default()
+                opts: {
+                    let defaults = FinetuneOptions::for_objective(objective);
+                    FinetuneOptions {
+                        pairs: args.finetune_pairs,
+                        epochs: args.finetune_epochs.unwrap_or(defaults.epochs),
+                        seed: args.seed + *d as u64,
+                        ..defaults
+                    }
                 },
                 device: DeviceSpec::Cpu,
                 show: true,
@@ -718,12 +737,12 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
                 ..teacher_row.clone()
             };
             let report = tuned_row
-                .evaluate(&loc, &tuned_record, &test_path, TUNED_ROW)
+                .evaluate(&loc, &tuned_record, &test_path, &row_name)
                 .await?;
             rows.push(Row {
                 task: task_kind.to_string(),
                 draw: *d,
-                model: TUNED_ROW.into(),
+                model: row_name.clone(),
                 distilled: false,
                 unseen: true,
                 report,
@@ -738,12 +757,12 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
             )
             .await?;
             let report = ngram
-                .distill(&loc, &tuned_record, examples, TUNED_NGRAM_ROW)
+                .distill(&loc, &tuned_record, examples, &ngram_row_name)
                 .await?;
             rows.push(Row {
                 task: task_kind.to_string(),
                 draw: *d,
-                model: TUNED_NGRAM_ROW.into(),
+                model: ngram_row_name.clone(),
                 distilled: true,
                 unseen: args.exclude_test_texts,
                 report,
@@ -914,7 +933,7 @@ impl NgramRow<'_> {
         loc: &distill_cache::store::Location,
         record: &distill_cache::task::TaskRecord,
         examples: Vec<distill_student_trainer::data::Example>,
-        row: &'static str,
+        row: &str,
     ) -> anyhow::Result<EvalReport> {
         let dir = self
             .out
@@ -930,9 +949,9 @@ impl NgramRow<'_> {
             tokio::task::spawn_blocking(move || Predictor::load(&dir, &DeviceSpec::Cpu)).await??
         };
         let (params, bytes) = (parameters(&model, &dir), dir_bytes(&dir));
-        let samples = self.args.latency_samples;
+        let (samples, name) = (self.args.latency_samples, row.to_owned());
         let mut report = tokio::task::spawn_blocking(move || {
-            eval::evaluate(row, &model, &examples, samples, params, bytes)
+            eval::evaluate(&name, &model, &examples, samples, params, bytes)
         })
         .await??;
         report.model = row.to_owned();
@@ -957,7 +976,7 @@ impl TeacherRow {
         loc: &distill_cache::store::Location,
         record: &distill_cache::task::TaskRecord,
         test_path: &Path,
-        row: &'static str,
+        row: &str,
     ) -> anyhow::Result<EvalReport> {
         let examples = labeled_examples(
             loc,
@@ -970,9 +989,10 @@ impl TeacherRow {
         .await?;
         let head = record.head.clone().expect("a fitted task has a head");
         let th = Predictor::TeacherHead(self.teacher.clone(), head, record.labels.clone());
-        let (samples, params, bytes) = (self.samples, self.params, self.bytes);
+        let (samples, params, bytes, name) =
+            (self.samples, self.params, self.bytes, row.to_owned());
         let report = tokio::task::spawn_blocking(move || {
-            eval::evaluate(row, &th, &examples, samples, params, bytes)
+            eval::evaluate(&name, &th, &examples, samples, params, bytes)
         })
         .await??;
         eprintln!("      {row}: {:.1}% accuracy", 100.0 * report.accuracy);

@@ -6,7 +6,7 @@ use distill_cache::model_dir::ModelDir;
 use distill_cache::spec::OutputKind;
 use distill_cache::store;
 use distill_cache::task::TaskRecord;
-use distill_student_trainer::finetune::{self, FinetuneOptions};
+use distill_student_trainer::finetune::{self, FinetuneOptions, Objective};
 use distill_student_trainer::labels::{self, Fields};
 use distill_student_trainer::logreg::{CvOptions, HeadReport};
 use distill_student_trainer::task;
@@ -117,9 +117,9 @@ pub struct FitArgs {
     /// Zero-shot: the teacher model (default: the source recorded in the cache).
     #[arg(long, env = "DISTILL_TEACHER")]
     pub teacher: Option<String>,
-    /// Fine-tune the embeddings teacher on the gold labels first (contrastive pairs, SetFit's way),
-    /// write the tuned teacher to --tuned-out, label the corpus with it once (its own cache entry)
-    /// and fit the head on its embeddings.
+    /// Fine-tune the embeddings teacher on the gold labels first (--finetune-objective), write the
+    /// tuned teacher to --tuned-out, label the corpus with it once (its own cache entry) and fit the
+    /// head on its embeddings.
     #[arg(long, requires = "tuned_out", requires = "labels")]
     pub finetune: bool,
     /// Where the tuned teacher goes: a local directory or an object-store URL (an HF-layout model
@@ -131,14 +131,24 @@ pub struct FitArgs {
     pub text_field: String,
     #[arg(long, env = "DISTILL_CORPUS_ID_FIELD", default_value = "id")]
     pub corpus_id_field: String,
-    /// Fine-tuning: iterations per gold example (each one positive and one negative pair).
+    /// Fine-tuning objective: `classifier` (a linear head trained with the encoder, cross-entropy; the
+    /// head is dropped after) or `contrastive` (pairs of gold examples, cosine loss, SetFit's way, the
+    /// first release's). See the README for how they compare.
+    #[arg(long, env = "DISTILL_FINETUNE_OBJECTIVE", default_value_t = Objective::RECOMMENDED)]
+    pub finetune_objective: Objective,
+    /// Contrastive: iterations per gold example (each one positive and one negative pair).
     /// (SetFit uses 20; 5 costs a quarter and gained as much on the quickstart's task, see the README).
     #[arg(long, env = "DISTILL_FINETUNE_PAIRS", default_value_t = 5)]
     pub finetune_pairs: usize,
-    #[arg(long, env = "DISTILL_FINETUNE_EPOCHS", default_value_t = 1)]
-    pub finetune_epochs: usize,
-    #[arg(long, env = "DISTILL_FINETUNE_LR", default_value_t = 2e-5)]
-    pub finetune_lr: f64,
+    /// Epochs (default: the objective's, 1 contrastive, 10 classifier).
+    #[arg(long, env = "DISTILL_FINETUNE_EPOCHS")]
+    pub finetune_epochs: Option<usize>,
+    /// Peak learning rate of the encoder (default: the objective's, 2e-5 contrastive, 3e-5 classifier).
+    #[arg(long, env = "DISTILL_FINETUNE_LR")]
+    pub finetune_lr: Option<f64>,
+    /// Classifier: peak learning rate of the head (default 1e-2).
+    #[arg(long, env = "DISTILL_FINETUNE_HEAD_LR")]
+    pub finetune_head_lr: Option<f64>,
     /// Device of the fine-tuning and of the tuned teacher's pass (`cpu`, `cuda:0`).
     #[arg(long, env = "DISTILL_DEVICE", default_value = "cpu")]
     pub device: DeviceSpec,
@@ -326,13 +336,16 @@ pub async fn fit(args: &FitArgs) -> anyhow::Result<TaskRecord> {
             cache: &args.entry.cache,
             out: args.tuned_out.as_deref().expect("required by clap"),
             teacher: args.teacher.clone(),
-            opts: FinetuneOptions {
-                pairs: args.finetune_pairs,
-                epochs: args.finetune_epochs,
-                lr: args.finetune_lr,
-                seed: args.seed,
-                ..Default::default()
-            },
+            opts: finetune_options(
+                args.finetune_objective,
+                args.finetune_pairs,
+                (
+                    args.finetune_epochs,
+                    args.finetune_lr,
+                    args.finetune_head_lr,
+                ),
+                args.seed,
+            )?,
             device: args.device.clone(),
             show: !args.json,
             text_field: args.text_field.clone(),
@@ -430,6 +443,32 @@ async fn suggest(args: &SuggestArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The fine-tuning options of the command line: the objective's defaults, overridden where given.
+fn finetune_options(
+    objective: Objective,
+    pairs: usize,
+    (epochs, lr, head_lr): (Option<usize>, Option<f64>, Option<f64>),
+    seed: u64,
+) -> anyhow::Result<FinetuneOptions> {
+    let d = FinetuneOptions::for_objective(objective);
+    if head_lr.is_some() && objective.is_contrastive() {
+        anyhow::bail!("--finetune-head-lr: the contrastive objective has no head (--finetune-objective classifier)");
+    }
+    for (flag, v) in [("--finetune-lr", lr), ("--finetune-head-lr", head_lr)] {
+        if let Some(v) = v.filter(|v| !(v.is_finite() && *v > 0.0)) {
+            anyhow::bail!("{flag} {v}: must be a positive number");
+        }
+    }
+    Ok(FinetuneOptions {
+        pairs,
+        epochs: epochs.unwrap_or(d.epochs),
+        lr: lr.unwrap_or(d.lr),
+        head_lr: head_lr.or(d.head_lr),
+        seed,
+        ..d
+    })
+}
+
 /// How `task fit --finetune` tunes the teacher.
 pub struct Finetune<'a> {
     /// The cache store's URL (the tuned teacher's pass labels into it).
@@ -506,8 +545,9 @@ pub async fn fit_finetuned(
             );
         } else {
             eprintln!(
-                "tuned teacher {}: {} steps in {:.0} s",
+                "tuned teacher {} ({} objective): {} steps in {:.0} s",
                 tuned.dir.display(),
+                tune.opts.objective,
                 tuned.steps,
                 tuned.seconds
             );

@@ -670,8 +670,8 @@ fn quickstart_reduced() {
         "48",
         "--latency-samples",
         "10",
-        "--finetune-pairs",
-        "1",
+        "--finetune-epochs",
+        "2",
     ]
     .map(|s| s.to_string());
     let stdout = ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
@@ -697,8 +697,8 @@ fn quickstart_reduced() {
         "transformer, distilled",
         "teacher + head, + random labels",
         "teacher + head, + suggested labels",
-        "tuned teacher + head",
-        "n-gram, distilled from the tuned teacher",
+        "tuned teacher (classifier) + head",
+        "n-gram, distilled from the tuned teacher (classifier)",
     ];
     if !llm.is_empty() {
         expect.extend([
@@ -764,7 +764,7 @@ fn quickstart_reduced() {
         .map(|t| (t[0].clone(), t[1].as_f64().unwrap()))
     {
         // A head costs no teacher pass; the tuned teacher's task is a new teacher and its pass.
-        if !name.as_str().unwrap().ends_with("-tuned") {
+        if !name.as_str().unwrap().contains("-tuned") {
             assert_eq!(secs, 0.0, "task {name} ran the teacher");
         }
     }
@@ -796,10 +796,11 @@ fn quickstart_reduced() {
     }
     // The tuned teacher is a teacher of its own: an HF directory that the cache lists as another
     // teacher, labeled once.
-    let tuned = out.join("models/quickstart-sentiment-d0-tuned-teacher");
+    let tuned = out.join("models/quickstart-sentiment-d0-tuned-classifier-teacher");
     assert!(tuned.join("model.safetensors").is_file() && tuned.join("modules.json").is_file());
     let task: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(dir.join("cache/v1/tasks/quickstart-sentiment-d0-tuned.json")).unwrap(),
+        &std::fs::read(dir.join("cache/v1/tasks/quickstart-sentiment-d0-tuned-classifier.json"))
+            .unwrap(),
     )
     .unwrap();
     let base: serde_json::Value = serde_json::from_slice(
@@ -1284,6 +1285,8 @@ fn a_finetuned_teacher_is_a_teacher_of_its_own_labeled_once() {
         "--finetune",
         "--tuned-out",
         &tuned,
+        "--finetune-objective",
+        "contrastive",
         "--finetune-pairs",
         "1",
         "--json",
@@ -1345,6 +1348,8 @@ fn a_finetuned_teacher_is_a_teacher_of_its_own_labeled_once() {
             "--finetune",
             "--tuned-out",
             &url,
+            "--finetune-objective",
+            "contrastive",
             "--finetune-pairs",
             "1",
             "--json",
@@ -1352,6 +1357,64 @@ fn a_finetuned_teacher_is_a_teacher_of_its_own_labeled_once() {
         assert_eq!(up["teacher"], task["teacher"]);
         assert_eq!(up["output"], task["output"]);
     }
+    // The classifier objective (the default): a tuned teacher of another run (other weights, another
+    // teacher), the objective on its record; a head learning rate without a head is refused.
+    let tuned_c = s.path("tuned-classifier");
+    let fit_c = |extra: &[&str]| {
+        let mut a = vec![
+            "task",
+            "fit",
+            "--teacher-fingerprint",
+            &base_fp,
+            "--cache",
+            &s.store,
+            "--name",
+            "ft-classifier",
+            "--labels",
+            &s.path("train.jsonl"),
+            "--finetune",
+            "--tuned-out",
+            &tuned_c,
+            "--json",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+        a.extend(extra.iter().map(|x| x.to_string()));
+        distill(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let out = fit_c(&["--finetune-epochs", "2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let c: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_ne!(c["teacher"], task["teacher"]);
+    assert_ne!(c["teacher"], base["teacher_fingerprint"]);
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(Path::new(&tuned_c).join("distill.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        info["training"]["options"]["objective"], "classifier",
+        "{info}"
+    );
+    assert_eq!(info["training"]["options"]["epochs"], 2, "{info}");
+    assert!(info["training"]["method"]
+        .as_str()
+        .unwrap()
+        .contains("cross-entropy"));
+    let out = fit_c(&[
+        "--finetune-objective",
+        "contrastive",
+        "--finetune-head-lr",
+        "0.1",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--finetune-head-lr") && err.contains("classifier"),
+        "{err}"
+    );
     // Where the tuned teacher goes must be said.
     let out = distill(&[
         "task",
