@@ -114,15 +114,16 @@ pub struct QuickstartArgs {
     #[arg(long, env = "DISTILL_SUGGEST", default_value_t = 50)]
     pub suggest: usize,
     /// Fine-tune the teacher on each draw's gold labels (`task fit --finetune`) with these objectives
-    /// (comma-separated: contrastive, classifier), one tuned teacher each; empty: skip the
+    /// (comma-separated: contrastive, classifier), one tuned teacher each; `none`: skip the
     /// tuned-teacher rows.
     #[arg(
         long,
         env = "DISTILL_FINETUNE_OBJECTIVES",
         value_delimiter = ',',
-        default_value = "classifier"
+        default_value = "classifier",
+        value_parser = objective_or_none
     )]
-    pub finetune_objectives: Vec<Objective>,
+    pub finetune_objectives: Vec<Option<Objective>>,
     /// Contrastive fine-tuning: pair iterations per gold label.
     #[arg(long, env = "DISTILL_FINETUNE_PAIRS", default_value_t = 5)]
     pub finetune_pairs: usize,
@@ -133,6 +134,14 @@ pub struct QuickstartArgs {
     /// gold labels of every draw (the LLM labels a subset: a 135M decoder costs ~10× MiniLM per row).
     #[arg(long, env = "DISTILL_LLM_ROWS", default_value_t = 3000)]
     pub llm_rows: usize,
+}
+
+/// `--finetune-objectives`: an objective, or `none` (or nothing) for none.
+fn objective_or_none(s: &str) -> Result<Option<Objective>, String> {
+    match s.trim() {
+        "" | "none" => Ok(None),
+        other => other.parse().map(Some),
+    }
 }
 
 /// The prompt that makes the LLM a sentiment teacher: chat-formatted, with an answer prefix, the
@@ -676,7 +685,12 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
                 });
             }
         }
-        for &objective in args.finetune_objectives.iter().filter(|_| !second) {
+        for &objective in args
+            .finetune_objectives
+            .iter()
+            .flatten()
+            .filter(|_| !second)
+        {
             // The teacher fine-tuned on the same gold labels, its head, and a student from it.
             let tuned_name = match objective {
                 Objective::Contrastive => format!("{name}-tuned"),
@@ -696,7 +710,11 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
                 opts: {
                     let defaults = FinetuneOptions::for_objective(objective);
                     FinetuneOptions {
-                        pairs: args.finetune_pairs,
+                        pairs: if objective.is_contrastive() {
+                            args.finetune_pairs
+                        } else {
+                            defaults.pairs
+                        },
                         epochs: args.finetune_epochs.unwrap_or(defaults.epochs),
                         seed: args.seed + *d as u64,
                         ..defaults
@@ -1268,6 +1286,38 @@ fn markdown(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `--finetune-objectives`: a list, `none` (or nothing) skips the tuned teachers, a wrong name is
+    /// refused by clap with the objectives it knows.
+    #[test]
+    fn finetune_objectives_parse_as_a_list_or_none() {
+        use clap::Parser;
+        let parse = |v: &[&str]| {
+            let mut argv = vec!["distill", "quickstart"];
+            argv.extend(v);
+            match crate::cli::Cli::try_parse_from(argv) {
+                Ok(crate::cli::Cli {
+                    command: crate::cli::Command::Quickstart(a),
+                    ..
+                }) => Ok(a
+                    .finetune_objectives
+                    .into_iter()
+                    .flatten()
+                    .collect::<Vec<_>>()),
+                Ok(_) => unreachable!(),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        assert_eq!(parse(&[]), Ok(vec![Objective::Classifier]));
+        assert_eq!(
+            parse(&["--finetune-objectives", "contrastive,classifier"]),
+            Ok(vec![Objective::Contrastive, Objective::Classifier])
+        );
+        assert_eq!(parse(&["--finetune-objectives", "none"]), Ok(vec![]));
+        assert_eq!(parse(&["--finetune-objectives", ""]), Ok(vec![]));
+        let e = parse(&["--finetune-objectives", "setfit"]).unwrap_err();
+        assert!(e.contains("contrastive or classifier"), "{e}");
+    }
 
     #[test]
     fn labels_stay_inside_and_apart_even_for_crowded_points() {

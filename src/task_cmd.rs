@@ -136,10 +136,10 @@ pub struct FitArgs {
     /// first release's). See the README for how they compare.
     #[arg(long, env = "DISTILL_FINETUNE_OBJECTIVE", default_value_t = Objective::RECOMMENDED)]
     pub finetune_objective: Objective,
-    /// Contrastive: iterations per gold example (each one positive and one negative pair).
+    /// Contrastive: iterations per gold example (each one positive and one negative pair; default 5).
     /// (SetFit uses 20; 5 costs a quarter and gained as much on the quickstart's task, see the README).
-    #[arg(long, env = "DISTILL_FINETUNE_PAIRS", default_value_t = 5)]
-    pub finetune_pairs: usize,
+    #[arg(long, env = "DISTILL_FINETUNE_PAIRS")]
+    pub finetune_pairs: Option<usize>,
     /// Epochs (default: the objective's, 1 contrastive, 10 classifier).
     #[arg(long, env = "DISTILL_FINETUNE_EPOCHS")]
     pub finetune_epochs: Option<usize>,
@@ -446,7 +446,7 @@ async fn suggest(args: &SuggestArgs) -> anyhow::Result<()> {
 /// The fine-tuning options of the command line: the objective's defaults, overridden where given.
 fn finetune_options(
     objective: Objective,
-    pairs: usize,
+    pairs: Option<usize>,
     (epochs, lr, head_lr): (Option<usize>, Option<f64>, Option<f64>),
     seed: u64,
 ) -> anyhow::Result<FinetuneOptions> {
@@ -454,13 +454,17 @@ fn finetune_options(
     if head_lr.is_some() && objective.is_contrastive() {
         anyhow::bail!("--finetune-head-lr: the contrastive objective has no head (--finetune-objective classifier)");
     }
+    // Part of the run id: a flag the objective does not read must not make another run.
+    if pairs.is_some() && !objective.is_contrastive() {
+        anyhow::bail!("--finetune-pairs: the classifier objective makes no pairs (--finetune-objective contrastive)");
+    }
     for (flag, v) in [("--finetune-lr", lr), ("--finetune-head-lr", head_lr)] {
         if let Some(v) = v.filter(|v| !(v.is_finite() && *v > 0.0)) {
             anyhow::bail!("{flag} {v}: must be a positive number");
         }
     }
     Ok(FinetuneOptions {
-        pairs,
+        pairs: pairs.unwrap_or(d.pairs),
         epochs: epochs.unwrap_or(d.epochs),
         lr: lr.unwrap_or(d.lr),
         head_lr: head_lr.or(d.head_lr),

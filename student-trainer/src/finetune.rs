@@ -116,7 +116,8 @@ impl Default for FinetuneOptions {
 
 impl FinetuneOptions {
     /// The defaults of an objective. The classifier sees each gold example once per epoch (the
-    /// contrastive run twice per pair iteration): 10 epochs cost about what 5 pair iterations do.
+    /// contrastive run twice per pair iteration): 10 epochs cost about half of what 5 pair iterations
+    /// do.
     pub fn for_objective(objective: Objective) -> Self {
         let contrastive = Self {
             pairs: 5,
@@ -278,7 +279,7 @@ pub fn finetune(
     };
     if all.is_empty() {
         return Err(StudentError::Invalid(
-            "fine-tuning needs at least two gold examples of a class and one of another".into(),
+            "fine-tuning needs gold examples of at least two classes (the contrastive objective: two of one class and one of another)".into(),
         ));
     }
     let adamw = AdamW {

@@ -1415,6 +1415,12 @@ fn a_finetuned_teacher_is_a_teacher_of_its_own_labeled_once() {
         !out.status.success() && err.contains("--finetune-head-lr") && err.contains("classifier"),
         "{err}"
     );
+    let out = fit_c(&["--finetune-pairs", "3"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--finetune-pairs") && err.contains("no pairs"),
+        "{err}"
+    );
     // Where the tuned teacher goes must be said.
     let out = distill(&[
         "task",
