@@ -20,7 +20,7 @@ use distill_cache::spec::{Dtype, OutputKind};
 use distill_cache::store;
 use distill_student_trainer::data::TrainData;
 use distill_student_trainer::eval::{self, EvalReport};
-use distill_student_trainer::finetune::{FinetuneOptions, Objective};
+use distill_student_trainer::finetune::Objective;
 use distill_student_trainer::labels::{self, Fields, Gold};
 use distill_student_trainer::logreg::CvOptions;
 use distill_student_trainer::model::{dir_bytes, Predictor};
@@ -707,19 +707,12 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
                 cache: &args.store,
                 out: &tuned_url,
                 teacher: Some(args.teacher.clone()),
-                opts: {
-                    let defaults = FinetuneOptions::for_objective(objective);
-                    FinetuneOptions {
-                        pairs: if objective.is_contrastive() {
-                            args.finetune_pairs
-                        } else {
-                            defaults.pairs
-                        },
-                        epochs: args.finetune_epochs.unwrap_or(defaults.epochs),
-                        seed: args.seed + *d as u64,
-                        ..defaults
-                    }
-                },
+                opts: crate::task_cmd::finetune_options(
+                    objective,
+                    objective.is_contrastive().then_some(args.finetune_pairs),
+                    (args.finetune_epochs, None, None),
+                    args.seed + *d as u64,
+                )?,
                 device: DeviceSpec::Cpu,
                 show: true,
                 text_field: "text".into(),

@@ -443,8 +443,9 @@ async fn suggest(args: &SuggestArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The fine-tuning options of the command line: the objective's defaults, overridden where given.
-fn finetune_options(
+/// The fine-tuning options of the command line (`task fit`, the quickstart): the objective's defaults,
+/// overridden where given; flags the objective does not read are refused.
+pub(crate) fn finetune_options(
     objective: Objective,
     pairs: Option<usize>,
     (epochs, lr, head_lr): (Option<usize>, Option<f64>, Option<f64>),

@@ -2,6 +2,7 @@
 
 use crate::common::*;
 use std::path::{Path, PathBuf};
+use std::process::Output;
 
 const POSITIVE: &[&str] = &["great", "wonderful", "superb", "moving"];
 const NEGATIVE: &[&str] = &["awful", "dreadful", "tedious", "boring"];
@@ -1260,6 +1261,38 @@ fn cross_validated_heads_eval_on_new_texts_and_the_labeling_loop() {
     );
 }
 
+/// `task fit --finetune` of task `name` on the base teacher's entry into `out`, with `extra` flags.
+fn fit_tuned(s: &Synthetic, base_fp: &str, name: &str, out: &str, extra: &[&str]) -> Output {
+    let train = s.path("train.jsonl");
+    let mut args = vec![
+        "task",
+        "fit",
+        "--teacher-fingerprint",
+        base_fp,
+        "--cache",
+        &s.store,
+        "--name",
+        name,
+        "--labels",
+        &train,
+        "--finetune",
+        "--tuned-out",
+        out,
+        "--json",
+    ];
+    args.extend(extra);
+    distill(&args)
+}
+
+fn json_of(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// `task fit --finetune`: the tuned teacher is a model directory of its own, labeled once through the
 /// normal path (a rerun reuses it and hits the cache), and the task's head sits on its embeddings.
 #[test]
@@ -1271,27 +1304,13 @@ fn a_finetuned_teacher_is_a_teacher_of_its_own_labeled_once() {
     let tuned = s.path("tuned");
     // The base teacher named: once tuned, the cache holds two embeddings entries of the corpus.
     let base_fp = base["teacher_fingerprint"].as_str().unwrap().to_owned();
-    let args = [
-        "task",
-        "fit",
-        "--teacher-fingerprint",
-        &base_fp,
-        "--cache",
-        &s.store,
-        "--name",
-        "ft",
-        "--labels",
-        &s.path("train.jsonl"),
-        "--finetune",
-        "--tuned-out",
-        &tuned,
+    let contrastive = [
         "--finetune-objective",
         "contrastive",
         "--finetune-pairs",
         "1",
-        "--json",
     ];
-    let task = run_json(&args);
+    let task = json_of(&fit_tuned(&s, &base_fp, "ft", &tuned, &contrastive));
     assert_ne!(
         task["teacher"], base["teacher_fingerprint"],
         "a new teacher"
@@ -1307,13 +1326,7 @@ fn a_finetuned_teacher_is_a_teacher_of_its_own_labeled_once() {
         assert!(Path::new(&tuned).join(f).is_file(), "{f}");
     }
     // The same run again: the tuned teacher is reused and its pass is all cache hits.
-    let out = distill(&args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let again: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let again = json_of(&fit_tuned(&s, &base_fp, "ft", &tuned, &contrastive));
     assert_eq!(again["teacher"], task["teacher"]);
     assert_eq!(
         again["teacher_seconds"], 0.0,
@@ -1334,62 +1347,15 @@ fn a_finetuned_teacher_is_a_teacher_of_its_own_labeled_once() {
     // weights, so the same teacher and a pass of cache hits.
     if let Some(s3) = s3_url() {
         let url = format!("{s3}/tuned-{}", std::process::id());
-        let up = run_json(&[
-            "task",
-            "fit",
-            "--teacher-fingerprint",
-            &base_fp,
-            "--cache",
-            &s.store,
-            "--name",
-            "ft-s3",
-            "--labels",
-            &s.path("train.jsonl"),
-            "--finetune",
-            "--tuned-out",
-            &url,
-            "--finetune-objective",
-            "contrastive",
-            "--finetune-pairs",
-            "1",
-            "--json",
-        ]);
+        let up = json_of(&fit_tuned(&s, &base_fp, "ft-s3", &url, &contrastive));
         assert_eq!(up["teacher"], task["teacher"]);
         assert_eq!(up["output"], task["output"]);
     }
     // The classifier objective (the default): a tuned teacher of another run (other weights, another
-    // teacher), the objective on its record; a head learning rate without a head is refused.
+    // teacher), the objective on its record; flags of the other objective are refused.
     let tuned_c = s.path("tuned-classifier");
-    let fit_c = |extra: &[&str]| {
-        let mut a = vec![
-            "task",
-            "fit",
-            "--teacher-fingerprint",
-            &base_fp,
-            "--cache",
-            &s.store,
-            "--name",
-            "ft-classifier",
-            "--labels",
-            &s.path("train.jsonl"),
-            "--finetune",
-            "--tuned-out",
-            &tuned_c,
-            "--json",
-        ]
-        .into_iter()
-        .map(str::to_owned)
-        .collect::<Vec<_>>();
-        a.extend(extra.iter().map(|x| x.to_string()));
-        distill(&a.iter().map(String::as_str).collect::<Vec<_>>())
-    };
-    let out = fit_c(&["--finetune-epochs", "2"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let c: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let fit_c = |extra: &[&str]| fit_tuned(&s, &base_fp, "ft-classifier", &tuned_c, extra);
+    let c = json_of(&fit_c(&["--finetune-epochs", "2"]));
     assert_ne!(c["teacher"], task["teacher"]);
     assert_ne!(c["teacher"], base["teacher_fingerprint"]);
     let info: serde_json::Value =
