@@ -13,10 +13,14 @@
 //! `distill` binary installs because the forward's per-layer buffers are reused rather than handed back
 //! to the kernel.
 //!
+//! [`uninit`] writes the linear layers' output buffers once, without zeroing them first.
+//!
 //! This crate is the workspace's only unsafe code: calling the loaded function, with every length
-//! checked against the slices first, and setting one allocator option.
+//! checked against the slices first, setting one allocator option, and handing out new buffers
+//! uninitialised only to take them back written.
 
 pub mod alloc;
+pub mod uninit;
 
 use std::sync::OnceLock;
 

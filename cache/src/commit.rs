@@ -67,7 +67,17 @@ pub async fn commit_shard(
     rejects: &[Reject],
 ) -> Result<CommitOutcome> {
     debug_assert_eq!(meta.shard_fingerprint, key.shard);
-    let parquet = format::encode(meta, data)?;
+    commit_encoded(loc, key, format::encode(meta, data)?, rejects).await
+}
+
+/// [`commit_shard`] of a shard already encoded by [`format::encode`] (a worker encodes on a blocking
+/// thread, off the async runtime, and publishes here).
+pub async fn commit_encoded(
+    loc: &Location,
+    key: &ShardKey,
+    parquet: bytes::Bytes,
+    rejects: &[Reject],
+) -> Result<CommitOutcome> {
     if !rejects.is_empty() {
         let mut jsonl = Vec::new();
         for r in rejects {

@@ -6,6 +6,7 @@
 use crate::cpu::{contiguous_f32, gelu_erf_in_place, silu_mul_row, CpuGeluErf, CpuSiluMul};
 use crate::norm::Norm;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
+use distill_blas::uninit::write_rows;
 use rayon::prelude::*;
 
 /// A linear layer with its weights transposed and contiguous.
@@ -199,12 +200,44 @@ impl CustomOp2 for BlasLinear<'_> {
             Epilogue::AlsoNormed(_) => (m, 2),
             _ => (m, 1),
         };
-        let mut out = crate::cpu::zeros(copies * n * width);
-        let (first, second) = out.split_at_mut(n * width);
         // Rows split over rayon's threads, one single-threaded BLAS call each, then the epilogue on
         // the same rows.
         let parts = rayon::current_num_threads().min(n.div_ceil(32)).max(1);
         let rows = n.div_ceil(parts).max(1);
+        if copies == 1 && !matches!(self.epilogue, Epilogue::SiluMul) {
+            // The output's rows are written once — residual + bias, or zeros — straight into the
+            // new buffer (no zeroing pass before), then accumulated into by the product.
+            let zero_row = vec![
+                0f32;
+                if self.residual.is_none() && self.bias.is_none() {
+                    m
+                } else {
+                    0
+                }
+            ];
+            let out = distill_blas::uninit::collect_chunks(n * m, rows * m, |part, dst| {
+                let r0 = part * rows;
+                let count = dst.len() / m;
+                let y = match (self.residual, self.bias) {
+                    (Some(r), bias) => write_rows(dst, m, |i| &r[(r0 + i) * m..][..m], bias),
+                    (None, Some(b)) => write_rows(dst, m, |_| b, None),
+                    (None, None) => write_rows(dst, m, |_| &zero_row, None),
+                };
+                if k > 0 {
+                    self.blas
+                        .sgemm((count, m, k), &x[r0 * k..(r0 + count) * k], w, 1.0, y);
+                }
+                match self.epilogue {
+                    Epilogue::GeluErf => gelu_erf_in_place(y),
+                    Epilogue::Norm(norm) => y.chunks_mut(m).for_each(|r| norm.apply(r)),
+                    _ => {}
+                }
+                y
+            });
+            return Ok((CpuStorage::F32(out), Shape::from((n, m))));
+        }
+        let mut out = crate::cpu::zeros(copies * n * width);
+        let (first, second) = out.split_at_mut(n * width);
         let mut seconds: Vec<&mut [f32]> = if copies == 2 {
             second.chunks_mut(rows * width).collect()
         } else {
@@ -250,14 +283,8 @@ impl CustomOp2 for BlasLinear<'_> {
                             silu_mul_row(row, o);
                         }
                     }
-                    Epilogue::None => product(dst),
-                    Epilogue::GeluErf => {
-                        product(dst);
-                        gelu_erf_in_place(dst);
-                    }
-                    Epilogue::Norm(norm) => {
-                        product(dst);
-                        dst.chunks_mut(m).for_each(|r| norm.apply(r));
+                    Epilogue::None | Epilogue::GeluErf | Epilogue::Norm(_) => {
+                        unreachable!("one-copy epilogues are written in place above")
                     }
                     Epilogue::AlsoNormed(norm) => {
                         product(dst);

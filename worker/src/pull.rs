@@ -2,11 +2,12 @@
 //! commit them to the cache, report.
 //!
 //! - Heartbeats run on the IO runtime every `heartbeat_interval`, renewing every lease held, while the
-//!   teacher's forward passes run on a blocking thread (candle's own thread pool inside).
+//!   teacher's forward passes run on the one thread that owns the device ([`DeviceThread`]; on the
+//!   CPU, rayon's pool inside).
 //! - Host work stays off the device's path: while one shard is labeled, the next lease is taken, its
-//!   input read and tokenized (prefetch of one), and the labeled shard's Parquet encoding, commit and
-//!   report run on tasks of their own while the next shard is labeled (at most
-//!   [`COMMITS_IN_FLIGHT`] at once; labeling waits when that many are still running).
+//!   input read and tokenized on the blocking pool (prefetch of one), and the labeled shard's Parquet
+//!   encoding (blocking pool), commit and report run on tasks of their own while the next shard is
+//!   labeled (at most [`COMMITS_IN_FLIGHT`] at once; labeling waits when that many are still running).
 //! - The teacher stays loaded across shards and jobs; a lease for another teacher replaces it.
 //! - Before labeling, the cache is asked whether the shard is there already (a speculative twin or a
 //!   worker of an earlier coordinator committed it): then nothing is labeled twice.
@@ -16,6 +17,7 @@
 //!   current shard and the commits behind it within `drain_grace`, or hands them back too.
 //! - An unreachable coordinator is retried with exponential backoff (0.5 s to 30 s), saying so.
 
+use crate::device::DeviceThread;
 use crate::{Result, WorkerError};
 use distill_cache::commit::{self, CommitOutcome};
 use distill_cache::corpus::Shard;
@@ -245,6 +247,8 @@ struct Shared {
     stores: Mutex<HashMap<String, Location>>,
     /// One (re-)registration at a time.
     registering: tokio::sync::Mutex<()>,
+    /// Runs the forward passes (the device's only caller).
+    device: DeviceThread,
 }
 
 /// Whether a status says the coordinator does not know this worker (it restarted).
@@ -552,11 +556,13 @@ impl Shared {
         } = p;
         let corpus = lease.corpus.clone();
         let output = spec.fingerprint();
-        let labeled = tokio::task::spawn_blocking(move || {
-            let r = label_tokenized_shard(&teacher, &shard, &input, &spec, &corpus, max_tokens);
-            (shard, r)
-        })
-        .await;
+        let labeled = self
+            .device
+            .run(move || {
+                let r = label_tokenized_shard(&teacher, &shard, &input, &spec, &corpus, max_tokens);
+                (shard, r)
+            })
+            .await;
         match labeled {
             Ok((shard, Ok(labeled))) => Some(Labeled {
                 lease,
@@ -597,13 +603,25 @@ impl Shared {
             output,
             shard: shard.fingerprint.clone(),
         };
-        let outcome =
-            match commit::commit_shard(&store, &key, &labeled.meta, &labeled.data, &shard.rejects)
-                .await
-            {
-                Ok(o) => o,
-                Err(e) => return self.fail(&lease, e.to_string(), false).await,
-            };
+        // Parquet encoding is CPU work: on the blocking pool, not on the runtime's threads.
+        let encoded = tokio::task::spawn_blocking(move || {
+            let parquet = distill_cache::format::encode(&labeled.meta, &labeled.data);
+            (parquet, labeled)
+        })
+        .await;
+        let (parquet, labeled) = match encoded {
+            Ok((Ok(parquet), labeled)) => (parquet, labeled),
+            Ok((Err(e), _)) => return self.fail(&lease, e.to_string(), false).await,
+            Err(e) => {
+                return self
+                    .fail(&lease, format!("encoding thread: {e}"), false)
+                    .await
+            }
+        };
+        let outcome = match commit::commit_encoded(&store, &key, parquet, &shard.rejects).await {
+            Ok(o) => o,
+            Err(e) => return self.fail(&lease, e.to_string(), false).await,
+        };
         let m = &self.metrics;
         m.shards_labeled.fetch_add(1, Relaxed);
         m.rows.fetch_add(labeled.meta.rows, Relaxed);
@@ -710,6 +728,8 @@ pub async fn run(
         metrics,
         stores: Mutex::new(stores),
         registering: Default::default(),
+        device: DeviceThread::start("distill-device")
+            .map_err(|e| WorkerError::Config(format!("cannot start the device thread: {e}")))?,
     });
     // Register, retrying while the coordinator is unreachable or not ready.
     let mut retry = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
