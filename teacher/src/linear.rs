@@ -207,14 +207,7 @@ impl CustomOp2 for BlasLinear<'_> {
         if copies == 1 && !matches!(self.epilogue, Epilogue::SiluMul) {
             // The output's rows are written once — residual + bias, or zeros — straight into the
             // new buffer (no zeroing pass before), then accumulated into by the product.
-            let zero_row = vec![
-                0f32;
-                if self.residual.is_none() && self.bias.is_none() {
-                    m
-                } else {
-                    0
-                }
-            ];
+            let zero_row = vec![0f32; m];
             let out = distill_blas::uninit::collect_chunks(n * m, rows * m, |part, dst| {
                 let r0 = part * rows;
                 let count = dst.len() / m;
