@@ -39,8 +39,9 @@ pub struct TeacherBenchArgs {
     #[arg(long, default_value_t = 32)]
     pub unsorted_batch: usize,
     /// Rounds of one bare forward pass followed by one end-to-end `distill label` run (medians
-    /// taken; the end-to-end ratio round by round). 0: three bare passes and no label run.
-    #[arg(long, default_value_t = 3)]
+    /// taken; the end-to-end ratio round by round: a shared VM's speed moves a single round's ratio
+    /// by ±3%, so five). 0: three bare passes and no label run.
+    #[arg(long, default_value_t = 5)]
     pub label_runs: usize,
     /// Print the figures as JSON on stdout.
     #[arg(long)]

@@ -464,6 +464,7 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
         let cvo = CvOptions {
             c: None,
             folds: 5,
+            repeats: distill_student_trainer::logreg::CV_REPEATS,
             seed: args.seed + *d as u64,
         };
         let record = tasks::fit_head(
@@ -478,8 +479,8 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
         .await?;
         if let Some(cv) = &record.cross_validation {
             eprintln!(
-                "    C = {}, temperature {:.2} by 5-fold CV: {:.1}% cross-validated accuracy, macro-F1 {:.3}",
-                cv["c"], cv["temperature"].as_f64().unwrap_or(1.0),
+                "    C = {}, temperature {:.2} by 5-fold CV over {} splits: {:.1}% cross-validated accuracy, macro-F1 {:.3}",
+                cv["c"], cv["temperature"].as_f64().unwrap_or(1.0), cv["repeats"],
                 100.0 * cv["accuracy"].as_f64().unwrap_or(0.0), cv["macro_f1"].as_f64().unwrap_or(0.0)
             );
         }

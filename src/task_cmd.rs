@@ -108,6 +108,10 @@ pub struct FitArgs {
     /// prompted entry's calibration) and estimates the task's accuracy.
     #[arg(long, env = "DISTILL_FOLDS", default_value_t = 5)]
     pub folds: usize,
+    /// Seeded k-fold splits the head's cross-validation averages over (a single split of a few
+    /// hundred labels is noisy).
+    #[arg(long = "cv-repeats", env = "DISTILL_CV_REPEATS", default_value_t = distill_student_trainer::logreg::CV_REPEATS)]
+    pub cv_repeats: usize,
     /// Seed of the cross-validation folds.
     #[arg(long, env = "DISTILL_SEED", default_value_t = 0)]
     pub seed: u64,
@@ -213,10 +217,11 @@ pub fn print_record(r: &TaskRecord) {
         .and_then(|v| serde_json::from_value::<HeadReport>(v.clone()).ok())
     {
         println!(
-            "  cross-validated accuracy {:.1}%, macro-F1 {:.3} ({} folds on the gold labels)",
+            "  cross-validated accuracy {:.1}%, macro-F1 {:.3} ({} folds on the gold labels, {} splits)",
             100.0 * cv.accuracy,
             cv.macro_f1,
-            cv.folds
+            cv.folds,
+            cv.repeats
         );
         println!(
             "  head            C = {}{}, temperature {:.2}",
@@ -354,6 +359,7 @@ pub async fn fit(args: &FitArgs) -> anyhow::Result<TaskRecord> {
         let cvo = CvOptions {
             c: args.c,
             folds: args.folds,
+            repeats: args.cv_repeats,
             seed: args.seed,
         };
         return fit_finetuned(&loc, &args.name, &entry, &gold, &path, &tune, cvo).await;
@@ -372,6 +378,7 @@ pub async fn fit(args: &FitArgs) -> anyhow::Result<TaskRecord> {
             let opts = CvOptions {
                 c: args.c,
                 folds: args.folds,
+                repeats: args.cv_repeats,
                 seed: args.seed,
             };
             Ok(task::fit_head(

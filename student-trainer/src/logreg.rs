@@ -13,6 +13,7 @@
 use crate::cv;
 use crate::kd::log_softmax;
 use distill_cache::task::LinearHead;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// Fit options.
@@ -138,6 +139,12 @@ pub fn fit_from(
 /// The `C` values cross-validation tries: nine on a log scale from 0.01 to 100.
 pub const C_GRID: [f64; 9] = [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0];
 
+/// How many times cross-validation deals the gold labels into folds by default: one k-fold split
+/// of 100 labels is noisy (a few examples moving between folds can move the chosen `C` a step
+/// along the grid), so the grid's figures are means over several seeded splits, as scikit-learn's
+/// `RepeatedStratifiedKFold` does.
+pub const CV_REPEATS: usize = 5;
+
 /// How a cross-validated head is fitted.
 #[derive(Clone, Copy, Debug)]
 pub struct CvOptions {
@@ -145,10 +152,12 @@ pub struct CvOptions {
     /// [`C_GRID`], with a temperature fitted too.
     pub c: Option<f64>,
     pub folds: usize,
+    /// Seeded k-fold splits whose figures are averaged ([`CV_REPEATS`] by default; at least 1).
+    pub repeats: usize,
     pub seed: u64,
 }
 
-/// One `C` of the grid, cross-validated.
+/// One `C` of the grid, cross-validated (means over the repeated splits).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CvPoint {
     pub c: f64,
@@ -161,6 +170,9 @@ pub struct CvPoint {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HeadReport {
     pub folds: usize,
+    /// Seeded k-fold splits the figures are means over (1 in records of earlier releases).
+    #[serde(default = "one")]
+    pub repeats: usize,
     /// The `C` of the head: chosen from `grid`, or fixed (`c_fixed`).
     pub c: f64,
     pub c_fixed: bool,
@@ -173,8 +185,27 @@ pub struct HeadReport {
     pub grid: Vec<CvPoint>,
 }
 
-/// Fits a head whose `C` and temperature are chosen by stratified cross-validation (or `C` fixed),
-/// refitted on every example; the report gives the cross-validated figures.
+fn one() -> usize {
+    1
+}
+
+/// A fold head's scores for the rows it held out: (row, scores).
+type Scored = Vec<(usize, Vec<f32>)>;
+
+/// The random stream of split `r`: the first is the one split of earlier releases.
+fn split_stream(r: usize) -> String {
+    if r == 0 {
+        "head-folds".into()
+    } else {
+        format!("head-folds-{r}")
+    }
+}
+
+/// Fits a head whose `C` and temperature are chosen by repeated stratified cross-validation (or
+/// `C` fixed), refitted on every example; the report gives the cross-validated figures.
+///
+/// Each `C` is scored by its out-of-fold log-loss, averaged over the splits (accuracy breaks ties);
+/// the temperature is fitted on the chosen `C`'s out-of-fold scores of every split together.
 pub fn fit_cv(
     x: &[Vec<f32>],
     y: &[usize],
@@ -182,7 +213,10 @@ pub fn fit_cv(
     cvo: CvOptions,
 ) -> (LinearHead, HeadReport) {
     let k = cv::fold_count(cvo.folds, x.len());
-    let fold = cv::folds(y, k, cvo.seed, "head-folds");
+    let repeats = cvo.repeats.max(1);
+    let splits: Vec<Vec<usize>> = (0..repeats)
+        .map(|r| cv::folds(y, k, cvo.seed, &split_stream(r)))
+        .collect();
     let grid: Vec<f64> = match cvo.c {
         Some(c) => vec![c],
         None => C_GRID.to_vec(),
@@ -191,16 +225,65 @@ pub fn fit_cv(
         c,
         ..Default::default()
     };
-    let mut warm: Vec<Option<Vec<f64>>> = vec![None; k];
+    // Every (split, fold) is a chain that walks the grid in order, each head starting from the
+    // previous C's solution (the grid ascends). The chains are independent: they run in parallel,
+    // and each gives its held-out rows' scores at every C.
+    let chains: Vec<(usize, usize)> = (0..repeats)
+        .flat_map(|r| (0..k).map(move |f| (r, f)))
+        .collect();
+    let held_out: Vec<Vec<Scored>> = chains
+        .par_iter()
+        .map(|&(r, f)| {
+            let fold = &splits[r];
+            let (mut tx, mut ty, mut test) = (vec![], vec![], vec![]);
+            for i in 0..y.len() {
+                if fold[i] == f {
+                    test.push(i);
+                } else {
+                    tx.push(x[i].clone());
+                    ty.push(y[i]);
+                }
+            }
+            let mut warm: Option<Vec<f64>> = None;
+            grid.iter()
+                .map(|&c| {
+                    if tx.is_empty() {
+                        return vec![];
+                    }
+                    let (head, w) = fit_from(&tx, &ty, classes, opts(c), warm.as_deref());
+                    warm = Some(w);
+                    test.iter()
+                        .map(|&i| {
+                            let mut s = vec![0f32; classes];
+                            head.apply(&x[i], &mut s);
+                            (i, s)
+                        })
+                        .collect()
+                })
+                .collect()
+        })
+        .collect();
     let mut points = Vec::new();
-    let mut best: Option<(usize, Vec<Vec<f32>>)> = None;
-    for (i, &c) in grid.iter().enumerate() {
-        let scores = cv::out_of_fold(x, y, &fold, k, classes, |f, tx, ty| {
-            let (head, w) = fit_from(tx, ty, classes, opts(c), warm[f].as_deref());
-            warm[f] = Some(w);
-            head
-        });
-        let (accuracy, macro_f1, log_loss) = cv::score(&scores, y, classes, 1.0);
+    let mut best: Option<(usize, Vec<Vec<Vec<f32>>>)> = None;
+    for (g, &c) in grid.iter().enumerate() {
+        let mut split_scores = Vec::with_capacity(repeats);
+        let (mut accuracy, mut macro_f1, mut log_loss) = (0.0, 0.0, 0.0);
+        for r in 0..repeats {
+            // The split's out-of-fold scores: every row's from the one chain that held it out.
+            let mut scores = vec![vec![0f32; classes]; y.len()];
+            for (chain, &(cr, _)) in held_out.iter().zip(&chains) {
+                if cr == r {
+                    for (i, s) in &chain[g] {
+                        scores[*i].clone_from(s);
+                    }
+                }
+            }
+            let (a, f1, ll) = cv::score(&scores, y, classes, 1.0);
+            accuracy += a / repeats as f64;
+            macro_f1 += f1 / repeats as f64;
+            log_loss += ll / repeats as f64;
+            split_scores.push(scores);
+        }
         points.push(CvPoint {
             c,
             accuracy,
@@ -213,14 +296,17 @@ pub fn fit_cv(
                 || (log_loss < b.log_loss + 1e-12 && accuracy > b.accuracy)
         });
         if better {
-            best = Some((i, scores));
+            best = Some((g, split_scores));
         }
     }
-    let (chosen, scores) = best.expect("a non-empty grid");
+    let (chosen, split_scores) = best.expect("a non-empty grid");
     let c = grid[chosen];
+    // Every split's out-of-fold scores, each against the gold labels.
+    let scores: Vec<Vec<f32>> = split_scores.into_iter().flatten().collect();
+    let gold: Vec<usize> = (0..repeats).flat_map(|_| y.iter().copied()).collect();
     let temperature = match cvo.c {
         Some(_) => 1.0,
-        None => cv::fit_temperature(&scores, y),
+        None => cv::fit_temperature(&scores, &gold),
     };
     let mut head = fit(x, y, classes, opts(c));
     if temperature != 1.0 {
@@ -230,12 +316,13 @@ pub fn fit_cv(
     let p = &points[chosen];
     let report = HeadReport {
         folds: k,
+        repeats,
         c,
         c_fixed: cvo.c.is_some(),
         temperature: temperature as f64,
         accuracy: p.accuracy,
         macro_f1: p.macro_f1,
-        log_loss: cv::log_loss(&scores, y, temperature),
+        log_loss: cv::log_loss(&scores, &gold, temperature),
         grid: points,
     };
     (head, report)
@@ -341,6 +428,7 @@ mod tests {
         let cvo = CvOptions {
             c: None,
             folds: 5,
+            repeats: CV_REPEATS,
             seed: 0,
         };
         let (head, report) = fit_cv(&x, &y, 2, cvo);
@@ -372,11 +460,57 @@ mod tests {
     }
 
     #[test]
+    fn repeated_splits_steady_the_choice_of_c() {
+        // The same gold labels, cross-validated with different fold seeds: a single split's choice
+        // of C wanders along the grid with the seed; the mean over several splits wanders less.
+        // A weak signal (three of eight features shifted by ±0.3σ): the log-loss is flat across
+        // the middle of the grid, where a few examples changing folds move the minimum.
+        let mut rng = crate::rng::Rng::derive(7, "weak", 0);
+        let (x, y): (Vec<Vec<f32>>, Vec<usize>) = (0..60)
+            .map(|i| {
+                let c = i % 2;
+                let shift = if c == 1 { 0.3 } else { -0.3 };
+                let row = (0..8)
+                    .map(|f| rng.normal() + if f < 3 { shift } else { 0.0 })
+                    .collect();
+                (row, c)
+            })
+            .unzip();
+        let spread = |repeats: usize| {
+            let logs: Vec<f64> = (0..8)
+                .map(|seed| {
+                    let cvo = CvOptions {
+                        c: None,
+                        folds: 5,
+                        repeats,
+                        seed,
+                    };
+                    let (_, report) = fit_cv(&x, &y, 2, cvo);
+                    assert_eq!(report.repeats, repeats);
+                    report.c.log10()
+                })
+                .collect();
+            let mean = logs.iter().sum::<f64>() / logs.len() as f64;
+            logs.iter().map(|l| (l - mean).powi(2)).sum::<f64>() / logs.len() as f64
+        };
+        let (single, repeated) = (spread(1), spread(CV_REPEATS));
+        assert!(
+            single > 0.0,
+            "the single split never moved: the test shows nothing"
+        );
+        assert!(
+            repeated < single,
+            "variance of log10 C: {repeated} vs {single}"
+        );
+    }
+
+    #[test]
     fn a_fixed_c_gives_the_plain_head_at_temperature_one() {
         let (x, y) = embedded(60, 3);
         let cvo = CvOptions {
             c: Some(1.0),
             folds: 5,
+            repeats: CV_REPEATS,
             seed: 0,
         };
         let (head, report) = fit_cv(&x, &y, 2, cvo);

@@ -3,14 +3,17 @@
 //!
 //! Each row not yet labeled gets a score: `1 − margin` (the teacher's top-two probability gap) plus,
 //! with a student, the total-variation distance between the two models' probabilities. The rows (a
-//! seeded sample of at most `SAMPLE.max(100·n)` on large corpora) are clustered into `n` regions by
-//! k-means on their unit embeddings (cosine); from each region comes the row closest to its centre
-//! among the region's higher-scored half. So the suggestions cover the corpus (no near copies, no
-//! region left out), are typical of it (not outliers), and lean to where the models are unsure.
+//! seeded sample of at most `SAMPLE.max(100·n)` on large corpora) are clustered into `n` + (gold
+//! labels) regions by k-means on their unit embeddings (cosine); the `n` regions holding the fewest
+//! gold labels give one row each: the row closest to the region's centre among its higher-scored
+//! half. So the suggestions cover the corpus where the gold labels do not (no near copies, no region
+//! labeled twice before one is labeled once), are typical of it (not outliers), and lean to where the
+//! models are unsure.
 //!
 //! Why not the `n` most uncertain rows: measured on the quickstart's task (100 gold labels + 50,
 //! three draws), the 50 rows of smallest margin did no better than 50 random ones — at this budget the
-//! least certain snippets are mostly ambiguous ones — while one typical row per region did (README).
+//! least certain snippets are mostly ambiguous ones — while typical rows of uncovered regions do
+//! better (README).
 
 use crate::data::{Example, TrainData};
 use crate::metrics::{argmax, probabilities};
@@ -114,13 +117,19 @@ pub fn suggest(
     let keep = SAMPLE.max(100 * o.n);
     let mut rng = Rng::derive(o.seed, "suggest-sample", 0);
     let (mut sample, mut seen): (Vec<Candidate>, usize) = (Vec::new(), 0);
+    // Where the gold labels already sit: their regions need no more.
+    let mut covered: Vec<Vec<f32>> = Vec::new();
     data.for_each_shard(|examples| {
-        let examples: Vec<Example> = examples
+        let (gold, examples): (Vec<Example>, Vec<Example>) = examples
             .into_iter()
-            .filter(|e| {
-                !o.labeled.contains(&e.id) && o.candidates.is_none_or(|c| c.contains(&e.id))
-            })
-            .collect();
+            .filter(|e| o.labeled.contains(&e.id) || o.candidates.is_none_or(|c| c.contains(&e.id)))
+            .partition(|e| o.labeled.contains(&e.id));
+        covered.extend(gold.into_iter().map(|e| {
+            let v = e
+                .embedding
+                .unwrap_or_else(|| probabilities(std::slice::from_ref(&e.soft)).remove(0));
+            normalized(v)
+        }));
         if examples.is_empty() {
             return Ok(());
         }
@@ -179,7 +188,7 @@ pub fn suggest(
         }
         Ok(())
     })?;
-    Ok(one_per_region(sample, o.n, o.seed))
+    Ok(one_per_region(sample, o.n, o.seed, &covered))
 }
 
 fn normalized(mut v: Vec<f32>) -> Vec<f32> {
@@ -192,12 +201,34 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
-/// Spherical k-means (`k` centres, seeded, 20 rounds): each row's region.
+/// Spherical k-means (`k` centres, seeded k-means++ start, 20 rounds): each row's region.
 fn regions(rows: &[Candidate], k: usize, seed: u64) -> (Vec<usize>, Vec<Vec<f32>>) {
     let mut rng = Rng::derive(seed, "suggest-kmeans", 0);
-    let mut order: Vec<usize> = (0..rows.len()).collect();
-    rng.shuffle(&mut order);
-    let mut centres: Vec<Vec<f32>> = order[..k].iter().map(|&i| rows[i].vector.clone()).collect();
+    // k-means++: each next centre drawn with probability ∝ its squared distance to the nearest
+    // centre so far (for unit vectors 2 − 2·cos), so no two start in one region while another
+    // has none.
+    let mut centres: Vec<Vec<f32>> = vec![rows[rng.below(rows.len())].vector.clone()];
+    let far = |r: &Candidate, c: &[f32]| (2.0 - 2.0 * dot(&r.vector, c)).max(0.0) as f64;
+    let mut d2: Vec<f64> = rows.iter().map(|r| far(r, &centres[0])).collect();
+    while centres.len() < k {
+        let total: f64 = d2.iter().sum();
+        let pick = if total <= 0.0 {
+            rng.below(rows.len())
+        } else {
+            let mut t = rng.next_f32() as f64 * total;
+            let mut i = 0;
+            while i + 1 < rows.len() && t >= d2[i] {
+                t -= d2[i];
+                i += 1;
+            }
+            i
+        };
+        let centre = rows[pick].vector.clone();
+        d2.iter_mut()
+            .zip(rows)
+            .for_each(|(d, r)| *d = d.min(far(r, &centre)));
+        centres.push(centre);
+    }
     let mut of = vec![0usize; rows.len()];
     for _ in 0..20 {
         for (i, r) in rows.iter().enumerate() {
@@ -224,20 +255,42 @@ fn regions(rows: &[Candidate], k: usize, seed: u64) -> (Vec<usize>, Vec<Vec<f32>
     (of, centres)
 }
 
-/// One row per region: among the region's rows scored at least its median, the one closest to the
-/// region's centre. Suggestions come most uncertain first.
-fn one_per_region(rows: Vec<Candidate>, n: usize, seed: u64) -> Vec<Suggestion> {
+/// One row per region, from the regions the gold labels leave uncovered: the rows are clustered
+/// into `n` + (gold rows) regions, each gold row (`covered`) marks its nearest region, and the `n`
+/// regions with the fewest gold rows (the larger first among equals) give one row each — among the
+/// region's rows scored at least its median, the one closest to the region's centre. Suggestions
+/// come most uncertain first.
+fn one_per_region(
+    rows: Vec<Candidate>,
+    n: usize,
+    seed: u64,
+    covered: &[Vec<f32>],
+) -> Vec<Suggestion> {
     if rows.is_empty() || n == 0 {
         return Vec::new();
     }
     let k = n.min(rows.len());
-    let (of, centres) = regions(&rows, k, seed);
+    let (of, centres) = regions(&rows, (n + covered.len()).min(rows.len()), seed);
+    let nearest = |v: &[f32]| {
+        (0..centres.len())
+            .max_by(|&a, &b| dot(v, &centres[a]).total_cmp(&dot(v, &centres[b])))
+            .expect("k > 0")
+    };
+    let mut gold = vec![0usize; centres.len()];
+    covered.iter().for_each(|v| gold[nearest(v)] += 1);
+    let mut size = vec![0usize; centres.len()];
+    of.iter().for_each(|&c| size[c] += 1);
+    let mut order: Vec<usize> = (0..centres.len()).filter(|&c| size[c] > 0).collect();
+    order.sort_by(|&a, &b| {
+        gold[a]
+            .cmp(&gold[b])
+            .then(size[b].cmp(&size[a]))
+            .then(a.cmp(&b))
+    });
     let mut picked: Vec<usize> = Vec::new();
-    for (c, centre) in centres.iter().enumerate() {
+    for &c in order.iter().take(k) {
+        let centre = &centres[c];
         let members: Vec<usize> = (0..rows.len()).filter(|&i| of[i] == c).collect();
-        if members.is_empty() {
-            continue;
-        }
         let mut scores: Vec<f32> = members.iter().map(|&i| rows[i].s.score).collect();
         scores.sort_by(f32::total_cmp);
         let median = scores[(scores.len() - 1) / 2];
@@ -304,7 +357,7 @@ mod tests {
                 rows.push(cand(&format!("r{r}-{i:02}"), score, v));
             }
         }
-        let got = one_per_region(rows, 3, 0);
+        let got = one_per_region(rows, 3, 0, &[]);
         assert_eq!(got.len(), 3);
         let mut regions: Vec<&str> = got.iter().map(|s| &s.id[..2]).collect();
         regions.sort();
@@ -316,13 +369,46 @@ mod tests {
         assert!(got.iter().all(|s| s.score >= 0.5), "from the upper half");
     }
 
+    /// The same three regions, with gold labels already in two of them: with one suggestion to
+    /// make, it comes from the region no gold label covers.
+    #[test]
+    fn regions_the_gold_labels_cover_are_passed_over() {
+        let mut rows = Vec::new();
+        for (r, axis) in [0usize, 1, 2].iter().enumerate() {
+            for i in 0..10 {
+                let mut v = vec![0.0f32; 3];
+                v[*axis] = 1.0;
+                v[(axis + 1) % 3] = 0.02 * i as f32;
+                rows.push(cand(&format!("r{r}-{i:02}"), 0.5, v));
+            }
+        }
+        let gold = |axis: usize| {
+            let mut v = vec![0.0f32; 3];
+            v[axis] = 1.0;
+            v
+        };
+        for uncovered in 0..3 {
+            let covered: Vec<Vec<f32>> = (0..3).filter(|&a| a != uncovered).map(gold).collect();
+            let got = one_per_region(
+                rows.iter()
+                    .map(|c| cand(&c.s.id, c.s.score, c.vector.clone()))
+                    .collect(),
+                1,
+                0,
+                &covered,
+            );
+            assert_eq!(got.len(), 1);
+            assert_eq!(&got[0].id[..2], format!("r{uncovered}"), "{got:?}");
+        }
+    }
+
     #[test]
     fn fewer_rows_than_asked_gives_them_all() {
         let rows = vec![
             cand("a", 1.0, vec![1.0, 0.0]),
             cand("b", 0.5, vec![0.0, 1.0]),
         ];
-        assert_eq!(one_per_region(rows, 5, 0).len(), 2);
-        assert!(one_per_region(Vec::new(), 5, 0).is_empty());
+        assert_eq!(one_per_region(rows, 5, 0, &[]).len(), 2);
+        assert!(one_per_region(Vec::new(), 5, 0, &[]).is_empty());
     }
 }
