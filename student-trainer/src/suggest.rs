@@ -12,8 +12,9 @@
 //!
 //! Why not the `n` most uncertain rows: measured on the quickstart's task (100 gold labels + 50,
 //! three draws), the 50 rows of smallest margin did no better than 50 random ones — at this budget the
-//! least certain snippets are mostly ambiguous ones — while typical rows of uncovered regions do
-//! better (README).
+//! least certain snippets are mostly ambiguous ones. Over five draws neither one typical row per
+//! region (67.4% against 68.8% for random) nor this coverage of the gold labels (67.6% against
+//! 68.9%) beat random either: the draws' spread (±3 points) is larger than the gaps (README).
 
 use crate::data::{Example, TrainData};
 use crate::metrics::{argmax, probabilities};
