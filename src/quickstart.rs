@@ -25,9 +25,9 @@ use distill_student_trainer::labels::{self, Fields, Gold};
 use distill_student_trainer::logreg::CvOptions;
 use distill_student_trainer::model::{dir_bytes, Predictor};
 use distill_student_trainer::protocol::{
-    draw, relabel, review_or_plot, sentiment, split_by_group, summarize, targets, tuned_ngram_row,
-    tuned_row, Check, Mapping, Row, Summary, FIXED_C_ROW, LLM_NGRAM_ROW, LLM_TEACHER_ROW,
-    MORE_RANDOM_ROW, MORE_SUGGESTED_ROW, UNSEEN_ROW,
+    draw, loop_gap, relabel, review_or_plot, sentiment, split_by_group, summarize, targets,
+    tuned_ngram_row, tuned_row, Check, LoopGap, Mapping, Row, Summary, FIXED_C_ROW, LLM_NGRAM_ROW,
+    LLM_TEACHER_ROW, MORE_RANDOM_ROW, MORE_SUGGESTED_ROW, UNSEEN_ROW,
 };
 use distill_student_trainer::rng::Rng;
 use distill_student_trainer::task as tasks;
@@ -113,6 +113,12 @@ pub struct QuickstartArgs {
     /// (0: skip).
     #[arg(long, env = "DISTILL_SUGGEST", default_value_t = 50)]
     pub suggest: usize,
+    /// Draws of the labeling loop (`--suggest`): the first `--draws` of them are the student draws;
+    /// the rest fit a head on a fresh draw and distill the n-gram student the suggestions read, nothing
+    /// else. The loop's gap is a few tenths of a point where draws spread over several points: it
+    /// needs more draws than the students.
+    #[arg(long, env = "DISTILL_LOOP_DRAWS", default_value_t = 20)]
+    pub loop_draws: usize,
     /// Fine-tune the teacher on each draw's gold labels (`task fit --finetune`) with these objectives
     /// (comma-separated: contrastive, classifier), one tuned teacher each; `none`: skip the
     /// tuned-teacher rows.
@@ -461,12 +467,7 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
                 ""
             }
         );
-        let cvo = CvOptions {
-            c: None,
-            folds: 5,
-            repeats: distill_student_trainer::logreg::CV_REPEATS,
-            seed: args.seed + *d as u64,
-        };
+        let cvo = draw_cv(args.seed + *d as u64);
         let record = tasks::fit_head(
             &loc,
             &name,
@@ -512,7 +513,9 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
 
         // Teacher + head: the teacher run live (for its latency), its head on top.
         for (row, record) in [(FIXED_C_ROW, &fixed), ("teacher + head", &record)] {
-            let report = teacher_row.evaluate(&loc, record, &test_path, row).await?;
+            let report = teacher_row
+                .evaluate(&loc, record, &test_path, row, Scoring::Live)
+                .await?;
             rows.push(Row {
                 task: task_kind.to_string(),
                 draw: *d,
@@ -616,75 +619,20 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
             exclude: &exclude,
             seed: args.seed + *d as u64,
         };
-        if !second && args.suggest > 0 {
-            // The labeling loop, with the gold labels held back: the same budget of more labels,
-            // at random or suggested by `task suggest` (with the distilled n-gram student).
-            let taken: HashSet<&str> = picked.iter().map(|g| g.id.as_str()).collect();
-            let mut rest: Vec<&Gold> = pool
-                .iter()
-                .filter(|g| !taken.contains(g.id.as_str()))
-                .collect();
-            rest.sort_by(|a, b| a.id.cmp(&b.id));
-            Rng::derive(args.seed, "more-random", *d as u64).shuffle(&mut rest);
-            let random: Vec<Gold> = rest
-                .iter()
-                .take(args.suggest)
-                .map(|g| (*g).clone())
-                .collect();
-            let student_dir = out.join("models").join(format!("{name}-n-gram-distilled"));
-            let student = {
-                let dir = student_dir.clone();
-                tokio::task::spawn_blocking(move || Predictor::load(&dir, &DeviceSpec::Cpu))
-                    .await??
-            };
-            let candidates: HashSet<String> = rest.iter().map(|g| g.id.clone()).collect();
-            eprintln!(
-                "    suggesting {} more labels (teacher uncertainty, disagreement with the n-gram student, spread)",
-                args.suggest
+        let labeling_loop = LabelingLoop {
+            args: &args,
+            loc: &loc,
+            entry: &entry,
+            out: &out,
+            split_dir: &split_dir,
+            teacher_row: &teacher_row,
+        };
+        if !second && args.suggest > 0 && *d < args.loop_draws {
+            rows.extend(
+                labeling_loop
+                    .run(*d, &name, &pool, &picked, &record, &test_path, cvo)
+                    .await?,
             );
-            let suggested = distill_student_trainer::suggest::for_task(
-                &loc,
-                &record,
-                args.suggest,
-                Some(student),
-                Some(candidates),
-            )
-            .await?;
-            let by_id: std::collections::HashMap<&str, &Gold> =
-                rest.iter().map(|g| (g.id.as_str(), *g)).collect();
-            let revealed: Vec<Gold> = suggested
-                .iter()
-                .map(|s| (*by_id[s.id.as_str()]).clone())
-                .collect();
-            for (row, more, suffix) in [
-                (MORE_RANDOM_ROW, random, "more-random"),
-                (MORE_SUGGESTED_ROW, revealed, "more-suggested"),
-            ] {
-                let mut gold = picked.clone();
-                gold.extend(more);
-                let task_name = format!("{name}-{suffix}");
-                let path = split_dir.join(format!("{task_name}.gold.jsonl"));
-                write_jsonl(&path, &gold)?;
-                let r = tasks::fit_head(
-                    &loc,
-                    &task_name,
-                    &entry,
-                    &gold,
-                    &path.display().to_string(),
-                    cvo,
-                    2,
-                )
-                .await?;
-                let report = teacher_row.evaluate(&loc, &r, &test_path, row).await?;
-                rows.push(Row {
-                    task: task_kind.to_string(),
-                    draw: *d,
-                    model: row.into(),
-                    distilled: false,
-                    unseen: true,
-                    report,
-                });
-            }
         }
         for &objective in args
             .finetune_objectives
@@ -749,7 +697,7 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
                 ..teacher_row.clone()
             };
             let report = tuned_row
-                .evaluate(&loc, &tuned_record, &test_path, &row_name)
+                .evaluate(&loc, &tuned_record, &test_path, &row_name, Scoring::Live)
                 .await?;
             rows.push(Row {
                 task: task_kind.to_string(),
@@ -845,9 +793,64 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
         }
     }
 
+    // The labeling loop's further draws: a fresh draw of gold labels each, its head and the n-gram
+    // student the suggestions read, then the loop; nothing else. The loop's gap is a few tenths of a
+    // point where the draws spread over several points: it needs more draws than the students.
+    if args.suggest > 0 && args.loop_draws > args.draws {
+        let pool = relabel(&train_all, sentiment);
+        let test_path = split_dir.join("sentiment.test.jsonl");
+        let labeling_loop = LabelingLoop {
+            args: &args,
+            loc: &loc,
+            entry: &entry,
+            out: &out,
+            split_dir: &split_dir,
+            teacher_row: &teacher_row,
+        };
+        for d in args.draws..args.loop_draws {
+            let picked = draw(&pool, args.gold_count, args.seed, d, false);
+            let name = format!("quickstart-sentiment-d{d}");
+            let gold_path = split_dir.join(format!("{name}.gold.jsonl"));
+            write_jsonl(&gold_path, &picked)?;
+            eprintln!(
+                "3/5 labeling loop, draw {}/{}: task {name} from {} gold labels and its n-gram student",
+                d + 1,
+                args.loop_draws,
+                picked.len()
+            );
+            let cvo = draw_cv(args.seed + d as u64);
+            let record = tasks::fit_head(
+                &loc,
+                &name,
+                &entry,
+                &picked,
+                &gold_path.display().to_string(),
+                cvo,
+                2,
+            )
+            .await?;
+            task_seconds.push((name.clone(), record.teacher_seconds));
+            // Distilled as the student draws distill it.
+            let dir = out.join("models").join(format!("{name}-n-gram-distilled"));
+            let mut targs = TrainArgs::new(&args.store, &name, StudentKind::Ngram, &dir);
+            targs.seed = args.seed + d as u64;
+            targs.layers = Some(args.layers);
+            targs.max_seq = args.max_seq;
+            targs.teacher = Some(args.teacher.clone());
+            targs.checkpoint = None;
+            train_cmd::train(&loc, &record, &targs, exclude.clone(), None, true).await?;
+            rows.extend(
+                labeling_loop
+                    .run(d, &name, &pool, &picked, &record, &test_path, cvo)
+                    .await?,
+            );
+        }
+    }
+
     // 5. Report.
     let summary = summarize(&rows);
     let checks = targets(&summary, args.draws);
+    let gap = loop_gap(&rows);
     println!();
     for task in ["sentiment", "review-vs-plot"] {
         let t: Vec<EvalReport> = summary
@@ -876,6 +879,9 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
             }
         );
         print_table(&t);
+        if let (true, Some(g)) = (task == "sentiment", &gap) {
+            println!("{}", loop_line(&args, g));
+        }
         println!();
     }
     println!("{}\n", setup_note(&args));
@@ -896,6 +902,8 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
         "teacher": args.teacher,
         "teacher_fingerprint": job.teacher_fingerprint,
         "draws": args.draws,
+        "loop_draws": args.loop_draws,
+        "labeling_loop": gap,
         "gold_per_draw": args.gold_count,
         "split": {"by": args.group_field, "train_rows": train_all.len(), "test_rows": test_all.len()},
         "students_saw_test_texts": !args.exclude_test_texts,
@@ -918,6 +926,7 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
         markdown(
             &args,
             &summary,
+            gap.as_ref(),
             &checks,
             &job,
             started.elapsed().as_secs_f64(),
@@ -932,6 +941,116 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
 
 /// An n-gram student distilled from a task (into `<out>/models/<task>-ngram`) and evaluated on the
 /// test examples.
+/// How a draw's heads are cross-validated: C and temperature chosen over 5 repeated 5-fold splits.
+fn draw_cv(seed: u64) -> CvOptions {
+    CvOptions {
+        c: None,
+        folds: 5,
+        repeats: distill_student_trainer::logreg::CV_REPEATS,
+        seed,
+    }
+}
+
+/// The labeling loop of a draw, with the gold labels held back: the same budget of more labels, at
+/// random or suggested by `task suggest` (with the draw's distilled n-gram student), each added to the
+/// draw's gold labels and a head fitted on them; the two heads scored on the test set from the cache.
+struct LabelingLoop<'a> {
+    args: &'a QuickstartArgs,
+    loc: &'a distill_cache::store::Location,
+    entry: &'a tasks::Entry,
+    out: &'a Path,
+    split_dir: &'a Path,
+    teacher_row: &'a TeacherRow,
+}
+
+impl LabelingLoop<'_> {
+    #[allow(clippy::too_many_arguments)]
+    async fn run(
+        &self,
+        d: usize,
+        name: &str,
+        pool: &[Gold],
+        picked: &[Gold],
+        record: &distill_cache::task::TaskRecord,
+        test_path: &Path,
+        cvo: CvOptions,
+    ) -> anyhow::Result<Vec<Row>> {
+        let args = self.args;
+        let taken: HashSet<&str> = picked.iter().map(|g| g.id.as_str()).collect();
+        let mut rest: Vec<&Gold> = pool
+            .iter()
+            .filter(|g| !taken.contains(g.id.as_str()))
+            .collect();
+        rest.sort_by(|a, b| a.id.cmp(&b.id));
+        Rng::derive(args.seed, "more-random", d as u64).shuffle(&mut rest);
+        let random: Vec<Gold> = rest
+            .iter()
+            .take(args.suggest)
+            .map(|g| (*g).clone())
+            .collect();
+        let student_dir = self
+            .out
+            .join("models")
+            .join(format!("{name}-n-gram-distilled"));
+        let student =
+            tokio::task::spawn_blocking(move || Predictor::load(&student_dir, &DeviceSpec::Cpu))
+                .await??;
+        let candidates: HashSet<String> = rest.iter().map(|g| g.id.clone()).collect();
+        eprintln!(
+            "    suggesting {} more labels (teacher uncertainty, disagreement with the n-gram student, spread)",
+            args.suggest
+        );
+        let suggested = distill_student_trainer::suggest::for_task(
+            self.loc,
+            record,
+            args.suggest,
+            Some(student),
+            Some(candidates),
+        )
+        .await?;
+        let by_id: std::collections::HashMap<&str, &Gold> =
+            rest.iter().map(|g| (g.id.as_str(), *g)).collect();
+        let revealed: Vec<Gold> = suggested
+            .iter()
+            .map(|s| (*by_id[s.id.as_str()]).clone())
+            .collect();
+        let mut rows = Vec::new();
+        for (row, more, suffix) in [
+            (MORE_RANDOM_ROW, random, "more-random"),
+            (MORE_SUGGESTED_ROW, revealed, "more-suggested"),
+        ] {
+            let mut gold = picked.to_vec();
+            gold.extend(more);
+            let task_name = format!("{name}-{suffix}");
+            let path = self.split_dir.join(format!("{task_name}.gold.jsonl"));
+            write_jsonl(&path, &gold)?;
+            let r = tasks::fit_head(
+                self.loc,
+                &task_name,
+                self.entry,
+                &gold,
+                &path.display().to_string(),
+                cvo,
+                2,
+            )
+            .await?;
+            let report = self
+                .teacher_row
+                .evaluate(self.loc, &r, test_path, row, Scoring::FromCache)
+                .await?;
+            rows.push(Row {
+                task: "sentiment".into(),
+                draw: d,
+                model: row.into(),
+                distilled: false,
+                unseen: true,
+                report,
+            });
+        }
+        Ok(rows)
+    }
+}
+
 struct NgramRow<'a> {
     args: &'a QuickstartArgs,
     out: &'a Path,
@@ -982,6 +1101,17 @@ struct TeacherRow {
     source: eval::TeacherSource,
 }
 
+/// How a "teacher + head" row gets its classes.
+#[derive(Clone, Copy, PartialEq)]
+enum Scoring {
+    /// The teacher run live over every test text.
+    Live,
+    /// The task's cached logits of the test rows (the head over the cached embeddings: what the live
+    /// teacher gives, to float rounding), the teacher run live on a few texts for latency only: the
+    /// labeling loop scores many heads.
+    FromCache,
+}
+
 impl TeacherRow {
     async fn evaluate(
         &self,
@@ -989,6 +1119,7 @@ impl TeacherRow {
         record: &distill_cache::task::TaskRecord,
         test_path: &Path,
         row: &str,
+        scoring: Scoring,
     ) -> anyhow::Result<EvalReport> {
         let examples = labeled_examples(
             loc,
@@ -1004,13 +1135,22 @@ impl TeacherRow {
         let (samples, params, bytes, name) =
             (self.samples, self.params, self.bytes, row.to_owned());
         let report = tokio::task::spawn_blocking(move || {
-            eval::evaluate(&name, &th, &examples, samples, params, bytes)
+            if scoring == Scoring::FromCache {
+                let samples = samples.min(LOOP_TIMING_SAMPLES);
+                eval::evaluate_cached(&name, &th, &examples, samples, params, bytes)
+            } else {
+                eval::evaluate(&name, &th, &examples, samples, params, bytes)
+            }
         })
         .await??;
         eprintln!("      {row}: {:.1}% accuracy", 100.0 * report.accuracy);
         Ok(report)
     }
 }
+
+/// Texts the labeling loop's heads are timed on (their latency is the teacher's, timed in full on
+/// the draw's `teacher + head` row).
+const LOOP_TIMING_SAMPLES: usize = 50;
 
 async fn mimic_once(
     loc: &distill_cache::store::Location,
@@ -1235,9 +1375,18 @@ fn setup_note(args: &QuickstartArgs) -> String {
     }
 }
 
+/// The labeling loop's gap, a line under the sentiment table.
+fn loop_line(args: &QuickstartArgs, g: &LoopGap) -> String {
+    format!(
+        "Labeling loop ({} + {} labels, the two `+` rows): mean of {} draws; suggested − random = {:+.2} points (standard error {:.2}), suggested ahead in {} of {} draws.",
+        args.gold_count, args.suggest, g.draws, 100.0 * g.mean, 100.0 * g.standard_error, g.suggested_ahead, g.draws
+    )
+}
+
 fn markdown(
     args: &QuickstartArgs,
     summary: &[Summary],
+    gap: Option<&LoopGap>,
     checks: &[Check],
     job: &distill_coordinator::JobSummary,
     wall: f64,
@@ -1266,6 +1415,9 @@ fn markdown(
                 r.model, 100.0 * m.accuracy, 100.0 * r.accuracy_min, 100.0 * r.accuracy_max, m.macro_f1, 100.0 * m.agreement, m.ece,
                 m.latency_p50_ms, m.latency_p99_ms, m.throughput, crate::report::count(m.parameters), crate::report::bytes(m.bytes)
             );
+        }
+        if let (true, Some(g)) = (task == "sentiment", gap) {
+            s += &format!("\n{}\n", loop_line(args, g));
         }
         s += "\n";
     }

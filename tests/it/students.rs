@@ -673,6 +673,9 @@ fn quickstart_reduced() {
         "10",
         "--finetune-epochs",
         "2",
+        // One student draw and a second draw of the labeling loop alone.
+        "--loop-draws",
+        "2",
     ]
     .map(|s| s.to_string());
     let stdout = ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
@@ -685,7 +688,7 @@ fn quickstart_reduced() {
     let rows = report["rows"].as_array().unwrap();
     let models = |task: &str| {
         rows.iter()
-            .filter(|r| r["task"] == task)
+            .filter(|r| r["task"] == task && r["draw"] == 0)
             .map(|r| r["model"].as_str().unwrap().to_owned())
             .collect::<Vec<_>>()
     };
@@ -719,14 +722,43 @@ fn quickstart_reduced() {
             "n-gram, distilled, test texts unseen"
         ]
     );
-    // The labeling loop's two tasks hold the same number of gold labels: 40 + 50 each.
-    for more in ["more-random", "more-suggested"] {
-        let g = std::fs::read_to_string(
-            out.join(format!("split/quickstart-sentiment-d0-{more}.gold.jsonl")),
-        )
-        .unwrap();
-        assert_eq!(g.lines().count(), 90, "{more}");
+    // The loop's second draw holds its two rows only, its head and the n-gram student it read.
+    let second_draw: Vec<&str> = rows
+        .iter()
+        .filter(|r| r["draw"] == 1)
+        .map(|r| r["model"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        second_draw,
+        [
+            "teacher + head, + random labels",
+            "teacher + head, + suggested labels"
+        ]
+    );
+    assert!(out
+        .join("models/quickstart-sentiment-d1-n-gram-distilled")
+        .is_dir());
+    assert_eq!(
+        report["labeling_loop"]["draws"], 2,
+        "{}",
+        report["labeling_loop"]
+    );
+    assert!(stdout.contains("Labeling loop (40 + 50 labels"), "{stdout}");
+    // The labeling loop's two tasks hold the same number of gold labels: 40 + 50 each, in each
+    // draw, and the draws' gold labels differ.
+    for d in 0..2 {
+        for more in ["more-random", "more-suggested"] {
+            let g = std::fs::read_to_string(
+                out.join(format!("split/quickstart-sentiment-d{d}-{more}.gold.jsonl")),
+            )
+            .unwrap();
+            assert_eq!(g.lines().count(), 90, "{more}");
+        }
     }
+    assert_ne!(
+        std::fs::read(out.join("split/quickstart-sentiment-d0.gold.jsonl")).unwrap(),
+        std::fs::read(out.join("split/quickstart-sentiment-d1.gold.jsonl")).unwrap()
+    );
     assert_eq!(report["students_saw_test_texts"], true);
     let summary: Vec<String> = report["summary"]
         .as_array()
