@@ -557,15 +557,8 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
                 "{name}-{}",
                 label.replace(", ", "-").replace(' ', "-")
             ));
-            let mut targs = TrainArgs::new(&args.store, &name, kind, &dir);
+            let mut targs = draw_student_args(&args, &name, kind, &dir, args.seed + *d as u64);
             targs.gold_only = gold_only;
-            targs.seed = args.seed + *d as u64;
-            targs.layers = Some(args.layers);
-            targs.max_seq = args.max_seq;
-            targs.epochs = (kind == StudentKind::Transformer).then_some(args.transformer_epochs);
-            targs.mimic_epochs = args.mimic_epochs;
-            targs.teacher = Some(args.teacher.clone());
-            targs.checkpoint = None;
             if kind == StudentKind::Transformer && args.mimic_epochs > 0 && mimicked.is_none() {
                 eprintln!(
                     "    mimicking the teacher's embeddings ({} epoch(s), once for every task)",
@@ -832,12 +825,8 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
             task_seconds.push((name.clone(), record.teacher_seconds));
             // Distilled as the student draws distill it.
             let dir = out.join("models").join(format!("{name}-n-gram-distilled"));
-            let mut targs = TrainArgs::new(&args.store, &name, StudentKind::Ngram, &dir);
-            targs.seed = args.seed + d as u64;
-            targs.layers = Some(args.layers);
-            targs.max_seq = args.max_seq;
-            targs.teacher = Some(args.teacher.clone());
-            targs.checkpoint = None;
+            let targs =
+                draw_student_args(&args, &name, StudentKind::Ngram, &dir, args.seed + d as u64);
             train_cmd::train(&loc, &record, &targs, exclude.clone(), None, true).await?;
             rows.extend(
                 labeling_loop
@@ -939,8 +928,6 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// An n-gram student distilled from a task (into `<out>/models/<task>-ngram`) and evaluated on the
-/// test examples.
 /// How a draw's heads are cross-validated: C and temperature chosen over 5 repeated 5-fold splits.
 fn draw_cv(seed: u64) -> CvOptions {
     CvOptions {
@@ -1051,6 +1038,27 @@ impl LabelingLoop<'_> {
     }
 }
 
+/// How a draw's students are trained (into `dir`, no checkpoint): the command line's settings.
+fn draw_student_args(
+    args: &QuickstartArgs,
+    task: &str,
+    kind: StudentKind,
+    dir: &Path,
+    seed: u64,
+) -> TrainArgs {
+    let mut targs = TrainArgs::new(&args.store, task, kind, dir);
+    targs.seed = seed;
+    targs.layers = Some(args.layers);
+    targs.max_seq = args.max_seq;
+    targs.epochs = (kind == StudentKind::Transformer).then_some(args.transformer_epochs);
+    targs.mimic_epochs = args.mimic_epochs;
+    targs.teacher = Some(args.teacher.clone());
+    targs.checkpoint = None;
+    targs
+}
+
+/// An n-gram student distilled from a task (into `<out>/models/<task>-ngram`) and evaluated on the
+/// test examples.
 struct NgramRow<'a> {
     args: &'a QuickstartArgs,
     out: &'a Path,

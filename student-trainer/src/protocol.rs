@@ -359,6 +359,8 @@ pub fn targets(summary: &[Summary], draws: usize) -> Vec<Check> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn the_loop_gap_pairs_the_two_rows_by_draw() {
         let row = |model: &str, draw: usize, accuracy: f64| Row {
@@ -388,8 +390,6 @@ mod tests {
         // sd of (0.02, −0.01) is 0.0212; over √2: 0.015.
         assert!((gap.standard_error - 0.015).abs() < 1e-9, "{gap:?}");
     }
-
-    use super::*;
 
     fn gold(n: usize, groups: usize) -> Vec<Gold> {
         (0..n)
