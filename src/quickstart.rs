@@ -806,7 +806,7 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
             let gold_path = split_dir.join(format!("{name}.gold.jsonl"));
             write_jsonl(&gold_path, &picked)?;
             eprintln!(
-                "3/5 labeling loop, draw {}/{}: task {name} from {} gold labels and its n-gram student",
+                "5/5 labeling loop, draw {}/{}: task {name} from {} gold labels and its n-gram student",
                 d + 1,
                 args.loop_draws,
                 picked.len()
