@@ -184,6 +184,33 @@ fn write_jsonl(path: &Path, rows: &[Gold]) -> anyhow::Result<()> {
     std::fs::write(path, s).with_context(|| format!("writing {}", path.display()))
 }
 
+/// Writes a draw's gold labels to `path` and fits the task's head on their cached embeddings (at
+/// least 2 per class), printing what cross-validation chose when it chose.
+async fn fit_draw_head(
+    loc: &distill_cache::store::Location,
+    entry: &tasks::Entry,
+    name: &str,
+    gold: &[Gold],
+    path: &Path,
+    cvo: CvOptions,
+) -> anyhow::Result<distill_cache::task::TaskRecord> {
+    write_jsonl(path, gold)?;
+    let record =
+        tasks::fit_head(loc, name, entry, gold, &path.display().to_string(), cvo, 2).await?;
+    if let (Some(cv), None) = (&record.cross_validation, cvo.c) {
+        eprintln!(
+            "    C = {}, temperature {:.2} by {}-fold CV over {} splits: {:.1}% cross-validated accuracy, macro-F1 {:.3}",
+            cv["c"],
+            cv["temperature"].as_f64().unwrap_or(1.0),
+            cv["folds"],
+            cv["repeats"],
+            100.0 * cv["accuracy"].as_f64().unwrap_or(0.0),
+            cv["macro_f1"].as_f64().unwrap_or(0.0)
+        );
+    }
+    Ok(record)
+}
+
 pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
     if !(args.test_share > 0.0 && args.test_share < 1.0) {
         anyhow::bail!(
@@ -435,6 +462,15 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
         .map(|d| ("sentiment", sentiment as Mapping, d))
         .collect();
     specs.push(("review-vs-plot", review_or_plot, 0));
+    let labeling_loop = LabelingLoop {
+        args: &args,
+        loc: &loc,
+        entry: &entry,
+        out: &out,
+        split_dir: &split_dir,
+        teacher_row: &teacher_row,
+    };
+    // 3. The sentiment draws, 4. the second task: each a head, its teacher rows and its students.
     for (task_kind, mapping, d) in &specs {
         let second = *task_kind != "sentiment";
         let pool = relabel(&train_all, *mapping);
@@ -455,7 +491,6 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
         };
         let gold_path = split_dir.join(format!("{name}.gold.jsonl"));
         let test_path = split_dir.join(format!("{}.test.jsonl", task_kind));
-        write_jsonl(&gold_path, &picked)?;
         write_jsonl(&test_path, &test)?;
         let step = if second { "4/5" } else { "3/5" };
         eprintln!(
@@ -468,23 +503,7 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
             }
         );
         let cvo = draw_cv(args.seed + *d as u64);
-        let record = tasks::fit_head(
-            &loc,
-            &name,
-            &entry,
-            &picked,
-            &gold_path.display().to_string(),
-            cvo,
-            2,
-        )
-        .await?;
-        if let Some(cv) = &record.cross_validation {
-            eprintln!(
-                "    C = {}, temperature {:.2} by 5-fold CV over {} splits: {:.1}% cross-validated accuracy, macro-F1 {:.3}",
-                cv["c"], cv["temperature"].as_f64().unwrap_or(1.0), cv["repeats"],
-                100.0 * cv["accuracy"].as_f64().unwrap_or(0.0), cv["macro_f1"].as_f64().unwrap_or(0.0)
-            );
-        }
+        let record = fit_draw_head(&loc, &entry, &name, &picked, &gold_path, cvo).await?;
         task_seconds.push((name.clone(), record.teacher_seconds));
         let examples = labeled_examples(
             &loc,
@@ -611,14 +630,6 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
             out: &out,
             exclude: &exclude,
             seed: args.seed + *d as u64,
-        };
-        let labeling_loop = LabelingLoop {
-            args: &args,
-            loc: &loc,
-            entry: &entry,
-            out: &out,
-            split_dir: &split_dir,
-            teacher_row: &teacher_row,
         };
         if !second && args.suggest > 0 && *d < args.loop_draws {
             rows.extend(
@@ -786,25 +797,16 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
         }
     }
 
-    // The labeling loop's further draws: a fresh draw of gold labels each, its head and the n-gram
+    // 5. The labeling loop's further draws: a fresh draw of gold labels each, its head and the n-gram
     // student the suggestions read, then the loop; nothing else. The loop's gap is a few tenths of a
     // point where the draws spread over several points: it needs more draws than the students.
     if args.suggest > 0 && args.loop_draws > args.draws {
         let pool = relabel(&train_all, sentiment);
         let test_path = split_dir.join("sentiment.test.jsonl");
-        let labeling_loop = LabelingLoop {
-            args: &args,
-            loc: &loc,
-            entry: &entry,
-            out: &out,
-            split_dir: &split_dir,
-            teacher_row: &teacher_row,
-        };
         for d in args.draws..args.loop_draws {
             let picked = draw(&pool, args.gold_count, args.seed, d, false);
             let name = format!("quickstart-sentiment-d{d}");
             let gold_path = split_dir.join(format!("{name}.gold.jsonl"));
-            write_jsonl(&gold_path, &picked)?;
             eprintln!(
                 "5/5 labeling loop, draw {}/{}: task {name} from {} gold labels and its n-gram student",
                 d + 1,
@@ -812,16 +814,7 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
                 picked.len()
             );
             let cvo = draw_cv(args.seed + d as u64);
-            let record = tasks::fit_head(
-                &loc,
-                &name,
-                &entry,
-                &picked,
-                &gold_path.display().to_string(),
-                cvo,
-                2,
-            )
-            .await?;
+            let record = fit_draw_head(&loc, &entry, &name, &picked, &gold_path, cvo).await?;
             task_seconds.push((name.clone(), record.teacher_seconds));
             // Distilled as the student draws distill it.
             let dir = out.join("models").join(format!("{name}-n-gram-distilled"));
@@ -836,7 +829,7 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
         }
     }
 
-    // 5. Report.
+    // The report.
     let summary = summarize(&rows);
     let checks = targets(&summary, args.draws);
     let gap = loop_gap(&rows);
@@ -1010,17 +1003,7 @@ impl LabelingLoop<'_> {
             gold.extend(more);
             let task_name = format!("{name}-{suffix}");
             let path = self.split_dir.join(format!("{task_name}.gold.jsonl"));
-            write_jsonl(&path, &gold)?;
-            let r = tasks::fit_head(
-                self.loc,
-                &task_name,
-                self.entry,
-                &gold,
-                &path.display().to_string(),
-                cvo,
-                2,
-            )
-            .await?;
+            let r = fit_draw_head(self.loc, self.entry, &task_name, &gold, &path, cvo).await?;
             let report = self
                 .teacher_row
                 .evaluate(self.loc, &r, test_path, row, Scoring::FromCache)
