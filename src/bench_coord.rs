@@ -98,6 +98,7 @@ pub async fn server(args: CoordServerArgs) -> anyhow::Result<()> {
                 shard_size: 1000,
                 strict: false,
                 max_attempts: 3,
+                precision: String::new(),
             },
             distill_cache::spec::OutputSpec::Embeddings {
                 dtype: distill_cache::spec::Dtype::F32,

@@ -14,7 +14,7 @@ use distill_cache::model_dir::ModelDir;
 use distill_cache::spec::{Choice, Dtype, OutputKind, PromptSpec};
 use distill_coordinator::{JobSpec, JobSummary};
 use distill_proto::v1;
-use distill_teacher::{DeviceSpec, Teacher};
+use distill_teacher::{DeviceSpec, LoadOptions, Resident, Teacher};
 use std::sync::Arc;
 
 /// Where the corpus is and how to read it.
@@ -59,9 +59,36 @@ pub struct TeacherArgs {
     /// Token budget of one forward batch (rows × padded length).
     #[arg(long, env = "DISTILL_MAX_BATCH_TOKENS", default_value_t = 4096)]
     pub max_batch_tokens: usize,
+    /// How a decoder's weights stay in memory on the CPU: compact (in the file's encoding,
+    /// dequantized one matrix at a time) or f32 (dequantized once at load; the reference path).
+    #[arg(long, env = "DISTILL_RESIDENT_WEIGHTS", default_value = "compact")]
+    pub resident_weights: Resident,
+    /// Precision of a decoder teacher's products: f32, or bf16 (weights and product inputs in bf16,
+    /// accumulated in f32: what GPUs run fast; labels under another teacher fingerprint).
+    #[arg(long, env = "DISTILL_PRECISION", default_value = "f32", value_parser = ["f32", "bf16"])]
+    pub precision: String,
 }
 
 impl TeacherArgs {
+    /// How the teacher is loaded.
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            resident: match self.job_precision() {
+                "bf16" => Resident::Bf16,
+                _ => self.resident_weights,
+            },
+            memory_limit: None,
+        }
+    }
+
+    /// The job's precision as the wire names it ("" is f32).
+    pub fn job_precision(&self) -> &str {
+        match self.precision.as_str() {
+            "f32" => "",
+            p => p,
+        }
+    }
+
     /// Finds, inspects and loads the teacher.
     pub async fn load(&self) -> anyhow::Result<Teacher> {
         self.load_dir(ModelDir::resolve(&self.teacher).await?).await
@@ -69,8 +96,10 @@ impl TeacherArgs {
 
     /// Loads an inspected teacher on the chosen device.
     pub async fn load_dir(&self, dir: ModelDir) -> anyhow::Result<Teacher> {
-        let device = self.device.clone();
-        let teacher = tokio::task::spawn_blocking(move || Teacher::load(&dir, &device)).await??;
+        let (device, options) = (self.device.clone(), self.load_options());
+        let teacher =
+            tokio::task::spawn_blocking(move || Teacher::load_with(&dir, &device, &options))
+                .await??;
         Ok(teacher)
     }
 }
@@ -265,6 +294,7 @@ impl LabelArgs {
             shard_size: self.shard_size as u64,
             strict: self.strict,
             max_attempts: self.max_attempts,
+            precision: self.teacher.job_precision().into(),
         }
         .to_wire())
     }
@@ -408,6 +438,7 @@ pub async fn label_in_process(
             client: client.clone(),
             name: "in-process".into(),
             device: args.teacher.device.clone(),
+            load: args.teacher.load_options(),
             max_batch_tokens: args.teacher.max_batch_tokens,
             drain_grace: Duration::from_secs(600),
             stores: vec![store],

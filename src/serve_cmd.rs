@@ -4,7 +4,7 @@ use crate::label::TeacherArgs;
 use crate::remote::RemoteArgs;
 use anyhow::Context;
 use clap::Args;
-use distill_teacher::DeviceSpec;
+use distill_teacher::{DeviceSpec, Resident};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -202,6 +202,9 @@ pub struct WorkerArgs {
     /// Load this teacher at start (otherwise at the first lease).
     #[arg(long, env = "DISTILL_TEACHER")]
     pub teacher: Option<String>,
+    /// How a decoder's weights stay in memory on the CPU: compact or f32 (the reference path).
+    #[arg(long, env = "DISTILL_RESIDENT_WEIGHTS", default_value = "compact")]
+    pub resident_weights: Resident,
 }
 
 pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
@@ -220,6 +223,8 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
                 teacher: t.clone(),
                 device: args.device.clone(),
                 max_batch_tokens: args.max_batch_tokens,
+                resident_weights: args.resident_weights,
+                precision: "f32".into(),
             };
             distill_worker::pull::TeacherSlot::with(Arc::new(ta.load().await?))
         }
@@ -251,6 +256,10 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         client,
         name,
         device: args.device.clone(),
+        load: distill_teacher::LoadOptions {
+            resident: args.resident_weights,
+            memory_limit: None,
+        },
         max_batch_tokens: args.max_batch_tokens,
         drain_grace: seconds("drain-grace-seconds", args.drain_grace_seconds)?,
         stores: Vec::new(),

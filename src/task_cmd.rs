@@ -592,6 +592,8 @@ pub async fn fit_finetuned(
             teacher,
             device: tune.device.clone(),
             max_batch_tokens: 4096,
+            resident_weights: Default::default(),
+            precision: "f32".into(),
         },
         store: Some(tune.cache.to_owned()),
         output: crate::label::OutputArgs::simple(OutputKind::Embeddings, dtype),

@@ -44,6 +44,7 @@ type SetThreads = unsafe extern "C" fn(n: i32);
 
 const ROW_MAJOR: i32 = 101;
 const NO_TRANS: i32 = 111;
+const TRANS: i32 = 112;
 
 /// Libraries tried in order when `DISTILL_BLAS` does not name one.
 const CANDIDATES: &[&str] = &["libopenblas.so.0", "libopenblas.so", "libopenblasp.so.0"];
@@ -124,22 +125,51 @@ impl Blas {
         beta: f32,
         c: &mut [f32],
     ) {
-        let (m, n, k) = shape;
-        assert!(
-            a.len() >= m * k && b.len() >= k * n && c.len() >= m * n,
-            "sgemm: slices shorter than {m}×{k} · {k}×{n}"
+        let n = shape.1;
+        self.gemm(
+            Gemm {
+                shape,
+                b_transposed: false,
+                ldc: n,
+            },
+            a,
+            b,
+            beta,
+            c,
         );
-        let fits = |x: usize| i32::try_from(x).expect("sgemm: dimension above 2^31");
+    }
+
+    /// `c = a · op(b) + beta · c` for row-major, contiguous `a` (`m × k`); `b` is `k × n`, or `n × k`
+    /// read transposed when `b_transposed` (a weight matrix as checkpoints store it, `[out, in]`);
+    /// `c`'s rows are `ldc ≥ n` apart (a block of columns of a wider matrix). Panics if a slice is
+    /// shorter than its shape (a programming error).
+    pub fn gemm(&self, g: Gemm, a: &[f32], b: &[f32], beta: f32, c: &mut [f32]) {
+        let (m, n, k) = g.shape;
+        assert!(
+            g.ldc >= n
+                && a.len() >= m * k
+                && b.len() >= k * n
+                && (m == 0 || c.len() >= (m - 1) * g.ldc + n),
+            "gemm: slices shorter than {m}×{k} · {k}×{n} (ldc {})",
+            g.ldc
+        );
+        let fits = |x: usize| i32::try_from(x).expect("gemm: dimension above 2^31");
         if m == 0 || n == 0 {
             return;
         }
-        // SAFETY: the pointers come from slices at least as long as the row-major shapes require
-        // (checked above), `c` is exclusively borrowed, and the dimensions fit in 32-bit integers.
+        let (trans_b, ldb) = if g.b_transposed {
+            (TRANS, k)
+        } else {
+            (NO_TRANS, n)
+        };
+        // SAFETY: the pointers come from slices at least as long as the row-major shapes and leading
+        // dimensions require (checked above), `c` is exclusively borrowed, and the dimensions fit in
+        // 32-bit integers.
         unsafe {
             (self.sgemm)(
                 ROW_MAJOR,
                 NO_TRANS,
-                NO_TRANS,
+                trans_b,
                 fits(m),
                 fits(n),
                 fits(k),
@@ -147,13 +177,24 @@ impl Blas {
                 a.as_ptr(),
                 fits(k),
                 b.as_ptr(),
-                fits(n),
+                fits(ldb.max(1)),
                 beta,
                 c.as_mut_ptr(),
-                fits(n),
+                fits(g.ldc.max(1)),
             )
         }
     }
+}
+
+/// The shape of one [`Blas::gemm`] call.
+#[derive(Clone, Copy, Debug)]
+pub struct Gemm {
+    /// `(m, n, k)`.
+    pub shape: (usize, usize, usize),
+    /// `b` is `n × k`, read transposed.
+    pub b_transposed: bool,
+    /// Distance between `c`'s rows.
+    pub ldc: usize,
 }
 
 #[cfg(test)]
@@ -178,6 +219,26 @@ mod tests {
             for j in 0..n {
                 let want: f32 = 1.0 + (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum::<f32>();
                 assert!((c[i * n + j] - want).abs() < 1e-4, "{i},{j}");
+            }
+        }
+        // `b` read transposed (`n × k`), into columns 2..2+n of a wider `c`.
+        let bt: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
+        let ldc = n + 3;
+        let mut wide = vec![0.5f32; m * ldc];
+        let g = super::Gemm {
+            shape: (m, n, k),
+            b_transposed: true,
+            ldc,
+        };
+        blas.gemm(g, &a, &bt, 0.0, &mut wide[2..]);
+        for i in 0..m {
+            for j in 0..ldc {
+                let want = if (2..2 + n).contains(&j) {
+                    (0..k).map(|p| a[i * k + p] * b[p * n + j - 2]).sum::<f32>()
+                } else {
+                    0.5
+                };
+                assert!((wide[i * ldc + j] - want).abs() < 1e-4, "{i},{j}");
             }
         }
     }

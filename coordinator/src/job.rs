@@ -33,6 +33,22 @@ pub struct JobSpec {
     pub strict: bool,
     /// Attempts per shard (0 on submission: the coordinator's default).
     pub max_attempts: u32,
+    /// A decoder teacher's precision: "" (f32, as every record before it) or "bf16".
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub precision: String,
+}
+
+/// The precisions a job can ask for ("" is f32).
+pub const PRECISIONS: &[&str] = &["", "bf16"];
+
+impl JobSpec {
+    /// The compute dtype of the teacher's fingerprint.
+    pub fn compute_dtype(&self) -> &str {
+        match self.precision.as_str() {
+            "" => distill_cache::model_dir::COMPUTE_DTYPE,
+            p => p,
+        }
+    }
 }
 
 /// An accepted job: everything needed to plan it again after a restart. Its JSON is the record's

@@ -530,16 +530,30 @@ impl Coordinator {
                 .map_err(|e| Refusal::Internal(e.to_string()))?
                 .map_err(|e| invalid("prompt", e))?;
         }
-        let dir2 = dir.clone();
-        let teacher_fp =
-            tokio::task::spawn_blocking(move || dir2.fingerprint(model_dir::COMPUTE_DTYPE))
-                .await
-                .map_err(|e| Refusal::Internal(e.to_string()))?
-                .map_err(|e| invalid("teacher", e))?;
+        if !crate::job::PRECISIONS.contains(&s.precision.as_str()) {
+            return Err(invalid(
+                "precision",
+                format!("unknown precision {:?}: use f32 or bf16", s.precision),
+            ));
+        }
+        if !s.precision.is_empty() && dir.family != model_dir::Family::Llama {
+            return Err(invalid(
+                "precision",
+                format!(
+                    "precision {} is for decoder teachers; {} runs in f32",
+                    s.precision, s.teacher
+                ),
+            ));
+        }
+        let (dir2, dtype) = (dir.clone(), s.compute_dtype().to_owned());
+        let teacher_fp = tokio::task::spawn_blocking(move || dir2.fingerprint(&dtype))
+            .await
+            .map_err(|e| Refusal::Internal(e.to_string()))?
+            .map_err(|e| invalid("teacher", e))?;
         let reader = CorpusReader::open(&s.corpus)
             .await
             .map_err(|e| invalid("corpus", e))?;
-        let info = dir.info(teacher_fp.clone(), model_dir::COMPUTE_DTYPE);
+        let info = dir.info(teacher_fp.clone(), s.compute_dtype());
         catalog::write_descriptions(&self.store, &info, &spec)
             .await
             .map_err(|e| Refusal::Unavailable(e.to_string()))?;

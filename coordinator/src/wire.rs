@@ -35,6 +35,10 @@ impl JobSpec {
             shard_size: spec.shard_size,
             strict: spec.strict,
             max_attempts: spec.max_attempts,
+            precision: match spec.precision.as_str() {
+                "f32" => String::new(),
+                p => p.to_owned(),
+            },
         })
     }
 
@@ -63,6 +67,7 @@ impl JobSpec {
             window: self.window,
             stride: self.stride,
             prompt: self.prompt.as_ref().map(prompt_to_wire),
+            precision: self.precision.clone(),
         }
     }
 }
@@ -268,5 +273,6 @@ pub fn lease_to_wire(g: Grant, info: &JobRecord) -> v1::ShardLease {
         speculative: g.speculative,
         attempt: g.attempt,
         output_spec: serde_json::to_string(&info.output_spec()).expect("serialisable"),
+        precision: info.spec.precision.clone(),
     }
 }

@@ -365,7 +365,7 @@ impl Model for Bert {
         let mut parameters = (c.vocab_size + c.max_position_embeddings + c.type_vocab_size) * h
             + l * (per_layer + 9 * h + i);
         if let Some((p, cl)) = &self.classifier {
-            parameters += p.wt.elem_count() + cl.wt.elem_count();
+            parameters += p.parameters() + cl.parameters();
         }
         ModelShape {
             hidden: h,

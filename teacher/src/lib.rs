@@ -8,6 +8,9 @@
 //!   rotary embeddings);
 //! - [`linear`]: linear layers, on the CPU through the BLAS loaded at run time where there is one,
 //!   with the op that follows (GELU, SwiGLU, a norm) applied to each thread's rows in cache;
+//! - [`packed`]: weight matrices kept in their file's encoding (GGML blocks, f16, bf16), dequantized
+//!   one matrix or slice at a time right before their product;
+//! - [`memory`]: the memory a decoder will take, from its header, against what the machine has;
 //! - [`norm`]: LayerNorm and RMSNorm, with a host kernel the linear layers share;
 //! - [`tokenizer`]: tokenizers from `tokenizer.json` or GGUF metadata, with distill's overrides;
 //! - [`batching`]: length-sorted batches under a token budget, so padding wastes almost nothing;
@@ -29,9 +32,11 @@ pub mod error;
 pub mod fixtures;
 pub mod linear;
 pub mod llama;
+pub mod memory;
 pub mod model;
 pub mod norm;
 pub mod outputs;
+pub mod packed;
 pub mod pass;
 pub mod prompt;
 pub mod teacher;
@@ -40,4 +45,5 @@ pub mod tokenizer;
 pub use device::DeviceSpec;
 pub use error::{Result, TeacherError};
 pub use model::{Model, ModelShape};
-pub use teacher::Teacher;
+pub use packed::Resident;
+pub use teacher::{LoadOptions, Teacher};

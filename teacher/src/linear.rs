@@ -1,23 +1,67 @@
-//! Linear layers of the teachers: `y = x · Wᵀ + b` with `Wᵀ` stored contiguous, one matrix product on
-//! the flattened `[batch × tokens, in]` matrix. On the CPU the product goes through the BLAS loaded at
-//! run time (`distill-blas`: OpenBLAS where installed) with the bias written into the output first and
+//! Linear layers of the teachers: `y = x · Wᵀ + b`, one matrix product on the flattened
+//! `[batch × tokens, in]` matrix. The weights are either dense (`Wᵀ` stored contiguous, f32) or packed:
+//! kept in their file's encoding ([`crate::packed`]) and dequantized into one scratch buffer per model
+//! right before each product — a large plain product (the vocabulary head) slice of rows by slice, so
+//! no f32 copy of it ever exists whole. On the CPU the product goes through the BLAS loaded at run time
+//! (`distill-blas`: OpenBLAS where installed) with the bias written into the output first and
 //! accumulated into (β = 1); without one, or on other devices, through candle's matmul.
 
-use crate::cpu::{contiguous_f32, gelu_erf_in_place, silu_mul_row, CpuGeluErf, CpuSiluMul};
+use crate::cpu::{
+    contiguous_f32, gelu_erf_in_place, silu_mul_row, with_host, CpuGeluErf, CpuSiluMul,
+};
 use crate::norm::Norm;
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
+use crate::packed::Packed;
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 use distill_blas::uninit::write_rows;
 use rayon::prelude::*;
+use std::sync::{Arc, Mutex, MutexGuard};
 
-/// A linear layer with its weights transposed and contiguous.
+/// A linear layer: `y = x · Wᵀ + b`.
 #[derive(Clone, Debug)]
 pub struct Linear {
-    /// `Wᵀ`: `[in, out]`.
-    pub wt: Tensor,
+    weights: Weights,
     pub b: Option<Tensor>,
     /// The bias on the host, for the BLAS path.
     b_host: Option<Vec<f32>>,
 }
+
+#[derive(Clone, Debug)]
+enum Weights {
+    /// `Wᵀ`: `[in, out]`, contiguous, on the model's device.
+    Dense(Tensor),
+    /// `W` in parts stacked by rows (`[out_i, in]` each) in their file's encoding, dequantized into the
+    /// model's scratch right before each product (CPU only).
+    Packed {
+        parts: Vec<Arc<Packed>>,
+        scratch: Scratch,
+    },
+}
+
+/// The one buffer a model's packed layers dequantize into, one matrix (or slice of rows) at a time;
+/// it grows to the largest and is reused by every product after.
+#[derive(Clone, Default)]
+pub struct Scratch(Arc<Mutex<Vec<f32>>>);
+
+impl std::fmt::Debug for Scratch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Scratch")
+    }
+}
+
+impl Scratch {
+    /// The buffer, at least `n` values long.
+    fn lend(&self, n: usize) -> MutexGuard<'_, Vec<f32>> {
+        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if g.len() < n {
+            g.resize(n, 0.0);
+        }
+        g
+    }
+}
+
+/// Above this many weights a packed matrix with a plain output (the vocabulary head) is dequantized
+/// and multiplied in slices of rows of about this size (32 MB of f32), never whole.
+pub const SLICE_VALUES: usize = 1 << 23;
 
 impl Linear {
     /// From `W` as checkpoints store it (`[out, in]`) and an optional bias.
@@ -31,31 +75,139 @@ impl Linear {
             Some(b) if wt.device().is_cpu() => Some(b.to_dtype(DType::F32)?.to_vec1::<f32>()?),
             _ => None,
         };
-        Ok(Self { wt, b, b_host })
+        Ok(Self {
+            weights: Weights::Dense(wt),
+            b,
+            b_host,
+        })
+    }
+
+    /// From `W` kept in its file's encoding (`[out, in]`), dequantized into `scratch` at each product.
+    pub fn packed(
+        w: Arc<Packed>,
+        b: Option<Tensor>,
+        scratch: &Scratch,
+    ) -> candle_core::Result<Self> {
+        let b_host = match &b {
+            Some(b) => Some(b.to_dtype(DType::F32)?.to_vec1::<f32>()?),
+            None => None,
+        };
+        Ok(Self {
+            weights: Weights::Packed {
+                parts: vec![w],
+                scratch: scratch.clone(),
+            },
+            b,
+            b_host,
+        })
     }
 
     /// One layer computing the parts side by side (their outputs concatenated): one matrix product
-    /// instead of several. A part without a bias gets zeros when another has one.
+    /// instead of several. A part without a bias gets zeros when another has one. Packed parts stay
+    /// packed; a mix of packed and dense parts is made dense.
     pub fn fused(parts: &[Linear]) -> candle_core::Result<Self> {
-        let wt = Tensor::cat(&parts.iter().map(|p| &p.wt).collect::<Vec<_>>(), 1)?;
         let b = if parts.iter().any(|p| p.b.is_some()) {
             let bs = parts
                 .iter()
                 .map(|p| match &p.b {
-                    Some(b) => Ok(b.clone()),
-                    None => Tensor::zeros(p.wt.dim(1)?, DType::F32, p.wt.device()),
+                    Some(b) => b.to_dtype(DType::F32),
+                    None => Tensor::zeros(p.out_features(), DType::F32, p.b_device()),
                 })
                 .collect::<candle_core::Result<Vec<_>>>()?;
             Some(Tensor::cat(&bs, 0)?)
         } else {
             None
         };
-        Self::from_transposed(wt, b)
+        let scratch = parts.iter().find_map(|p| match &p.weights {
+            Weights::Packed { scratch, .. } => Some(scratch.clone()),
+            Weights::Dense(_) => None,
+        });
+        let all_packed = parts.iter().all(Linear::is_packed);
+        match scratch {
+            Some(scratch) if all_packed => {
+                let all: Vec<Arc<Packed>> = parts
+                    .iter()
+                    .flat_map(|p| match &p.weights {
+                        Weights::Packed { parts, .. } => parts.clone(),
+                        Weights::Dense(_) => vec![],
+                    })
+                    .collect();
+                if all.iter().any(|p| p.cols != all[0].cols) {
+                    candle_core::bail!("linear: fused parts take inputs of different widths");
+                }
+                let b_host = match &b {
+                    Some(b) => Some(b.to_vec1::<f32>()?),
+                    None => None,
+                };
+                Ok(Self {
+                    weights: Weights::Packed {
+                        parts: all,
+                        scratch,
+                    },
+                    b,
+                    b_host,
+                })
+            }
+            _ => {
+                let wts = parts
+                    .iter()
+                    .map(|p| p.dense_wt())
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                Self::from_transposed(Tensor::cat(&wts, 1)?, b)
+            }
+        }
+    }
+
+    fn b_device(&self) -> &candle_core::Device {
+        match &self.weights {
+            Weights::Dense(wt) => wt.device(),
+            Weights::Packed { .. } => &candle_core::Device::Cpu,
+        }
+    }
+
+    /// `Wᵀ` as a dense f32 tensor (a packed layer's dequantized on the CPU).
+    pub fn dense_wt(&self) -> candle_core::Result<Tensor> {
+        match &self.weights {
+            Weights::Dense(wt) => Ok(wt.clone()),
+            Weights::Packed { parts, .. } => {
+                let (m, k) = (self.out_features(), self.in_features());
+                let mut w = vec![0f32; m * k];
+                let mut at = 0;
+                for p in parts {
+                    p.par_dequantize_rows(0..p.rows, &mut w[at * k..(at + p.rows) * k]);
+                    at += p.rows;
+                }
+                Tensor::from_vec(w, (m, k), &candle_core::Device::Cpu)?
+                    .t()?
+                    .contiguous()
+            }
+        }
+    }
+
+    /// Input features.
+    pub fn in_features(&self) -> usize {
+        match &self.weights {
+            Weights::Dense(wt) => wt.dims()[0],
+            Weights::Packed { parts, .. } => parts[0].cols,
+        }
     }
 
     /// Output features.
     pub fn out_features(&self) -> usize {
-        self.wt.dims()[1]
+        match &self.weights {
+            Weights::Dense(wt) => wt.dims()[1],
+            Weights::Packed { parts, .. } => parts.iter().map(|p| p.rows).sum(),
+        }
+    }
+
+    /// Weights (not counting the bias).
+    pub fn parameters(&self) -> usize {
+        self.in_features() * self.out_features()
+    }
+
+    /// Whether the weights are kept in their file's encoding.
+    pub fn is_packed(&self) -> bool {
+        matches!(self.weights, Weights::Packed { .. })
     }
 
     /// `x`: `[n, in]` → `[n, out]`.
@@ -82,37 +234,22 @@ impl Linear {
             Epilogue::Norm(n) | Epilogue::AlsoNormed(n) => n.on_host(),
             _ => true,
         };
-        if x.device().is_cpu() && x.dtype() == DType::F32 && host_norm {
+        let host_f32 = match &self.weights {
+            Weights::Dense(wt) => wt.dtype() == DType::F32 && wt.device().is_cpu(),
+            Weights::Packed { .. } => true,
+        };
+        if x.device().is_cpu() && x.dtype() == DType::F32 && host_norm && host_f32 {
             if let Some(blas) = distill_blas::get() {
-                let residual = match residual {
-                    Some(r) => Some(r.contiguous()?),
-                    None => None,
-                };
-                let guard;
-                let residual = match &residual {
-                    Some(r) => {
-                        guard = r.storage_and_layout();
-                        match (&*guard.0, guard.1.contiguous_offsets()) {
-                            (candle_core::Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => {
-                                Some(&v[a..b])
-                            }
-                            _ => candle_core::bail!("linear: the residual is not a CPU f32 tensor"),
-                        }
-                    }
-                    None => None,
-                };
-                return x.contiguous()?.apply_op2_no_bwd(
-                    &self.wt,
-                    &BlasLinear {
-                        blas,
-                        bias: self.b_host.as_deref(),
-                        residual,
-                        epilogue,
-                    },
-                );
+                return self.forward_blas(blas, &x.contiguous()?, residual, epilogue);
             }
         }
-        let y = x.matmul(&self.wt)?;
+        let y = match &self.weights {
+            Weights::Dense(wt) if wt.dtype() == x.dtype() => x.matmul(wt)?,
+            // Half-precision weights: the input rounded to their dtype, the product (accumulated in
+            // f32 by the device's GEMM) back in the activations' dtype.
+            Weights::Dense(wt) => x.to_dtype(wt.dtype())?.matmul(wt)?.to_dtype(x.dtype())?,
+            Weights::Packed { .. } => x.matmul(&self.dense_wt()?)?,
+        };
         let y = match &self.b {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -135,6 +272,73 @@ impl Linear {
         }
     }
 
+    /// The BLAS path: the weights dense, or dequantized into the scratch (in slices of rows for a
+    /// large plain product).
+    fn forward_blas(
+        &self,
+        blas: &'static distill_blas::Blas,
+        x: &Tensor,
+        residual: Option<&Tensor>,
+        epilogue: Epilogue,
+    ) -> candle_core::Result<Tensor> {
+        let residual = match residual {
+            Some(r) => Some(r.contiguous()?),
+            None => None,
+        };
+        let guard;
+        let residual = match &residual {
+            Some(r) => {
+                guard = r.storage_and_layout();
+                match (&*guard.0, guard.1.contiguous_offsets()) {
+                    (candle_core::Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => Some(&v[a..b]),
+                    _ => candle_core::bail!("linear: the residual is not a CPU f32 tensor"),
+                }
+            }
+            None => None,
+        };
+        let (m, k) = (self.out_features(), self.in_features());
+        match &self.weights {
+            Weights::Dense(wt) => {
+                let op = |w: &[f32]| {
+                    x.apply_op1_no_bwd(&BlasLinear {
+                        blas,
+                        w,
+                        w_out_in: false,
+                        out: m,
+                        bias: self.b_host.as_deref(),
+                        residual,
+                        epilogue,
+                    })
+                };
+                with_host(wt, op)
+                    .unwrap_or_else(|| candle_core::bail!("linear: weights not on the host"))
+            }
+            Weights::Packed { parts, scratch } => {
+                let plain = residual.is_none()
+                    && self.b_host.is_none()
+                    && matches!(epilogue, Epilogue::None);
+                if plain && m * k > SLICE_VALUES {
+                    return sliced_product(blas, x, parts, scratch);
+                }
+                let mut w = scratch.lend(m * k);
+                let mut at = 0;
+                for p in parts {
+                    p.par_dequantize_rows(0..p.rows, &mut w[at * k..(at + p.rows) * k]);
+                    at += p.rows;
+                }
+                x.apply_op1_no_bwd(&BlasLinear {
+                    blas,
+                    w: &w[..m * k],
+                    w_out_in: true,
+                    out: m,
+                    bias: self.b_host.as_deref(),
+                    residual,
+                    epilogue,
+                })
+            }
+        }
+    }
+
     /// `y = residual + x · Wᵀ + b` and its normalised copy `norm(y)`, as a pair (a pre-norm block's
     /// residual stream and the next block's input).
     pub fn forward_add_normed(
@@ -147,6 +351,50 @@ impl Linear {
         let n = both.dim(0)? / 2;
         Ok((both.narrow(0, 0, n)?, both.narrow(0, n, n)?))
     }
+}
+
+/// `x · Wᵀ` for a large packed `W` (the vocabulary head): each slice of about [`SLICE_VALUES`] weights
+/// is dequantized into the scratch, then multiplied into its block of output columns, the rows of `x`
+/// split over rayon's threads.
+fn sliced_product(
+    blas: &'static distill_blas::Blas,
+    x: &Tensor,
+    parts: &[Arc<Packed>],
+    scratch: &Scratch,
+) -> candle_core::Result<Tensor> {
+    let (n, k) = x.dims2()?;
+    let m: usize = parts.iter().map(|p| p.rows).sum();
+    let slice = (SLICE_VALUES / k.max(1)).max(1);
+    let mut w = scratch.lend(slice.min(m) * k);
+    let mut out = crate::cpu::zeros(n * m);
+    let threads = rayon::current_num_threads().min(n.div_ceil(16)).max(1);
+    let rows = n.div_ceil(threads).max(1);
+    with_host(x, |xv| {
+        let mut col = 0;
+        for p in parts {
+            let mut r0 = 0;
+            while r0 < p.rows {
+                let r1 = (r0 + slice).min(p.rows);
+                let w = &mut w[..(r1 - r0) * k];
+                p.par_dequantize_rows(r0..r1, w);
+                let w = &*w;
+                out.par_chunks_mut(rows * m).enumerate().for_each(|(i, c)| {
+                    let count = c.len() / m;
+                    let g = distill_blas::Gemm {
+                        shape: (count, r1 - r0, k),
+                        b_transposed: true,
+                        ldc: m,
+                    };
+                    let xr = &xv[i * rows * k..(i * rows + count) * k];
+                    blas.gemm(g, xr, w, 0.0, &mut c[col + r0..]);
+                });
+                r0 = r1;
+            }
+            col += p.rows;
+        }
+    })
+    .ok_or_else(|| candle_core::Error::Msg("linear: input not on the host".into()))?;
+    Tensor::from_vec(out, (n, m), x.device())
 }
 
 /// What a linear layer does to its output rows after the product (and the bias and residual).
@@ -166,36 +414,44 @@ pub enum Epilogue<'a> {
 /// `epilogue(residual + x · Wᵀ + b)` through the loaded BLAS.
 struct BlasLinear<'a> {
     blas: &'static distill_blas::Blas,
+    /// `Wᵀ` (`[in, out]`), or `W` (`[out, in]`) when `w_out_in`.
+    w: &'a [f32],
+    w_out_in: bool,
+    out: usize,
     bias: Option<&'a [f32]>,
     /// `[n, out]`, added to the product.
     residual: Option<&'a [f32]>,
     epilogue: Epilogue<'a>,
 }
 
-impl CustomOp2 for BlasLinear<'_> {
+impl BlasLinear<'_> {
+    fn gemm(&self, count: usize, k: usize, x: &[f32], beta: f32, y: &mut [f32]) {
+        let g = distill_blas::Gemm {
+            shape: (count, self.out, k),
+            b_transposed: self.w_out_in,
+            ldc: self.out,
+        };
+        self.blas.gemm(g, x, self.w, beta, y);
+    }
+}
+
+impl CustomOp1 for BlasLinear<'_> {
     fn name(&self) -> &'static str {
         "distill-blas-linear"
     }
 
-    fn cpu_fwd(
-        &self,
-        xs: &CpuStorage,
-        xl: &Layout,
-        ws: &CpuStorage,
-        wl: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, k) = xl.shape().dims2()?;
-        let (k2, m) = wl.shape().dims2()?;
-        if k != k2 {
-            candle_core::bail!("linear: x is {n}×{k} but Wᵀ is {k2}×{m}");
+        let m = self.out;
+        if self.w.len() != k * m {
+            candle_core::bail!("linear: x is {n}×{k} but the weights hold {}", self.w.len());
         }
         if matches!(self.residual, Some(r) if r.len() != n * m) {
             candle_core::bail!("linear: residual does not fit {n}×{m}");
         }
         let x = contiguous_f32(xs, xl, "linear")?;
-        let w = contiguous_f32(ws, wl, "linear")?;
         let (width, copies) = match self.epilogue {
-            Epilogue::SiluMul if m % 2 == 0 => (m / 2, 1),
+            Epilogue::SiluMul if m.is_multiple_of(2) => (m / 2, 1),
             Epilogue::SiluMul => candle_core::bail!("linear: silu-mul of an odd width {m}"),
             Epilogue::AlsoNormed(_) => (m, 2),
             _ => (m, 1),
@@ -217,8 +473,7 @@ impl CustomOp2 for BlasLinear<'_> {
                     (None, None) => write_rows(dst, m, |_| &zero_row, None),
                 };
                 if k > 0 {
-                    self.blas
-                        .sgemm((count, m, k), &x[r0 * k..(r0 + count) * k], w, 1.0, y);
+                    self.gemm(count, k, &x[r0 * k..(r0 + count) * k], 1.0, y);
                 }
                 match self.epilogue {
                     Epilogue::GeluErf => gelu_erf_in_place(y),
@@ -265,7 +520,7 @@ impl CustomOp2 for BlasLinear<'_> {
                         0.0
                     };
                     if k > 0 {
-                        self.blas.sgemm((count, m, k), xr, w, beta, y);
+                        self.gemm(count, k, xr, beta, y);
                     }
                 };
                 match self.epilogue {
@@ -391,5 +646,97 @@ mod tests {
         for (a, b) in tail.iter().zip(&want2) {
             assert!((a - b).abs() < 1e-4);
         }
+    }
+
+    fn q8(rows: usize, cols: usize, seed: u64) -> (Arc<Packed>, Tensor) {
+        use candle_core::quantized::{GgmlDType, QTensor};
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 0.5, (rows, cols), &dev).unwrap();
+        let w = (w + seed as f64 * 1e-3).unwrap();
+        let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
+        let bytes = q.data().unwrap().to_vec();
+        let p = Packed::new(crate::packed::Encoding::Q8_0, rows, cols, bytes).unwrap();
+        (Arc::new(p), q.dequantize(&dev).unwrap())
+    }
+
+    fn assert_close(a: &Tensor, b: &Tensor, tol: f32, what: &str) {
+        let a: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
+        let b: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(a.len(), b.len(), "{what}");
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            assert!(
+                (x - y).abs() <= tol * y.abs().max(1.0),
+                "{what} [{i}]: {x} vs {y}"
+            );
+        }
+    }
+
+    #[test]
+    fn packed_layers_compute_what_their_dense_copies_do() {
+        use crate::norm::{Norm, NormKind};
+        let dev = Device::Cpu;
+        let scratch = Scratch::default();
+        let x = Tensor::randn(0f32, 1.0, (37, 64), &dev).unwrap();
+        let r = Tensor::randn(0f32, 1.0, (37, 48), &dev).unwrap();
+        let b = Tensor::randn(0f32, 0.3, 48, &dev).unwrap();
+        let (p1, w1) = q8(48, 64, 1);
+        let (p2, w2) = q8(16, 64, 2);
+        let packed = Linear::packed(p1.clone(), Some(b.clone()), &scratch).unwrap();
+        let dense = Linear::new(&w1, Some(b.clone())).unwrap();
+        assert!(packed.is_packed() && !dense.is_packed());
+        assert_eq!((packed.in_features(), packed.out_features()), (64, 48));
+        let rms = Norm::new(
+            NormKind::Rms,
+            Tensor::ones(48, DType::F32, &dev).unwrap(),
+            None,
+            1e-6,
+        )
+        .unwrap();
+        let (s1, n1) = packed.forward_add_normed(&x, &r, &rms).unwrap();
+        let (s2, n2) = dense.forward_add_normed(&x, &r, &rms).unwrap();
+        assert_close(&s1, &s2, 1e-5, "residual sum");
+        assert_close(&n1, &n2, 1e-5, "normed");
+        // Fused packed parts (a bias on one of them), and the SwiGLU epilogue.
+        let fp = Linear::fused(&[
+            Linear::packed(p1, Some(b.clone()), &scratch).unwrap(),
+            Linear::packed(p2, None, &scratch).unwrap(),
+        ])
+        .unwrap();
+        let fd = Linear::fused(&[
+            Linear::new(&w1, Some(b)).unwrap(),
+            Linear::new(&w2, None).unwrap(),
+        ])
+        .unwrap();
+        assert!(fp.is_packed());
+        assert_close(
+            &fp.forward(&x).unwrap(),
+            &fd.forward(&x).unwrap(),
+            1e-5,
+            "fused",
+        );
+        let swi = |l: &Linear| l.forward_with(&x, None, Epilogue::SiluMul).unwrap();
+        assert_close(&swi(&fp), &swi(&fd), 1e-5, "silu-mul");
+        // The dense copy of a packed layer is its dequantized transpose.
+        assert_close(
+            &fp.dense_wt().unwrap(),
+            &fd.dense_wt().unwrap(),
+            0.0,
+            "dense copy",
+        );
+    }
+
+    #[test]
+    fn a_head_larger_than_a_slice_is_multiplied_slice_by_slice() {
+        let dev = Device::Cpu;
+        let (rows, cols) = (SLICE_VALUES / 512 + 300, 512);
+        let (p, w) = q8(rows, cols, 3);
+        let x = Tensor::randn(0f32, 1.0, (5, cols), &dev).unwrap();
+        let got = Linear::packed(p, None, &Scratch::default())
+            .unwrap()
+            .forward(&x)
+            .unwrap();
+        let want = x.matmul(&w.t().unwrap()).unwrap();
+        assert_eq!(got.dims(), &[5, rows]);
+        assert_close(&got, &want, 1e-4, "sliced head");
     }
 }

@@ -17,6 +17,7 @@ use crate::batching;
 use crate::device::DeviceSpec;
 use crate::model::{Model, ModelShape};
 use crate::outputs::{self, SplitMix64};
+use crate::packed::Resident;
 use crate::prompt::PromptTokens;
 use crate::tokenizer::{Encoded, TextTokenizer};
 use crate::{Result, TeacherError};
@@ -127,10 +128,38 @@ fn windows(row: usize, n: usize, window: usize, stride: usize) -> Vec<Window> {
     }
 }
 
+/// How a teacher is loaded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// How a decoder's weights stay in memory on the CPU.
+    pub resident: Resident,
+    /// Bytes of memory the model may take; `None`: what this machine has available.
+    pub memory_limit: Option<u64>,
+}
+
+impl LoadOptions {
+    /// These options for a job of `precision` ("" or "f32", or "bf16").
+    pub fn for_precision(&self, precision: &str) -> Self {
+        match precision {
+            "bf16" => Self {
+                resident: Resident::Bf16,
+                ..*self
+            },
+            _ => *self,
+        }
+    }
+}
+
 impl Teacher {
-    /// Loads a teacher from an inspected model. Fails with a message naming the model if its files do
-    /// not fit together (tokenizer vocabulary vs the model's, weights vs the config).
+    /// Loads a teacher from an inspected model with the default options.
     pub fn load(dir: &ModelDir, device: &DeviceSpec) -> Result<Self> {
+        Self::load_with(dir, device, &LoadOptions::default())
+    }
+
+    /// Loads a teacher from an inspected model. Fails with a message naming the model if its files do
+    /// not fit together (tokenizer vocabulary vs the model's, weights vs the config), or if it would
+    /// need more memory than there is.
+    pub fn load_with(dir: &ModelDir, device: &DeviceSpec, options: &LoadOptions) -> Result<Self> {
         let loc = dir.location.as_str();
         let model_err = |reason: String| TeacherError::Model {
             location: loc.to_owned(),
@@ -176,11 +205,16 @@ impl Teacher {
                         dir.vocab_size
                     )));
                 }
-                let model = crate::llama::Llama::load(dir, &device_handle)?;
+                let model = crate::llama::Llama::load(dir, &device_handle, options)?;
                 (Box::new(model), tokenizer)
             }
         };
-        let fingerprint = dir.fingerprint(COMPUTE_DTYPE)?;
+        // Only decoders compute in another precision than f32.
+        let dtype = match dir.family {
+            Family::Llama => options.resident.compute_dtype(),
+            Family::Bert => COMPUTE_DTYPE,
+        };
+        let fingerprint = dir.fingerprint(dtype)?;
         let chat_template = match dir.family {
             Family::Llama => crate::prompt::chat_template(dir)?,
             Family::Bert => None,
@@ -192,7 +226,7 @@ impl Teacher {
             family: dir.family,
             device: device_handle,
             device_spec: device.clone(),
-            info: dir.info(fingerprint, COMPUTE_DTYPE),
+            info: dir.info(fingerprint, dtype),
             chat_template,
         })
     }
@@ -460,8 +494,9 @@ impl Teacher {
     }
 
     /// Each text as the row a prompt runs after its prefix: `lead · text` tokenized, cut to the room
-    /// the context leaves, then the suffix.
-    fn prompted_rows(
+    /// the context leaves, then the suffix (and whether it was cut). A class's value is the
+    /// log-probability of its continuation after `prefix · row`.
+    pub fn prompted_rows(
         &self,
         texts: &[&str],
         p: &PromptSpec,

@@ -78,26 +78,157 @@ async fn read_topk(store: &str, summary: &serde_json::Value) -> (Vec<String>, To
     (ids, all.expect("at least one shard"))
 }
 
+/// The real Qwen2.5-Coder-0.5B-Instruct GGUF (Q5_0/Q8_0/Q4_K/Q6_K tensors, a separate output matrix,
+/// the `qwen2` pre-tokenizer), if fetched.
+pub fn qwen_0_5b() -> Option<PathBuf> {
+    let p = repo_root().join("assets/models/qwen2.5-coder/qwen2.5-coder-0.5b-instruct.gguf");
+    prerequisite(
+        "the real Qwen 0.5B teacher (run scripts/fetch-assets.sh)",
+        p.is_file().then_some(p),
+    )
+}
+
 #[tokio::test]
 async fn real_smollm2_matches_the_numpy_reference() {
     let (Some(model), Some(python)) = (smollm2(), python_with("numpy, gguf, regex")) else {
         return;
     };
+    // Weights kept in the file's encoding (the default) and dequantized once at load.
+    for resident in ["compact", "f32"] {
+        matches_the_numpy_reference(&model, &python, 576, resident).await;
+    }
+}
+
+#[tokio::test]
+async fn real_qwen_0_5b_matches_the_numpy_reference() {
+    let (Some(model), Some(python)) = (qwen_0_5b(), python_with("numpy, gguf, regex")) else {
+        return;
+    };
+    matches_the_numpy_reference(&model, &python, 896, "compact").await;
+}
+
+#[tokio::test]
+async fn real_qwen_0_5b_prompted_matches_the_numpy_reference() {
+    use distill_cache::spec::{Choice, PromptSpec};
+    let (Some(model), Some(python)) = (qwen_0_5b(), python_with("numpy, gguf, regex")) else {
+        return;
+    };
+    let texts = [
+        "A delight from start to finish, with a cast that clearly had fun.",
+        "Two hours I will never get back.",
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = write_texts(dir.path(), &texts);
+    let store = dir.path().join("cache").display().to_string();
+    let (template, prefix) = (
+        "Is this movie review positive or negative? Review: {text}",
+        "The review is",
+    );
+    let choices = [
+        ("pos", " positive"),
+        ("neg", " negative"),
+        ("mixed", " mixed, or hard to say"),
+    ];
+    let mut args = vec!["--prompt", template, "--chat", "--answer-prefix", prefix];
+    let flags: Vec<String> = choices.iter().map(|(l, c)| format!("{l}={c}")).collect();
+    for f in &flags {
+        args.extend(["--choice", f.as_str()]);
+    }
+    let (c, m) = (corpus.to_str().unwrap(), model.to_str().unwrap());
+    let s = label_with(c, m, &store, &args);
+    let (_, values, width) = read_corpus_back(&store, &s).await;
+    assert_eq!(width, 3);
+
+    // The same sequences, built by the library: prefix · row · continuation.
+    let md = distill_cache::model_dir::ModelDir::inspect(m, &model).unwrap();
+    let teacher = distill_teacher::Teacher::load(&md, &distill_teacher::DeviceSpec::Cpu).unwrap();
+    let spec = PromptSpec {
+        template: template.into(),
+        choices: choices
+            .iter()
+            .map(|(l, c)| Choice {
+                label: l.to_string(),
+                continuation: c.to_string(),
+            })
+            .collect(),
+        chat: true,
+        system: None,
+        answer_prefix: prefix.into(),
+        length_normalize: false,
+    };
+    let (pt, rows, _) = teacher.prompted_rows(&texts, &spec).unwrap();
+    assert!(
+        pt.continuations[2].len() > 1,
+        "a continuation of several tokens"
+    );
+    let mut seqs: Vec<Vec<u32>> = vec![];
+    for row in &rows {
+        for cont in &pt.continuations {
+            seqs.push([pt.prefix.as_slice(), row, cont].concat());
+        }
+    }
+    let ids_json = dir.path().join("ids.json");
+    std::fs::write(&ids_json, serde_json::to_vec(&seqs).unwrap()).unwrap();
+    let reference = dir.path().join("reference.json");
+    let out = std::process::Command::new(&python)
+        .arg(repo_root().join("scripts/llama_reference.py"))
+        .args(["--gguf", m, "--top-k", "1", "--dump-logprobs", "--ids"])
+        .arg(&ids_json)
+        .arg("--out")
+        .arg(&reference)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&reference).unwrap()).unwrap();
+    for (i, row) in r["rows"].as_array().unwrap().iter().enumerate() {
+        let lps: Vec<f64> =
+            serde_json::from_value(row["logprobs_at"]["target_logprob"].clone()).unwrap();
+        let n = pt.continuations[i % 3].len();
+        let want: f64 = lps[lps.len() - n..].iter().sum();
+        let got = values[i] as f64;
+        assert!(
+            (got - want).abs() < 1e-3 * n as f64,
+            "row {}, class {}: {got} vs the reference's {want}",
+            i / 3,
+            i % 3
+        );
+    }
+}
+
+/// `token-topk` (top 20) and embeddings of [`TEXTS`] through `distill label` against
+/// `scripts/llama_reference.py`: token ids identical, log-probs, tails and partitions within 1e-3,
+/// the same top-1 everywhere, top-k + tail mass 1, embeddings within 1e-3.
+async fn matches_the_numpy_reference(model: &Path, python: &str, width: usize, resident: &str) {
     let dir = tempfile::tempdir().unwrap();
     let corpus = write_texts(dir.path(), TEXTS);
     let store = dir.path().join("cache").display().to_string();
     let (c, m) = (corpus.to_str().unwrap(), model.to_str().unwrap());
-    let s = label_with(c, m, &store, &["--output", "token-topk", "--top-k", "20"]);
+    let res = ["--resident-weights", resident];
+    let s = label_with(
+        c,
+        m,
+        &store,
+        &[&["--output", "token-topk", "--top-k", "20"], &res[..]].concat(),
+    );
     let (ids, ours) = read_topk(&store, &s).await;
     assert_eq!(ids.len(), TEXTS.len());
-    let emb = label_with(c, m, &store, &["--output", "embeddings"]);
-    let (_, emb_values, width) = read_corpus_back(&store, &emb).await;
-    assert_eq!(width, 576);
+    let emb = label_with(
+        c,
+        m,
+        &store,
+        &[&["--output", "embeddings"], &res[..]].concat(),
+    );
+    let (_, emb_values, got_width) = read_corpus_back(&store, &emb).await;
+    assert_eq!(got_width, width);
 
     let texts_json = dir.path().join("texts.json");
     std::fs::write(&texts_json, serde_json::to_vec(TEXTS).unwrap()).unwrap();
     let reference = dir.path().join("reference.json");
-    let out = std::process::Command::new(&python)
+    let out = std::process::Command::new(python)
         .arg(repo_root().join("scripts/llama_reference.py"))
         .args(["--gguf", m, "--top-k", "20", "--texts"])
         .arg(&texts_json)
@@ -152,7 +283,7 @@ async fn real_smollm2_matches_the_numpy_reference() {
             );
         }
         let ref_emb: Vec<f64> = serde_json::from_value(row["embedding"].clone()).unwrap();
-        let got = &emb_values[i * 576..(i + 1) * 576];
+        let got = &emb_values[i * width..(i + 1) * width];
         let diff = got
             .iter()
             .zip(&ref_emb)

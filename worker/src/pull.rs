@@ -31,7 +31,7 @@ use distill_proto::v1;
 use distill_proto::{ClientConfig, WorkerClient};
 use distill_teacher::pass::{label_tokenized_shard, tokenize_shard, LabeledShard};
 use distill_teacher::teacher::Tokenized;
-use distill_teacher::{DeviceSpec, Teacher};
+use distill_teacher::{DeviceSpec, LoadOptions, Teacher};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -46,6 +46,8 @@ pub struct PullConfig {
     /// Shown in the coordinator's logs.
     pub name: String,
     pub device: DeviceSpec,
+    /// How teachers are loaded (weights kept compact or f32; the memory they may take).
+    pub load: LoadOptions,
     pub max_batch_tokens: usize,
     /// How long a draining worker may take to finish its shard.
     pub drain_grace: Duration,
@@ -93,6 +95,7 @@ impl TeacherSlot {
         source: &str,
         fingerprint: &str,
         device: &DeviceSpec,
+        options: &LoadOptions,
     ) -> Result<Arc<Teacher>> {
         if let Some(t) = self
             .current()
@@ -102,10 +105,11 @@ impl TeacherSlot {
         }
         tracing::info!(teacher = %source, "loading teacher");
         let dir = ModelDir::resolve(source).await?;
-        let device = device.clone();
-        let teacher = tokio::task::spawn_blocking(move || Teacher::load(&dir, &device))
-            .await
-            .map_err(|e| WorkerError::Config(format!("teacher loading thread: {e}")))??;
+        let (device, options) = (device.clone(), *options);
+        let teacher =
+            tokio::task::spawn_blocking(move || Teacher::load_with(&dir, &device, &options))
+                .await
+                .map_err(|e| WorkerError::Config(format!("teacher loading thread: {e}")))??;
         if teacher.info().fingerprint.as_str() != fingerprint {
             return Err(WorkerError::Model {
                 location: source.to_owned(),
@@ -509,7 +513,12 @@ impl Shared {
         }
         let teacher = self
             .teachers
-            .get(&lease.teacher, &lease.teacher_fingerprint, &self.cfg.device)
+            .get(
+                &lease.teacher,
+                &lease.teacher_fingerprint,
+                &self.cfg.device,
+                &self.cfg.load.for_precision(&lease.precision),
+            )
             .await?;
         let shard = distill_cache::jobs::read_input(&store, &lease.input, &shard_fp).await?;
         let (shard, input) = tokio::task::spawn_blocking({

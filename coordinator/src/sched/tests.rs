@@ -40,6 +40,7 @@ fn job(s: &mut Scheduler, id: &str, teacher: &str, shards: u64, now: Instant) {
                 shard_size: 10,
                 strict: false,
                 max_attempts: 2,
+                precision: String::new(),
             },
             distill_cache::spec::OutputSpec::Embeddings {
                 dtype: distill_cache::spec::Dtype::F32,
