@@ -39,7 +39,7 @@ def run(distill, corpus, model, resident, output):
             raise SystemExit(f"{' '.join(args)} failed: {err.decode()[-2000:]}")
         summary = json.loads(out)
         return {"peak_rss_mb": usage.ru_maxrss / 1024, "wall_s": wall,
-                "teacher_s": summary["ledger"]["teacher_seconds"], "tokens": summary["ledger"]["tokens"]}
+                "teacher_s": summary["teacher_seconds"], "tokens": summary["tokens"]}
 
 
 def main():

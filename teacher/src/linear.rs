@@ -339,6 +339,64 @@ impl Linear {
         }
     }
 
+    /// Whether [`Linear::forward_slices`] hands out slices: packed weights with a BLAS to multiply them.
+    pub fn slices_on_host(&self) -> bool {
+        self.is_packed() && self.b.is_none() && distill_blas::get().is_some()
+    }
+
+    /// `x · Wᵀ` (no bias) handed to `each` one block of about [`SLICE_VALUES`] weights' output
+    /// columns at a time: `(first column, width, [n, width] row-major)`; the whole product at once
+    /// where the layer does not slice ([`Linear::slices_on_host`]).
+    pub fn forward_slices(
+        &self,
+        x: &Tensor,
+        each: &mut dyn FnMut(usize, usize, &[f32]),
+    ) -> candle_core::Result<()> {
+        let (Some(blas), Weights::Packed { parts, scratch }, None) =
+            (distill_blas::get(), &self.weights, &self.b)
+        else {
+            let y = self.forward(x)?;
+            each(0, y.dim(1)?, &y.flatten_all()?.to_vec1()?);
+            return Ok(());
+        };
+        let x = x.contiguous()?;
+        let (n, k) = x.dims2()?;
+        let slice = (SLICE_VALUES / k.max(1)).max(1);
+        let mut w = scratch.lend(slice * k);
+        let mut y = vec![0f32; n * slice];
+        let threads = rayon::current_num_threads().min(n.div_ceil(16)).max(1);
+        let rows = n.div_ceil(threads).max(1);
+        with_host(&x, |xv| {
+            let mut col = 0;
+            for p in parts {
+                let mut r0 = 0;
+                while r0 < p.rows {
+                    let r1 = (r0 + slice).min(p.rows);
+                    let width = r1 - r0;
+                    let w = &mut w[..width * k];
+                    p.par_dequantize_rows(r0..r1, w);
+                    let w = &*w;
+                    let y = &mut y[..n * width];
+                    y.par_chunks_mut(rows * width)
+                        .enumerate()
+                        .for_each(|(i, c)| {
+                            let count = c.len() / width;
+                            let g = distill_blas::Gemm {
+                                shape: (count, width, k),
+                                b_transposed: true,
+                                ldc: width,
+                            };
+                            blas.gemm(g, &xv[i * rows * k..(i * rows + count) * k], w, 0.0, c);
+                        });
+                    each(col + r0, width, y);
+                    r0 = r1;
+                }
+                col += p.rows;
+            }
+        })
+        .ok_or_else(|| candle_core::Error::Msg("linear: input not on the host".into()))
+    }
+
     /// `y = residual + x · Wᵀ + b` and its normalised copy `norm(y)`, as a pair (a pre-norm block's
     /// residual stream and the next block's input).
     pub fn forward_add_normed(

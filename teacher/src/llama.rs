@@ -967,6 +967,18 @@ impl Model for Llama {
         Ok(self.head.forward(states)?)
     }
 
+    fn token_logits_sliced(
+        &self,
+        states: &Tensor,
+        each: &mut dyn FnMut(usize, usize, &[f32]),
+    ) -> Result<()> {
+        Ok(self.head.forward_slices(states, each)?)
+    }
+
+    fn sliced_head(&self) -> bool {
+        self.head.slices_on_host()
+    }
+
     fn states_after(
         &self,
         ids: &Tensor,

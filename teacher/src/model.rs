@@ -68,6 +68,25 @@ pub trait Model: Send + Sync + std::fmt::Debug {
         ))
     }
 
+    /// The next-token logits of `n` states handed to `each` one slice of the vocabulary at a time:
+    /// `(first id, width, [n, width] row-major)`. The default hands out [`Model::token_logits`] whole.
+    fn token_logits_sliced(
+        &self,
+        states: &Tensor,
+        each: &mut dyn FnMut(usize, usize, &[f32]),
+    ) -> Result<()> {
+        let logits = self.token_logits(states)?;
+        let width = logits.dim(1)?;
+        each(0, width, &logits.flatten_all()?.to_vec1()?);
+        Ok(())
+    }
+
+    /// Whether [`Model::token_logits_sliced`] hands out slices (never a position's whole logits at
+    /// once), so that callers may pass many more positions at a time.
+    fn sliced_head(&self) -> bool {
+        false
+    }
+
     /// Causal LMs: final states of right-padded rows placed after a shared `past` (a prompt prefix's
     /// keys and values, one per layer), and with `keep_kv` each row's own keys and values per layer, to
     /// continue from. What lets a prompt's shared prefix be computed once.

@@ -107,8 +107,15 @@ pub struct PositionStats {
 /// log-partition. The tail is summed directly over the ids outside the top-k in f64, never as
 /// `1 − Σ top-k` (which loses everything to rounding when the top-k hold nearly all the mass).
 pub fn topk_position(logits: &[f32], ids: &mut [u32], logprobs: &mut [f32]) -> PositionStats {
-    let k = ids.len();
-    debug_assert!(k >= 1 && k <= logits.len() && logprobs.len() == k);
+    let mut acc = SlicedTopk::new(ids.len());
+    acc.add(0, logits);
+    acc.finish(ids, logprobs)
+}
+
+/// The top-k of one slice of a position's logits, with its mass relative to the slice's maximum:
+/// `(top, max, total, rest)`, `rest` the mass of the ids outside `top`.
+fn slice_topk(logits: &[f32], k: usize) -> (Vec<(f32, u32)>, f32, f64, f64) {
+    let k = k.min(logits.len());
     // Pass 1: the top-k (a sorted buffer; most logits fail the first comparison) and the maximum.
     let mut top: Vec<(f32, u32)> = Vec::with_capacity(k + 1);
     let mut kth = f32::NEG_INFINITY;
@@ -126,7 +133,7 @@ pub fn topk_position(logits: &[f32], ids: &mut [u32], logprobs: &mut [f32]) -> P
     }
     let max = top[0].0;
     // Pass 2: the partition function and the mass strictly below the k-th value; values equal to
-    // the k-th that did not make the top-k go to the tail too.
+    // the k-th that did not make the top-k go to the rest too.
     // f32 exponentials (vectorised, relative error 3e-7) summed in f64, block by block.
     let (mut total, mut below, mut ties) = (0f64, 0f64, 0usize);
     for block in logits.chunks(256) {
@@ -141,19 +148,73 @@ pub fn topk_position(logits: &[f32], ids: &mut [u32], logprobs: &mut [f32]) -> P
         below += b as f64;
     }
     let selected_ties = top.iter().filter(|(v, _)| *v == kth).count();
-    let tail = below + (ties - selected_ties) as f64 * ((kth - max) as f64).exp();
-    let log_total = total.ln();
-    for (j, &(v, id)) in top.iter().enumerate() {
-        ids[j] = id;
-        logprobs[j] = ((v - max) as f64 - log_total) as f32;
+    let rest = below + (ties - selected_ties) as f64 * ((kth - max) as f64).exp();
+    (top, max, total, rest)
+}
+
+/// One position's top-k, tail and log-partition gathered over slices of its vocabulary (a head that
+/// never holds a position's whole logits). Each slice keeps its own top-k as candidates and its other
+/// ids' mass; the final top-k is the best of the candidates, and the tail adds the slices' rest to the
+/// candidates left out — sums of positive terms only, as [`topk_position`] (one slice) computes them.
+#[derive(Clone, Debug)]
+pub struct SlicedTopk {
+    k: usize,
+    /// `(value, id)` of every slice's top-k.
+    candidates: Vec<(f32, u32)>,
+    /// `(max, total, rest)` of every slice, relative to its max.
+    slices: Vec<(f32, f64, f64)>,
+}
+
+impl SlicedTopk {
+    pub fn new(k: usize) -> Self {
+        Self {
+            k,
+            candidates: Vec::new(),
+            slices: Vec::new(),
+        }
     }
-    PositionStats {
-        tail_logprob: if tail > 0.0 {
-            (tail.ln() - log_total) as f32
-        } else {
-            f32::NEG_INFINITY
-        },
-        log_partition: (max as f64 + log_total) as f32,
+
+    /// The logits of ids `first..first + logits.len()`.
+    pub fn add(&mut self, first: u32, logits: &[f32]) {
+        if logits.is_empty() {
+            return;
+        }
+        let (top, max, total, rest) = slice_topk(logits, self.k);
+        self.candidates
+            .extend(top.into_iter().map(|(v, i)| (v, i + first)));
+        self.slices.push((max, total, rest));
+    }
+
+    /// Writes the top-k ids and log-probabilities (`ids.len()` = k, at most the ids seen).
+    pub fn finish(mut self, ids: &mut [u32], logprobs: &mut [f32]) -> PositionStats {
+        let max = self
+            .slices
+            .iter()
+            .map(|s| s.0)
+            .fold(f32::NEG_INFINITY, f32::max);
+        let scale = |m: f32| ((m - max) as f64).exp();
+        let total: f64 = self.slices.iter().map(|&(m, t, _)| t * scale(m)).sum();
+        let mut tail: f64 = self.slices.iter().map(|&(m, _, r)| r * scale(m)).sum();
+        self.candidates
+            .sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        let k = ids.len();
+        tail += self.candidates[k..]
+            .iter()
+            .map(|&(v, _)| ((v - max) as f64).exp())
+            .sum::<f64>();
+        let log_total = total.ln();
+        for (j, &(v, id)) in self.candidates[..k].iter().enumerate() {
+            ids[j] = id;
+            logprobs[j] = ((v - max) as f64 - log_total) as f32;
+        }
+        PositionStats {
+            tail_logprob: if tail > 0.0 {
+                (tail.ln() - log_total) as f32
+            } else {
+                f32::NEG_INFINITY
+            },
+            log_partition: (max as f64 + log_total) as f32,
+        }
     }
 }
 
@@ -387,5 +448,39 @@ mod tests {
                 && (share(1) - 0.3).abs() < 0.02
                 && (share(3) - 0.6).abs() < 0.02
         );
+    }
+
+    #[test]
+    fn slices_of_the_vocabulary_give_what_the_whole_does() {
+        let mut logits: Vec<f32> = (0..5000)
+            .map(|i| ((i * 7919 % 1000) as f32 / 97.0).sin() * 6.0)
+            .collect();
+        logits[4321] = 25.0; // a peaked position keeps its tail
+        logits[17] = 3.0;
+        logits[2500] = 3.0; // ties at the k-th value cross a slice edge
+        for k in [1usize, 5, 20] {
+            let (mut a_ids, mut a_lp) = (vec![0u32; k], vec![0f32; k]);
+            let whole = topk_position(&logits, &mut a_ids, &mut a_lp);
+            for width in [1usize, 7, 1000, 4999] {
+                let mut acc = SlicedTopk::new(k);
+                for (i, s) in logits.chunks(width).enumerate() {
+                    acc.add((i * width) as u32, s);
+                }
+                let (mut ids, mut lp) = (vec![0u32; k], vec![0f32; k]);
+                let got = acc.finish(&mut ids, &mut lp);
+                assert_eq!(ids, a_ids, "k {k}, slices of {width}");
+                for (x, y) in lp.iter().zip(&a_lp) {
+                    assert!((x - y).abs() < 1e-5, "k {k}, slices of {width}: {x} vs {y}");
+                }
+                assert!((got.log_partition - whole.log_partition).abs() < 1e-5);
+                let rel = ((got.tail_logprob - whole.tail_logprob) as f64).abs();
+                assert!(
+                    rel < 1e-4,
+                    "tail {} vs {}",
+                    got.tail_logprob,
+                    whole.tail_logprob
+                );
+            }
+        }
     }
 }

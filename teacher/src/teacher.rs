@@ -97,6 +97,10 @@ fn head_chunk(vocab: usize) -> usize {
     ((1usize << 24) / vocab.max(1)).clamp(1, 1024)
 }
 
+/// Positions a sliced head (one that hands out slices of the vocabulary) takes at once: its weights
+/// are dequantized once per chunk, so the more positions the less that costs.
+const SLICED_HEAD_CHUNK: usize = 2048;
+
 /// One window of a row for `token_topk`: tokens `start..start + len` run together; positions
 /// `emit_from..start + len` are scored from it.
 #[derive(Clone, Copy, Debug)]
@@ -701,7 +705,14 @@ impl Teacher {
             .collect();
         let lengths: Vec<usize> = pieces.iter().map(|w| w.len).collect();
         let batches = batching::plan(&lengths, max_batch_tokens.max(1));
-        let chunk = head_chunk(vocab);
+        // Without samples (which need a position's whole distribution), a sliced head merges each
+        // slice into every position's top-k as it comes.
+        let sliced = draws == 0 && self.model.sliced_head();
+        let chunk = if sliced {
+            SLICED_HEAD_CHUNK
+        } else {
+            head_chunk(vocab)
+        };
         let start = Instant::now();
         for batch in &batches {
             let rows: Vec<&[u32]> = batch
@@ -726,7 +737,33 @@ impl Teacher {
             for part in picks.chunks(chunk) {
                 let index: Vec<u32> = part.iter().map(|p| p.0).collect();
                 let index = Tensor::from_vec(index, part.len(), &self.device)?;
-                let logits = self.model.token_logits(&flat.index_select(&index, 0)?)?;
+                let states = flat.index_select(&index, 0)?;
+                if sliced {
+                    let mut accs = vec![outputs::SlicedTopk::new(k); part.len()];
+                    self.model
+                        .token_logits_sliced(&states, &mut |first, width, l| {
+                            accs.par_iter_mut()
+                                .zip(l.par_chunks(width))
+                                .for_each(|(a, row)| a.add(first as u32, row));
+                        })?;
+                    let stats: Vec<_> = accs
+                        .into_par_iter()
+                        .map(|a| {
+                            let (mut ids, mut lps) = (vec![0u32; k], vec![0f32; k]);
+                            let s = a.finish(&mut ids, &mut lps);
+                            (ids, lps, s)
+                        })
+                        .collect();
+                    for ((ids, lps, s), &(_, row, p)) in stats.into_iter().zip(part) {
+                        let g = out.offsets[row] + p;
+                        out.topk_ids[g * k..(g + 1) * k].copy_from_slice(&ids);
+                        out.topk_logprobs[g * k..(g + 1) * k].copy_from_slice(&lps);
+                        out.tail_logprob[g] = s.tail_logprob;
+                        out.log_partition[g] = s.log_partition;
+                    }
+                    continue;
+                }
+                let logits = self.model.token_logits(&states)?;
                 let logits: Vec<f32> = logits.flatten_all()?.to_vec1()?;
                 let stats: Vec<_> = logits
                     .par_chunks(vocab)
