@@ -73,6 +73,8 @@ target/debug/distill bench teacher --corpus bench-out/snippets.jsonl --teacher $
 echo "== decoder teacher, per-token top-20 (takes a few minutes)" >&2
 target/debug/distill bench teacher --corpus bench-out/snippets.jsonl --teacher $SMOL \
   --limit 512 --unsorted-batch 0 --output token-topk --top-k 20 --dtype f16 --json "$@" > bench-out/decoder-topk.json
+echo "== decoder teachers: memory and speed, weights compact against f32 (takes about half an hour)" >&2
+./scripts/bench-decoders.sh
 $PY - <<'PY'
 import json
 g = json.load(open("bench-out/gemm.json"))["numpy_openblas_gflops"]

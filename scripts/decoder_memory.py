@@ -68,17 +68,21 @@ def main():
                    "texts": len(lines), "target_mb": 1.3 * size_mb + 600}
             for resident, rs in runs.items():
                 row[resident] = {k: statistics.median(r[k] for r in rs if r[k] is not None)
-                                 for k in ("peak_rss_mb", "wall_s", "teacher_s")
+                                 for k in ("peak_rss_mb", "wall_s", "teacher_s", "tokens")
                                  if any(r[k] is not None for r in rs)}
                 row[resident]["rounds"] = rs
             row["speed_compact_over_f32"] = statistics.median(
                 f["teacher_s"] / c["teacher_s"] for c, f in zip(runs["compact"], runs["f32"])
                 if c["teacher_s"] and f["teacher_s"])
+            cores = os.cpu_count()
+            for resident in ("compact", "f32"):
+                r = row[resident]
+                r["tokens_per_s_per_core"] = r["tokens"] / r["teacher_s"] / cores
             results.append(row)
             c, f = row["compact"], row["f32"]
             print(f"{row['model']:<40} {name:<16} file {size_mb:>6.0f} MB  peak RSS compact "
                   f"{c['peak_rss_mb']:>6.0f} MB (target {row['target_mb']:.0f}), f32 {f['peak_rss_mb']:>6.0f} MB; "
-                  f"teacher s compact {c.get('teacher_s', 0):.1f}, f32 {f.get('teacher_s', 0):.1f}: "
+                  f"teacher s compact {c['teacher_s']:.1f} ({c['tokens_per_s_per_core']:.0f} tok/s/core), f32 {f['teacher_s']:.1f}: "
                   f"speed {row['speed_compact_over_f32']:.2f} x f32", flush=True)
     with open(a.out, "w") as f:
         json.dump(results, f, indent=1)

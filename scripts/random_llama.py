@@ -24,8 +24,8 @@ The compute is the real model's, and any two implementations (CPU vs GPU, f32 vs
 transformers) can be compared on it.
 
 `hf` writes the same weights as an HF Qwen2ForCausalLM (or LlamaForCausalLM for a llama GGUF)
-directory: config.json, model.safetensors (default: the GGUF's own encoding of its matrices, so F16
-in, F16 out, losslessly; `--dtype` converts), tokenizer.json built from the GGUF vocabulary and merges
+directory: config.json, model.safetensors (default: each tensor in its GGUF encoding, F16 or BF16
+matrices and F32 norms and biases, so the weights are the GGUF's exactly; `--dtype` puts all in one), tokenizer.json built from the GGUF vocabulary and merges
 (byte-level BPE; the qwen2 pre-tokenizer regex, or GPT-2's for other `tokenizer.ggml.pre`, then
 ByteLevel; no normalizer, so it tokenizes exactly as the GGUF's tokenizer does: the real Qwen2
 tokenizer.json applies NFC first, which changes nothing for NFC text), tokenizer_config.json with the
@@ -49,7 +49,6 @@ import zlib
 
 import numpy as np
 
-import gguf
 from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
 from gguf.quants import dequantize
 
@@ -336,6 +335,9 @@ def hf(src, out, dtype):
         "tie_word_embeddings": tied, "vocab_size": vocab, "use_cache": True,
         "bos_token_id": ids["bos_token_id"], "eos_token_id": ids["eos_token_id"],
         "torch_dtype": {"f16": "float16", "bf16": "bfloat16", "f32": "float32"}[weights_dtype],
+        # As Qwen2.5's own config.json: a version before 4.57.2 with a non-Mistral model type tells
+        # transformers 4.57.x not to warn about Mistral's tokenizer regex.
+        "transformers_version": "4.43.1",
     }
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "config.json"), "w") as f:
@@ -356,8 +358,10 @@ def hf(src, out, dtype):
     for hname, gname in names:
         t = tensors[gname]
         shape = [int(d) for d in reversed(list(t.shape))]
-        # 1-D tensors (norms, biases) follow the matrices' dtype, as HF checkpoints store them.
-        sdt = st[dtype] if dtype else st[weights_dtype]
+        # By default each tensor keeps its GGUF encoding (F16/BF16 matrices, F32 norms and biases), so
+        # the HF weights are the GGUF's exactly; --dtype puts every tensor in one dtype.
+        sdt = st[dtype] if dtype else {GGMLQuantizationType.F16: "F16", GGMLQuantizationType.BF16: "BF16"}.get(
+            t.tensor_type, "F32")
         nbytes = itemsize[sdt] * math.prod(shape)
         header[hname] = {"dtype": sdt, "shape": shape, "data_offsets": [offset, offset + nbytes]}
         offset += nbytes

@@ -36,7 +36,7 @@ pub enum Command {
     /// Define tasks over a cached corpus (few-shot head, zero-shot, classifier teacher): no teacher pass.
     #[command(subcommand)]
     Task(crate::task_cmd::TaskCommand),
-    /// Distill a student (transformer or n-gram) from a task's cached soft labels.
+    /// Distill a student (n-gram, transformer — from the task's BERT teacher or any BERT-family encoder with --init — or, from a token-topk entry, an LM) from cached soft labels.
     Train(crate::train_cmd::TrainArgs),
     /// Evaluate a model on labeled examples: accuracy, macro-F1, agreement, calibration, latency, size.
     Eval(crate::eval_cmd::EvalArgs),

@@ -81,6 +81,12 @@ pub struct TrainArgs {
     /// must match the cache's.
     #[arg(long, env = "DISTILL_TEACHER")]
     pub teacher: Option<String>,
+    /// Transformer: start from this pretrained BERT-family encoder (an HF directory, local or at an
+    /// object-store URL; e.g. all-MiniLM-L6-v2), with its own tokenizer over the rows' texts, instead of
+    /// the task's teacher: the way to a BERT-size student of any task, an LLM's included. --layers
+    /// keeps that many evenly spaced layers of it.
+    #[arg(long, env = "DISTILL_STUDENT_INIT")]
+    pub init: Option<String>,
     /// Transformer: device to train on.
     #[arg(long, env = "DISTILL_DEVICE", default_value = "cpu")]
     pub device: DeviceSpec,
@@ -375,6 +381,7 @@ impl TrainArgs {
                 mimic_epochs: self.mimic_epochs,
                 max_seq: self.max_seq,
                 teacher: self.teacher.clone(),
+                init: self.init.clone(),
                 device: self.device.clone(),
                 checkpoint_every: self.checkpoint_every,
             },

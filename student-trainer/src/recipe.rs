@@ -50,6 +50,10 @@ pub struct TransformerSettings {
     /// The teacher model (default: the source recorded with the cache); its fingerprint must be the
     /// task's teacher's.
     pub teacher: Option<String>,
+    /// A pretrained BERT-family encoder (HF directory, local or in object storage) the student starts
+    /// from, with its own tokenizer over the rows' texts: what lets any task — an LLM's included —
+    /// have a transformer student. `None`: the task's teacher, which must then be a BERT.
+    pub init: Option<String>,
     pub device: DeviceSpec,
     pub checkpoint_every: u64,
 }
@@ -62,6 +66,7 @@ impl Default for TransformerSettings {
             mimic_epochs: 1,
             max_seq: 128,
             teacher: None,
+            init: None,
             device: DeviceSpec::Cpu,
             checkpoint_every: 200,
         }
@@ -220,6 +225,39 @@ pub async fn teacher_dir(
     Ok(dir)
 }
 
+/// The encoder of `--init`: a BERT-family HF directory whose tokenizer adds `[CLS]` and `[SEP]`, or an
+/// error naming it and what is wrong.
+pub async fn init_dir(init: &str) -> Result<ModelDir> {
+    let dir = ModelDir::resolve(init).await?;
+    let bad = |reason: String| StudentError::Model {
+        path: init.to_owned(),
+        reason,
+    };
+    if dir.family != distill_cache::model_dir::Family::Bert {
+        return Err(bad(format!(
+            "--init must be a BERT-family encoder (BertModel, MiniLM, BertForSequenceClassification), not {} ({})",
+            dir.architecture,
+            if dir.family == distill_cache::model_dir::Family::Llama {
+                "a decoder"
+            } else {
+                "another family"
+            }
+        )));
+    }
+    let tok = transformer::tokenizer(&dir, 16)?;
+    let enc = tok
+        .encode("a", true)
+        .map_err(|e| bad(format!("tokenizer.json: {e}")))?;
+    let (cls, sep) = (tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]"));
+    let ids = enc.get_ids();
+    if cls.is_none() || sep.is_none() || ids.first() != cls.as_ref() || ids.last() != sep.as_ref() {
+        return Err(bad(
+            "tokenizer.json does not wrap a text in [CLS] … [SEP] (missing special tokens or post-processor): a BERT student needs them".into(),
+        ));
+    }
+    Ok(dir)
+}
+
 /// Trains and saves one student of a task. `mimicked`: a transformer whose pooled output already
 /// mimics the teacher's embeddings (skips the mimic phase; used to share it across tasks).
 pub async fn train(
@@ -299,24 +337,43 @@ pub async fn train(
         }
         TaskStudent::Transformer => {
             let t = &spec.transformer;
-            let dir = teacher_dir(loc, task, t.teacher.as_deref()).await?;
-            if dir.family != distill_cache::model_dir::Family::Bert {
-                return Err(StudentError::Invalid(format!(
-                    "task {} was labeled by {} ({}), a decoder: the transformer student is built from a BERT teacher's layers; use --student ngram",
-                    task.name, dir.location, dir.architecture
-                )));
-            }
+            // The encoder the student starts from, and whether it is the task's teacher (then its
+            // embeddings live in the student's space and the mimic phase applies).
+            let (dir, own_teacher) = match &t.init {
+                Some(init) => {
+                    let dir = init_dir(init).await?;
+                    let fp = dir.fingerprint(distill_teacher::teacher::COMPUTE_DTYPE)?;
+                    let own = fp.to_string() == task.teacher.to_string();
+                    (dir, own)
+                }
+                None => {
+                    let dir = teacher_dir(loc, task, t.teacher.as_deref()).await?;
+                    if dir.family != distill_cache::model_dir::Family::Bert {
+                        return Err(StudentError::Invalid(format!(
+                            "task {} was labeled by {} ({}), a decoder: give the transformer student a pretrained encoder to start from with --init (e.g. all-MiniLM-L6-v2), or use --student ngram",
+                            task.name, dir.location, dir.architecture
+                        )));
+                    }
+                    (dir, true)
+                }
+            };
+            let mimicked = mimicked.filter(|_| own_teacher);
             let device = t.device.open()?;
             let opts = TransformerOptions {
                 layers: t.layers,
                 from_teacher: !t.random_init,
                 max_seq: t.max_seq,
                 batch: spec.batch,
-                mimic_epochs: if mimicked.is_some() || task.head.is_none() || spec.gold_only {
+                mimic_epochs: if !own_teacher
+                    || mimicked.is_some()
+                    || task.head.is_none()
+                    || spec.gold_only
+                {
                     0
                 } else {
                     t.mimic_epochs
                 },
+                init: t.init.as_ref().map(|_| dir.location.clone()),
                 soft,
                 normalize_target: task.head.as_ref().is_some_and(|h| h.normalize_input),
                 epochs: spec.epochs.unwrap_or(if spec.gold_only { 20 } else { 2 }),

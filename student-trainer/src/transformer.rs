@@ -54,6 +54,10 @@ pub struct TransformerOptions {
     pub normalize_target: bool,
     pub seed: u64,
     pub checkpoint_every: u64,
+    /// The pretrained encoder the student started from when it is not the task's teacher (`--init`);
+    /// absent from the options of earlier releases, which keep their run ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<String>,
 }
 
 impl Default for TransformerOptions {
@@ -76,6 +80,7 @@ impl Default for TransformerOptions {
             normalize_target: true,
             seed: 0,
             checkpoint_every: 200,
+            init: None,
         }
     }
 }

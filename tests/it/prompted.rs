@@ -95,6 +95,78 @@ fn a_prompted_task_labels_calibrates_and_trains_a_student() {
         "{}",
         String::from_utf8_lossy(&run.stderr)
     );
+    // A transformer student of the decoder's task needs an encoder to start from: refused without
+    // one, trained from MiniLM's first layer and its own tokenizer with --init, exported as a
+    // checkpoint transformers loads as is.
+    let encoder = dir.path().join("encoder");
+    let err = expect_error(&[
+        "train",
+        "--cache",
+        &store,
+        "--task",
+        "prompted",
+        "--student",
+        "transformer",
+        "--out",
+        encoder.to_str().unwrap(),
+    ]);
+    assert!(err.contains("a decoder") && err.contains("--init"), "{err}");
+    assert!(!encoder.exists(), "nothing written");
+    let not_bert = expect_error(&[
+        "train",
+        "--cache",
+        &store,
+        "--task",
+        "prompted",
+        "--student",
+        "transformer",
+        "--init",
+        m,
+        "--out",
+        encoder.to_str().unwrap(),
+    ]);
+    assert!(
+        not_bert.contains(m) && not_bert.contains("BERT-family"),
+        "{not_bert}"
+    );
+    if let Some(minilm) = minilm() {
+        let run = distill(&[
+            "train",
+            "--cache",
+            &store,
+            "--task",
+            "prompted",
+            "--student",
+            "transformer",
+            "--init",
+            minilm.to_str().unwrap(),
+            "--layers",
+            "1",
+            "--epochs",
+            "1",
+            "--out",
+            encoder.to_str().unwrap(),
+        ]);
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let info: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(encoder.join("distill.json")).unwrap()).unwrap();
+        assert_eq!(
+            info["training"]["mimic_epochs"], 0,
+            "no mimicry of a decoder's embeddings"
+        );
+        assert!(
+            info["training"]["init"]
+                .as_str()
+                .unwrap()
+                .contains("MiniLM"),
+            "{info}"
+        );
+        crate::students::hf_compatible(encoder.to_str().unwrap());
+    }
     // A gold file that leaves a choice out cannot calibrate it.
     let one = dir.path().join("one-class.jsonl");
     std::fs::write(

@@ -867,7 +867,7 @@ fn quickstart_reduced() {
 /// An independent reader checks the exported transformer: exactly the tensor names and shapes
 /// transformers' BertForSequenceClassification expects, and its forward pass re-implemented in float64
 /// numpy (`scripts/hf_bert_check.py`) gives the probabilities `distill predict` gives.
-fn hf_compatible(model: &str) {
+pub fn hf_compatible(model: &str) {
     let Some(python) = python_with("numpy, safetensors, tokenizers") else {
         return;
     };
