@@ -18,7 +18,9 @@ and tensor shapes, no weights; made by scripts/prepare-gpu-wheels.sh), or the --
        topk    --output token-topk --top-k 20 --dtype f16: every position's next-token top-20;
   3. numerics of the device run against the CPU run on their common rows: prompt, the max |diff| of
      the class log-probs and how often their argmax agrees; topk, how often each position's top-1
-     agrees and the mean (and max) |diff| of its log-partition;
+     agrees (and, where it does not, the largest gap between the CPU's top-1 and top-2 log-probs: a
+     rounding flip happens near a tie, a broken path flips anywhere) and the mean (and max) |diff| of
+     its log-partition;
   4. speed of the device run from its summary: real tokens/s = tokens / teacher_seconds; the share of
      the GPU's dense bf16 peak (--peak-tflops, 989 for an H100 SXM) at FLOPs/token = 2 x the body's
      parameters (every blk.* tensor, from the GGUF shapes) + 2 x hidden x vocab for topk (the head runs
@@ -27,14 +29,20 @@ and tensor shapes, no weights; made by scripts/prepare-gpu-wheels.sh), or the --
      counting the process, teacher load included;
   5. the same rows through PyTorch + transformers (bf16, attn_implementation="sdpa"; run in a child
      process): prompt, one forward of prompt+text per row (the whole prompt: transformers has no shared
-     prefix), batched by length under the same --batch-tokens, the head on the last position; topk,
-     one forward per row, the head at every position in float32 log-softmax + top-20. Timed forward
-     only (tokenized beforehand, synchronized); tokens/s counted as distill counts them, so distill ÷
-     transformers is the ratio of rows/s. Also their agreement with distill's device run (same
-     tokens: the script checks that the two tokenizations are identical).
-Prints a table and writes OUT_DIR/decoder.json. Exits non-zero when a distill run fails, when the HF
-model loads with missing or unexpected weights, or (--transformers require) when transformers cannot
-run. Thresholds are not enforced: the figures are for reading (the random weights make no claim about
+     prefix), the head on the last position; topk, the row's text alone, the head at every position;
+     both batched by length under the same --batch-tokens. The head's product is bf16 as transformers
+     computes it (logits rounded to bf16: steps of 1/16 near 10, so near-ties flip), log-softmax and
+     top-20 in float32. Timed forward only (tokenized beforehand, synchronized); tokens/s counted as
+     distill counts them, so distill ÷ transformers is the ratio of rows/s. Also their agreement with
+     distill's device run, on the same token ids: the rows are tokenized in distill's segments (prompt
+     prefix, text as plain text, rest of the prompt), and the topk rows' ids are checked equal.
+The system message is passed to distill explicitly (--system, the one the model's chat template writes
+by default, as transformers' apply_chat_template renders it): distill finds a template's default system
+message only where the template writes a real newline after `<|im_start|>system`, and Qwen2.5's writes
+Jinja's `\\n` escape.
+Prints a table (stdout) and writes OUT_DIR/decoder.json (and hf-<model>-<output>.json per transformers
+run). Exits non-zero when a distill run fails, when the HF model loads with missing or unexpected
+weights, or (--transformers require) when transformers cannot run. Thresholds are not enforced: the figures are for reading (the random weights make no claim about
 a real model's margins); a device path that is broken shows as agreement far below 100%.
 
 On a machine without a GPU the whole flow runs with --device cpu (the bf16 path on the CPU) and
@@ -148,6 +156,7 @@ def compare_topk(a, b, a_key="topk_ids", b_key="topk_ids"):
     agree = total = 0
     dz = []
     dtop = []
+    flip_gaps = []  # run b's top-1 minus top-2 log-prob where the top-1s differ: rounding flips near ties
     for i in same_tokens:
         ta, tb = a[i][a_key], b[i][b_key]
         for p in range(len(ta)):
@@ -155,6 +164,9 @@ def compare_topk(a, b, a_key="topk_ids", b_key="topk_ids"):
             top_b = tb[p][0] if isinstance(tb[p], (list, tuple)) else tb[p]
             total += 1
             agree += top_a == top_b
+            lb_all = b[i]["topk_logprobs"][p]
+            if top_a != top_b and isinstance(lb_all, (list, tuple)) and len(lb_all) > 1:
+                flip_gaps.append(lb_all[0] - lb_all[1])
             dz.append(abs(a[i]["log_partition"][p] - b[i]["log_partition"][p]))
             if top_a == top_b:
                 la = a[i]["topk_logprobs"][p]
@@ -165,7 +177,8 @@ def compare_topk(a, b, a_key="topk_ids", b_key="topk_ids"):
     return {"rows": len(ids), "rows_same_tokens": len(same_tokens), "positions": total,
             "top1_agreement": agree / total if total else None,
             "mean_abs_dlogpartition": float(dz.mean()), "max_abs_dlogpartition": float(dz.max()),
-            "mean_abs_dtop1_logprob": float(np.mean(dtop)) if dtop else None}
+            "mean_abs_dtop1_logprob": float(np.mean(dtop)) if dtop else None,
+            "max_gap_at_top1_flip": float(max(flip_gaps)) if flip_gaps else None}
 
 
 # ------------------------------------------------------------------------------------- transformers
@@ -534,9 +547,9 @@ def print_table(report, use_hf):
           f"{report['n']} rows on the device, {report['n_cpu']} on the CPU; batch budget "
           f"{report['batch_tokens']} tokens; peak {report['peak_tflops']:.0f} TFLOP/s\n")
     head = ["model", "output", "real tok/s", "% peak", "rows/s e2e", "rows/s w/ load", "CPU tok/s",
-            "vs CPU: agreement", "vs CPU: |diff|"]
+            "vs CPU: agreement", "vs CPU: abs diff"]
     if use_hf:
-        head += ["HF tok/s", "distill ÷ HF", "HF vs distill: agreement", "HF vs distill: |diff|"]
+        head += ["HF tok/s", "distill ÷ HF", "HF vs distill: agreement", "HF vs distill: abs diff"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for m in report["models"]:
@@ -545,7 +558,8 @@ def print_table(report, use_hf):
             if kind == "prompt":
                 agree, diff = c.get("argmax_agreement"), f"max {fmt(c.get('max_abs_diff'))}"
             else:
-                agree, diff = c.get("top1_agreement"), f"logZ mean {fmt(c.get('mean_abs_dlogpartition'))}"
+                agree, diff = c.get("top1_agreement"), (f"logZ mean {fmt(c.get('mean_abs_dlogpartition'))}; "
+                                                        f"flips at gap <= {fmt(c.get('max_gap_at_top1_flip'))}")
             cells = [m["model"], "prompt scoring" if kind == "prompt" else f"token-topk k={TOP_K}",
                      fmt(d["tokens_per_second"], ",.0f"), f"{100 * d['peak_fraction']:.2f}",
                      f"{d['rows_per_second_end_to_end']:.1f}", f"{d['rows_per_second_with_load']:.1f}",
@@ -556,7 +570,8 @@ def print_table(report, use_hf):
                 if kind == "prompt":
                     ha, hd = v.get("argmax_agreement"), f"max {fmt(v.get('max_abs_diff'))}"
                 else:
-                    ha, hd = v.get("top1_agreement"), f"logZ mean {fmt(v.get('mean_abs_dlogpartition'))}"
+                    ha, hd = v.get("top1_agreement"), (f"logZ mean {fmt(v.get('mean_abs_dlogpartition'))}; "
+                                                        f"flips at gap <= {fmt(v.get('max_gap_at_top1_flip'))}")
                 cells += [fmt(h["tokens_per_second"], ",.0f"), f"{h['distill_over_transformers']:.2f}",
                           fmt(ha, ".1%"), hd]
             print("| " + " | ".join(cells) + " |")

@@ -9,9 +9,12 @@
 #                      that PyTorch does not bring (torch brings filelock, fsspec, jinja2,
 #                      typing-extensions; numpy and pyarrow are taken as installed, as the encoder part
 #                      of gpu-check.sh already does), pinned; regex and pyyaml are compiled per Python
-#                      version, so for CPython 3.10 to 3.13. About 21 MB in all.
+#                      version, so for CPython 3.10 to 3.14 (GPU_PYTHONS). About 24 MB in all.
 #
-#   scripts/prepare-gpu-wheels.sh [QWEN_GGUF_DIR]     (default assets/models/qwen2.5-coder)
+#   [GPU_PYTHONS="3.12"] scripts/prepare-gpu-wheels.sh [QWEN_GGUF_DIR]   (default assets/models/qwen2.5-coder)
+#
+# GPU_PYTHONS: the CPython versions to fetch regex and pyyaml for (default "3.10 3.11 3.12 3.13 3.14",
+# 1.6 MB each); name only the GPU machine's to save room in the carry.
 #
 # Not fetched: hf-xet (huggingface_hub's download accelerator; only imported for downloads), torch.
 # gpu-check.sh installs the wheels with `pip install --no-index --no-deps --target .work/gpu-site` and
@@ -35,17 +38,15 @@ done
 python3 -m pip download --quiet --no-deps --disable-pip-version-check --only-binary=:all: \
   --platform manylinux2014_x86_64 --platform any --python-version 3.10 --implementation cp -d "$WHEELS" \
   gguf==0.19.0 transformers==4.57.6 huggingface_hub==0.36.2 tokenizers==0.22.2 safetensors==0.7.0 \
-  tqdm==4.67.1 packaging==25.0 requests==2.32.5 urllib3==2.5.0 idna==3.10 certifi==2025.8.3 \
-  charset_normalizer==3.4.3
+  tqdm==4.67.1 packaging==25.0 requests==2.32.5 urllib3==2.5.0 idna==3.10 certifi==2025.8.3
+# charset_normalizer (requests warns without it): its pure-python wheel, one file for every Python.
+python3 -m pip download --quiet --no-deps --disable-pip-version-check --only-binary=:all: \
+  --platform any --python-version 3.10 --implementation py --abi none -d "$WHEELS" charset_normalizer==3.4.3
 # Compiled per CPython version.
-for py in 3.10 3.11 3.12 3.13; do
+for py in ${GPU_PYTHONS:-3.10 3.11 3.12 3.13 3.14}; do
   python3 -m pip download --quiet --no-deps --disable-pip-version-check --only-binary=:all: \
     --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --python-version "$py" \
     --implementation cp -d "$WHEELS" regex==2026.5.9 pyyaml==6.0.3
 done
-# charset_normalizer: its pure-python wheel (one file for every Python), not a compiled one.
-find "$WHEELS" -name 'charset_normalizer-*-cp*.whl' -delete
-[ -n "$(find "$WHEELS" -name 'charset_normalizer-*-py3-none-any.whl')" ] \
-  || { echo "error: no pure-python charset_normalizer wheel in $WHEELS" >&2; exit 1; }
 du -sh "$META" "$WHEELS"
 ls "$WHEELS"

@@ -8,7 +8,7 @@
 `extract` keeps what a GGUF says about itself without its tensor data: every metadata key/value (the
 architecture's hyper-parameters, the tokenizer's tokens, merges, token types and ids, the chat
 template, ...) with its GGUF value type, and the tensor directory (names, GGUF shapes, ggml types).
-Gzipped JSON: about 2 MB for Qwen2.5-Coder's 151,936-token vocabulary.
+Gzipped JSON: 1.4 MB for Qwen2.5-Coder's 151,936-token vocabulary (0.5B and 1.5B alike).
 
 `build` writes a valid GGUF from that: the same metadata (general.file_type set to the new encoding,
 general.name marked as random) and the same tensors, drawn at random from a generator seeded by
