@@ -564,6 +564,7 @@ impl Teacher {
         };
         let vocab = self.model.shape().vocab;
         let mut cont_tokens = 0u64;
+        let (mut last_states, mut last_rows) = (Vec::new(), Vec::new());
         for batch in &batches {
             let refs: Vec<&[u32]> = batch.rows.iter().map(|&i| rows[i].as_slice()).collect();
             let (ids, lens) = ids_tensor(&refs)?;
@@ -575,16 +576,9 @@ impl Teacher {
                 .map(|(j, &l)| (j * t + l - 1) as u32)
                 .collect();
             let last = Tensor::from_vec(last, b, device)?;
-            let first = self
-                .model
-                .token_logits(&states.reshape((b * t, h))?.index_select(&last, 0)?)?;
-            let first: Vec<f32> = first.flatten_all()?.to_vec1()?;
-            for (j, &row) in batch.rows.iter().enumerate() {
-                let lp = log_softmax(&first[j * vocab..(j + 1) * vocab]);
-                for (c, cont) in pt.continuations.iter().enumerate() {
-                    values[row * classes + c] = lp[cont[0] as usize];
-                }
-            }
+            // The rows' last states; the head runs over all of them at the end.
+            last_states.push(states.reshape((b * t, h))?.index_select(&last, 0)?);
+            last_rows.extend_from_slice(&batch.rows);
             if let Some(kept) = kept {
                 // Continuations of more than one token, after the row's own keys and values.
                 for (j, &row) in batch.rows.iter().enumerate() {
@@ -619,6 +613,15 @@ impl Teacher {
                 }
             }
         }
+        if !last_states.is_empty() {
+            let firsts: Vec<u32> = pt.continuations.iter().map(|c| c[0]).collect();
+            let lp = self.first_token_logprobs(&Tensor::cat(&last_states, 0)?, &firsts)?;
+            for (j, &row) in last_rows.iter().enumerate() {
+                for c in 0..classes {
+                    values[row * classes + c] += lp[j * classes + c];
+                }
+            }
+        }
         if p.length_normalize {
             for row in values.chunks_mut(classes) {
                 for (v, cont) in row.iter_mut().zip(&pt.continuations) {
@@ -637,6 +640,53 @@ impl Teacher {
             padded_tokens: batching::padded_tokens(&batches) + cont_tokens,
             prefix_tokens_saved: (pt.prefix.len() * rows.len().saturating_sub(1)) as u64,
         })
+    }
+
+    /// The log-probabilities of tokens `ids` at each of `states` (`[n, hidden]`): `[n, ids]`. The head
+    /// runs over many positions at once (a sliced head's weights are dequantized once per chunk), its
+    /// log-partition gathered online over the vocabulary's slices.
+    fn first_token_logprobs(&self, states: &Tensor, ids: &[u32]) -> Result<Vec<f32>> {
+        let n = states.dim(0)?;
+        let chunk = if self.model.sliced_head() {
+            SLICED_HEAD_CHUNK
+        } else {
+            head_chunk(self.model.shape().vocab)
+        };
+        let mut out = vec![0f32; n * ids.len()];
+        for start in (0..n).step_by(chunk) {
+            let len = chunk.min(n - start);
+            // Per position: the running maximum, Σ exp(logit − maximum) and the logits of `ids`.
+            let mut acc = vec![(f32::NEG_INFINITY, 0f64); len];
+            let picked = &mut out[start * ids.len()..(start + len) * ids.len()];
+            self.model.token_logits_sliced(
+                &states.narrow(0, start, len)?,
+                &mut |first, width, l| {
+                    acc.par_iter_mut()
+                        .zip(l.par_chunks(width))
+                        .for_each(|(a, row)| {
+                            let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                            let s: f64 =
+                                row.iter().map(|&x| crate::cpu::exp_f32(x - m) as f64).sum();
+                            let top = a.0.max(m);
+                            a.1 = a.1 * ((a.0 - top) as f64).exp() + s * ((m - top) as f64).exp();
+                            a.0 = top;
+                        });
+                    for (j, p) in picked.chunks_mut(ids.len()).enumerate() {
+                        for (c, &id) in ids.iter().enumerate() {
+                            let id = id as usize;
+                            if (first..first + width).contains(&id) {
+                                p[c] = l[j * width + id - first];
+                            }
+                        }
+                    }
+                },
+            )?;
+            for (p, &(m, s)) in picked.chunks_mut(ids.len()).zip(&acc) {
+                let lse = m + s.ln() as f32;
+                p.iter_mut().for_each(|x| *x -= lse);
+            }
+        }
+        Ok(out)
     }
 
     /// Labels already tokenized texts with a per-example output.
