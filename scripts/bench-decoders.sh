@@ -34,10 +34,10 @@ $PY scripts/decoder_memory.py --distill target/debug/distill --corpus bench-out/
 # in paired rounds; torch and transformers go into .work/torch-venv (PyPI's torch wheel is a CUDA
 # build: about 4 GB with its NVIDIA libraries, unused here).
 VENV=.work/torch-venv
-if ! "$VENV/bin/python" -c "import torch, transformers, gguf" 2>/dev/null; then
+if ! "$VENV/bin/python" -c "import torch, transformers, gguf, accelerate" 2>/dev/null; then
   $PY -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check torch==2.15.0 transformers==4.57.6 \
-    gguf==0.19.0 numpy==2.4.6
+    gguf==0.19.0 numpy==2.4.6 accelerate==1.10.1
 fi
 Q05=assets/models/qwen2.5-coder/qwen2.5-coder-0.5b-instruct.gguf
 for round in 1 2 3; do

@@ -25,17 +25,22 @@ def main():
     d, f = os.path.dirname(os.path.abspath(model_path)), os.path.basename(model_path)
     t0 = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
-    model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, torch_dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32).eval()
     load = time.perf_counter() - t0
     texts = [json.loads(l)["text"] for l in open(snippets)][:limit]
     rows = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
-    batches, cur = [], []
-    for i in order:  # length-sorted, rows × longest ≤ 4096
-        if cur and (len(cur) + 1) * len(rows[i]) > 4096:
+    # Length-sorted, rows × longest ≤ 4096, and (as distill plans them) a batch of at least 1,024 slots
+    # is cut before its padding passes 3%.
+    batches, cur, real = [], [], 0
+    for i in order:
+        n = len(rows[i])
+        slots = (len(cur) + 1) * n
+        if cur and (slots > 4096 or (len(cur) * n >= 1024 and slots - real - n > 0.03 * slots)):
             batches.append(cur)
-            cur = []
+            cur, real = [], 0
         cur.append(i)
+        real += n
     if cur:
         batches.append(cur)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0

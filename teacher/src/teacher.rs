@@ -81,7 +81,13 @@ pub struct Teacher {
     info: TeacherInfo,
     /// Decoders: the chat template the model ships (for the default system message of `--chat`).
     chat_template: Option<String>,
+    /// The keys and values of the last prompt prefix run (a job's shards share one prefix: it runs
+    /// once per teacher, not once per shard).
+    prefix_kv: std::sync::Mutex<Option<PrefixKv>>,
 }
+
+/// A prompt prefix's ids and the keys and values of every layer after it.
+type PrefixKv = (Vec<u32>, std::sync::Arc<Vec<crate::llama::LayerKv>>);
 
 impl std::fmt::Debug for Teacher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -232,6 +238,7 @@ impl Teacher {
             device_spec: device.clone(),
             info: dir.info(fingerprint, dtype),
             chat_template,
+            prefix_kv: Default::default(),
         })
     }
 
@@ -543,12 +550,27 @@ impl Teacher {
                 rows.iter().map(|r| r.len()).collect(),
             ))
         };
-        // The shared prefix, once.
-        let (prefix_ids, prefix_len) = ids_tensor(&[pt.prefix.as_slice()])?;
-        let (_, kv) = self
-            .model
-            .states_after(&prefix_ids, &prefix_len, None, true)?;
-        let past = kv.expect("kept").remove(0);
+        // The shared prefix, once (and once for every shard of a job).
+        let cached = self
+            .prefix_kv
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .filter(|(ids, _)| *ids == pt.prefix)
+            .map(|(_, kv)| kv.clone());
+        let past = match cached {
+            Some(kv) => kv,
+            None => {
+                let (prefix_ids, prefix_len) = ids_tensor(&[pt.prefix.as_slice()])?;
+                let (_, kv) = self
+                    .model
+                    .states_after(&prefix_ids, &prefix_len, None, true)?;
+                let kv = std::sync::Arc::new(kv.expect("kept").remove(0));
+                *self.prefix_kv.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some((pt.prefix.clone(), kv.clone()));
+                kv
+            }
+        };
         let multi = pt.continuations.iter().any(|c| c.len() > 1);
         let lengths: Vec<usize> = rows.iter().map(Vec::len).collect();
         let batches = batching::plan(&lengths, max_batch_tokens.max(1));
@@ -568,7 +590,9 @@ impl Teacher {
         for batch in &batches {
             let refs: Vec<&[u32]> = batch.rows.iter().map(|&i| rows[i].as_slice()).collect();
             let (ids, lens) = ids_tensor(&refs)?;
-            let (states, kept) = self.model.states_after(&ids, &lens, Some(&past), multi)?;
+            let (states, kept) =
+                self.model
+                    .states_after(&ids, &lens, Some(past.as_slice()), multi)?;
             let (b, t, h) = states.dims3()?;
             let last: Vec<u32> = lens
                 .iter()
@@ -582,7 +606,7 @@ impl Teacher {
             if let Some(kept) = kept {
                 // Continuations of more than one token, after the row's own keys and values.
                 for (j, &row) in batch.rows.iter().enumerate() {
-                    let row_past = crate::llama::extend_past(&past, &kept[j]);
+                    let row_past = crate::llama::extend_past(past.as_slice(), &kept[j]);
                     let longer: Vec<(usize, &[u32])> = pt
                         .continuations
                         .iter()
