@@ -25,10 +25,11 @@ PROMPT = ["--prompt", "Is this movie review positive or negative? Review: {text}
 TOPK = ["--output", "token-topk", "--top-k", "20", "--dtype", "f16"]
 
 
-def run(distill, corpus, model, resident, output):
+def run(distill, corpus, model, resident, output, shard_size):
     with tempfile.TemporaryDirectory() as tmp:
         args = [distill, "label", "--corpus", corpus, "--teacher", model,
                 "--store", os.path.join(tmp, "cache"), "--resident-weights", resident,
+                "--shard-size", str(shard_size),
                 "--json"] + output
         t0 = time.perf_counter()
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -48,6 +49,7 @@ def main():
     ap.add_argument("--corpus", required=True)
     ap.add_argument("--limit", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--shard-size", type=int, default=1000)
     ap.add_argument("--out", required=True)
     ap.add_argument("models", nargs="+")
     a = ap.parse_args()
@@ -63,7 +65,7 @@ def main():
             runs = {"compact": [], "f32": []}
             for _ in range(a.rounds):
                 for resident in ("compact", "f32"):
-                    runs[resident].append(run(a.distill, corpus, model, resident, output))
+                    runs[resident].append(run(a.distill, corpus, model, resident, output, a.shard_size))
             row = {"model": os.path.basename(model), "file_mb": size_mb, "output": name,
                    "texts": len(lines), "target_mb": 1.3 * size_mb + 600}
             for resident, rs in runs.items():
