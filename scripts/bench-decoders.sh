@@ -14,15 +14,7 @@ PY=${PYTHON:-python3}
 ./scripts/fetch-assets.sh --large
 cargo build --locked --bin distill
 mkdir -p bench-out
-[ -f bench-out/snippets.jsonl ] || $PY - <<'PY'
-import json
-gold = {json.loads(l)["id"]: json.loads(l)["label"] for l in open("assets/corpora/rotten-tomatoes/gold.jsonl")}
-rows = [json.loads(l) for l in open("assets/corpora/rotten-tomatoes/corpus.jsonl")]
-rows = [r for r in rows if gold[r["id"]] != "plot" and r["text"].strip()][:2048]
-with open("bench-out/snippets.jsonl", "w") as f:
-    for r in rows:
-        f.write(json.dumps(r) + "\n")
-PY
+[ -f bench-out/snippets.jsonl ] || $PY scripts/snippets.py bench-out/snippets.jsonl
 lscpu | grep -E "Model name|^CPU\(s\)" | tr -s ' ' >&2
 $PY scripts/decoder_memory.py --distill target/debug/distill --corpus bench-out/snippets.jsonl \
   --limit "$LIMIT" --rounds "$ROUNDS" --out bench-out/decoder-memory.json \

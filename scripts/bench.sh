@@ -33,15 +33,7 @@ fi
 cargo build --locked --bin distill
 mkdir -p bench-out
 # Review snippets (not plot summaries), in corpus order, as in shared anchor figures.
-$PY - <<'PY'
-import json
-gold = {json.loads(l)["id"]: json.loads(l)["label"] for l in open("assets/corpora/rotten-tomatoes/gold.jsonl")}
-rows = [json.loads(l) for l in open("assets/corpora/rotten-tomatoes/corpus.jsonl")]
-rows = [r for r in rows if gold[r["id"]] != "plot" and r["text"].strip()][:2048]
-with open("bench-out/snippets.jsonl", "w") as f:
-    for r in rows:
-        f.write(json.dumps(r) + "\n")
-PY
+$PY scripts/snippets.py bench-out/snippets.jsonl
 echo "== f32 GEMM peak, OpenBLAS via numpy (2048³, median of 5)" >&2
 # OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE may be set on this kind of machine for old OpenBLAS builds; they
 # slow a current numpy, so they are unset for this one measurement.

@@ -318,7 +318,7 @@ impl Linear {
                     && self.b_host.is_none()
                     && matches!(epilogue, Epilogue::None);
                 if plain && m * k > SLICE_VALUES {
-                    return sliced_product(blas, x, parts, scratch);
+                    return self.sliced_product(x);
                 }
                 let mut w = scratch.lend(m * k);
                 let mut at = 0;
@@ -337,6 +337,19 @@ impl Linear {
                 })
             }
         }
+    }
+
+    /// `x · Wᵀ` for a large packed `W` (the vocabulary head): [`Linear::forward_slices`], each slice
+    /// copied into its block of output columns, so no f32 copy of `W` ever exists whole.
+    fn sliced_product(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (n, m) = (x.dim(0)?, self.out_features());
+        let mut out = crate::cpu::zeros(n * m);
+        self.forward_slices(x, &mut |first, width, y| {
+            out.par_chunks_mut(m.max(1))
+                .zip(y.par_chunks(width.max(1)))
+                .for_each(|(o, r)| o[first..first + width].copy_from_slice(r));
+        })?;
+        Tensor::from_vec(out, (n, m), x.device())
     }
 
     /// Whether [`Linear::forward_slices`] hands out slices: packed weights with a BLAS to multiply them.
@@ -409,50 +422,6 @@ impl Linear {
         let n = both.dim(0)? / 2;
         Ok((both.narrow(0, 0, n)?, both.narrow(0, n, n)?))
     }
-}
-
-/// `x · Wᵀ` for a large packed `W` (the vocabulary head): each slice of about [`SLICE_VALUES`] weights
-/// is dequantized into the scratch, then multiplied into its block of output columns, the rows of `x`
-/// split over rayon's threads.
-fn sliced_product(
-    blas: &'static distill_blas::Blas,
-    x: &Tensor,
-    parts: &[Arc<Packed>],
-    scratch: &Scratch,
-) -> candle_core::Result<Tensor> {
-    let (n, k) = x.dims2()?;
-    let m: usize = parts.iter().map(|p| p.rows).sum();
-    let slice = (SLICE_VALUES / k.max(1)).max(1);
-    let mut w = scratch.lend(slice.min(m) * k);
-    let mut out = crate::cpu::zeros(n * m);
-    let threads = rayon::current_num_threads().min(n.div_ceil(16)).max(1);
-    let rows = n.div_ceil(threads).max(1);
-    with_host(x, |xv| {
-        let mut col = 0;
-        for p in parts {
-            let mut r0 = 0;
-            while r0 < p.rows {
-                let r1 = (r0 + slice).min(p.rows);
-                let w = &mut w[..(r1 - r0) * k];
-                p.par_dequantize_rows(r0..r1, w);
-                let w = &*w;
-                out.par_chunks_mut(rows * m).enumerate().for_each(|(i, c)| {
-                    let count = c.len() / m;
-                    let g = distill_blas::Gemm {
-                        shape: (count, r1 - r0, k),
-                        b_transposed: true,
-                        ldc: m,
-                    };
-                    let xr = &xv[i * rows * k..(i * rows + count) * k];
-                    blas.gemm(g, xr, w, 0.0, &mut c[col + r0..]);
-                });
-                r0 = r1;
-            }
-            col += p.rows;
-        }
-    })
-    .ok_or_else(|| candle_core::Error::Msg("linear: input not on the host".into()))?;
-    Tensor::from_vec(out, (n, m), x.device())
 }
 
 /// What a linear layer does to its output rows after the product (and the bias and residual).

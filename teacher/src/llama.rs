@@ -1013,6 +1013,16 @@ mod tests {
         Teacher::load(&dir, &DeviceSpec::Cpu).unwrap()
     }
 
+    /// A GGUF teacher with its weights resident as `resident`.
+    fn load_as(path: &std::path::Path, resident: crate::Resident) -> Teacher {
+        let dir = ModelDir::inspect("tiny", path).unwrap();
+        let o = crate::LoadOptions {
+            resident,
+            memory_limit: None,
+        };
+        Teacher::load_with(&dir, &DeviceSpec::Cpu, &o).unwrap()
+    }
+
     fn gguf(tmp: &std::path::Path, spec: &TinyLlama, name: &str) -> Teacher {
         let p = tmp.join(name);
         write_tiny_llama_gguf(&p, spec).unwrap();
@@ -1228,7 +1238,7 @@ mod tests {
 
     #[test]
     fn compact_weights_compute_what_f32_weights_do() {
-        use crate::{LoadOptions, Resident};
+        use crate::Resident;
         let tmp = tempfile::tempdir().unwrap();
         let out = topk(6, LLAMA_CONTEXT as u32, 24);
         for (quant, untied_head, qkv_bias) in [
@@ -1245,15 +1255,7 @@ mod tests {
             };
             let p = tmp.path().join(format!("{quant:?}.gguf"));
             write_tiny_llama_gguf(&p, &spec).unwrap();
-            let dir = ModelDir::inspect("tiny", &p).unwrap();
-            let load = |resident| {
-                let o = LoadOptions {
-                    resident,
-                    memory_limit: None,
-                };
-                Teacher::load_with(&dir, &DeviceSpec::Cpu, &o).unwrap()
-            };
-            let (a, b) = (load(Resident::Compact), load(Resident::F32));
+            let (a, b) = (load_as(&p, Resident::Compact), load_as(&p, Resident::F32));
             assert_eq!(
                 a.info().fingerprint,
                 b.info().fingerprint,
@@ -1273,7 +1275,7 @@ mod tests {
     fn bf16_products_stay_close_to_f32() {
         // The GPU's path (bf16 weights and product inputs, f32 accumulation, norms, softmax and
         // blocked attention through candle's ops) run on the CPU against the f32 reference.
-        use crate::{LoadOptions, Resident};
+        use crate::Resident;
         let tmp = tempfile::tempdir().unwrap();
         let spec = TinyLlama {
             untied_head: true,
@@ -1282,15 +1284,7 @@ mod tests {
         };
         let p = tmp.path().join("tiny.gguf");
         write_tiny_llama_gguf(&p, &spec).unwrap();
-        let dir = ModelDir::inspect("tiny", &p).unwrap();
-        let load = |resident| {
-            let o = LoadOptions {
-                resident,
-                memory_limit: None,
-            };
-            Teacher::load_with(&dir, &DeviceSpec::Cpu, &o).unwrap()
-        };
-        let (f, h) = (load(Resident::F32), load(Resident::Bf16));
+        let (f, h) = (load_as(&p, Resident::F32), load_as(&p, Resident::Bf16));
         assert_ne!(
             f.info().fingerprint,
             h.info().fingerprint,

@@ -165,11 +165,6 @@ impl Packed {
         })
     }
 
-    /// Resident bytes.
-    pub fn size_bytes(&self) -> usize {
-        self.bytes.len()
-    }
-
     fn row_bytes(&self) -> usize {
         self.bytes.len() / self.rows.max(1)
     }
@@ -455,6 +450,17 @@ mod tests {
         bytes
     }
 
+    /// Equal up to f32 rounding (1e-6 relative), and as many.
+    fn assert_same(ours: &[f32], theirs: &[f32], what: &str) {
+        assert_eq!(ours.len(), theirs.len(), "{what}");
+        for (i, (a, b)) in ours.iter().zip(theirs).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+                "{what}, value {i}: {a} vs {b}"
+            );
+        }
+    }
+
     fn dequantized(e: Encoding, rows: usize, cols: usize, bytes: &[u8]) -> Vec<f32> {
         let p = Packed::new(e, rows, cols, bytes.to_vec()).unwrap();
         let mut out = vec![0f32; rows * cols];
@@ -478,12 +484,7 @@ mod tests {
                 .to_vec1()
                 .unwrap();
             assert!(ours.iter().any(|&x| x != 0.0), "{e:?}: all zero");
-            for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
-                assert!(
-                    (a - b).abs() <= 1e-6 * b.abs().max(1.0),
-                    "{e:?} value {i}: {a} vs candle's {b}"
-                );
-            }
+            assert_same(&ours, &theirs, &format!("{e:?} against candle"));
         }
     }
 
@@ -531,13 +532,7 @@ mod tests {
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect();
             let ours = dequantized(e, rows, cols, &bytes);
-            assert_eq!(ours.len(), theirs.len(), "{name}");
-            for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
-                assert!(
-                    (a - b).abs() <= 1e-6 * b.abs().max(1.0),
-                    "{name} value {i}: {a} vs gguf's {b}"
-                );
-            }
+            assert_same(&ours, &theirs, &format!("{name} against gguf"));
         }
     }
 

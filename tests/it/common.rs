@@ -225,3 +225,34 @@ pub fn python_with(modules: &str) -> Option<String> {
         .unwrap_or(false);
     prerequisite(&format!("{python} with {modules}"), ok.then_some(python))
 }
+
+/// Runs `scripts/llama_reference.py` (the independent float64 numpy decoder) with `args` and an input
+/// file (`input_flag`: `--texts` or `--ids`, `input` its JSON) and returns its output.
+pub fn llama_reference(
+    python: &str,
+    args: &[&str],
+    input_flag: &str,
+    input: &serde_json::Value,
+) -> serde_json::Value {
+    let dir = tempfile::tempdir().unwrap();
+    let (inp, out) = (
+        dir.path().join("input.json"),
+        dir.path().join("reference.json"),
+    );
+    std::fs::write(&inp, serde_json::to_vec(input).unwrap()).unwrap();
+    let run = Command::new(python)
+        .arg(repo_root().join("scripts/llama_reference.py"))
+        .args(args)
+        .arg(input_flag)
+        .arg(&inp)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "llama_reference.py: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap()
+}

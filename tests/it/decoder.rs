@@ -167,23 +167,12 @@ async fn real_qwen_0_5b_prompted_matches_the_numpy_reference() {
             seqs.push([pt.prefix.as_slice(), row, cont].concat());
         }
     }
-    let ids_json = dir.path().join("ids.json");
-    std::fs::write(&ids_json, serde_json::to_vec(&seqs).unwrap()).unwrap();
-    let reference = dir.path().join("reference.json");
-    let out = std::process::Command::new(&python)
-        .arg(repo_root().join("scripts/llama_reference.py"))
-        .args(["--gguf", m, "--top-k", "1", "--dump-logprobs", "--ids"])
-        .arg(&ids_json)
-        .arg("--out")
-        .arg(&reference)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let r = llama_reference(
+        &python,
+        &["--gguf", m, "--top-k", "1", "--dump-logprobs"],
+        "--ids",
+        &serde_json::json!(seqs),
     );
-    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&reference).unwrap()).unwrap();
     for (i, row) in r["rows"].as_array().unwrap().iter().enumerate() {
         let lps: Vec<f64> =
             serde_json::from_value(row["logprobs_at"]["target_logprob"].clone()).unwrap();
@@ -225,23 +214,12 @@ async fn matches_the_numpy_reference(model: &Path, python: &str, width: usize, r
     let (_, emb_values, got_width) = read_corpus_back(&store, &emb).await;
     assert_eq!(got_width, width);
 
-    let texts_json = dir.path().join("texts.json");
-    std::fs::write(&texts_json, serde_json::to_vec(TEXTS).unwrap()).unwrap();
-    let reference = dir.path().join("reference.json");
-    let out = std::process::Command::new(python)
-        .arg(repo_root().join("scripts/llama_reference.py"))
-        .args(["--gguf", m, "--top-k", "20", "--texts"])
-        .arg(&texts_json)
-        .arg("--out")
-        .arg(&reference)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let r = llama_reference(
+        python,
+        &["--gguf", m, "--top-k", "20"],
+        "--texts",
+        &serde_json::json!(TEXTS),
     );
-    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&reference).unwrap()).unwrap();
     let (mut worst_lp, mut worst_aux, mut positions, mut top1) = (0f64, 0f64, 0usize, 0usize);
     for (i, row) in r["rows"].as_array().unwrap().iter().enumerate() {
         let tokens: Vec<u32> = serde_json::from_value(row["token_ids"].clone()).unwrap();

@@ -167,7 +167,6 @@ fn lm_students_train_evaluate_score_and_export() {
     let Some(python) = python_with("numpy, safetensors, gguf, regex") else {
         return;
     };
-    let ids_json = s.root.join("ids.json");
     let tok = distill_teacher::tokenizer::TextTokenizer::hf_decoder(
         "student",
         &student.join("tokenizer.json"),
@@ -179,34 +178,22 @@ fn lm_students_train_evaluate_score_and_export() {
         .into_iter()
         .map(|e| e.ids)
         .collect();
-    std::fs::write(&ids_json, serde_json::to_vec(&ids).unwrap()).unwrap();
     for (source, path) in [
         ("--hf", student.clone()),
         ("--gguf", student.join("model.gguf")),
     ] {
-        let reference = s.root.join("reference.json");
-        let out = std::process::Command::new(&python)
-            .arg(repo_root().join("scripts/llama_reference.py"))
-            .args([
+        let r = llama_reference(
+            &python,
+            &[
                 source,
                 path.to_str().unwrap(),
                 "--top-k",
                 "3",
                 "--dump-logprobs",
-                "--ids",
-            ])
-            .arg(&ids_json)
-            .arg("--out")
-            .arg(&reference)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+            ],
+            "--ids",
+            &serde_json::json!(ids),
         );
-        let r: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&reference).unwrap()).unwrap();
         for (row, line) in r["rows"].as_array().unwrap().iter().zip(&lines) {
             let lps: Vec<f64> =
                 serde_json::from_value(row["logprobs_at"]["target_logprob"].clone()).unwrap();
