@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Reference values for the task head's logistic regression (student-trainer/src/logreg.rs).
+"""Reference values for the task head's logistic regression (tasks/src/logreg.rs).
 
 Fits scikit-learn's LogisticRegression (multinomial, L2, lbfgs to a tight tolerance, intercept not
 penalised: the objective logreg.rs minimises, times C*n) on a small data set defined by a formula both

@@ -3,13 +3,11 @@
 use anyhow::Context;
 use clap::Args;
 use distill_cache::store;
-use distill_student_trainer::data::{Example, TrainData};
 use distill_student_trainer::eval::{self, EvalReport};
-use distill_student_trainer::labels::{self, Fields};
-use distill_student_trainer::metrics::argmax;
-use distill_student_trainer::model::{dir_bytes, Predictor};
+use distill_student_trainer::predict::{self, PredictSpec};
+use distill_tasks::labels::{self, Fields};
 use distill_teacher::DeviceSpec;
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Args)]
@@ -65,42 +63,6 @@ pub struct EvalArgs {
     pub json: bool,
 }
 
-/// The labeled examples of `path` ([`eval::labeled_examples`]: cached ids from the cache, rows with
-/// their own text through the task's teacher).
-pub async fn labeled_examples(
-    loc: &distill_cache::store::Location,
-    task: &distill_cache::task::TaskRecord,
-    path: &Path,
-    fields: &Fields,
-    labels: &[String],
-    teacher: &eval::TeacherSource,
-) -> anyhow::Result<Vec<Example>> {
-    let gold = labels::read(path, fields)?;
-    Ok(eval::labeled_examples(
-        loc,
-        task,
-        &gold,
-        &path.display().to_string(),
-        labels,
-        teacher,
-    )
-    .await?)
-}
-
-pub fn parameters(model: &Predictor, dir: &Path) -> u64 {
-    match model {
-        Predictor::Ngram(m) => m.parameters() as u64,
-        _ => safetensors_parameters(dir),
-    }
-}
-
-/// Parameters stored in a directory's `model.safetensors` (from its header).
-pub fn safetensors_parameters(dir: &Path) -> u64 {
-    candle_core::safetensors::load(dir.join("model.safetensors"), &candle_core::Device::Cpu)
-        .map(|t| t.values().map(|v| v.elem_count() as u64).sum())
-        .unwrap_or(0)
-}
-
 pub async fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
     let loc = store::open(&args.cache, false)?;
     if let Some(held_out) = &args.held_out {
@@ -109,51 +71,25 @@ pub async fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
     let (Some(task_name), Some(labels_path)) = (&args.task, &args.labels) else {
         anyhow::bail!("give --task and --labels (classifiers), or --held-out (causal LMs)");
     };
-    let task = distill_cache::task::read_task(&loc, task_name).await?;
-    let model = {
-        let (dir, device, t) = (args.model.clone(), args.device.clone(), task.clone());
-        tokio::task::spawn_blocking(move || Predictor::load_for_task(&dir, &device, &t)).await??
-    };
-    if model.labels() != task.labels.as_slice() {
-        anyhow::bail!(
-            "model {} predicts [{}] but task {} has labels [{}]: evaluate it on its own task",
-            args.model.display(),
-            model.labels().join(", "),
-            task.name,
-            task.labels.join(", ")
-        );
-    }
-    let fields = Fields {
-        id: args.id_field.clone(),
-        label: args.label_field.clone(),
-        text_rows: true,
-        ..Default::default()
-    };
-    let source = eval::TeacherSource {
-        model: args.teacher.clone(),
+    let spec = eval::EvalSpec {
+        model: args.model.clone(),
+        task: task_name.clone(),
+        labels: labels_path.clone(),
+        fields: Fields {
+            id: args.id_field.clone(),
+            label: args.label_field.clone(),
+            text_rows: true,
+            ..Default::default()
+        },
+        teacher: args.teacher.clone(),
         device: args.device.clone(),
+        latency_samples: args.latency_samples,
+        blind_spots: args.blind_spots,
     };
-    let examples =
-        labeled_examples(&loc, &task, labels_path, &fields, &task.labels, &source).await?;
-    let params = parameters(&model, &args.model);
-    let bytes = dir_bytes(&args.model);
-    let name = args.model.display().to_string();
-    let samples = args.latency_samples;
-    let k = args.blind_spots;
-    let all = if k > 0 {
-        Some(TrainData::open(&loc, &task, Default::default(), 0).await?)
-    } else {
-        None
-    };
-    let (report, spots) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let r = eval::evaluate(&name, &model, &examples, samples, params, bytes)?;
-        let spots = match all {
-            Some(data) => Some(eval::blind_spots(&model, &data, k)?),
-            None => None,
-        };
-        Ok((r, spots))
-    })
-    .await??;
+    let eval::EvalOutcome {
+        report,
+        blind_spots: spots,
+    } = eval::evaluate_model(&loc, &spec).await?;
     if args.json {
         let mut v = serde_json::to_value(&report)?;
         if let Some((unsure, apart)) = &spots {
@@ -198,7 +134,7 @@ async fn run_eval_lm(
 ) -> anyhow::Result<()> {
     use distill_student_trainer::lm;
     let ids = labels::read_ids(held_out)?;
-    let q = distill_student_trainer::task::EntryQuery {
+    let q = distill_tasks::task::EntryQuery {
         corpus: args.corpus.as_deref(),
         teacher: args.teacher_fingerprint.as_deref(),
         output: args.output.as_deref(),
@@ -315,31 +251,6 @@ pub struct PredictArgs {
 }
 
 /// `distill predict` with a causal LM: each text's log-likelihood and perplexity (and continuation).
-async fn predict_lm(
-    args: &PredictArgs,
-    md: distill_cache::model_dir::ModelDir,
-) -> anyhow::Result<()> {
-    let inputs = read_inputs(args)?;
-    let (device, generate) = (args.device.clone(), args.generate);
-    let lines = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<String>> {
-        let t = distill_teacher::Teacher::load(&md, &device)?;
-        let texts: Vec<&str> = inputs.iter().map(|i| i.text.as_str()).collect();
-        let scored = distill_student_trainer::lm::score_texts(&t, &texts, generate)?;
-        inputs
-            .iter()
-            .zip(scored)
-            .map(|(i, s)| {
-                let mut v = serde_json::to_value(&s)?;
-                v["id"] = i.id.clone().into();
-                Ok(serde_json::to_string(&v)?)
-            })
-            .collect()
-    })
-    .await??;
-    write_lines(&args.output, lines)
-}
-
-/// Writes JSONL to a file (aside, then renamed) or standard output.
 pub fn write_lines(output: &str, lines: Vec<String>) -> anyhow::Result<()> {
     let mut body = lines.join("\n");
     body.push('\n');
@@ -354,134 +265,44 @@ pub fn write_lines(output: &str, lines: Vec<String>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn input_name(input: &str) -> String {
-    if input == "-" {
-        "<stdin>".to_owned()
-    } else {
-        input.to_owned()
-    }
-}
-
-struct Input {
-    id: String,
-    text: String,
-    label: Option<String>,
-    line: u64,
-}
-
-fn read_inputs(args: &PredictArgs) -> anyhow::Result<Vec<Input>> {
-    let reader: Box<dyn BufRead> = if args.input == "-" {
-        Box::new(std::io::BufReader::new(std::io::stdin()))
-    } else {
-        Box::new(std::io::BufReader::new(
-            std::fs::File::open(&args.input).with_context(|| format!("opening {}", args.input))?,
-        ))
-    };
-    let name = if args.input == "-" {
-        "<stdin>".to_owned()
-    } else {
-        args.input.clone()
-    };
-    let mut out = Vec::new();
-    for (i, line) in reader.lines().enumerate() {
-        let n = i as u64 + 1;
-        let line = line.with_context(|| format!("{name}, line {n}"))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        if line.trim_start().starts_with('{') {
-            let v: serde_json::Value = serde_json::from_str(&line)
-                .with_context(|| format!("{name}, line {n}: not JSON"))?;
-            let text = v
-                .get(&args.text_field)
-                .and_then(|t| t.as_str())
-                .with_context(|| {
-                    format!(
-                        "{name}, line {n}: no string field {:?} (use --text-field)",
-                        args.text_field
-                    )
-                })?;
-            let id = match v.get(&args.id_field) {
-                Some(serde_json::Value::String(s)) => s.clone(),
-                Some(serde_json::Value::Number(x)) => x.to_string(),
-                _ => format!("line-{n}"),
-            };
-            out.push(Input {
-                id,
-                text: text.to_owned(),
-                label: match v.get(&args.label_field) {
-                    Some(serde_json::Value::String(l)) => Some(l.clone()),
-                    Some(serde_json::Value::Number(l)) => Some(l.to_string()),
-                    _ => None,
-                },
-                line: n,
-            });
-        } else {
-            out.push(Input {
-                id: format!("line-{n}"),
-                text: line,
-                label: None,
-                line: n,
-            });
+impl PredictArgs {
+    fn spec(&self) -> PredictSpec {
+        PredictSpec {
+            model: self.model.clone(),
+            text_field: self.text_field.clone(),
+            id_field: self.id_field.clone(),
+            label_field: self.label_field.clone(),
+            device: self.device.clone(),
+            batch: self.batch,
+            generate: self.generate,
         }
     }
-    Ok(out)
 }
 
 pub async fn run_predict(args: PredictArgs) -> anyhow::Result<()> {
-    let name = args.model.display().to_string();
-    if let Ok(md) = distill_cache::model_dir::ModelDir::inspect(&name, &args.model) {
-        if md.family == distill_cache::model_dir::Family::Llama {
-            return predict_lm(&args, md).await;
-        }
-    }
-    let model = {
-        let (dir, device) = (args.model.clone(), args.device.clone());
-        tokio::task::spawn_blocking(move || Predictor::load(&dir, &device)).await??
+    let spec = args.spec();
+    let name = match args.input.as_str() {
+        "-" => "<stdin>".to_owned(),
+        other => other.to_owned(),
     };
-    let inputs = read_inputs(&args)?;
-    let labels = model.labels().to_vec();
-    for inp in &inputs {
-        if let Some(l) = &inp.label {
-            if !labels.contains(l) {
-                anyhow::bail!(
-                    "{}, line {}: label {l:?} is not one the model knows ({}); drop the field or use --label-field",
-                    input_name(&args.input),
-                    inp.line,
-                    labels.join(", ")
-                );
-            }
-        }
-    }
-    let batch = args.batch.max(1);
-    let lines = tokio::task::spawn_blocking(move || -> anyhow::Result<(Vec<String>, usize, usize)> {
-        let mut lines = Vec::with_capacity(inputs.len());
-        let (mut right, mut judged) = (0, 0);
-        for chunk in inputs.chunks(batch) {
-            let texts: Vec<&str> = chunk.iter().map(|i| i.text.as_str()).collect();
-            let probs = distill_student_trainer::metrics::probabilities(&model.logits(&texts)?);
-            for (inp, p) in chunk.iter().zip(probs) {
-                let k = argmax(&p);
-                if let Some(l) = &inp.label {
-                    judged += 1;
-                    right += (l == &labels[k]) as usize;
-                }
-                let probabilities: serde_json::Map<String, serde_json::Value> =
-                    labels.iter().zip(&p).map(|(l, v)| (l.clone(), serde_json::json!(v))).collect();
-                lines.push(serde_json::to_string(&serde_json::json!({
-                    "id": inp.id, "label": labels[k], "probability": p[k], "probabilities": probabilities,
-                }))?);
-            }
-        }
-        Ok((lines, right, judged))
-    })
-    .await??;
-    let (lines, right, judged) = lines;
+    let inputs = if args.input == "-" {
+        predict::read_inputs(std::io::stdin().lock(), &name, &spec)?
+    } else {
+        let file = std::fs::File::open(&args.input).with_context(|| format!("opening {name}"))?;
+        predict::read_inputs(std::io::BufReader::new(file), &name, &spec)?
+    };
+    let p = tokio::task::spawn_blocking(move || predict::predict(&spec, &inputs, &name)).await??;
+    let lines = p
+        .lines
+        .iter()
+        .map(serde_json::to_string)
+        .collect::<Result<Vec<_>, _>>()?;
     write_lines(&args.output, lines)?;
-    if judged > 0 {
+    if p.judged > 0 {
         eprintln!(
-            "accuracy on the {judged} labeled inputs: {:.1}%",
-            100.0 * right as f64 / judged as f64
+            "accuracy on the {} labeled inputs: {:.1}%",
+            p.judged,
+            100.0 * p.right as f64 / p.judged as f64
         );
     }
     Ok(())

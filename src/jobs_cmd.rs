@@ -1,9 +1,10 @@
 //! `distill jobs ls|show|cancel`: the jobs of a coordinator.
 
-use crate::remote::{status, transient, RemoteArgs, Waiting};
+use crate::remote::{status, RemoteArgs};
 use crate::report::count;
 use clap::{Args, Subcommand};
 use distill_coordinator::JobSummary;
+use distill_label::remote::{transient, Coordinator};
 use distill_proto::v1;
 
 #[derive(Debug, Subcommand)]
@@ -77,8 +78,8 @@ pub async fn run(cmd: JobsCommand) -> anyhow::Result<()> {
         }
         JobsCommand::Show(a) => {
             let mut c = distill_proto::job_client(a.remote.connect().await?);
-            let url = a.remote.client_config()?.url;
-            let mut waiting = Waiting::new(&url, a.remote.wait()?);
+            let remote = a.remote.required()?;
+            let mut to = Coordinator::remote(&remote.url, remote.wait()?);
             let job = loop {
                 let r = c.get_job(v1::GetJobRequest {
                     job_id: a.job_id.clone(),
@@ -86,7 +87,7 @@ pub async fn run(cmd: JobsCommand) -> anyhow::Result<()> {
                 match r.await {
                     Ok(r) => break r.into_inner().job.unwrap_or_default(),
                     Err(s) if a.watch && transient(&s) => {
-                        waiting.pause(s.message(), &|_| {}).await?
+                        to.waiting().pause(s.message(), &|_| {}).await?
                     }
                     Err(s) => return Err(status(s)),
                 }
@@ -94,9 +95,9 @@ pub async fn run(cmd: JobsCommand) -> anyhow::Result<()> {
             if !a.watch {
                 return print_job(Some(job), a.json);
             }
-            waiting.reset();
-            let bar = crate::label::Bar::new(!a.json);
-            let last = crate::label::follow(&mut c, job, &bar, &mut waiting).await?;
+            to.waiting().reset();
+            let bar = distill_label::progress::Bar::new(!a.json);
+            let last = to.follow(&mut c, job, &bar).await?;
             bar.finish();
             let succeeded = last.state == v1::JobState::Succeeded as i32;
             print_job(Some(last), a.json)?;

@@ -1,21 +1,16 @@
-//! `distill label`: plan the corpus into shards, skip what the cache holds, label the rest.
-//!
-//! With `--coordinator`, the job is submitted to a running coordinator and watched. Without it, the same
-//! coordinator and a worker holding the already loaded teacher run in this process on loopback: one
-//! code path (gRPC, leases, staged inputs, commits by the worker) for a laptop and for a cluster.
+//! `distill label`: the flags of a labeling job mapped onto a [`distill_label::LabelSpec`], the job
+//! run by the library (on `--coordinator`, or in this process), its ledger printed.
 
-use crate::remote::{status, transient, RemoteArgs, Waiting};
+use crate::remote::RemoteArgs;
 use crate::report::{bytes, count};
 use anyhow::Context;
 use clap::Args;
 use distill_cache::corpus::{CorpusSpec, Format};
 use distill_cache::format::OutputRequest;
-use distill_cache::model_dir::ModelDir;
 use distill_cache::spec::{Choice, Dtype, OutputKind, PromptSpec};
-use distill_coordinator::{JobSpec, JobSummary};
-use distill_proto::v1;
-use distill_teacher::{DeviceSpec, LoadOptions, Resident, Teacher};
-use std::sync::Arc;
+use distill_coordinator::JobSummary;
+use distill_label::{LabelSpec, TeacherSpec};
+use distill_teacher::{DeviceSpec, Resident};
 
 /// Where the corpus is and how to read it.
 #[derive(Debug, Clone, Args)]
@@ -70,37 +65,15 @@ pub struct TeacherArgs {
 }
 
 impl TeacherArgs {
-    /// How the teacher is loaded.
-    pub fn load_options(&self) -> LoadOptions {
-        LoadOptions {
-            resident: match self.job_precision() {
-                "bf16" => Resident::Bf16,
-                _ => self.resident_weights,
-            },
-            memory_limit: None,
-        }
-    }
-
-    /// The job's precision as the wire names it ("" is f32).
-    pub fn job_precision(&self) -> &str {
-        match self.precision.as_str() {
-            "f32" => "",
-            p => p,
-        }
-    }
-
-    /// Finds, inspects and loads the teacher.
-    pub async fn load(&self) -> anyhow::Result<Teacher> {
-        self.load_dir(ModelDir::resolve(&self.teacher).await?).await
-    }
-
-    /// Loads an inspected teacher on the chosen device.
-    pub async fn load_dir(&self, dir: ModelDir) -> anyhow::Result<Teacher> {
-        let (device, options) = (self.device.clone(), self.load_options());
-        let teacher =
-            tokio::task::spawn_blocking(move || Teacher::load_with(&dir, &device, &options))
-                .await??;
-        Ok(teacher)
+    /// The library's teacher spec of these flags.
+    pub fn spec(&self) -> anyhow::Result<TeacherSpec> {
+        Ok(TeacherSpec {
+            model: self.teacher.clone(),
+            device: self.device.clone(),
+            max_batch_tokens: self.max_batch_tokens,
+            resident: self.resident_weights,
+            precision: self.precision.parse().map_err(anyhow::Error::msg)?,
+        })
     }
 }
 
@@ -152,24 +125,6 @@ pub struct OutputArgs {
 }
 
 impl OutputArgs {
-    /// A per-example output (embeddings or logits) with no token-topk or prompt settings.
-    pub fn simple(output: OutputKind, dtype: Dtype) -> Self {
-        Self {
-            output: Some(output),
-            dtype,
-            top_k: None,
-            samples: None,
-            window: None,
-            stride: None,
-            prompt: None,
-            choices: vec![],
-            chat: false,
-            system: None,
-            answer_prefix: String::new(),
-            length_normalize: false,
-        }
-    }
-
     /// The prompt of `--prompt`/`--choice` (the template read from @FILE), or `None`.
     pub fn prompt_spec(&self) -> anyhow::Result<Option<PromptSpec>> {
         let Some(t) = &self.prompt else {
@@ -278,272 +233,32 @@ pub struct LabelArgs {
 }
 
 impl LabelArgs {
-    fn spec(&self) -> anyhow::Result<v1::JobSpec> {
-        let request = self.output.request()?;
-        Ok(JobSpec {
+    /// The library's spec of these flags.
+    pub fn spec(&self) -> anyhow::Result<LabelSpec> {
+        if self.shard_size == 0 {
+            anyhow::bail!("--shard-size must be at least 1 (corpus entries per shard)");
+        }
+        Ok(LabelSpec {
             corpus: self.corpus.spec(),
-            teacher: self.teacher.teacher.clone(),
-            store: self.store.clone().unwrap_or_default(),
-            output: request.kind.name().into(),
-            dtype: request.dtype.to_string(),
-            top_k: self.output.top_k.unwrap_or(0),
-            samples: self.output.samples.unwrap_or(0),
-            window: self.output.window.unwrap_or(0),
-            stride: self.output.stride.unwrap_or(0),
-            prompt: request.prompt,
+            teacher: self.teacher.spec()?,
+            store: self.store.clone(),
+            output: self.output.request()?,
             shard_size: self.shard_size as u64,
             strict: self.strict,
             max_attempts: self.max_attempts,
-            precision: self.teacher.job_precision().into(),
-        }
-        .to_wire())
-    }
-}
-
-/// A progress bar over the corpus (bytes or rows), with rows/s and hits in its message.
-pub struct Bar(indicatif::ProgressBar);
-
-impl Bar {
-    pub fn finish(&self) {
-        self.0.finish_and_clear();
-    }
-
-    pub fn new(show: bool) -> Self {
-        let target = if show {
-            indicatif::ProgressDrawTarget::stderr()
-        } else {
-            indicatif::ProgressDrawTarget::hidden()
-        };
-        let bar = indicatif::ProgressBar::with_draw_target(None, target);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {wide_bar} {percent:>3}% {msg} ETA {eta}",
-            )
-            .expect("valid template"),
-        );
-        Self(bar)
-    }
-
-    fn update(&self, job: &v1::Job) {
-        let l = job.ledger.unwrap_or_default();
-        self.0.set_length(l.progress_total.max(1));
-        self.0.set_position(l.progress);
-        let rate = if l.wall_seconds > 0.0 {
-            (l.shards_labeled + l.cache_hits) as f64 / l.wall_seconds
-        } else {
-            0.0
-        };
-        self.0.set_message(format!(
-            "{}/{} shards ({} cache hits, {} leased, {} failed), {rate:.1} shards/s",
-            count(job.shards_done),
-            count(l.shards),
-            count(l.cache_hits),
-            count(job.shards_leased),
-            count(l.shards_failed),
-        ));
+            remote: self.remote.spec()?,
+        })
     }
 }
 
 pub async fn run(args: LabelArgs) -> anyhow::Result<()> {
-    let summary = label(&args, true).await?;
+    let summary = distill_label::label(&args.spec()?, true).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
         print_summary(&summary);
     }
     Ok(())
-}
-
-/// Runs a labeling job (on a coordinator, or in this process) and returns its ledger. A job that does
-/// not succeed is an error naming why (its failed shards, or the bad input that stopped planning).
-pub async fn label(args: &LabelArgs, show_progress: bool) -> anyhow::Result<JobSummary> {
-    if args.shard_size == 0 {
-        anyhow::bail!("--shard-size must be at least 1 (corpus entries per shard)");
-    }
-    if args.remote.coordinator.is_some() {
-        let ch = args.remote.connect().await?;
-        let url = args.remote.client_config()?.url;
-        let wait = args.remote.wait()?;
-        return submit_and_watch(ch, &url, args.spec()?, show_progress, wait).await;
-    }
-    let store_url = args
-        .store
-        .as_deref()
-        .expect("clap requires --store without --coordinator");
-    let store = distill_cache::store::open(store_url, true)?;
-    distill_cache::store::probe(&store).await?;
-    let request = args.output.request()?;
-    let dir = ModelDir::resolve(&args.teacher.teacher).await?;
-    // Refuse a bad output request before loading anything.
-    request.resolve(&dir)?;
-    if let Some(p) = &request.prompt {
-        distill_teacher::prompt::check(&dir, p)?;
-    }
-    let teacher = args.teacher.load_dir(dir).await?;
-    label_in_process(args, store, Arc::new(teacher), show_progress).await
-}
-
-/// Runs coordinator and worker in this process on loopback, for one job.
-pub async fn label_in_process(
-    args: &LabelArgs,
-    store: distill_cache::store::Location,
-    teacher: Arc<Teacher>,
-    show_progress: bool,
-) -> anyhow::Result<JobSummary> {
-    use distill_coordinator::sched::Config;
-    use std::time::Duration;
-    let settings = distill_coordinator::Settings {
-        sched: Config {
-            lease_ttl: Duration::from_secs(120),
-            heartbeat_interval: Duration::from_secs(5),
-            retry_backoff: Duration::from_millis(500),
-            speculate_after: None,
-            ..Config::default()
-        },
-        resume: false,
-        plan_ahead: 64,
-        store_lease: None,
-    };
-    let coord = distill_coordinator::Coordinator::new(store.clone(), settings);
-    coord.start();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    let token = uuid::Uuid::new_v4().simple().to_string();
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let server = {
-        let mut stopped = stopped.clone();
-        let opts = distill_coordinator::server::ServeOptions {
-            token: Some(token.clone()),
-            tls: None,
-        };
-        tokio::spawn(distill_coordinator::server::serve(
-            coord.clone(),
-            listener,
-            opts,
-            async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            },
-        ))
-    };
-    while !coord.is_ready() {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let client = distill_proto::ClientConfig {
-        url,
-        token: Some(token),
-        tls_ca: None,
-    };
-    let worker = tokio::spawn(distill_worker::pull::run(
-        distill_worker::pull::PullConfig {
-            client: client.clone(),
-            name: "in-process".into(),
-            device: args.teacher.device.clone(),
-            load: args.teacher.load_options(),
-            max_batch_tokens: args.teacher.max_batch_tokens,
-            drain_grace: Duration::from_secs(600),
-            stores: vec![store],
-            idle_poll_max: Duration::from_millis(100),
-        },
-        Arc::new(distill_worker::pull::TeacherSlot::with(teacher)),
-        Default::default(),
-        stopped,
-    ));
-    let ch = distill_proto::connect(&client).await?;
-    let wait = args.remote.wait()?;
-    let result = submit_and_watch(ch, &client.url, args.spec()?, show_progress, wait).await;
-    let _ = stop.send(true);
-    worker.await??;
-    server.await??;
-    result
-}
-
-/// Submits a job and follows it with a progress bar until it ends, riding out coordinator restarts
-/// for up to `wait` each: a submission is retried (the coordinator attaches a repeated one to the
-/// job already running it), and the watch re-attaches to the same job id.
-pub async fn submit_and_watch(
-    ch: distill_proto::Channel,
-    url: &str,
-    spec: v1::JobSpec,
-    show_progress: bool,
-    wait: std::time::Duration,
-) -> anyhow::Result<JobSummary> {
-    let mut jobs = distill_proto::job_client(ch);
-    let bar = Bar::new(show_progress);
-    let show = |m: String| bar.0.set_message(m);
-    let mut waiting = Waiting::new(url, wait);
-    let job = loop {
-        let request = v1::SubmitJobRequest {
-            spec: Some(spec.clone()),
-        };
-        match jobs.submit_job(request).await {
-            Ok(r) => {
-                break r
-                    .into_inner()
-                    .job
-                    .context("the coordinator returned no job")?
-            }
-            Err(s) if transient(&s) => waiting.pause(s.message(), &show).await?,
-            Err(s) => return Err(status(s)),
-        }
-    };
-    waiting.reset();
-    tracing::info!(job = %job.job_id, "job submitted");
-    let last = follow(&mut jobs, job, &bar, &mut waiting).await?;
-    bar.finish();
-    let summary = JobSummary::from_wire(&last);
-    match v1::JobState::try_from(last.state) {
-        Ok(v1::JobState::Succeeded) => Ok(summary),
-        _ => anyhow::bail!(
-            "job {} {}: {}",
-            last.job_id,
-            summary.state,
-            if last.error.is_empty() {
-                "cancelled"
-            } else {
-                &last.error
-            }
-        ),
-    }
-}
-
-/// Follows a job until it ends and returns its last state. A cut stream, a coordinator restart or
-/// one not ready yet is waited out (see [`Waiting`]) and the watch re-attached by job id.
-pub async fn follow(
-    jobs: &mut distill_proto::JobClient,
-    mut last: v1::Job,
-    bar: &Bar,
-    waiting: &mut Waiting,
-) -> anyhow::Result<v1::Job> {
-    let show = |m: String| bar.0.set_message(m);
-    let id = last.job_id.clone();
-    loop {
-        let request = v1::WatchJobRequest { job_id: id.clone() };
-        let mut stream = match jobs.watch_job(request).await {
-            Ok(s) => s.into_inner(),
-            Err(s) if transient(&s) => {
-                waiting.pause(s.message(), &show).await?;
-                continue;
-            }
-            Err(s) => return Err(status(s)),
-        };
-        let why = loop {
-            match stream.message().await {
-                Ok(Some(update)) => {
-                    if let Some(j) = update.job {
-                        waiting.reset();
-                        bar.update(&j);
-                        last = j;
-                    }
-                }
-                Ok(None) if last.state != v1::JobState::Running as i32 => return Ok(last),
-                // A coordinator shutting down ends its streams cleanly, the job still running.
-                Ok(None) => break "the coordinator closed the stream".to_owned(),
-                Err(s) if transient(&s) => break s.message().to_owned(),
-                Err(s) => return Err(status(s)),
-            }
-        };
-        waiting.pause(&why, &show).await?;
-    }
 }
 
 pub(crate) fn print_summary(s: &JobSummary) {

@@ -208,7 +208,7 @@ pub struct WorkerArgs {
 }
 
 pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
-    let client = args.remote.client_config()?;
+    let client = args.remote.required()?.client_config();
     let name = args
         .name
         .clone()
@@ -226,7 +226,7 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
                 resident_weights: args.resident_weights,
                 precision: "f32".into(),
             };
-            distill_worker::pull::TeacherSlot::with(Arc::new(ta.load().await?))
+            distill_worker::pull::TeacherSlot::with(Arc::new(ta.spec()?.load().await?))
         }
         None => Default::default(),
     };

@@ -2,15 +2,14 @@
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use distill_cache::model_dir::ModelDir;
-use distill_cache::spec::OutputKind;
 use distill_cache::store;
 use distill_cache::task::TaskRecord;
-use distill_student_trainer::finetune::{self, FinetuneOptions, Objective};
-use distill_student_trainer::labels::{self, Fields};
-use distill_student_trainer::logreg::{CvOptions, HeadReport};
-use distill_student_trainer::task;
-use distill_teacher::{DeviceSpec, Teacher};
+use distill_student_trainer::finetune::Objective;
+use distill_student_trainer::tuned::{self, TuneSpec};
+use distill_tasks::fit::FitSpec;
+use distill_tasks::labels::Fields;
+use distill_tasks::logreg::{CvOptions, HeadReport};
+use distill_teacher::DeviceSpec;
 use std::path::PathBuf;
 
 #[derive(Debug, Subcommand)]
@@ -64,17 +63,6 @@ pub struct EntryArgs {
     pub output: Option<String>,
 }
 
-impl EntryArgs {
-    fn query(&self, kind: Option<OutputKind>) -> task::EntryQuery<'_> {
-        task::EntryQuery {
-            corpus: self.corpus.as_deref(),
-            teacher: self.teacher_fingerprint.as_deref(),
-            output: self.output.as_deref(),
-            kind,
-        }
-    }
-}
-
 #[derive(Debug, Args)]
 pub struct FitArgs {
     #[command(flatten)]
@@ -110,7 +98,7 @@ pub struct FitArgs {
     pub folds: usize,
     /// Seeded k-fold splits the head's cross-validation averages over (a single split of a few
     /// hundred labels is noisy).
-    #[arg(long = "cv-repeats", env = "DISTILL_CV_REPEATS", default_value_t = distill_student_trainer::logreg::CV_REPEATS)]
+    #[arg(long = "cv-repeats", env = "DISTILL_CV_REPEATS", default_value_t = distill_tasks::logreg::CV_REPEATS)]
     pub cv_repeats: usize,
     /// Seed of the cross-validation folds.
     #[arg(long, env = "DISTILL_SEED", default_value_t = 0)]
@@ -240,173 +228,102 @@ pub fn print_record(r: &TaskRecord) {
     }
 }
 
+impl FitArgs {
+    /// The library's spec of these flags.
+    pub fn spec(&self) -> anyhow::Result<FitSpec> {
+        let describe = self
+            .describe
+            .iter()
+            .map(|d| {
+                d.split_once('=')
+                    .filter(|(l, t)| !l.is_empty() && !t.trim().is_empty())
+                    .map(|(l, t)| (l.to_owned(), t.trim().to_owned()))
+                    .with_context(|| format!("--describe {d:?}: expected LABEL=description"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(FitSpec {
+            name: self.name.clone(),
+            corpus: self.entry.corpus.clone(),
+            teacher_fingerprint: self.entry.teacher_fingerprint.clone(),
+            output: self.entry.output.clone(),
+            labels: self.labels.clone(),
+            fields: Fields {
+                id: self.id_field.clone(),
+                label: self.label_field.clone(),
+                ..Default::default()
+            },
+            add: self.add,
+            describe,
+            teacher: self.teacher.clone(),
+            temperature: self.temperature,
+            cv: CvOptions {
+                c: self.c,
+                folds: self.folds,
+                repeats: self.cv_repeats,
+                seed: self.seed,
+            },
+            min_per_class: self.min_per_class,
+        })
+    }
+
+    /// How `--finetune` tunes the teacher.
+    fn tune(&self) -> anyhow::Result<TuneSpec> {
+        Ok(TuneSpec {
+            cache: self.entry.cache.clone(),
+            out: self.tuned_out.clone().expect("required by clap"),
+            teacher: self.teacher.clone(),
+            opts: tuned::options(
+                self.finetune_objective,
+                self.finetune_pairs,
+                (
+                    self.finetune_epochs,
+                    self.finetune_lr,
+                    self.finetune_head_lr,
+                ),
+                self.seed,
+            )?,
+            device: self.device.clone(),
+            show: !self.json,
+            text_field: self.text_field.clone(),
+            id_field: self.corpus_id_field.clone(),
+        })
+    }
+}
+
+/// `task fit`: the library's fit (a tuned teacher's with `--finetune`).
 pub async fn fit(args: &FitArgs) -> anyhow::Result<TaskRecord> {
     let loc = store::open(&args.entry.cache, false)?;
-    let fields = Fields {
-        id: args.id_field.clone(),
-        label: args.label_field.clone(),
-        // Suggestions left unlabeled are skipped when they are added.
-        skip_unlabeled: args.add,
-        ..Default::default()
-    };
-    if !args.describe.is_empty() {
-        let entry = task::find_entry(&loc, &args.entry.query(Some(OutputKind::Embeddings))).await?;
-        let mut labels = Vec::new();
-        let mut descriptions = Vec::new();
-        for d in &args.describe {
-            let (l, t) = d
-                .split_once('=')
-                .filter(|(l, t)| !l.is_empty() && !t.trim().is_empty())
-                .with_context(|| format!("--describe {d:?}: expected LABEL=description"))?;
-            if labels.iter().any(|x| x == l) {
-                anyhow::bail!("--describe: label {l:?} is described twice");
-            }
-            labels.push(l.to_owned());
-            descriptions.push(t.trim().to_owned());
-        }
-        let info = distill_cache::catalog::read_teacher(&loc, &entry.manifest.teacher).await?;
-        let source = args.teacher.clone().unwrap_or(info.source.clone());
-        let dir = ModelDir::resolve(&source).await?;
-        let (embedded, secs) = tokio::task::spawn_blocking({
-            let descriptions = descriptions.clone();
-            let fp = entry.manifest.teacher.clone();
-            move || -> anyhow::Result<(Vec<Vec<f32>>, f64)> {
-                let teacher = Teacher::load(&dir, &DeviceSpec::Cpu)?;
-                if teacher.info().fingerprint != fp {
-                    anyhow::bail!(
-                        "teacher {} has fingerprint {}, but the cache was labeled by {}: give the same teacher with --teacher",
-                        dir.location,
-                        teacher.info().fingerprint,
-                        fp
-                    );
-                }
-                let texts: Vec<&str> = descriptions.iter().map(String::as_str).collect();
-                let out = teacher.label(&texts, 4096)?;
-                let v = out.vectors();
-                Ok((v.values.chunks(v.width).map(<[f32]>::to_vec).collect(), out.device_seconds))
-            }
-        })
-        .await??;
-        let z = task::ZeroShot {
-            labels,
-            descriptions,
-            embedded,
-            temperature: args.temperature,
-            teacher_seconds: secs,
-        };
-        return Ok(task::fit_zero_shot(&loc, &args.name, &entry, z).await?);
-    }
-    let mut gold = match &args.labels {
-        Some(p) => labels::read(p, &fields)?,
-        None => Vec::new(),
-    };
-    let path = args
-        .labels
-        .as_ref()
-        .map(|p| p.display().to_string())
-        .unwrap_or_default();
-    let entry = if args.add {
-        // The task as it is: its gold labels, and the entry it was fitted on.
-        let existing = distill_cache::task::read_task(&loc, &args.name).await?;
-        let before = existing.gold.len();
-        gold = labels::merge(&existing.gold, gold, &path)?;
-        eprintln!(
-            "task {}: {} gold labels, {} added from {path}",
-            args.name,
-            gold.len(),
-            gold.len() - before
-        );
-        let (teacher, output) = (
-            existing.teacher.to_string(),
-            existing.base_output.to_string(),
-        );
-        task::find_entry(
-            &loc,
-            &task::EntryQuery {
-                corpus: None,
-                teacher: Some(&teacher),
-                output: Some(&output),
-                kind: None,
-            },
-        )
-        .await?
-    } else {
-        task::find_entry(&loc, &args.entry.query(None)).await?
-    };
+    let spec = args.spec()?;
     if args.finetune {
         if let Some(c) = args.c.filter(|c| !(c.is_finite() && *c > 0.0)) {
             anyhow::bail!("--c {c}: must be a positive number");
         }
-        let tune = Finetune {
-            cache: &args.entry.cache,
-            out: args.tuned_out.as_deref().expect("required by clap"),
-            teacher: args.teacher.clone(),
-            opts: finetune_options(
-                args.finetune_objective,
-                args.finetune_pairs,
-                (
-                    args.finetune_epochs,
-                    args.finetune_lr,
-                    args.finetune_head_lr,
-                ),
-                args.seed,
-            )?,
-            device: args.device.clone(),
-            show: !args.json,
-            text_field: args.text_field.clone(),
-            id_field: args.corpus_id_field.clone(),
-        };
-        let cvo = CvOptions {
-            c: args.c,
-            folds: args.folds,
-            repeats: args.cv_repeats,
-            seed: args.seed,
-        };
-        return fit_finetuned(&loc, &args.name, &entry, &gold, &path, &tune, cvo).await;
+        let p = distill_tasks::fit::prepare(&loc, &spec).await?;
+        let tune = args.tune()?;
+        let record = tuned::fit(&loc, &args.name, &p.entry, &p.gold, &p.path, &tune, spec.cv);
+        return Ok(record.await?);
     }
-    match entry.spec.kind() {
-        Some(OutputKind::Embeddings) => {
-            if gold.is_empty() {
-                anyhow::bail!(
-                    "{} is cached as embeddings: give gold labels (--labels FILE) or label descriptions (--describe LABEL=TEXT)",
-                    entry.manifest.corpus
-                );
-            }
-            if let Some(c) = args.c.filter(|c| !(c.is_finite() && *c > 0.0)) {
-                anyhow::bail!("--c {c}: must be a positive number");
-            }
-            let opts = CvOptions {
-                c: args.c,
-                folds: args.folds,
-                repeats: args.cv_repeats,
-                seed: args.seed,
-            };
-            Ok(task::fit_head(
-                &loc,
-                &args.name,
-                &entry,
-                &gold,
-                &path,
-                opts,
-                args.min_per_class,
-            )
-            .await?)
-        }
-        Some(OutputKind::Logits) if entry.spec_is_prompted() && !gold.is_empty() => {
-            Ok(task::fit_calibrated(
-                &loc, &args.name, &entry, &gold, &path, args.folds, args.seed,
-            )
-            .await?)
-        }
-        Some(OutputKind::Logits) => {
-            let info = distill_cache::catalog::read_teacher(&loc, &entry.manifest.teacher).await?;
-            if !gold.is_empty() {
-                task::gold_embeddings(&loc, &entry, &gold, &path).await?;
-            }
-            Ok(task::from_teacher(&loc, &args.name, &entry, &info, &gold, &path).await?)
-        }
-        _ => unreachable!("find_entry returns per-example entries only"),
+    let before = match args.add {
+        true => distill_cache::task::read_task(&loc, &args.name)
+            .await?
+            .gold
+            .len(),
+        false => 0,
+    };
+    let record = distill_tasks::fit::fit(&loc, &spec).await?;
+    if args.add {
+        eprintln!(
+            "task {}: {} gold labels, {} added from {}",
+            args.name,
+            record.gold.len(),
+            record.gold.len() - before,
+            args.labels
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        );
     }
+    Ok(record)
 }
 
 /// `distill task suggest`: the examples worth labeling next, as JSONL with an empty `label`.
@@ -424,8 +341,8 @@ async fn suggest(args: &SuggestArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let found =
-        distill_student_trainer::suggest::for_task(&loc, &record, args.n, student, None).await?;
+    let student = student.map(|s| Box::new(s) as Box<dyn distill_tasks::suggest::Classifier>);
+    let found = distill_tasks::suggest::for_task(&loc, &record, args.n, student, None).await?;
     let lines = found
         .iter()
         .map(|s| {
@@ -448,180 +365,4 @@ async fn suggest(args: &SuggestArgs) -> anyhow::Result<()> {
         record.name
     );
     Ok(())
-}
-
-/// The fine-tuning options of the command line (`task fit`, the quickstart): the objective's defaults,
-/// overridden where given; flags the objective does not read are refused.
-pub(crate) fn finetune_options(
-    objective: Objective,
-    pairs: Option<usize>,
-    (epochs, lr, head_lr): (Option<usize>, Option<f64>, Option<f64>),
-    seed: u64,
-) -> anyhow::Result<FinetuneOptions> {
-    let d = FinetuneOptions::for_objective(objective);
-    if head_lr.is_some() && objective.is_contrastive() {
-        anyhow::bail!("--finetune-head-lr: the contrastive objective has no head (--finetune-objective classifier)");
-    }
-    // Part of the run id: a flag the objective does not read must not make another run.
-    if pairs.is_some() && !objective.is_contrastive() {
-        anyhow::bail!("--finetune-pairs: the classifier objective makes no pairs (--finetune-objective contrastive)");
-    }
-    for (flag, v) in [("--finetune-lr", lr), ("--finetune-head-lr", head_lr)] {
-        if let Some(v) = v.filter(|v| !(v.is_finite() && *v > 0.0)) {
-            anyhow::bail!("{flag} {v}: must be a positive number");
-        }
-    }
-    Ok(FinetuneOptions {
-        pairs: pairs.unwrap_or(d.pairs),
-        epochs: epochs.unwrap_or(d.epochs),
-        lr: lr.unwrap_or(d.lr),
-        head_lr: head_lr.or(d.head_lr),
-        seed,
-        ..d
-    })
-}
-
-/// How `task fit --finetune` tunes the teacher.
-pub struct Finetune<'a> {
-    /// The cache store's URL (the tuned teacher's pass labels into it).
-    pub cache: &'a str,
-    /// A local directory or an object-store URL (built locally in the model cache, then uploaded).
-    pub out: &'a str,
-    /// The teacher to tune (default: where the cache says the entry's teacher was loaded from).
-    pub teacher: Option<String>,
-    pub opts: FinetuneOptions,
-    pub device: DeviceSpec,
-    pub show: bool,
-    /// How the entry's corpus was read (its text and id fields).
-    pub text_field: String,
-    pub id_field: String,
-}
-
-/// `task fit --finetune`: tunes the entry's teacher on the gold labels, labels the entry's corpus once
-/// with the tuned teacher (the normal labeling path: its own fingerprint, cache hits on a rerun) and
-/// fits the cross-validated head on its embeddings.
-pub async fn fit_finetuned(
-    loc: &store::Location,
-    name: &str,
-    entry: &task::Entry,
-    gold: &[labels::Gold],
-    path: &str,
-    tune: &Finetune<'_>,
-    cvo: CvOptions,
-) -> anyhow::Result<TaskRecord> {
-    let Some(OutputKind::Embeddings) = entry.spec.kind() else {
-        anyhow::bail!(
-            "{} is cached as {}: --finetune tunes an embeddings teacher",
-            entry.manifest.corpus,
-            entry.spec.describe()
-        );
-    };
-    distill_cache::task::check_name(name)?;
-    // The tuned teacher labels the entry's corpus again: it must read as it was labeled.
-    let corpus = distill_cache::corpus::CorpusSpec {
-        url: entry.manifest.corpus.clone(),
-        format: None,
-        text_field: tune.text_field.clone(),
-        id_field: tune.id_field.clone(),
-    };
-    task::check_corpus(entry, &corpus).await?;
-    let remote = tune.out.contains("://") && !tune.out.starts_with("file://");
-    let local = if remote {
-        distill_cache::model_dir::local_dir_for(tune.out)
-    } else {
-        PathBuf::from(tune.out.strip_prefix("file://").unwrap_or(tune.out))
-    };
-    let bar = crate::train_cmd::TrainBar::new(tune.show, "fine-tune");
-    let bar = std::sync::Arc::new(std::sync::Mutex::new(bar));
-    let b2 = bar.clone();
-    let tuned = finetune::tune_teacher(
-        finetune::TuneRequest {
-            loc,
-            entry,
-            gold,
-            labels_path: path,
-            teacher: tune.teacher.clone(),
-            out: &local,
-            opts: tune.opts.clone(),
-            device: tune.device.clone(),
-        },
-        move |r| b2.lock().expect("not poisoned").step(r),
-    )
-    .await?;
-    drop(bar);
-    if tune.show {
-        if tuned.reused {
-            eprintln!(
-                "tuned teacher {} (the same run, reused)",
-                tuned.dir.display()
-            );
-        } else {
-            eprintln!(
-                "tuned teacher {} ({} objective): {} steps in {:.0} s",
-                tuned.dir.display(),
-                tune.opts.objective,
-                tuned.steps,
-                tuned.seconds
-            );
-        }
-    }
-    if remote {
-        distill_cache::model_dir::upload_dir(&tuned.dir, tune.out).await?;
-        if tune.show {
-            eprintln!("uploaded to {}", tune.out);
-        }
-    }
-    let teacher = if remote {
-        tune.out.to_owned()
-    } else {
-        tuned.dir.display().to_string()
-    };
-    // The tuned teacher's pass over the entry's corpus, once.
-    let dtype = match entry.spec {
-        distill_cache::spec::OutputSpec::Embeddings { dtype } => dtype,
-        _ => distill_cache::spec::Dtype::F32,
-    };
-    let label_args = crate::label::LabelArgs {
-        corpus: crate::label::CorpusArgs {
-            corpus: corpus.url.clone(),
-            format: None,
-            text_field: corpus.text_field.clone(),
-            id_field: corpus.id_field.clone(),
-        },
-        teacher: crate::label::TeacherArgs {
-            teacher,
-            device: tune.device.clone(),
-            max_batch_tokens: 4096,
-            resident_weights: Default::default(),
-            precision: "f32".into(),
-        },
-        store: Some(tune.cache.to_owned()),
-        output: crate::label::OutputArgs::simple(OutputKind::Embeddings, dtype),
-        shard_size: entry.manifest.shard_size as usize,
-        strict: false,
-        max_attempts: 0,
-        json: false,
-        remote: Default::default(),
-    };
-    let job = crate::label::label(&label_args, tune.show).await?;
-    let tuned_entry = task::find_entry(
-        loc,
-        &task::EntryQuery {
-            corpus: Some(&entry.manifest.corpus),
-            teacher: Some(job.teacher_fingerprint.as_str()),
-            output: Some(job.output_fingerprint.as_str()),
-            kind: Some(OutputKind::Embeddings),
-        },
-    )
-    .await?;
-    let mut record = task::fit_head(loc, name, &tuned_entry, gold, path, cvo, 2).await?;
-    // What defining this task cost on the teacher's device: the fine-tuning and the tuned pass.
-    record.teacher_seconds = tuned.seconds + job.ledger.teacher_seconds;
-    distill_cache::task::write_task(loc, &record).await?;
-    if tune.show {
-        eprintln!(
-            "note: the cross-validated figures of a tuned teacher's head are optimistic (the encoder was tuned on the same gold labels); evaluate it on held-out labels"
-        );
-    }
-    Ok(record)
 }

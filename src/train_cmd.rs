@@ -2,15 +2,12 @@
 
 use clap::{Args, ValueEnum};
 use distill_cache::store::{self, Location};
-use distill_cache::task::TaskRecord;
-use distill_student_trainer::model::StudentInfo;
-use distill_student_trainer::ngram::{NgramConfig, StepReport};
-use distill_student_trainer::recipe::{
-    self, Progress, TaskStudent, TrainSpec, TransformerSettings,
-};
+use distill_student_trainer::ngram::NgramConfig;
+use distill_student_trainer::progress::{bars, TrainBar};
+use distill_student_trainer::recipe::{self, TaskStudent, TrainSpec, TransformerSettings};
 use distill_teacher::DeviceSpec;
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum StudentKind {
@@ -155,33 +152,6 @@ impl TrainArgs {
     pub fn alpha(&self) -> f32 {
         self.alpha.unwrap_or(0.5)
     }
-
-    /// Defaults for a command line with only the required flags.
-    pub fn new(cache: &str, task: &str, student: StudentKind, out: &Path) -> Self {
-        use clap::Parser;
-        #[derive(Parser)]
-        struct P {
-            #[command(flatten)]
-            a: TrainArgs,
-        }
-        let kind = match student {
-            StudentKind::Transformer => "transformer",
-            StudentKind::Ngram => "ngram",
-            StudentKind::Lm => "lm",
-        };
-        P::parse_from([
-            "train",
-            "--cache",
-            cache,
-            "--task",
-            task,
-            "--student",
-            kind,
-            "--out",
-            &out.display().to_string(),
-        ])
-        .a
-    }
 }
 
 pub async fn run(args: TrainArgs) -> anyhow::Result<()> {
@@ -200,11 +170,11 @@ pub async fn run(args: TrainArgs) -> anyhow::Result<()> {
     };
     let task = distill_cache::task::read_task(&loc, name).await?;
     let exclude = match &args.exclude {
-        Some(p) => distill_student_trainer::labels::read_ids(p)?,
+        Some(p) => distill_tasks::labels::read_ids(p)?,
         None => HashSet::new(),
     };
     let started = std::time::Instant::now();
-    let info = train(&loc, &task, &args, exclude, None, true).await?;
+    let info = recipe::train(&loc, &task, &args.spec(exclude)?, None, bars(true)).await?;
     println!(
         "trained a {} student for task {} in {:.0} s → {}",
         info.kind,
@@ -238,7 +208,7 @@ async fn run_lm(loc: &Location, args: &TrainArgs) -> anyhow::Result<()> {
         output: args.output.clone(),
         teacher: args.teacher.clone(),
         exclude: match &args.exclude {
-            Some(p) => distill_student_trainer::labels::read_ids(p)?,
+            Some(p) => distill_tasks::labels::read_ids(p)?,
             None => HashSet::new(),
         },
         options: LmOptions {
@@ -278,73 +248,6 @@ async fn run_lm(loc: &Location, args: &TrainArgs) -> anyhow::Result<()> {
         args.out.display()
     );
     Ok(())
-}
-
-/// Training progress: a bar on a terminal, a line every 10% in logs, nothing when hidden.
-pub struct TrainBar {
-    bar: indicatif::ProgressBar,
-    lines: bool,
-    smooth: f32,
-    what: &'static str,
-}
-
-impl TrainBar {
-    pub fn new(show: bool, what: &'static str) -> Self {
-        let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
-        let bar = if show && terminal {
-            indicatif::ProgressBar::new(0)
-        } else {
-            indicatif::ProgressBar::hidden()
-        };
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(&format!(
-                "{what} [{{elapsed_precise}}] {{wide_bar}} {{pos}}/{{len}} {{msg}} ETA {{eta}}"
-            ))
-            .expect("valid template"),
-        );
-        Self {
-            bar,
-            lines: show && !terminal,
-            smooth: 0.0,
-            what,
-        }
-    }
-
-    pub fn step(&mut self, r: StepReport) {
-        self.smooth = if r.step == 1 {
-            r.loss
-        } else {
-            0.95 * self.smooth + 0.05 * r.loss
-        };
-        self.bar.set_length(r.total);
-        self.bar.set_position(r.step);
-        let msg = format!(
-            "epoch {} loss {:.4} lr {:.2e}",
-            r.epoch + 1,
-            self.smooth,
-            r.lr
-        );
-        if self.lines && (r.step.is_multiple_of((r.total / 10).max(1)) || r.step == r.total) {
-            eprintln!(
-                "  {} step {}/{} ({:.0} s) {msg}",
-                self.what,
-                r.step,
-                r.total,
-                self.bar.elapsed().as_secs_f64()
-            );
-        }
-        self.bar.set_message(msg);
-    }
-
-    pub fn finish(&self) {
-        self.bar.finish_and_clear();
-    }
-}
-
-impl Drop for TrainBar {
-    fn drop(&mut self) {
-        self.bar.finish_and_clear();
-    }
 }
 
 impl TrainArgs {
@@ -397,27 +300,4 @@ impl TrainArgs {
         }
         Ok(self.spec(HashSet::new())?.validate()?)
     }
-}
-
-/// Progress bars for the library's training phases.
-pub fn bars(show: bool) -> Progress {
-    std::sync::Arc::new(move |name| {
-        let mut bar = TrainBar::new(show, name);
-        Box::new(move |r| bar.step(r))
-    })
-}
-
-/// Trains and saves one task student (the library's recipe, with progress bars).
-pub async fn train(
-    loc: &Location,
-    task: &TaskRecord,
-    args: &TrainArgs,
-    exclude: HashSet<String>,
-    mimicked: Option<(
-        &distill_student_trainer::transformer::TransformerStudent,
-        &str,
-    )>,
-    show: bool,
-) -> anyhow::Result<StudentInfo> {
-    Ok(recipe::train(loc, task, &args.spec(exclude)?, mimicked, bars(show)).await?)
 }

@@ -27,16 +27,26 @@ use std::sync::Arc;
 
 /// What a user asks for (`--output`, `--dtype`, `--top-k`, …; 0 means "the default"), before it is
 /// resolved against a teacher into an [`OutputSpec`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutputRequest {
     pub kind: OutputKind,
+    #[serde(default = "default_dtype")]
     pub dtype: Dtype,
+    #[serde(default)]
     pub top_k: u32,
+    #[serde(default)]
     pub samples: u32,
+    #[serde(default)]
     pub window: u32,
+    #[serde(default)]
     pub stride: u32,
     /// `logits` from a decoder: the prompt that makes it a classifier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt: Option<PromptSpec>,
+}
+
+fn default_dtype() -> Dtype {
+    Dtype::F32
 }
 
 impl OutputRequest {

@@ -10,6 +10,12 @@ pub enum StudentError {
     #[error(transparent)]
     Teacher(#[from] distill_teacher::TeacherError),
 
+    #[error(transparent)]
+    Task(#[from] distill_tasks::TaskError),
+
+    #[error(transparent)]
+    Label(#[from] distill_label::LabelError),
+
     #[error("{path}, line {line}: {reason}")]
     Line {
         path: String,

@@ -1,14 +1,14 @@
 //! Evaluating a model on labeled examples, and finding the examples worth labeling next.
 
-use crate::data::{Example, Selection, TrainData};
-use crate::labels::Gold;
-use crate::metrics::{accuracy, argmax, ece, macro_f1, probabilities, quantile};
 use crate::model::Predictor;
 use crate::{Result, StudentError};
 use distill_cache::model_dir::{Head, ModelDir};
 use distill_cache::spec::OutputSpec;
 use distill_cache::store::Location;
 use distill_cache::task::{TaskKind, TaskRecord};
+use distill_tasks::data::{Example, Selection, TrainData};
+use distill_tasks::labels::Gold;
+use distill_tasks::metrics::{accuracy, argmax, ece, macro_f1, probabilities, quantile};
 use distill_teacher::{DeviceSpec, Teacher};
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
@@ -75,7 +75,8 @@ pub async fn task_teacher(
         (Some(head), None, _) => Predictor::TeacherHead(Arc::new(teacher), head.clone(), labels),
         (None, Some(p), _) => {
             // The raw prompted scores.
-            let identity = crate::calibrate::identity(labels.len(), vec![0.0; labels.len()]);
+            let identity =
+                distill_tasks::calibrate::identity(labels.len(), vec![0.0; labels.len()]);
             Predictor::Prompted(Arc::new(teacher), p, identity, labels)
         }
         (None, None, TaskKind::Teacher)
@@ -91,6 +92,43 @@ pub async fn task_teacher(
             )))
         }
     })
+}
+
+/// The labeled examples of a gold-label file ([`labeled_examples`] over what [`distill_tasks::labels::read`]
+/// reads from `path`).
+pub async fn labeled_examples_file(
+    loc: &Location,
+    task: &TaskRecord,
+    path: &std::path::Path,
+    fields: &distill_tasks::labels::Fields,
+    labels: &[String],
+    teacher: &TeacherSource,
+) -> Result<Vec<Example>> {
+    let gold = distill_tasks::labels::read(path, fields)?;
+    labeled_examples(
+        loc,
+        task,
+        &gold,
+        &path.display().to_string(),
+        labels,
+        teacher,
+    )
+    .await
+}
+
+/// A model's parameters: the n-gram's own count, else what its `model.safetensors` holds.
+pub fn parameters(model: &Predictor, dir: &std::path::Path) -> u64 {
+    match model {
+        Predictor::Ngram(m) => m.parameters() as u64,
+        _ => safetensors_parameters(dir),
+    }
+}
+
+/// Parameters stored in a directory's `model.safetensors` (0 without one).
+pub fn safetensors_parameters(dir: &std::path::Path) -> u64 {
+    candle_core::safetensors::load(dir.join("model.safetensors"), &candle_core::Device::Cpu)
+        .map(|t| t.values().map(|v| v.elem_count() as u64).sum())
+        .unwrap_or(0)
 }
 
 /// The examples of a labels file, with gold classes in `labels` order and the teacher's task logits:
@@ -324,12 +362,12 @@ pub struct BlindSpot {
 /// disagree most, over every row of `data`, streamed shard by shard (memory: one shard and 2·k spots).
 pub fn blind_spots(
     model: &Predictor,
-    data: &crate::data::TrainData,
+    data: &distill_tasks::data::TrainData,
     k: usize,
 ) -> Result<(Vec<BlindSpot>, Vec<BlindSpot>)> {
     let labels = model.labels().to_vec();
     let (mut unsure, mut apart): (Vec<BlindSpot>, Vec<BlindSpot>) = (Vec::new(), Vec::new());
-    data.for_each_shard(|examples| {
+    data.for_each_shard::<crate::StudentError>(|examples| {
         let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
         let student = probabilities(&model.logits(&texts)?);
         for (e, s) in examples.iter().zip(&student) {
@@ -353,4 +391,83 @@ pub fn blind_spots(
         Ok(())
     })?;
     Ok((unsure, apart))
+}
+
+/// `distill eval` of a classifier: which model, on which task's labeled examples.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSpec {
+    /// A distill student, a BertForSequenceClassification checkpoint, or the task's embedding
+    /// teacher (evaluated with the task's head).
+    pub model: std::path::PathBuf,
+    pub task: String,
+    /// Labeled examples: ids of the task's corpus, or rows with their own text.
+    pub labels: std::path::PathBuf,
+    pub fields: distill_tasks::labels::Fields,
+    /// The task's teacher, for rows whose texts are not in the cache (default: the cache's).
+    pub teacher: Option<String>,
+    pub device: DeviceSpec,
+    /// Texts timed one at a time for the latency quantiles.
+    pub latency_samples: usize,
+    /// Corpus examples worth labeling next, listed two ways (0: none; reads the whole task).
+    pub blind_spots: usize,
+}
+
+/// What `distill eval` reports: the figures, and the blind spots asked for (the teacher's least
+/// confident rows, the rows where teacher and model are furthest apart).
+#[derive(Debug, Serialize)]
+pub struct EvalOutcome {
+    pub report: EvalReport,
+    pub blind_spots: Option<(Vec<BlindSpot>, Vec<BlindSpot>)>,
+}
+
+/// Evaluates the spec's model on its task's labeled examples.
+pub async fn evaluate_model(loc: &Location, spec: &EvalSpec) -> Result<EvalOutcome> {
+    let task = distill_cache::task::read_task(loc, &spec.task).await?;
+    let model = {
+        let (dir, device, t) = (spec.model.clone(), spec.device.clone(), task.clone());
+        tokio::task::spawn_blocking(move || Predictor::load_for_task(&dir, &device, &t))
+            .await
+            .map_err(|e| StudentError::Invalid(format!("loading the model: {e}")))??
+    };
+    if model.labels() != task.labels.as_slice() {
+        return Err(StudentError::Invalid(format!(
+            "model {} predicts [{}] but task {} has labels [{}]: evaluate it on its own task",
+            spec.model.display(),
+            model.labels().join(", "),
+            task.name,
+            task.labels.join(", ")
+        )));
+    }
+    let source = TeacherSource {
+        model: spec.teacher.clone(),
+        device: spec.device.clone(),
+    };
+    let fields = &spec.fields;
+    let examples =
+        labeled_examples_file(loc, &task, &spec.labels, fields, &task.labels, &source).await?;
+    let params = parameters(&model, &spec.model);
+    let bytes = crate::model::dir_bytes(&spec.model);
+    let (name, samples, k) = (
+        spec.model.display().to_string(),
+        spec.latency_samples,
+        spec.blind_spots,
+    );
+    let all = match k {
+        0 => None,
+        _ => Some(TrainData::open(loc, &task, Default::default(), 0).await?),
+    };
+    tokio::task::spawn_blocking(move || -> Result<EvalOutcome> {
+        let report = evaluate(&name, &model, &examples, samples, params, bytes)?;
+        let blind_spots = match all {
+            Some(data) => Some(blind_spots(&model, &data, k)?),
+            None => None,
+        };
+        Ok(EvalOutcome {
+            report,
+            blind_spots,
+        })
+    })
+    .await
+    .map_err(|e| StudentError::Invalid(format!("evaluating: {e}")))?
 }

@@ -19,18 +19,18 @@
 //! reused.
 
 use crate::checkpoint::{self, Position};
-use crate::labels::Gold;
 use crate::model::StudentInfo;
 use crate::ngram::StepReport;
 use crate::optim::{lr_at, AdamW, VarAdamW};
-use crate::rng::Rng;
-use crate::task::Entry;
 use crate::transformer::{TransformerOptions, TransformerStudent};
 use crate::{Result, StudentError};
 use candle_core::{Device, Tensor, Var, D};
 use distill_cache::fingerprint::Hasher;
 use distill_cache::model_dir::{Head, ModelDir};
 use distill_cache::store::Location;
+use distill_tasks::labels::Gold;
+use distill_tasks::rng::Rng;
+use distill_tasks::task::Entry;
 use distill_teacher::DeviceSpec;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -429,7 +429,7 @@ pub async fn tune_teacher(
     on_step: impl FnMut(StepReport) + Send + 'static,
 ) -> Result<Tuned> {
     // The run is known from the request alone: a finished one is reused before anything is read.
-    let labels = crate::task::check_classes(r.gold, 2, r.labels_path)?;
+    let labels = distill_tasks::task::check_classes(r.gold, 2, r.labels_path)?;
     let mut gold: Vec<(&str, &str)> = r
         .gold
         .iter()
@@ -465,7 +465,7 @@ pub async fn tune_teacher(
         }
     };
     let dir = ModelDir::resolve(&source).await?;
-    let texts = crate::task::gold_texts(r.loc, r.entry, r.gold, r.labels_path).await?;
+    let texts = distill_tasks::task::gold_texts(r.loc, r.entry, r.gold, r.labels_path).await?;
     let y: Vec<usize> = r
         .gold
         .iter()

@@ -10,23 +10,7 @@
 //!
 //! The `T²` factor keeps the soft term's gradient scale independent of `T` (Hinton et al., 2015).
 
-/// Softmax of `x / t` into `out`.
-pub fn softmax(x: &[f32], t: f32, out: &mut [f32]) {
-    let m = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    let mut z = 0.0;
-    for (o, &v) in out.iter_mut().zip(x) {
-        *o = ((v - m) / t).exp();
-        z += *o;
-    }
-    out.iter_mut().for_each(|o| *o /= z);
-}
-
-/// Log-softmax of `x / t`.
-pub fn log_softmax(x: &[f32], t: f32) -> Vec<f32> {
-    let m = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    let lse = x.iter().map(|&v| ((v - m) / t).exp()).sum::<f32>().ln();
-    x.iter().map(|&v| (v - m) / t - lse).collect()
-}
+use distill_tasks::metrics::log_softmax;
 
 /// Loss weights.
 #[derive(Clone, Copy, Debug)]

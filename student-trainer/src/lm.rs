@@ -25,8 +25,6 @@ use crate::checkpoint::{self, Position};
 use crate::model::StudentInfo;
 use crate::ngram::StepReport;
 use crate::optim::{lr_at, AdamW, VarAdamW};
-use crate::rng::Rng;
-use crate::task::{find_entry, Entry, EntryQuery};
 use crate::{Result, StudentError};
 use candle_core::{Device, Tensor, Var, D};
 use distill_cache::commit::read_shard;
@@ -35,6 +33,8 @@ use distill_cache::model_dir::{ModelDir, TeacherInfo, TokenizerInfo};
 use distill_cache::spec::{OutputKind, OutputSpec, TopkSpec};
 use distill_cache::store::Location;
 use distill_cache::values::{OutputValues, TokenTopk};
+use distill_tasks::rng::Rng;
+use distill_tasks::task::{find_entry, Entry, EntryQuery};
 use distill_teacher::llama::LlamaConfig;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -158,7 +158,7 @@ pub async fn find_lm_entry(loc: &Location, q: &EntryQuery<'_>) -> Result<LmEntry
                     found.spec.describe()
                 )));
             }
-            return Err(e);
+            return Err(e.into());
         }
     };
     let OutputSpec::TokenTopk(topk) = entry.spec.clone() else {

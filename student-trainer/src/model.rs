@@ -300,3 +300,17 @@ pub fn dir_bytes(dir: &Path) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// A trained model scores rows for a task's suggestions (teacher–student disagreement).
+impl distill_tasks::suggest::Classifier for Predictor {
+    fn labels(&self) -> &[String] {
+        Predictor::labels(self)
+    }
+
+    fn logits(
+        &self,
+        texts: &[&str],
+    ) -> std::result::Result<Vec<Vec<f32>>, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(Predictor::logits(self, texts)?)
+    }
+}

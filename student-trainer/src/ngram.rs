@@ -7,12 +7,12 @@
 //! linear decay, and global-norm clipping.
 
 use crate::checkpoint::{self, Position};
-use crate::data::{Example, TrainData};
 use crate::kd::{kd_loss, KdWeights};
 use crate::optim::{clip, lr_at, AdamW, Moments, Step};
-use crate::rng::Rng;
 use crate::{Result, StudentError};
 use candle_core::{Device, Tensor};
+use distill_tasks::data::{Example, TrainData};
+use distill_tasks::rng::Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
@@ -331,7 +331,10 @@ pub fn train(
     for epoch in start..opts.epochs {
         let mut examples = data.epoch(epoch as u64).peekable();
         while examples.peek().is_some() {
-            let batch: Vec<Example> = examples.by_ref().take(opts.batch).collect::<Result<_>>()?;
+            let batch: Vec<Example> = examples
+                .by_ref()
+                .take(opts.batch)
+                .collect::<distill_tasks::Result<_>>()?;
             let (loss, mut g_w, g_emb) = model.gradients(&batch, opts.kd);
             let mut rows: Vec<(u32, Vec<f32>)> = g_emb.into_iter().collect();
             rows.sort_unstable_by_key(|(r, _)| *r);

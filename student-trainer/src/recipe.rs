@@ -5,7 +5,6 @@
 //! tests build specs directly. (The LM student's recipe is [`crate::lm::train_lm`].)
 
 use crate::checkpoint;
-use crate::data::{Selection, TrainData};
 use crate::dir::write_dir;
 use crate::kd::KdWeights;
 use crate::model::{save_ngram, StudentInfo};
@@ -16,6 +15,7 @@ use crate::{Result, StudentError};
 use distill_cache::model_dir::ModelDir;
 use distill_cache::store::Location;
 use distill_cache::task::TaskRecord;
+use distill_tasks::data::{Selection, TrainData};
 use distill_teacher::DeviceSpec;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

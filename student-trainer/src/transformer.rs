@@ -17,16 +17,16 @@
 //! resumes from the last one.
 
 use crate::checkpoint::{self, Position};
-use crate::data::{Example, TrainData};
 use crate::kd::KdWeights;
 use crate::model::StudentInfo;
 use crate::ngram::StepReport;
 use crate::optim::{lr_at, AdamW, VarAdamW};
-use crate::rng::Rng;
 use crate::{Result, StudentError};
 use candle_core::{DType, Device, IndexOp, Tensor, Var, D};
 use distill_cache::model_dir::ModelDir;
 use distill_cache::task::LinearHead;
+use distill_tasks::data::{Example, TrainData};
+use distill_tasks::rng::Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -806,7 +806,10 @@ pub fn train_phase(
         let mut wrng = Rng::derive(opts.seed, phase.name(), epoch as u64);
         while it.peek().is_some() {
             // A window of examples, sorted by length into batches (little padding), in random order.
-            let window: Vec<Example> = it.by_ref().take(opts.batch * 16).collect::<Result<_>>()?;
+            let window: Vec<Example> = it
+                .by_ref()
+                .take(opts.batch * 16)
+                .collect::<distill_tasks::Result<_>>()?;
             let texts: Vec<&str> = window.iter().map(|e| e.text.as_str()).collect();
             let enc = tok
                 .encode_batch(texts, true)

@@ -34,6 +34,21 @@ impl std::fmt::Display for DeviceSpec {
     }
 }
 
+/// Written as the user names it (`"cpu"`, `"cuda:0"`) in specs and reports.
+impl serde::Serialize for DeviceSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for DeviceSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 impl DeviceSpec {
     pub fn open(&self) -> Result<Device> {
         match self {

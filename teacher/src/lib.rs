@@ -45,5 +45,6 @@ pub mod tokenizer;
 pub use device::DeviceSpec;
 pub use error::{Result, TeacherError};
 pub use model::{Model, ModelShape};
+pub use packed::LoadOptions;
 pub use packed::Resident;
-pub use teacher::{LoadOptions, Teacher};
+pub use teacher::Teacher;

@@ -391,6 +391,43 @@ impl std::fmt::Display for Resident {
     }
 }
 
+/// How a teacher is loaded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// How a decoder's weights stay in memory on the CPU.
+    pub resident: Resident,
+    /// Bytes of memory the model may take; `None`: what this machine has available.
+    pub memory_limit: Option<u64>,
+}
+
+impl LoadOptions {
+    /// These options for a job of `precision` ("" or "f32", or "bf16").
+    pub fn for_precision(&self, precision: &str) -> Self {
+        match precision {
+            "bf16" => Self {
+                resident: Resident::Bf16,
+                ..*self
+            },
+            _ => *self,
+        }
+    }
+}
+
+/// Written as `compact` or `f32` in specs (bf16 comes from a job's precision).
+impl serde::Serialize for Resident {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Resident {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,7 +17,7 @@ use crate::batching;
 use crate::device::DeviceSpec;
 use crate::model::{Model, ModelShape};
 use crate::outputs::{self, SplitMix64};
-use crate::packed::Resident;
+use crate::packed::LoadOptions;
 use crate::prompt::PromptTokens;
 use crate::tokenizer::{Encoded, TextTokenizer};
 use crate::{Result, TeacherError};
@@ -135,28 +135,6 @@ fn windows(row: usize, n: usize, window: usize, stride: usize) -> Vec<Window> {
             return out;
         }
         start += stride;
-    }
-}
-
-/// How a teacher is loaded.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct LoadOptions {
-    /// How a decoder's weights stay in memory on the CPU.
-    pub resident: Resident,
-    /// Bytes of memory the model may take; `None`: what this machine has available.
-    pub memory_limit: Option<u64>,
-}
-
-impl LoadOptions {
-    /// These options for a job of `precision` ("" or "f32", or "bf16").
-    pub fn for_precision(&self, precision: &str) -> Self {
-        match precision {
-            "bf16" => Self {
-                resident: Resident::Bf16,
-                ..*self
-            },
-            _ => *self,
-        }
     }
 }
 

@@ -156,26 +156,19 @@ async fn run_job(
     model: &std::path::Path,
     corpus: &std::path::Path,
 ) -> anyhow::Result<distill_coordinator::JobSummary> {
-    use clap::Parser;
-    let cli = distill::cli::Cli::try_parse_from([
-        "distill",
-        "label",
-        "--corpus",
+    let mut spec = distill_label::LabelSpec::new(
         corpus.to_str().unwrap(),
-        "--teacher",
         model.to_str().unwrap(),
-        "--store",
         &store.url,
-        "--shard-size",
-        "10",
-    ])
-    .unwrap();
-    let distill::cli::Command::Label(args) = cli.command else {
-        unreachable!()
-    };
+        distill_cache::format::OutputRequest::simple(
+            distill_cache::spec::OutputKind::Embeddings,
+            distill_cache::spec::Dtype::F32,
+        ),
+    );
+    spec.shard_size = 10;
     let dir = distill_cache::model_dir::ModelDir::inspect(model.to_str().unwrap(), model).unwrap();
     let teacher = distill_teacher::Teacher::load(&dir, &distill_teacher::DeviceSpec::Cpu).unwrap();
-    distill::label::label_in_process(&args, store, Arc::new(teacher), false).await
+    Ok(distill_label::local::with_teacher(&spec, store, Arc::new(teacher), false).await?)
 }
 
 #[tokio::test]

@@ -18,11 +18,22 @@
 
 use crate::data::{Example, TrainData};
 use crate::metrics::{argmax, probabilities};
-use crate::model::Predictor;
 use crate::rng::Rng;
 use crate::Result;
 use serde::Serialize;
 use std::collections::HashSet;
+
+/// A model giving class logits for texts: the student whose disagreement with the teacher counts
+/// (the students crate implements it for its trained models).
+pub trait Classifier: Send + Sync {
+    /// The classes, in logits order.
+    fn labels(&self) -> &[String];
+    /// Class logits of each text.
+    fn logits(
+        &self,
+        texts: &[&str],
+    ) -> Result<Vec<Vec<f32>>, Box<dyn std::error::Error + Send + Sync>>;
+}
 
 /// Suggestions for a task of the cache: its rows (with their teacher embeddings when the task's entry
 /// has them) minus its gold ids, scored with the task's logits and, with a student, the student's.
@@ -30,12 +41,12 @@ pub async fn for_task(
     loc: &distill_cache::store::Location,
     task: &distill_cache::task::TaskRecord,
     n: usize,
-    student: Option<Predictor>,
+    student: Option<Box<dyn Classifier>>,
     candidates: Option<HashSet<String>>,
 ) -> Result<Vec<Suggestion>> {
     if let Some(m) = &student {
         if m.labels() != task.labels.as_slice() {
-            return Err(crate::StudentError::Invalid(format!(
+            return Err(crate::TaskError::Invalid(format!(
                 "the student predicts [{}] but task {} has labels [{}]: give a student of this task",
                 m.labels().join(", "),
                 task.name,
@@ -62,13 +73,13 @@ pub async fn for_task(
             n,
             labeled: &labeled,
             candidates: candidates.as_ref(),
-            student: student.as_ref(),
+            student: student.as_deref(),
             seed: 0,
         };
         suggest(&data, &labels, &o)
     })
     .await
-    .map_err(|e| crate::StudentError::Invalid(format!("suggesting panicked: {e}")))?
+    .map_err(|e| crate::TaskError::Invalid(format!("suggesting panicked: {e}")))?
 }
 
 /// One example worth labeling.
@@ -97,7 +108,7 @@ pub struct SuggestOptions<'a> {
     pub labeled: &'a HashSet<String>,
     /// Only these rows may be suggested (`None`: every row).
     pub candidates: Option<&'a HashSet<String>>,
-    pub student: Option<&'a Predictor>,
+    pub student: Option<&'a dyn Classifier>,
     pub seed: u64,
 }
 
@@ -120,7 +131,7 @@ pub fn suggest(
     let (mut sample, mut seen): (Vec<Candidate>, usize) = (Vec::new(), 0);
     // Where the gold labels already sit: their regions need no more.
     let mut covered: Vec<Vec<f32>> = Vec::new();
-    data.for_each_shard(|examples| {
+    data.for_each_shard::<crate::TaskError>(|examples| {
         let (gold, examples): (Vec<Example>, Vec<Example>) = examples
             .into_iter()
             .filter(|e| o.labeled.contains(&e.id) || o.candidates.is_none_or(|c| c.contains(&e.id)))
@@ -137,7 +148,10 @@ pub fn suggest(
         let student = match o.student {
             Some(m) => {
                 let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
-                Some(probabilities(&m.logits(&texts)?))
+                let logits = m.logits(&texts).map_err(|e| {
+                    crate::TaskError::Invalid(format!("the student cannot score rows: {e}"))
+                })?;
+                Some(probabilities(&logits))
             }
             None => None,
         };

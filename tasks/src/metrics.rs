@@ -1,8 +1,6 @@
 //! Classification metrics: accuracy, macro-F1, agreement, expected calibration error, latency
 //! quantiles.
 
-use crate::kd::softmax;
-
 pub fn argmax(x: &[f32]) -> usize {
     let mut best = 0;
     for (i, v) in x.iter().enumerate() {
@@ -94,6 +92,24 @@ pub fn quantile(xs: &[f64], q: f64) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let i = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1;
     v[i]
+}
+
+/// Softmax of `x / t` into `out`.
+pub fn softmax(x: &[f32], t: f32, out: &mut [f32]) {
+    let m = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let mut z = 0.0;
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = ((v - m) / t).exp();
+        z += *o;
+    }
+    out.iter_mut().for_each(|o| *o /= z);
+}
+
+/// Log-softmax of `x / t`.
+pub fn log_softmax(x: &[f32], t: f32) -> Vec<f32> {
+    let m = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let lse = x.iter().map(|&v| ((v - m) / t).exp()).sum::<f32>().ln();
+    x.iter().map(|&v| (v - m) / t - lse).collect()
 }
 
 #[cfg(test)]

@@ -226,7 +226,8 @@ pub const C_GRID: [f64; 9] = [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0]
 pub const CV_REPEATS: usize = 5;
 
 /// How a cross-validated head is fitted.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct CvOptions {
     /// A fixed `C` (the temperature stays 1: the head of earlier releases); `None`: chosen from
     /// [`C_GRID`], with a temperature fitted too.
@@ -235,6 +236,18 @@ pub struct CvOptions {
     /// Seeded k-fold splits whose figures are averaged ([`CV_REPEATS`] by default; at least 1).
     pub repeats: usize,
     pub seed: u64,
+}
+
+impl Default for CvOptions {
+    /// C and temperature chosen over [`CV_REPEATS`] seeded 5-fold splits.
+    fn default() -> Self {
+        Self {
+            c: None,
+            folds: 5,
+            repeats: CV_REPEATS,
+            seed: 0,
+        }
+    }
 }
 
 /// One `C` of the grid, cross-validated (means over the repeated splits).

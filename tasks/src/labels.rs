@@ -2,7 +2,7 @@
 //! errors that name the file and line. A row may carry its text (`"text"`): evaluation then runs the
 //! teacher on it when its id is not in the cache, and a row with a text needs no id.
 
-use crate::{Result, StudentError};
+use crate::{Result, TaskError};
 use std::collections::HashSet;
 use std::path::Path;
 
@@ -19,7 +19,8 @@ pub struct Gold {
 }
 
 /// Field names of a labels file.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Fields {
     pub id: String,
     pub label: String,
@@ -58,12 +59,12 @@ fn field_str(v: &serde_json::Value) -> Option<String> {
 /// is an error naming the line.
 pub fn read(path: &Path, fields: &Fields) -> Result<Vec<Gold>> {
     let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(StudentError::io(path))?;
+    let text = std::fs::read_to_string(path).map_err(TaskError::io(path))?;
     let mut out = Vec::new();
     let mut seen = HashSet::new();
     for (i, line) in text.lines().enumerate() {
         let n = i as u64 + 1;
-        let line_err = |reason: String| StudentError::Line {
+        let line_err = |reason: String| TaskError::Line {
             path: name.clone(),
             line: n,
             reason,
@@ -113,7 +114,7 @@ pub fn read(path: &Path, fields: &Fields) -> Result<Vec<Gold>> {
         });
     }
     if out.is_empty() {
-        return Err(StudentError::File {
+        return Err(TaskError::File {
             path: name,
             reason: "no labeled examples".into(),
         });
@@ -146,7 +147,7 @@ pub fn merge(
         match known.get(g.id.as_str()) {
             Some(l) if *l == g.label => {}
             Some(l) => {
-                return Err(StudentError::Line {
+                return Err(TaskError::Line {
                     path: path.to_owned(),
                     line: g.line,
                     reason: format!(
@@ -163,7 +164,7 @@ pub fn merge(
 
 /// Reads a list of ids: JSONL objects with an `id` field, or one id per line.
 pub fn read_ids(path: &Path) -> Result<HashSet<String>> {
-    let text = std::fs::read_to_string(path).map_err(StudentError::io(path))?;
+    let text = std::fs::read_to_string(path).map_err(TaskError::io(path))?;
     let mut out = HashSet::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -171,16 +172,15 @@ pub fn read_ids(path: &Path) -> Result<HashSet<String>> {
             continue;
         }
         if line.starts_with('{') {
-            let v: serde_json::Value =
-                serde_json::from_str(line).map_err(|e| StudentError::Line {
-                    path: path.display().to_string(),
-                    line: i as u64 + 1,
-                    reason: format!("not JSON: {e}"),
-                })?;
+            let v: serde_json::Value = serde_json::from_str(line).map_err(|e| TaskError::Line {
+                path: path.display().to_string(),
+                line: i as u64 + 1,
+                reason: format!("not JSON: {e}"),
+            })?;
             let id = v
                 .get("id")
                 .and_then(field_str)
-                .ok_or_else(|| StudentError::Line {
+                .ok_or_else(|| TaskError::Line {
                     path: path.display().to_string(),
                     line: i as u64 + 1,
                     reason: "no \"id\" field".into(),

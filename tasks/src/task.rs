@@ -3,7 +3,7 @@
 
 use crate::labels::Gold;
 use crate::logreg::{self, CvOptions};
-use crate::{Result, StudentError};
+use crate::{Result, TaskError};
 use distill_cache::catalog::{self, CorpusManifest};
 use distill_cache::commit::{commit_shard, put_if_absent, read_shard, shard_meta};
 use distill_cache::fingerprint::Fingerprint;
@@ -65,7 +65,7 @@ pub async fn find_entry(loc: &Location, q: &EntryQuery<'_>) -> Result<Entry> {
         })
         .collect();
     if found.is_empty() {
-        return Err(StudentError::Invalid(format!(
+        return Err(TaskError::Invalid(format!(
             "the cache {} holds no labeled corpus: run `distill label` first",
             loc.url
         )));
@@ -105,11 +105,11 @@ pub async fn find_entry(loc: &Location, q: &EntryQuery<'_>) -> Result<Entry> {
     });
     match found.len() {
         1 => Ok(found.pop().expect("one")),
-        0 => Err(StudentError::Invalid(format!(
+        0 => Err(TaskError::Invalid(format!(
             "no cached corpus in {} matches (it has: {everything}); use --corpus / --teacher-fingerprint / --output",
             loc.url
         ))),
-        _ => Err(StudentError::Invalid(format!(
+        _ => Err(TaskError::Invalid(format!(
             "several cached corpora in {} match ({}); choose one with --corpus / --teacher-fingerprint / --output",
             loc.url,
             describe(&found)
@@ -162,7 +162,7 @@ async fn gold_rows<T: Clone>(
         .map(|(g, _)| g)
         .collect();
     if let Some(first) = missing.first() {
-        return Err(StudentError::Line {
+        return Err(TaskError::Line {
             path: labels_path.to_owned(),
             line: first.line,
             reason: format!(
@@ -211,7 +211,7 @@ pub async fn check_corpus(entry: &Entry, spec: &distill_cache::corpus::CorpusSpe
     let mut i = 0;
     while let Some(shard) = reader.next_shard(m.shard_size as usize).await? {
         if m.shards.get(i).map(|s| &s.fingerprint) != Some(&shard.fingerprint) {
-            return Err(StudentError::Invalid(format!(
+            return Err(TaskError::Invalid(format!(
                 "the corpus {} read with text field {:?} and id field {:?} is not what the entry was labeled from (shard {i} differs): give --text-field and --corpus-id-field as when it was labeled, or the corpus as it was",
                 spec.url, spec.text_field, spec.id_field
             )));
@@ -219,7 +219,7 @@ pub async fn check_corpus(entry: &Entry, spec: &distill_cache::corpus::CorpusSpe
         i += 1;
     }
     if i != m.shards.len() {
-        return Err(StudentError::Invalid(format!(
+        return Err(TaskError::Invalid(format!(
             "the corpus {} has {i} shards now, the entry {}: give the corpus as it was labeled",
             spec.url,
             m.shards.len()
@@ -260,7 +260,7 @@ pub fn check_classes(
         *counts.entry(g.label.as_str()).or_default() += 1;
     }
     if counts.len() < 2 {
-        return Err(StudentError::File {
+        return Err(TaskError::File {
             path: labels_path.to_owned(),
             reason: format!(
                 "every example has the label {:?}: a task needs at least two classes",
@@ -269,7 +269,7 @@ pub fn check_classes(
         });
     }
     if let Some((l, n)) = counts.iter().find(|(_, &n)| n < min_per_class) {
-        return Err(StudentError::File {
+        return Err(TaskError::File {
             path: labels_path.to_owned(),
             reason: format!(
                 "class {l:?} has {n} example(s); at least {min_per_class} per class are needed (label more, or lower --min-per-class)"
@@ -293,7 +293,7 @@ pub async fn fit_head(
 ) -> Result<TaskRecord> {
     task::check_name(name)?;
     if entry.spec.kind() != Some(OutputKind::Embeddings) {
-        return Err(StudentError::Invalid(format!(
+        return Err(TaskError::Invalid(format!(
             "{} is cached as {}: a head is fitted on embeddings (a classifier teacher's logits are a task already: fit without --labels)",
             entry.manifest.corpus,
             entry.spec.describe()
@@ -310,7 +310,7 @@ pub async fn fit_head(
     let classes = labels.len();
     let (head, report) = tokio::task::spawn_blocking(move || logreg::fit_cv(&x, &y, classes, cvo))
         .await
-        .map_err(|e| StudentError::Invalid(format!("head fit panicked: {e}")))?;
+        .map_err(|e| TaskError::Invalid(format!("head fit panicked: {e}")))?;
     let def = Definition {
         head: Some(head),
         gold,
@@ -350,12 +350,12 @@ pub async fn fit_zero_shot(
     } = z;
     task::check_name(name)?;
     if labels.len() < 2 {
-        return Err(StudentError::Invalid(
+        return Err(TaskError::Invalid(
             "a zero-shot task needs at least two labels".into(),
         ));
     }
     if temperature.is_nan() || temperature <= 0.0 {
-        return Err(StudentError::Invalid(format!(
+        return Err(TaskError::Invalid(format!(
             "temperature must be > 0, not {temperature}"
         )));
     }
@@ -402,7 +402,7 @@ pub async fn from_teacher(
         (_, Some(l)) => l,
         (Head::Classifier { labels }, None) => labels,
         _ => {
-            return Err(StudentError::Invalid(format!(
+            return Err(TaskError::Invalid(format!(
             "{} is cached as embeddings: give --labels (few-shot head) or --describe (zero-shot)",
             entry.manifest.corpus
         )))
@@ -410,7 +410,7 @@ pub async fn from_teacher(
     };
     for g in gold {
         if !labels.contains(&g.label) {
-            return Err(StudentError::Line {
+            return Err(TaskError::Line {
                 path: labels_path.to_owned(),
                 line: g.line,
                 reason: format!(
@@ -446,7 +446,7 @@ pub async fn fit_calibrated(
         prompt: Some(p), ..
     } = &entry.spec
     else {
-        return Err(StudentError::Invalid(format!(
+        return Err(TaskError::Invalid(format!(
             "{} is not a prompted entry",
             entry.manifest.output.short()
         )));
@@ -454,7 +454,7 @@ pub async fn fit_calibrated(
     let labels = p.labels();
     for g in gold {
         if !labels.contains(&g.label) {
-            return Err(StudentError::Line {
+            return Err(TaskError::Line {
                 path: labels_path.to_owned(),
                 line: g.line,
                 reason: format!(
@@ -467,7 +467,7 @@ pub async fn fit_calibrated(
         }
     }
     if let Some(unused) = labels.iter().find(|l| !gold.iter().any(|g| &g.label == *l)) {
-        return Err(StudentError::Invalid(format!(
+        return Err(TaskError::Invalid(format!(
             "{labels_path}: no gold label is {unused:?}, a choice of the prompt: give examples of every choice, or drop that --choice"
         )));
     }
@@ -480,7 +480,7 @@ pub async fn fit_calibrated(
     let (head, report) =
         tokio::task::spawn_blocking(move || crate::calibrate::choose(&x, &y, classes, folds, seed))
             .await
-            .map_err(|e| StudentError::Invalid(format!("calibration panicked: {e}")))?;
+            .map_err(|e| TaskError::Invalid(format!("calibration panicked: {e}")))?;
     let def = Definition {
         head: Some(head),
         gold,
@@ -558,7 +558,7 @@ async fn publish(
             let (meta, data) = read_shard(loc, &key(base, &s.fingerprint)).await?;
             let emb = data.expect_vectors(s.fingerprint.as_str())?;
             if emb.width != head.dim {
-                return Err(StudentError::Invalid(format!(
+                return Err(TaskError::Invalid(format!(
                     "shard {}: embeddings of width {} but the head expects {}",
                     s.fingerprint, emb.width, head.dim
                 )));

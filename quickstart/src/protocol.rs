@@ -1,12 +1,12 @@
 //! The quickstart's experiment protocol, as a library: how gold labels are split (by group, no group
 //! on both sides), how each draw of gold labels is taken, how the evaluated rows are summarised over
-//! draws, and which targets they are held to. The command runs the pipeline and prints; this module
+//! draws, and which targets they are held to. The run ([`crate::run`]) follows it; this module
 //! decides, and its unit tests say what it promises.
 
-use crate::eval::EvalReport;
-use crate::finetune::Objective;
-use crate::labels::Gold;
-use crate::rng::Rng;
+use distill_student_trainer::eval::EvalReport;
+use distill_student_trainer::finetune::Objective;
+use distill_tasks::labels::Gold;
+use distill_tasks::rng::Rng;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashSet};
 

@@ -6,7 +6,7 @@
 //! once and kept.
 
 use crate::rng::Rng;
-use crate::{Result, StudentError};
+use crate::{Result, TaskError};
 use distill_cache::commit::read_shard;
 use distill_cache::fingerprint::Fingerprint;
 use distill_cache::layout::ShardKey;
@@ -88,13 +88,13 @@ impl TrainData {
         )
         .await?
         .ok_or_else(|| {
-            StudentError::Invalid(format!(
+            TaskError::Invalid(format!(
                 "task {:?}: its corpus manifest is missing from {} (the cache was pruned?): fit the task again",
                 task.name, loc.url
             ))
         })?;
         if manifest.rows == 0 {
-            return Err(StudentError::Invalid(format!(
+            return Err(TaskError::Invalid(format!(
                 "task {:?}: the cached corpus {} has no rows",
                 task.name, manifest.corpus
             )));
@@ -136,7 +136,7 @@ impl TrainData {
     /// Also yields the teacher's embeddings (from the task's base entry).
     pub fn with_embeddings(mut self, task: &TaskRecord) -> Result<Self> {
         if task.base_output == task.output {
-            return Err(StudentError::Invalid(format!(
+            return Err(TaskError::Invalid(format!(
                 "task {:?} has no cached embeddings (its teacher is a classifier): embedding mimicry needs an embeddings entry",
                 task.name
             )));
@@ -178,7 +178,7 @@ impl TrainData {
         let (_, data) = self.handle.block_on(read_shard(&self.loc, &key))?;
         let soft = data.expect_vectors(shard.as_str())?;
         if soft.width != self.labels.len() {
-            return Err(StudentError::Invalid(format!(
+            return Err(TaskError::Invalid(format!(
                 "shard {shard}: {} logits per row but the task has {} labels: the cache does not belong to this task",
                 soft.width,
                 self.labels.len()
@@ -192,7 +192,7 @@ impl TrainData {
                 };
                 let (_, e) = self.handle.block_on(read_shard(&self.loc, &key))?;
                 if e.ids != data.ids {
-                    return Err(StudentError::Invalid(format!(
+                    return Err(TaskError::Invalid(format!(
                         "shard {shard}: the embeddings and the task logits list different rows"
                     )));
                 }
@@ -245,8 +245,12 @@ impl TrainData {
         Ok(n)
     }
 
-    /// Calls `f` with each shard's selected examples in turn (one shard in memory at a time).
-    pub fn for_each_shard(&self, mut f: impl FnMut(Vec<Example>) -> Result<()>) -> Result<()> {
+    /// Calls `f` with each shard's selected examples in turn (one shard in memory at a time). `f`'s
+    /// error type is the caller's (a student's scoring fails with its own).
+    pub fn for_each_shard<E: From<TaskError>>(
+        &self,
+        mut f: impl FnMut(Vec<Example>) -> Result<(), E>,
+    ) -> Result<(), E> {
         for s in &self.shards {
             f(self.load(s)?)?;
         }

@@ -2,7 +2,7 @@
 //! `C` and temperature with it) and the calibration of prompted teachers (which chooses a
 //! calibration): the folds, and out-of-fold scores of a fitted [`LinearHead`].
 
-use crate::kd::log_softmax;
+use crate::metrics::log_softmax;
 use crate::metrics::{accuracy, argmax, macro_f1};
 use crate::rng::Rng;
 use distill_cache::task::LinearHead;

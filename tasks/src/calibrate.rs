@@ -10,8 +10,8 @@
 //! Each becomes a [`LinearHead`] over the C scores, so the calibrated task is an ordinary derived
 //! logits entry.
 
-use crate::kd::log_softmax;
 use crate::logreg::{self, LogRegOptions};
+use crate::metrics::log_softmax;
 use distill_cache::task::LinearHead;
 use serde::{Deserialize, Serialize};
 

@@ -1,0 +1,42 @@
+//! The tasks' one error type. Every message names the file, line, id or field it is about.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    #[error(transparent)]
+    Cache(#[from] distill_cache::CacheError),
+
+    #[error(transparent)]
+    Teacher(#[from] distill_teacher::TeacherError),
+
+    #[error("{path}, line {line}: {reason}")]
+    Line {
+        path: String,
+        line: u64,
+        reason: String,
+    },
+
+    #[error("{path}: {reason}")]
+    File { path: String, reason: String },
+
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A well-formed request that cannot be done (one class, too few examples, mismatched cache…).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl TaskError {
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| Self::Io { path, source }
+    }
+}
+
+pub type Result<T, E = TaskError> = std::result::Result<T, E>;
