@@ -113,6 +113,24 @@ pub struct QuickstartArgs {
     /// gold labels of every draw (the LLM labels a subset: a 135M decoder costs ~10× MiniLM per row).
     #[arg(long, env = "DISTILL_LLM_ROWS", default_value_t = 3000)]
     pub llm_rows: usize,
+    /// Encoder students of the LLM's task: a pretrained encoder (--encoder-init) with this many of its
+    /// layers each (comma-separated, evenly spaced layers), distilled without the test texts; `none`:
+    /// skip them.
+    #[arg(
+        long,
+        env = "DISTILL_LLM_ENCODER_LAYERS",
+        value_delimiter = ',',
+        default_value = "6,3",
+        value_parser = layers_or_none
+    )]
+    pub llm_encoder_layers: Vec<Option<usize>>,
+    /// The pretrained BERT-family encoder the LLM's encoder students start from.
+    #[arg(
+        long,
+        env = "DISTILL_ENCODER_INIT",
+        default_value = "assets/models/all-MiniLM-L6-v2"
+    )]
+    pub encoder_init: String,
 }
 
 /// `--finetune-objectives`: an objective, or `none` (or nothing) for none.
@@ -152,8 +170,21 @@ impl QuickstartArgs {
             finetune_pairs: self.finetune_pairs,
             finetune_epochs: self.finetune_epochs,
             llm_rows: self.llm_rows,
+            llm_encoder_layers: self.llm_encoder_layers.iter().flatten().copied().collect(),
+            encoder_init: self.encoder_init.clone(),
             progress: true,
         }
+    }
+}
+
+/// `--llm-encoder-layers`: a number of layers (at least 1), or `none` (or nothing) for none.
+fn layers_or_none(s: &str) -> Result<Option<usize>, String> {
+    match s.trim() {
+        "" | "none" => Ok(None),
+        n => match n.parse::<usize>() {
+            Ok(k) if k > 0 => Ok(Some(k)),
+            _ => Err(format!("{n:?}: a number of layers (at least 1), or none")),
+        },
     }
 }
 

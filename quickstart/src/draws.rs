@@ -4,8 +4,8 @@
 use crate::draw::{draw_cv, fit_head, Draw};
 use crate::labeling_loop;
 use crate::protocol::{
-    draw, relabel, review_or_plot, sentiment, tuned_ngram_row, tuned_row, Mapping, Row,
-    FIXED_C_ROW, LLM_NGRAM_ROW, LLM_TEACHER_ROW, UNSEEN_ROW,
+    draw, llm_encoder_row, relabel, review_or_plot, sentiment, tuned_ngram_row, tuned_row, Mapping,
+    Row, FIXED_C_ROW, LLM_NGRAM_ROW, LLM_NGRAM_UNSEEN_ROW, LLM_TEACHER_ROW, UNSEEN_ROW,
 };
 use crate::rows::{self, Scoring, TeacherRow};
 use crate::split::{write_jsonl, Split};
@@ -13,11 +13,12 @@ use crate::teacher_pass::{self, Llm};
 use crate::{QuickstartSpec, Result};
 use distill_cache::model_dir::ModelDir;
 use distill_cache::store::Location;
+use distill_cache::task::TaskRecord;
 use distill_label::JobSummary;
 use distill_student_trainer::eval::{self, TeacherSource};
 use distill_student_trainer::finetune::Objective;
 use distill_student_trainer::model::Predictor;
-use distill_student_trainer::recipe::TaskStudent;
+use distill_student_trainer::recipe::{TaskStudent, TrainSpec};
 use distill_student_trainer::transformer::TransformerStudent;
 use distill_student_trainer::tuned::{self, TuneSpec};
 use distill_tasks::data::Example;
@@ -397,13 +398,52 @@ impl<'a> Run<'a> {
             &record,
             exclude,
             seed,
-            examples,
+            examples.clone(),
             LLM_NGRAM_ROW,
         )
         .await?;
         let unseen = spec.exclude_test_texts;
         self.rows
             .push(draw.row(LLM_NGRAM_ROW, true, unseen, report));
+        self.llm_unseen_students(draw, &record, examples).await
+    }
+
+    /// The LLM's students that never see the test texts: its n-gram student again (unless every
+    /// student is trained so), and pretrained encoders of `llm_encoder_layers` layers.
+    async fn llm_unseen_students(
+        &mut self,
+        draw: &Draw,
+        record: &TaskRecord,
+        examples: Vec<Example>,
+    ) -> Result<()> {
+        let spec = self.spec;
+        let (test_ids, seed) = (&self.split.test_ids, draw.seed(spec));
+        if !spec.exclude_test_texts {
+            let row = LLM_NGRAM_UNSEEN_ROW;
+            let (loc, ex) = (&self.loc, examples.clone());
+            let report = rows::distilled_ngram(spec, loc, record, test_ids, seed, ex, row).await?;
+            self.rows.push(draw.row(row, true, true, report));
+        }
+        for &layers in &spec.llm_encoder_layers {
+            let row = llm_encoder_row(layers);
+            let dir = spec
+                .out
+                .join("models")
+                .join(format!("{}-encoder-{layers}", record.name));
+            let mut train = TrainSpec::new(TaskStudent::Transformer, &dir);
+            train.seed = seed;
+            train.exclude = test_ids.clone();
+            train.transformer.init = Some(spec.encoder_init.clone());
+            train.transformer.layers = layers;
+            train.transformer.max_seq = spec.max_seq;
+            train.transformer.mimic_epochs = 0;
+            eprintln!("    training {row}");
+            rows::train_student(spec, &self.loc, record, &train, None).await?;
+            let samples = spec.latency_samples;
+            let report = rows::evaluate_student(&dir, examples.clone(), samples, &row).await?;
+            eprintln!("      {:.1}% accuracy", 100.0 * report.accuracy);
+            self.rows.push(draw.row(&row, true, true, report));
+        }
         Ok(())
     }
 

@@ -13,6 +13,20 @@ use std::collections::{BTreeMap, HashSet};
 /// The model names of the LLM teacher's rows.
 pub const LLM_TEACHER_ROW: &str = "LLM (SmolLM2, prompted) + calibration";
 pub const LLM_NGRAM_ROW: &str = "n-gram, distilled from the LLM";
+/// The LLM's n-gram student trained without the test texts (beside the encoder students, which
+/// never see them either).
+pub const LLM_NGRAM_UNSEEN_ROW: &str = "n-gram, distilled from the LLM, test texts unseen";
+
+/// A pretrained encoder (`layers` of it, evenly spaced) distilled from the LLM's calibrated labels,
+/// without the test texts: the deployable student of a foundation model's task.
+pub fn llm_encoder_row(layers: usize) -> String {
+    format!("encoder ({layers} layers), distilled from the LLM, test texts unseen")
+}
+
+/// Whether a row is the LLM teacher's or one of its students'.
+fn of_llm(model: &str) -> bool {
+    model == LLM_TEACHER_ROW || model.ends_with("from the LLM") || model.contains("from the LLM,")
+}
 
 /// The teacher + head row of a head with C fixed at 1 (the head of earlier releases); the row
 /// "teacher + head" is the cross-validated head the students distill from.
@@ -129,7 +143,7 @@ pub struct Summary {
 }
 
 pub fn summarize(rows: &[Row]) -> Vec<Summary> {
-    let mut groups: BTreeMap<(String, usize), Vec<&Row>> = BTreeMap::new();
+    let mut groups: BTreeMap<(String, usize, String), Vec<&Row>> = BTreeMap::new();
     let tuned: Vec<String> = OBJECTIVES.into_iter().map(tuned_row).collect();
     let tuned_ngram: Vec<String> = OBJECTIVES.into_iter().map(tuned_ngram_row).collect();
     let order: Vec<&str> = [
@@ -147,14 +161,13 @@ pub fn summarize(rows: &[Row]) -> Vec<Summary> {
         UNSEEN_ROW,
     ])
     .chain(tuned_ngram.iter().map(String::as_str))
-    .chain([LLM_TEACHER_ROW, LLM_NGRAM_ROW])
+    .chain([LLM_TEACHER_ROW, LLM_NGRAM_ROW, LLM_NGRAM_UNSEEN_ROW])
     .collect();
+    // Rows of other names (the LLM's encoder students) come last, by name.
+    let rank = |m: &str| order.iter().position(|o| *o == m).unwrap_or(order.len());
     for r in rows {
-        let k = order
-            .iter()
-            .position(|m| *m == r.model)
-            .unwrap_or(order.len());
-        groups.entry((r.task.clone(), k)).or_default().push(r);
+        let k = (r.task.clone(), rank(&r.model), r.model.clone());
+        groups.entry(k).or_default().push(r);
     }
     let mut out: Vec<Summary> = groups
         .into_values()
@@ -186,12 +199,7 @@ pub fn summarize(rows: &[Row]) -> Vec<Summary> {
             }
         })
         .collect();
-    out.sort_by_key(|s| {
-        (
-            s.task != "sentiment",
-            order.iter().position(|m| *m == s.model),
-        )
-    });
+    out.sort_by_key(|s| (s.task != "sentiment", rank(&s.model)));
     out
 }
 
@@ -317,10 +325,14 @@ pub fn targets(summary: &[Summary], draws: usize) -> Vec<Check> {
             met: n >= t - 1.0,
         });
     }
+    if let Some(llm) = find(LLM_TEACHER_ROW) {
+        out.extend(llm_encoder_targets(summary, llm, &note));
+    }
     for s in summary.iter().filter(|s| {
         s.task == "sentiment"
             && s.distilled
-            && ![UNSEEN_ROW, LLM_NGRAM_ROW].contains(&s.model.as_str())
+            && s.model != UNSEEN_ROW
+            && !of_llm(&s.model)
             && !tuned_ngram.contains(&s.model)
     }) {
         let a = 100.0 * s.mean.accuracy;
@@ -352,6 +364,56 @@ pub fn targets(summary: &[Summary], draws: usize) -> Vec<Check> {
                 s.model
             ),
             met: ratio >= need,
+        });
+    }
+    out
+}
+
+/// The LLM's encoder students, each held to its teacher − 1 point, to the LLM's n-gram student on
+/// the same unseen texts + 2 points, and to 20× the teacher's CPU throughput.
+fn llm_encoder_targets(summary: &[Summary], llm: &Summary, note: &str) -> Vec<Check> {
+    let sentiment = |m: &str| {
+        summary
+            .iter()
+            .find(|s| s.task == "sentiment" && s.model == m)
+    };
+    let ngram = sentiment(LLM_NGRAM_UNSEEN_ROW).or_else(|| {
+        // With the test texts excluded everywhere, the LLM's one n-gram row never saw them.
+        sentiment(LLM_NGRAM_ROW).filter(|s| s.unseen)
+    });
+    let t = 100.0 * llm.mean.accuracy;
+    let mut out = Vec::new();
+    let encoders = summary
+        .iter()
+        .filter(|s| s.task == "sentiment" && s.model.starts_with("encoder ("));
+    for s in encoders {
+        let e = 100.0 * s.mean.accuracy;
+        out.push(Check {
+            what: format!(
+                "{}: {e:.1}% ≥ its teacher − 1 ({:.1}%){note}",
+                s.model,
+                t - 1.0
+            ),
+            met: e >= t - 1.0,
+        });
+        if let Some(n) = ngram {
+            let n = 100.0 * n.mean.accuracy;
+            out.push(Check {
+                what: format!(
+                    "{}: {e:.1}% ≥ the LLM's n-gram student on the same unseen texts + 2 ({:.1}%){note}",
+                    s.model,
+                    n + 2.0
+                ),
+                met: e >= n + 2.0,
+            });
+        }
+        let ratio = s.mean.throughput / llm.mean.throughput.max(1e-9);
+        out.push(Check {
+            what: format!(
+                "{}: {ratio:.1}× the LLM teacher's CPU throughput (target ≥ 20×)",
+                s.model
+            ),
+            met: ratio >= 20.0,
         });
     }
     out
@@ -551,5 +613,46 @@ mod tests {
         assert!(met(&tuned_ngram_row(co)));
         assert!(!met(&tuned_ngram_row(cl)));
         assert_eq!(c3.len(), 5 + 4);
+    }
+
+    /// The LLM's encoder students: after the LLM's rows (by name: 3 layers, then 6),
+    /// each held to its teacher − 1, to the LLM's unseen n-gram student + 2 and to 20× its speed;
+    /// never to the encoder teacher's head.
+    #[test]
+    fn encoder_students_of_the_llm_are_held_to_the_llm() {
+        let mut rows = vec![
+            row("teacher + head", 0, 0.65, 100.0, false),
+            row("n-gram, gold only", 0, 0.57, 50_000.0, false),
+            row(LLM_TEACHER_ROW, 0, 0.77, 10.0, false),
+            row(LLM_NGRAM_ROW, 0, 0.76, 40_000.0, true),
+            row(LLM_NGRAM_UNSEEN_ROW, 0, 0.70, 40_000.0, true),
+        ];
+        rows.push(row(&llm_encoder_row(6), 0, 0.765, 150.0, true));
+        rows.push(row(&llm_encoder_row(3), 0, 0.71, 300.0, true));
+        let s = summarize(&rows);
+        let names: Vec<&str> = s.iter().map(|x| x.model.as_str()).collect();
+        assert_eq!(
+            names[2..],
+            [
+                LLM_TEACHER_ROW,
+                LLM_NGRAM_ROW,
+                LLM_NGRAM_UNSEEN_ROW,
+                &llm_encoder_row(3),
+                &llm_encoder_row(6)
+            ]
+        );
+        let c = targets(&s, 1);
+        let of = |m: &str| -> Vec<bool> {
+            c.iter()
+                .filter(|c| c.what.starts_with(m))
+                .map(|c| c.met)
+                .collect()
+        };
+        // 76.5% ≥ 76%, ≥ 72%, 15× < 20×; 71% < 76%, < 72%, 30× ≥ 20×.
+        assert_eq!(of(&llm_encoder_row(6)), [true, true, false]);
+        assert_eq!(of(&llm_encoder_row(3)), [false, false, true]);
+        assert!(!c
+            .iter()
+            .any(|c| c.what.contains("teacher + head − 0.5") && c.what.starts_with("encoder")));
     }
 }

@@ -54,6 +54,11 @@ pub struct QuickstartSpec {
     pub finetune_epochs: Option<usize>,
     /// Rows of the training movies the LLM labels for distillation, besides the test and gold rows.
     pub llm_rows: usize,
+    /// Encoder students of the LLM's task: a pretrained BERT-family encoder with this many of its
+    /// layers (evenly spaced) each, distilled without the test texts (empty: none).
+    pub llm_encoder_layers: Vec<usize>,
+    /// The pretrained encoder those students start from (with its own tokenizer).
+    pub encoder_init: String,
     /// Progress bars and a line per step on stderr.
     pub progress: bool,
 }
@@ -86,6 +91,8 @@ impl Default for QuickstartSpec {
             finetune_pairs: 5,
             finetune_epochs: None,
             llm_rows: 3000,
+            llm_encoder_layers: vec![6, 3],
+            encoder_init: "assets/models/all-MiniLM-L6-v2".into(),
             progress: true,
         }
     }

@@ -655,6 +655,11 @@ fn quickstart_reduced() {
         &llm,
         "--llm-rows",
         "150",
+        // One encoder student of the LLM, small, started from the teacher's MiniLM.
+        "--llm-encoder-layers",
+        "2",
+        "--encoder-init",
+        model.to_str().unwrap(),
         "--corpus",
         &dir.join("corpus.jsonl").display().to_string(),
         "--gold",
@@ -708,8 +713,26 @@ fn quickstart_reduced() {
         expect.extend([
             "LLM (SmolLM2, prompted) + calibration",
             "n-gram, distilled from the LLM",
+            "n-gram, distilled from the LLM, test texts unseen",
+            "encoder (2 layers), distilled from the LLM, test texts unseen",
         ]);
         assert!(report["llm_label_job"]["rows"].as_u64().unwrap() > 0);
+        // The LLM's encoder student never saw a test text, and is held to its teacher.
+        let encoder = rows
+            .iter()
+            .find(|r| {
+                r["model"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("encoder (2 layers)")
+            })
+            .unwrap();
+        assert_eq!(encoder["unseen"], true);
+        let checks = report["targets"].as_array().unwrap();
+        assert!(checks.iter().any(|c| c["what"]
+            .as_str()
+            .unwrap()
+            .starts_with("encoder (2 layers), distilled from the LLM, test texts unseen: ")));
     }
     assert_eq!(models("sentiment"), expect);
     assert_eq!(
@@ -779,12 +802,15 @@ fn quickstart_reduced() {
     let targets = report["targets"].as_array().unwrap();
     assert_eq!(
         targets.len(),
-        if llm.is_empty() { 10 } else { 12 },
-        "3 checks for each of the 2 distilled students, CV against fixed C, suggested against random, 2 for the tuned teacher and its student, 2 for the LLM teacher and its student"
+        if llm.is_empty() { 10 } else { 15 },
+        "3 checks for each of the 2 distilled students, CV against fixed C, suggested against random, 2 for the tuned teacher and its student, 2 for the LLM teacher and its student, 3 for its encoder student"
     );
-    assert!(targets
-        .iter()
-        .all(|t| !t["what"].as_str().unwrap().contains("unseen")));
+    // The encoder teacher's unseen-texts row is a diagnostic; the LLM's encoder students (which
+    // all train without the test texts) are held to targets.
+    assert!(targets.iter().all(|t| {
+        let what = t["what"].as_str().unwrap();
+        !what.contains("unseen") || what.starts_with("encoder (")
+    }));
     // The second task's gold labels are drawn equally per class.
     let second =
         std::fs::read_to_string(out.join("split/quickstart-review-vs-plot.gold.jsonl")).unwrap();
@@ -820,6 +846,12 @@ fn quickstart_reduced() {
         test_ids as u64
     );
     assert_eq!(excluded("quickstart-sentiment-d0-n-gram-distilled"), 0);
+    if !llm.is_empty() {
+        assert_eq!(
+            excluded("quickstart-sentiment-llm-d0-encoder-2"),
+            test_ids as u64
+        );
+    }
     for r in rows {
         let acc = r["accuracy"].as_f64().unwrap();
         assert!(
