@@ -28,6 +28,10 @@ pub struct CorpusArgs {
     /// JSONL field / Parquet column holding the id (rows without one get `line-N` / `row-N`).
     #[arg(long, env = "DISTILL_ID_FIELD", default_value = "id")]
     pub id_field: String,
+    /// Longest JSONL or text line read, in bytes: a longer one is a reject (with its reason), read
+    /// past without being held in memory [default: 8 MiB].
+    #[arg(long, env = "DISTILL_MAX_ROW_BYTES")]
+    pub max_row_bytes: Option<u64>,
 }
 
 impl CorpusArgs {
@@ -37,6 +41,7 @@ impl CorpusArgs {
             format: self.format,
             text_field: self.text_field.clone(),
             id_field: self.id_field.clone(),
+            max_row_bytes: self.max_row_bytes.unwrap_or(0),
         }
     }
 }
@@ -237,6 +242,9 @@ impl LabelArgs {
     pub fn spec(&self) -> anyhow::Result<LabelSpec> {
         if self.shard_size == 0 {
             anyhow::bail!("--shard-size must be at least 1 (corpus entries per shard)");
+        }
+        if self.corpus.max_row_bytes == Some(0) {
+            anyhow::bail!("--max-row-bytes must be at least 1 (leave it out for 8 MiB)");
         }
         Ok(LabelSpec {
             corpus: self.corpus.spec(),

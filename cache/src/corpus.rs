@@ -12,7 +12,10 @@
 //! and the same fingerprints. Rows without an id get one from their position: `line-<n>` (1-based line)
 //! for JSONL and text, `row-<n>` (0-based row) for Parquet.
 //!
-//! Reading streams: memory holds one shard plus a bounded read-ahead, whatever the corpus size.
+//! Reading streams: memory holds one shard plus a bounded read-ahead, whatever the corpus size. A
+//! JSONL or text line longer than the spec's row limit ([`DEFAULT_MAX_ROW_BYTES`] unless set) is a
+//! reject, read past without being held: one line of gigabytes inside a small compressed file costs
+//! the limit, not the line.
 
 use crate::fingerprint::{Fingerprint, Hasher};
 use crate::store::{self, Location};
@@ -75,6 +78,9 @@ impl Format {
     }
 }
 
+/// The longest JSONL or text line read by default, in bytes (`--max-row-bytes`).
+pub const DEFAULT_MAX_ROW_BYTES: u64 = 8 << 20;
+
 /// What to read and how.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CorpusSpec {
@@ -83,6 +89,14 @@ pub struct CorpusSpec {
     pub format: Option<Format>,
     pub text_field: String,
     pub id_field: String,
+    /// The longest line read (JSONL, text), in bytes; a longer one is a reject. 0: the default
+    /// ([`DEFAULT_MAX_ROW_BYTES`]). Absent from the job records of earlier releases.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max_row_bytes: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl CorpusSpec {
@@ -92,6 +106,15 @@ impl CorpusSpec {
             format: None,
             text_field: "text".into(),
             id_field: "id".into(),
+            max_row_bytes: 0,
+        }
+    }
+
+    /// The longest line read, in bytes.
+    pub fn row_limit(&self) -> usize {
+        match self.max_row_bytes {
+            0 => DEFAULT_MAX_ROW_BYTES as usize,
+            n => usize::try_from(n).unwrap_or(usize::MAX),
         }
     }
 }
@@ -405,26 +428,36 @@ fn read_lines(
     let mut batch = Vec::with_capacity(BATCH_ENTRIES);
     let mut buf = Vec::new();
     let mut line_no = 0u64;
+    let limit = spec.row_limit();
     loop {
-        buf.clear();
-        match input.read_until(b'\n', &mut buf) {
-            Ok(0) => break,
-            Ok(_) => {}
+        let line = match read_line_bounded(&mut input, &mut buf, limit) {
+            Ok(Line::End) => break,
+            Ok(line) => line,
             Err(e) => {
                 let _ =
                     tx.blocking_send(Err(fail(format!("read failed after line {line_no}: {e}"))));
                 return;
             }
-        }
+        };
         line_no += 1;
-        let raw = trim_newline(&buf);
-        if raw.iter().all(u8::is_ascii_whitespace) {
-            continue;
+        if let Line::TooLong(bytes) = line {
+            batch.push(reject(
+                line_no,
+                None,
+                format!(
+                    "a line of {bytes} bytes, longer than the limit of {limit} (--max-row-bytes)"
+                ),
+            ));
+        } else {
+            let raw = trim_newline(&buf);
+            if raw.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            batch.push(match format {
+                Format::Text => parse_text_line(raw, line_no),
+                _ => parse_json_line(raw, line_no, spec),
+            });
         }
-        batch.push(match format {
-            Format::Text => parse_text_line(raw, line_no),
-            _ => parse_json_line(raw, line_no, spec),
-        });
         if batch.len() == BATCH_ENTRIES
             && tx
                 .blocking_send(Ok((std::mem::take(&mut batch), mark())))
@@ -436,6 +469,62 @@ fn read_lines(
     if !batch.is_empty() {
         let _ = tx.blocking_send(Ok((batch, mark())));
     }
+}
+
+/// What [`read_line_bounded`] read.
+#[derive(Debug, PartialEq, Eq)]
+enum Line {
+    /// The end of the input.
+    End,
+    /// A line, in the buffer.
+    Read,
+    /// A line of this many bytes (its newline included), longer than the limit: read past, not kept.
+    TooLong(u64),
+}
+
+/// Reads one line into `buf` (cleared first) if it holds at most `limit` bytes; a longer line is read
+/// past in the reader's own pieces, `buf` never holding more than `limit` plus one piece.
+fn read_line_bounded(
+    input: &mut dyn BufRead,
+    buf: &mut Vec<u8>,
+    limit: usize,
+) -> std::io::Result<Line> {
+    buf.clear();
+    let mut total = 0u64;
+    let mut over = false;
+    loop {
+        let chunk = match input.fill_buf() {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if chunk.is_empty() {
+            break;
+        }
+        let (take, done) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (chunk.len(), false),
+        };
+        total += take as u64;
+        if !over && buf.len() + take > limit.saturating_add(2) {
+            // The line and its "\r\n" may take `limit` + 2 bytes.
+            over = true;
+            buf.clear();
+            buf.shrink_to(1 << 16);
+        }
+        if !over {
+            buf.extend_from_slice(&chunk[..take]);
+        }
+        input.consume(take);
+        if done {
+            break;
+        }
+    }
+    Ok(match (total, over) {
+        (0, _) => Line::End,
+        (n, true) => Line::TooLong(n),
+        _ => Line::Read,
+    })
 }
 
 fn trim_newline(b: &[u8]) -> &[u8] {
@@ -737,6 +826,56 @@ mod tests {
         assert!(rejects[2].1.starts_with("invalid JSON"), "{rejects:?}");
         assert_eq!(rejects[3], (8, "duplicate id \"a\" (first at line 1)"));
         assert_eq!(rejects[4], (9, "field \"text\" is not a string: a number"));
+    }
+
+    /// A line of 64 MiB inside a gzip file of a few hundred KB, with a limit of 1 MiB: a reject naming
+    /// the limit, read past in pieces (the buffer never holds more than the limit and one piece), and
+    /// the rows around it read as usual.
+    #[tokio::test]
+    async fn a_line_longer_than_the_limit_is_a_reject_read_past_in_pieces() {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(b"{\"id\":\"a\",\"text\":\"before\"}\n{\"id\":\"big\",\"text\":\"")
+            .unwrap();
+        let piece = vec![b'x'; 1 << 20];
+        for _ in 0..64 {
+            gz.write_all(&piece).unwrap();
+        }
+        gz.write_all(b"\"}\r\n{\"id\":\"b\",\"text\":\"after\"}")
+            .unwrap();
+        let bytes = gz.finish().unwrap();
+        assert!(bytes.len() < 1 << 20, "{} bytes compressed", bytes.len());
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(&dir, "bomb.jsonl.gz", &bytes);
+        let mut spec = CorpusSpec::new(p.to_str().unwrap());
+        spec.max_row_bytes = 1 << 20;
+        let mut r = CorpusReader::open(&spec).await.unwrap();
+        let s = r.next_shard(10).await.unwrap().unwrap();
+        let rows: Vec<_> = s.rows.iter().map(|r| (r.line, r.id.as_str())).collect();
+        assert_eq!(rows, [(1, "a"), (3, "b")]);
+        assert_eq!(s.rejects.len(), 1);
+        assert_eq!(s.rejects[0].line, 2);
+        let reason = &s.rejects[0].reason;
+        assert!(
+            reason.contains("longer than the limit of 1048576 (--max-row-bytes)"),
+            "{reason}"
+        );
+
+        // The buffer stays within the limit and one piece of the reader.
+        let line = [b"abc\r\n".as_slice(), &vec![b'y'; 10 << 20], b"\nlast"].concat();
+        let mut input = std::io::BufReader::with_capacity(1 << 16, line.as_slice());
+        let mut buf = Vec::new();
+        let mut read =
+            |buf: &mut Vec<u8>, limit| read_line_bounded(&mut input, buf, limit).unwrap();
+        assert_eq!(
+            read(&mut buf, 3),
+            Line::Read,
+            "a line of the limit, its \\r\\n aside"
+        );
+        assert_eq!(read(&mut buf, 1 << 20), Line::TooLong((10 << 20) + 1));
+        assert!(buf.capacity() <= 1 << 17, "{}", buf.capacity());
+        assert_eq!(read(&mut buf, 1 << 20), Line::Read);
+        assert_eq!(buf, b"last");
+        assert_eq!(read(&mut buf, 1 << 20), Line::End);
     }
 
     #[tokio::test]

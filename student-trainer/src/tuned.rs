@@ -91,6 +91,7 @@ pub async fn fit(
         format: None,
         text_field: tune.text_field.clone(),
         id_field: tune.id_field.clone(),
+        max_row_bytes: 0,
     };
     task::check_corpus(entry, &corpus).await?;
     let (teacher, tuned_seconds) = tune_and_place(loc, entry, gold, path, tune).await?;

@@ -225,6 +225,68 @@ async fn bad_rows_go_to_the_rejects_record_or_fail_under_strict() {
         .contains("invalid UTF-8"));
 }
 
+/// A gzip corpus of a few hundred KB holding one line of 512 MiB: the line is a reject naming the
+/// limit, the rows around it are labeled, and the labeling process's peak resident memory (the
+/// kernel's figure, read through Python's `getrusage` of the child) stays far below the line's size.
+#[test]
+fn a_huge_line_in_a_small_gzip_is_a_reject_in_bounded_memory() {
+    use std::io::Write;
+    let Some(python) = python_with("resource") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_encoder(dir.path());
+    let corpus = dir.path().join("bomb.jsonl.gz");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(b"{\"id\":\"a\",\"text\":\"good movie\"}\n{\"id\":\"big\",\"text\":\"")
+        .unwrap();
+    let piece = vec![b'x'; 1 << 20];
+    for _ in 0..512 {
+        gz.write_all(&piece).unwrap();
+    }
+    gz.write_all(b"\"}\n{\"id\":\"b\",\"text\":\"bad film\"}\n")
+        .unwrap();
+    let bytes = gz.finish().unwrap();
+    assert!(bytes.len() < 4 << 20, "{} bytes compressed", bytes.len());
+    std::fs::write(&corpus, bytes).unwrap();
+    let store = dir.path().join("cache").display().to_string();
+    let measure = "import resource, subprocess, sys\n\
+r = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE)\n\
+sys.stdout.buffer.write(r.stdout)\n\
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)\n\
+sys.exit(r.returncode)";
+    let mut args = vec!["-c", measure, env!("CARGO_BIN_EXE_distill")];
+    args.extend(label_args(
+        corpus.to_str().unwrap(),
+        model.to_str().unwrap(),
+        &store,
+        &["--json"],
+    ));
+    let out = std::process::Command::new(&python)
+        .args(&args)
+        .env("DISTILL_LOG", "warn")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (s["rows"].as_u64(), s["rejected_rows"].as_u64()),
+        (Some(2), Some(1))
+    );
+    let first = s["first_rejects"][0].as_str().unwrap();
+    assert!(
+        first.contains(":2: a line of ")
+            && first.ends_with("bytes, longer than the limit of 8388608 (--max-row-bytes)"),
+        "{first}"
+    );
+    let peak_kb: u64 = err.lines().last().unwrap().trim().parse().unwrap();
+    assert!(
+        peak_kb < 256 << 10,
+        "peak RSS {peak_kb} kB for a line of 512 MiB"
+    );
+}
+
 #[tokio::test]
 async fn classifier_teachers_give_logits_and_refuse_embeddings() {
     let dir = tempfile::tempdir().unwrap();
