@@ -409,3 +409,201 @@ async fn tls_serves_clients_that_trust_its_ca_only() {
         .status
         .success());
 }
+
+/// A few thousand malformed, out-of-order and oversized calls from a seeded generator — wrong
+/// protocol versions, unknown workers, jobs, leases and shard indices (path-like ids included),
+/// completions and failures of leases the caller does not hold, re-stated leases that never existed,
+/// huge repeated fields, submissions that cannot run — each answered with a precise refusal (never
+/// `OK` for what cannot be, never `INTERNAL`, `UNKNOWN` or `UNAVAILABLE`). Afterwards the coordinator
+/// is still up and holds no job of them, and a real job labels every row exactly once.
+#[tokio::test]
+async fn the_wire_refuses_thousands_of_malformed_calls_and_stays_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_encoder(dir.path());
+    let corpus = dir.path().join("corpus.jsonl");
+    write_corpus(&corpus, 30);
+    let store = dir.path().join("cache").display().to_string();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut coord = coordinator(dir.path(), "abuse-c", port, &store, &[]);
+    let mut jobs = client(&url, None).await;
+    // A large-message client: the server's own limit must refuse, not the client's.
+    let mut workers = worker_client(&url)
+        .await
+        .max_encoding_message_size(64 << 20);
+    let registered = loop {
+        let r = workers
+            .register(v1::RegisterRequest {
+                protocol_version: distill_proto::PROTOCOL_VERSION,
+                name: "abuser".into(),
+                ..Default::default()
+            })
+            .await;
+        match r {
+            Ok(r) => break r.into_inner().worker_id,
+            Err(s) if s.code() == Code::Unavailable => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(s) => panic!("register: {s:?}"),
+        }
+    };
+    let mut rng = distill_tasks::rng::Rng::new(7);
+    let junk = |rng: &mut distill_tasks::rng::Rng| -> String {
+        const KINDS: [&str; 6] = ["", "../../v1/jobs", "job-0", "lease/1", "\u{1F4A5}", "x"];
+        let base = KINDS[rng.below(KINDS.len())];
+        format!("{base}{}", "z".repeat(rng.below(3) * 1000))
+    };
+    let refused = [
+        Code::NotFound,
+        Code::FailedPrecondition,
+        Code::InvalidArgument,
+        Code::ResourceExhausted,
+    ];
+    let mut counts = std::collections::BTreeMap::<String, usize>::new();
+    for i in 0..3000 {
+        let kind = rng.below(9);
+        let id = junk(&mut rng);
+        let (what, got) = match kind {
+            0 => (
+                "register, another protocol version",
+                code(workers.register(v1::RegisterRequest {
+                    protocol_version: distill_proto::PROTOCOL_VERSION + 1 + rng.below(1000) as u32,
+                    name: id.clone(),
+                    ..Default::default()
+                }))
+                .await,
+            ),
+            1 => (
+                "lease, unknown worker",
+                code(workers.lease(v1::LeaseRequest {
+                    worker_id: id.clone(),
+                    teachers_loaded: vec![id.clone(); rng.below(100)],
+                }))
+                .await,
+            ),
+            2 => (
+                "heartbeat, unknown worker",
+                code(workers.heartbeat(v1::HeartbeatRequest {
+                    worker_id: id.clone(),
+                    lease_ids: vec![id.clone(); rng.below(1000)],
+                }))
+                .await,
+            ),
+            3 => (
+                "complete, a lease never granted",
+                code(workers.complete(v1::CompleteRequest {
+                    worker_id: registered.clone(),
+                    lease_id: id.clone(),
+                    stats: Some(v1::ShardStats {
+                        rows: rng.next_u64(),
+                        ..Default::default()
+                    }),
+                }))
+                .await,
+            ),
+            4 => (
+                "fail, a lease never granted",
+                code(workers.fail(v1::FailRequest {
+                    worker_id: if rng.below(2) == 0 {
+                        registered.clone()
+                    } else {
+                        id.clone()
+                    },
+                    lease_id: id.clone(),
+                    error: id.clone(),
+                    release: rng.below(2) == 0,
+                }))
+                .await,
+            ),
+            5 => {
+                let r = match rng.below(3) {
+                    0 => code(jobs.get_job(v1::GetJobRequest { job_id: id.clone() })).await,
+                    1 => code(jobs.cancel_job(v1::CancelJobRequest { job_id: id.clone() })).await,
+                    _ => code(jobs.watch_job(v1::WatchJobRequest { job_id: id.clone() })).await,
+                };
+                ("a job that does not exist", r)
+            }
+            6 => {
+                let mut s = spec(&corpus, &model, 10);
+                match rng.below(6) {
+                    0 => s.shard_size = 0,
+                    1 => s.output = "bogus".into(),
+                    2 => s.dtype = "f7".into(),
+                    3 => s.precision = "fp8".into(),
+                    4 => {
+                        s.corpus.as_mut().unwrap().url =
+                            format!("{}/{id}.jsonl", dir.path().display())
+                    }
+                    _ => s.teacher = format!("{}/{id}", dir.path().display()),
+                }
+                let r = jobs
+                    .submit_job(v1::SubmitJobRequest { spec: Some(s) })
+                    .await;
+                ("a submission that cannot run", code(async { r }).await)
+            }
+            7 => (
+                "an oversized message",
+                code(workers.heartbeat(v1::HeartbeatRequest {
+                    worker_id: registered.clone(),
+                    lease_ids: vec!["y".repeat(1 << 20); 5],
+                }))
+                .await,
+            ),
+            _ => (
+                "register, re-stating leases that never existed",
+                code(
+                    workers.register(v1::RegisterRequest {
+                        protocol_version: distill_proto::PROTOCOL_VERSION,
+                        name: format!("restated-{i}"),
+                        held: (0..rng.below(50))
+                            .map(|k| v1::HeldLease {
+                                lease_id: format!("{id}-{k}"),
+                                job_id: id.clone(),
+                                shard_index: rng.next_u64(),
+                            })
+                            .collect(),
+                        ..Default::default()
+                    }),
+                )
+                .await,
+            ),
+        };
+        // Registering with leases the coordinator never granted is a registration (the leases are
+        // not taken back); everything else that names what does not exist is refused.
+        // A message over the server's limit is refused by tonic as OUT_OF_RANGE ("decoded message
+        // length too large"), before any handler.
+        let ok_allowed = kind == 8;
+        let fits = kind != 7 || got.0 == Code::OutOfRange;
+        assert!(
+            fits && (refused.contains(&got.0)
+                || (kind == 7 && got.0 == Code::OutOfRange)
+                || (ok_allowed && got.0 == Code::Ok)),
+            "call {i}, {what}: {:?} {}",
+            got.0,
+            got.1
+        );
+        *counts.entry(format!("{what}: {:?}", got.0)).or_default() += 1;
+    }
+    assert!(
+        coord.child.try_wait().unwrap().is_none(),
+        "the coordinator exited"
+    );
+    let listed = jobs
+        .list_jobs(v1::ListJobsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    assert!(
+        listed.is_empty(),
+        "refused submissions left jobs: {listed:?}"
+    );
+
+    // The coordinator still works: a real worker labels a real job, every row exactly once.
+    let _w = worker(dir.path(), "abuse-w", &url, &[]);
+    let job = submit(&mut jobs, spec(&corpus, &model, 10)).await;
+    let done = wait_job(&mut jobs, &job.job_id, Duration::from_secs(120)).await;
+    assert_eq!(done.state, v1::JobState::Succeeded as i32, "{done:?}");
+    assert_exactly_once(&store, &done, &ids(&corpus)).await;
+    eprintln!("{counts:#?}");
+}
