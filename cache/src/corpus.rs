@@ -279,7 +279,23 @@ impl CorpusReader {
                     .map_err(|e| corpus_err(format!("not a readable Parquet file: {e}")))?;
                 let rows = builder.metadata().file_metadata().num_rows().max(0) as u64;
                 let spec = spec.clone();
-                tokio::spawn(async move { read_parquet(builder, &spec, tx).await });
+                tokio::spawn(async move {
+                    // A panic inside the parquet crate (a damaged file) must end the read with an
+                    // error, not close the channel as if the corpus ended there.
+                    use futures::FutureExt;
+                    let failed = tx.clone();
+                    let read = std::panic::AssertUnwindSafe(read_parquet(builder, &spec, tx));
+                    if let Err(e) = read.catch_unwind().await {
+                        let why = crate::format::panic_message(e.as_ref()).to_owned();
+                        let reason = format!("a damaged Parquet file ({why})");
+                        let _ = failed
+                            .send(Err(CacheError::Corpus {
+                                url: spec.url,
+                                reason,
+                            }))
+                            .await;
+                    }
+                });
                 rows
             }
         };

@@ -349,8 +349,32 @@ pub fn decode_meta(
     ShardMeta::from_kv(path, kv)
 }
 
-/// Decodes a whole shard (metadata and rows) from its bytes.
+/// What a caught panic said.
+pub(crate) fn panic_message(e: &(dyn std::any::Any + Send)) -> &str {
+    e.downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| e.downcast_ref::<&str>().copied())
+        .unwrap_or("a panic")
+}
+
+/// Runs the Parquet reader on untrusted bytes: a panic inside it (the parquet crate asserts on some
+/// damaged footers, e.g. a column chunk of negative offset) becomes an error naming the file.
+pub(crate) fn guarded<T>(path: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|e| {
+        Err(CacheError::Shard {
+            path: path.to_owned(),
+            reason: format!("a damaged Parquet file ({})", panic_message(e.as_ref())),
+        })
+    })
+}
+
+/// Decodes a whole shard (metadata and rows) from its bytes; a damaged file is an error, never a
+/// panic.
 pub fn decode(path: &str, bytes: bytes::Bytes) -> Result<(ShardMeta, ShardData)> {
+    guarded(path, || decode_unguarded(path, bytes))
+}
+
+fn decode_unguarded(path: &str, bytes: bytes::Bytes) -> Result<(ShardMeta, ShardData)> {
     use arrow_array::cast::AsArray;
     let perr = |source| CacheError::Parquet {
         path: path.to_owned(),

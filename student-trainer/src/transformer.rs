@@ -589,8 +589,7 @@ pub fn tokenizer(teacher: &ModelDir, max_seq: usize) -> Result<tokenizers::Token
         path: teacher.location.clone(),
         reason: format!("tokenizer.json: {e}"),
     };
-    let mut tok = tokenizers::Tokenizer::from_file(teacher.hf_tokenizer()?)
-        .map_err(|e| bad(e.to_string()))?;
+    let mut tok = distill_teacher::tokenizer::read_hf(&teacher.location, teacher.hf_tokenizer()?)?;
     tok.with_padding(None);
     tok.with_truncation(Some(tokenizers::TruncationParams {
         max_length: max_seq,

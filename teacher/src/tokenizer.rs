@@ -57,10 +57,30 @@ fn tok_err(location: &str, e: impl std::fmt::Display) -> TeacherError {
     }
 }
 
+/// Reads an HF `tokenizer.json`. The tokenizers crate panics on some malformed sections (a decoder
+/// entry that is not valid JSON of its kind, found by fuzzing): that is an error naming the model too.
+pub fn read_hf(location: &str, path: &std::path::Path) -> Result<Tokenizer> {
+    let read = std::panic::catch_unwind(|| Tokenizer::from_file(path));
+    match read {
+        Ok(r) => r.map_err(|e| tok_err(location, e)),
+        Err(e) => {
+            let why = e
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| e.downcast_ref::<&str>().copied())
+                .unwrap_or("the tokenizers crate panicked");
+            Err(tok_err(
+                location,
+                format!("tokenizer.json is malformed ({why})"),
+            ))
+        }
+    }
+}
+
 impl TextTokenizer {
     /// An encoder's `tokenizer.json`: no padding, truncation at `max_len` (special tokens included).
     pub fn encoder(location: &str, path: &std::path::Path, max_len: usize) -> Result<Self> {
-        let mut inner = Tokenizer::from_file(path).map_err(|e| tok_err(location, e))?;
+        let mut inner = read_hf(location, path)?;
         inner.with_padding(None);
         inner
             .with_truncation(Some(tokenizers::TruncationParams {
@@ -77,7 +97,7 @@ impl TextTokenizer {
     /// A decoder's `tokenizer.json` (HF directory): no padding, no truncation, special-token text as
     /// plain text.
     pub fn hf_decoder(location: &str, path: &std::path::Path) -> Result<Self> {
-        let mut inner = Tokenizer::from_file(path).map_err(|e| tok_err(location, e))?;
+        let mut inner = read_hf(location, path)?;
         inner.with_padding(None);
         inner
             .with_truncation(None)

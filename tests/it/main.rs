@@ -12,6 +12,7 @@ mod compat;
 mod decoder;
 mod deploy;
 mod faults;
+mod fuzz;
 mod grpc;
 mod kill;
 mod label;

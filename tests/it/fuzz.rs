@@ -1,0 +1,299 @@
+//! The readers distill owns or wraps, fed mutated copies of real seed files: every input ends in a
+//! value or an error, never a panic.
+//!
+//! Structured mutation, not coverage-guided: each target starts from a valid file made here (a tiny
+//! GGUF llama, a tiny BERT directory's `config.json`, `tokenizer.json` and safetensors header, JSONL
+//! corpora plain, gzip and zstd, a Parquet corpus, a gold-label file, a committed cache shard) and
+//! applies seeded mutations that reach the length and count fields: bit flips, bytes set to 0x00 or
+//! 0xFF, a little-endian 2^62 or 2^32−1 written over a random offset, truncation, a duplicated or
+//! deleted span. A panicking input is written to `target/fuzz-crashes/` and fails the test with its
+//! path. The test command runs each target for `DISTILL_FUZZ_SECONDS` (default 2) seconds;
+//! `scripts/fuzz.sh` runs the campaign longer and prints the inputs tried per target.
+
+use crate::common::*;
+use distill_tasks::rng::Rng;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// One mutation of `seed`.
+fn mutate(seed: &[u8], rng: &mut Rng) -> Vec<u8> {
+    let mut b = seed.to_vec();
+    for _ in 0..1 + rng.below(4) {
+        if b.is_empty() {
+            break;
+        }
+        let at = rng.below(b.len());
+        match rng.below(7) {
+            0 => b[at] ^= 1 << rng.below(8),
+            1 => b[at] = 0xFF,
+            2 => b[at] = 0,
+            3 => {
+                let v: u64 = if rng.below(2) == 0 {
+                    1 << 62
+                } else {
+                    u32::MAX as u64
+                };
+                for (k, byte) in v.to_le_bytes().iter().enumerate() {
+                    if at + k < b.len() {
+                        b[at + k] = *byte;
+                    }
+                }
+            }
+            4 => b.truncate(at),
+            5 => {
+                let end = (at + 1 + rng.below(64)).min(b.len());
+                let span = b[at..end].to_vec();
+                b.splice(at..at, span);
+            }
+            _ => {
+                let end = (at + 1 + rng.below(64)).min(b.len());
+                b.drain(at..end);
+            }
+        }
+    }
+    b
+}
+
+/// Runs `target` on mutations of `seed` (written to `path` first) for the time budget; a panic
+/// saves the input and fails. Returns the inputs tried.
+fn campaign(name: &str, seed: &[u8], path: &Path, target: &dyn Fn(&Path)) -> u64 {
+    let seconds: f64 = std::env::var("DISTILL_FUZZ_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2.0);
+    let until = Instant::now() + Duration::from_secs_f64(seconds);
+    let mut rng = Rng::derive(7, name, 0);
+    let mut tried = 0u64;
+    // The seed itself must pass.
+    std::fs::write(path, seed).unwrap();
+    target(path);
+    while Instant::now() < until {
+        let input = mutate(seed, &mut rng);
+        std::fs::write(path, &input).unwrap();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| target(path)));
+        if let Err(e) = outcome {
+            let dir = repo_root().join("target/fuzz-crashes");
+            std::fs::create_dir_all(&dir).unwrap();
+            let saved = dir.join(format!("{name}-{tried}.bin"));
+            std::fs::write(&saved, &input).unwrap();
+            let why = e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            panic!("{name}: input {} panicked: {why}", saved.display());
+        }
+        tried += 1;
+    }
+    println!("fuzz {name}: {tried} inputs tried, 0 panics");
+    tried
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Reads a whole corpus (rows and rejects), whatever it holds; errors are answers.
+fn read_corpus(rt: &tokio::runtime::Runtime, path: &Path, format: &str) {
+    rt.block_on(async {
+        let mut spec = distill_cache::corpus::CorpusSpec::new(path.to_str().unwrap());
+        spec.format = Some(format.parse().unwrap());
+        spec.max_row_bytes = 1 << 16;
+        let Ok(mut r) = distill_cache::corpus::CorpusReader::open(&spec).await else {
+            return;
+        };
+        while let Ok(Some(_)) = r.next_shard(64).await {}
+    });
+}
+
+#[test]
+fn fuzz_gguf_header_metadata_tensor_table_and_tokenizer() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed_path = crate::decoder::tiny_llama(dir.path(), Default::default());
+    let seed = std::fs::read(&seed_path).unwrap();
+    let path = dir.path().join("m.gguf");
+    campaign("gguf", &seed, &path, &|p| {
+        let Ok(md) = distill_cache::model_dir::ModelDir::inspect("fuzz.gguf", p) else {
+            return;
+        };
+        let _ = distill_teacher::Teacher::load(&md, &distill_teacher::DeviceSpec::Cpu);
+    });
+}
+
+#[test]
+fn fuzz_hf_config_tokenizer_and_safetensors_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_encoder(dir.path());
+    for file in ["config.json", "tokenizer.json", "model.safetensors"] {
+        let seed = std::fs::read(model.join(file)).unwrap();
+        // safetensors: the 8-byte header length and the JSON header are what a reader trusts.
+        let seed = match file {
+            "model.safetensors" => seed[..seed.len().min(4096)].to_vec(),
+            _ => seed,
+        };
+        let work = dir.path().join(format!("m-{file}"));
+        copy_dir(&model, &work);
+        let path = work.join(file);
+        campaign(file, &seed, &path, &|_| {
+            let Ok(md) = distill_cache::model_dir::ModelDir::inspect("fuzz", &work) else {
+                return;
+            };
+            let _ = distill_teacher::Teacher::load(&md, &distill_teacher::DeviceSpec::Cpu);
+        });
+    }
+}
+
+#[test]
+fn fuzz_corpus_readers_jsonl_gzip_zstd_and_parquet() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let jsonl = dir.path().join("seed.jsonl");
+    write_corpus(&jsonl, 20);
+    let plain = std::fs::read(&jsonl).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&plain).unwrap();
+    let seeds = [
+        ("jsonl", "jsonl", plain.clone()),
+        ("jsonl.gz", "jsonl", gz.finish().unwrap()),
+        (
+            "jsonl.zst",
+            "jsonl",
+            zstd::encode_all(plain.as_slice(), 3).unwrap(),
+        ),
+        ("text", "text", b"one line\ntwo lines\n\nthree\n".to_vec()),
+    ];
+    for (name, format, seed) in seeds {
+        let path = dir.path().join(format!("c.{name}"));
+        campaign(name, &seed, &path, &|p| read_corpus(&rt, p, format));
+    }
+    let parquet = dir.path().join("seed.parquet");
+    write_parquet_corpus(&parquet);
+    let seed = std::fs::read(&parquet).unwrap();
+    let path = dir.path().join("c.parquet");
+    campaign("parquet", &seed, &path, &|p| read_corpus(&rt, p, "parquet"));
+}
+
+#[test]
+fn fuzz_gold_label_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = b"{\"id\":\"a\",\"label\":\"pos\",\"movie\":\"m1\"}\n{\"id\":7,\"label\":\"neg\",\"text\":\"t\"}\n\n{\"id\":\"c\",\"label\":\"\"}\n";
+    let path = dir.path().join("gold.jsonl");
+    let fields = distill_tasks::labels::Fields {
+        group: Some("movie".into()),
+        skip_unlabeled: true,
+        ..Default::default()
+    };
+    campaign("gold-labels", seed, &path, &|p| {
+        let _ = distill_tasks::labels::read(p, &fields);
+        let _ = distill_tasks::labels::read_ids(p);
+    });
+}
+
+#[test]
+fn fuzz_cache_shard_reader() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_encoder(dir.path());
+    let corpus = dir.path().join("corpus.jsonl");
+    write_corpus(&corpus, 12);
+    let store = dir.path().join("cache").display().to_string();
+    label_with(
+        corpus.to_str().unwrap(),
+        model.to_str().unwrap(),
+        &store,
+        &[],
+    );
+    let shard = find_file(&dir.path().join("cache"), ".parquet").expect("a committed shard");
+    let seed = std::fs::read(&shard).unwrap();
+    let path = dir.path().join("shard.parquet");
+    campaign("cache-shard", &seed, &path, &|p| {
+        let bytes = bytes::Bytes::from(std::fs::read(p).unwrap());
+        let _ = distill_cache::format::decode("fuzz.parquet", bytes);
+    });
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        match e.path().is_dir() {
+            true => copy_dir(&e.path(), &to.join(e.file_name())),
+            false => drop(std::fs::copy(e.path(), to.join(e.file_name())).unwrap()),
+        }
+    }
+}
+
+fn find_file(dir: &Path, suffix: &str) -> Option<PathBuf> {
+    for e in std::fs::read_dir(dir).ok()? {
+        let p = e.ok()?.path();
+        if p.is_dir() {
+            if let Some(f) = find_file(&p, suffix) {
+                return Some(f);
+            }
+        } else if p.to_string_lossy().ends_with(suffix) {
+            return Some(p);
+        }
+    }
+    None
+}
+
+/// A small Parquet corpus (id and text columns), as pyarrow writes one.
+fn write_parquet_corpus(path: &Path) {
+    use arrow_array::{RecordBatch, StringArray};
+    let ids = StringArray::from_iter_values((0..20).map(|i| format!("r{i}")));
+    let texts = StringArray::from_iter_values((0..20).map(|i| text(i, 40)));
+    let batch = RecordBatch::try_from_iter([
+        ("id", std::sync::Arc::new(ids) as arrow_array::ArrayRef),
+        ("text", std::sync::Arc::new(texts) as arrow_array::ArrayRef),
+    ])
+    .unwrap();
+    let file = std::fs::File::create(path).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+}
+
+/// The fuzzer's first find, kept as it was found: a cache shard whose footer gives a column chunk a
+/// negative start, on which the parquet crate asserts. Read as a shard and as a Parquet corpus, it
+/// is an error naming the file, not a panic.
+#[test]
+fn a_shard_with_a_negative_column_start_is_an_error() {
+    let path = repo_root().join("tests/data/fuzz/shard-negative-column-start.parquet");
+    let bytes = bytes::Bytes::from(std::fs::read(&path).unwrap());
+    let err = distill_cache::format::decode("damaged.parquet", bytes).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("damaged.parquet: a damaged Parquet file (column start"),
+        "{msg}"
+    );
+    let rt = runtime();
+    read_corpus(&rt, &path, "parquet");
+}
+
+/// The fuzzer's second find: a `tokenizer.json` whose decoder entry the tokenizers crate unwraps.
+/// Loading the model is an error naming the tokenizer, not a panic.
+#[test]
+fn a_tokenizer_with_a_malformed_decoder_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_encoder(dir.path());
+    std::fs::copy(
+        repo_root().join("tests/data/fuzz/tokenizer-bad-decoder.json"),
+        model.join("tokenizer.json"),
+    )
+    .unwrap();
+    let loaded = distill_cache::model_dir::ModelDir::inspect("bad-tokenizer", &model)
+        .map_err(|e| e.to_string())
+        .and_then(|md| {
+            distill_teacher::Teacher::load(&md, &distill_teacher::DeviceSpec::Cpu)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        });
+    let msg = loaded.unwrap_err();
+    assert!(
+        msg.contains("bad-tokenizer") && msg.contains("tokenizer"),
+        "{msg}"
+    );
+}
