@@ -8,4 +8,4 @@ cd "$(dirname "$0")/.."
 SECONDS_PER_TARGET=${1:-60}
 cargo build --locked --tests
 DISTILL_FUZZ_SECONDS=$SECONDS_PER_TARGET cargo test --locked --test it fuzz_ -- --nocapture --test-threads 2 2>&1 |
-  grep -E '^fuzz |panicked|^test result' 
+  grep -E '^fuzz |panicked at tests/|^test result'

@@ -85,11 +85,26 @@ impl Gguf {
             ));
         }
         // Every tensor must lie inside the file: a truncated copy fails here, not mid-job.
-        for (name, info) in &content.tensor_infos {
-            let elems = info.shape.elem_count();
-            let block = info.ggml_dtype.block_size();
-            let bytes = (elems / block.max(1)) as u64 * info.ggml_dtype.type_size() as u64;
-            let end = content.tensor_data_offset + info.offset + bytes;
+        // Sizes are computed checked: a damaged header can claim dimensions whose product overflows.
+        // Tensors in file order, so the first damaged one is named whatever the map's order.
+        let mut tensors: Vec<_> = content.tensor_infos.iter().collect();
+        tensors.sort_by_key(|(name, info)| (info.offset, name.as_str()));
+        for (name, info) in tensors {
+            let dims = info.shape.dims();
+            let block = info.ggml_dtype.block_size().max(1) as u64;
+            let type_size = info.ggml_dtype.type_size() as u64;
+            let end = dims
+                .iter()
+                .try_fold(1u64, |n, &d| n.checked_mul(d as u64))
+                .and_then(|elems| (elems / block).checked_mul(type_size))
+                .and_then(|bytes| bytes.checked_add(info.offset))
+                .and_then(|b| b.checked_add(content.tensor_data_offset));
+            let Some(end) = end else {
+                return Err(model_err(
+                    location,
+                    format!("tensor {name} claims a shape of {dims:?}, larger than any file: the GGUF file is damaged"),
+                ));
+            };
             if end > file_size {
                 return Err(model_err(
                     location,

@@ -54,6 +54,29 @@ fn mutate(seed: &[u8], rng: &mut Rng) -> Vec<u8> {
     b
 }
 
+thread_local! {
+    /// Whether this thread is running a fuzz input.
+    static FUZZING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Panics inside third-party readers that distill catches and turns into errors (the parquet crate's
+/// asserts) would print a message for each input; while a thread runs fuzz inputs the hook leaves
+/// those out. Every other panic prints as usual.
+fn quiet_caught_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let third_party = info
+                .location()
+                .is_some_and(|l| l.file().contains("/.cargo/registry/"));
+            if !(third_party && FUZZING.with(|f| f.get())) {
+                default(info);
+            }
+        }));
+    });
+}
+
 /// Runs `target` on mutations of `seed` (written to `path` first) for the time budget; a panic
 /// saves the input and fails. Returns the inputs tried.
 fn campaign(name: &str, seed: &[u8], path: &Path, target: &dyn Fn(&Path)) -> u64 {
@@ -64,13 +87,16 @@ fn campaign(name: &str, seed: &[u8], path: &Path, target: &dyn Fn(&Path)) -> u64
     let until = Instant::now() + Duration::from_secs_f64(seconds);
     let mut rng = Rng::derive(7, name, 0);
     let mut tried = 0u64;
+    quiet_caught_panics();
     // The seed itself must pass.
     std::fs::write(path, seed).unwrap();
     target(path);
     while Instant::now() < until {
         let input = mutate(seed, &mut rng);
         std::fs::write(path, &input).unwrap();
+        FUZZING.with(|f| f.set(true));
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| target(path)));
+        FUZZING.with(|f| f.set(false));
         if let Err(e) = outcome {
             let dir = repo_root().join("target/fuzz-crashes");
             std::fs::create_dir_all(&dir).unwrap();
@@ -294,6 +320,23 @@ fn a_tokenizer_with_a_malformed_decoder_is_an_error() {
     let msg = loaded.unwrap_err();
     assert!(
         msg.contains("bad-tokenizer") && msg.contains("tokenizer"),
+        "{msg}"
+    );
+}
+
+/// The fuzzer's third find, in distill's own GGUF check: a tensor whose claimed shape makes its byte
+/// size overflow. Every size is now computed checked; the file is refused in one line.
+#[test]
+fn a_gguf_tensor_of_overflowing_shape_is_an_error() {
+    let path = repo_root().join("tests/data/fuzz/gguf-overflowing-shape.gguf");
+    let msg = distill_cache::model_dir::ModelDir::inspect("overflow.gguf", &path)
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("overflow.gguf")
+            && (msg.contains("the GGUF file is damaged")
+                || msg.contains("the GGUF file is truncated")),
         "{msg}"
     );
 }
