@@ -7,7 +7,6 @@ use distill_student_trainer::eval::{self, EvalReport};
 use distill_student_trainer::predict::{self, PredictSpec};
 use distill_tasks::labels::{self, Fields};
 use distill_teacher::DeviceSpec;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Args)]
@@ -250,21 +249,6 @@ pub struct PredictArgs {
     pub generate: usize,
 }
 
-/// `distill predict` with a causal LM: each text's log-likelihood and perplexity (and continuation).
-pub fn write_lines(output: &str, lines: Vec<String>) -> anyhow::Result<()> {
-    let mut body = lines.join("\n");
-    body.push('\n');
-    if output == "-" {
-        std::io::stdout().write_all(body.as_bytes())?;
-    } else {
-        // Written aside and renamed: a reader never sees half the predictions.
-        let tmp = format!("{output}.partial-{}", std::process::id());
-        std::fs::write(&tmp, body).with_context(|| format!("writing {tmp}"))?;
-        std::fs::rename(&tmp, output).with_context(|| format!("writing {output}"))?;
-    }
-    Ok(())
-}
-
 impl PredictArgs {
     fn spec(&self) -> PredictSpec {
         PredictSpec {
@@ -297,7 +281,7 @@ pub async fn run_predict(args: PredictArgs) -> anyhow::Result<()> {
         .iter()
         .map(serde_json::to_string)
         .collect::<Result<Vec<_>, _>>()?;
-    write_lines(&args.output, lines)?;
+    predict::write_lines(&args.output, &lines)?;
     if p.judged > 0 {
         eprintln!(
             "accuracy on the {} labeled inputs: {:.1}%",

@@ -351,7 +351,7 @@ async fn suggest(args: &SuggestArgs) -> anyhow::Result<()> {
             Ok(serde_json::to_string(&v)?)
         })
         .collect::<anyhow::Result<Vec<String>>>()?;
-    crate::eval_cmd::write_lines(&args.out, lines)?;
+    distill_student_trainer::predict::write_lines(&args.out, &lines)?;
     eprintln!(
         "{} suggestions for task {}{}: fill in each \"label\" and add them with `distill task fit --cache {} --name {} --add --labels FILE`",
         found.len(),

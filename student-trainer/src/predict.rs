@@ -173,3 +173,19 @@ fn score_lm(
         judged: 0,
     })
 }
+
+/// Writes one line per item to `output` (`-`: standard output). A file is written aside and renamed:
+/// a reader never sees half the lines.
+pub fn write_lines(output: &str, lines: &[String]) -> Result<()> {
+    use std::io::Write;
+    let mut body = lines.join("\n");
+    body.push('\n');
+    if output == "-" {
+        return std::io::stdout()
+            .write_all(body.as_bytes())
+            .map_err(StudentError::io("<stdout>"));
+    }
+    let tmp = format!("{output}.partial-{}", std::process::id());
+    std::fs::write(&tmp, body).map_err(StudentError::io(&tmp))?;
+    std::fs::rename(&tmp, output).map_err(StudentError::io(output))
+}
