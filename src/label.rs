@@ -240,9 +240,6 @@ pub struct LabelArgs {
 impl LabelArgs {
     /// The library's spec of these flags.
     pub fn spec(&self) -> anyhow::Result<LabelSpec> {
-        if self.shard_size == 0 {
-            anyhow::bail!("--shard-size must be at least 1 (corpus entries per shard)");
-        }
         if self.corpus.max_row_bytes == Some(0) {
             anyhow::bail!("--max-row-bytes must be at least 1 (leave it out for 8 MiB)");
         }

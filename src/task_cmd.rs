@@ -295,9 +295,7 @@ pub async fn fit(args: &FitArgs) -> anyhow::Result<TaskRecord> {
     let loc = store::open(&args.entry.cache, false)?;
     let spec = args.spec()?;
     if args.finetune {
-        if let Some(c) = args.c.filter(|c| !(c.is_finite() && *c > 0.0)) {
-            anyhow::bail!("--c {c}: must be a positive number");
-        }
+        spec.check_c()?;
         let p = distill_tasks::fit::prepare(&loc, &spec).await?;
         let tune = args.tune()?;
         let record = tuned::fit(&loc, &args.name, &p.entry, &p.gold, &p.path, &tune, spec.cv);

@@ -7,7 +7,10 @@ use distill_cache::format::OutputRequest;
 use distill_cache::model_dir::ModelDir;
 use distill_cache::spec::OutputSpec;
 use distill_label::TeacherSpec;
+use distill_teacher::tokenizer::Encoded;
+use distill_teacher::Teacher;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// What to time.
@@ -118,59 +121,119 @@ pub async fn run(args: &TeacherBenchSpec) -> anyhow::Result<TeacherFigures> {
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let mut reader = CorpusReader::open(&args.corpus).await?;
-    let shard = reader
-        .next_shard(args.limit)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("the corpus is empty"))?;
-    let texts: Vec<String> = shard.rows.iter().map(|r| r.text.clone()).collect();
-    let dir = ModelDir::resolve(&args.teacher.model).await?;
-    let spec = args.output.resolve(&dir)?;
-    let loading = Instant::now();
-    let teacher = std::sync::Arc::new(args.teacher.load_dir(dir).await?);
-    let load_seconds = loading.elapsed().as_secs_f64();
-    let shape = teacher.shape();
-    let parameters = shape.parameters;
-    let budget = args.teacher.max_batch_tokens;
-    let unsorted_batch = args.unsorted_batch;
-    let t2 = teacher.clone();
-    let spec2 = spec.clone();
-    let (tokenize_seconds, encoded) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        let s = Instant::now();
-        let encoded = match &spec2 {
-            OutputSpec::TokenTopk(_) => t2.tokenizer().encode(&refs)?,
-            _ => t2.tokenize(&refs)?,
-        };
-        Ok((s.elapsed().as_secs_f64(), encoded))
+    let p = Prepared::new(args).await?;
+    let work = p.work(threads, gemm);
+    p.forward(0).await?; // warm-up
+    let unsorted = match args.unsorted_batch > 0 && p.spec.is_per_example() {
+        true => {
+            let (secs, padded) = p.unsorted(args.unsorted_batch).await?;
+            Some(work.pass(secs, padded))
+        }
+        false => None,
+    };
+    let r = end_to_end(args, &p).await?;
+    Ok(TeacherFigures {
+        rows: p.rows.len(),
+        threads,
+        output: p.spec.describe(),
+        parameters: p.teacher.shape().parameters,
+        gemm_gflops: gemm,
+        blas_gflops: blas,
+        matmul: distill_blas::get()
+            .map(|b| b.name.clone())
+            .unwrap_or_else(|| "candle".into()),
+        tokenize_seconds: p.tokenize_seconds,
+        end_to_end_over_forward: median(r.ratios.clone()),
+        end_to_end_rounds: r.ratios,
+        end_to_end_rows_per_second: median(r.rows_per_second),
+        end_to_end_with_load_rows_per_second: median(r.with_load),
+        cache_bytes_per_token: r.bytes_per_token,
+        sorted: work.pass(median(r.forward_seconds), r.padded),
+        unsorted,
     })
-    .await??;
-    let encoded = std::sync::Arc::new(encoded);
-    let lengths: Vec<usize> = encoded.iter().map(|e| e.ids.len()).collect();
-    let real: u64 = lengths.iter().map(|&l| l as u64).sum();
-    let head_positions = match &spec {
-        OutputSpec::TokenTopk(_) => real,
-        _ => 0,
-    };
-    // Useful work only: the layers per real token, attention over each row's own length, the output
-    // head where it runs.
-    let flops = shape.forward_flops(&lengths, head_positions);
-    let rows = encoded.len();
-    let pass = |seconds: f64, padded: u64| Pass {
-        seconds,
-        texts_per_second: rows as f64 / seconds,
-        real_tokens_per_second: real as f64 / seconds,
-        real_tokens_per_second_per_thread: real as f64 / seconds / threads as f64,
-        padding_efficiency: real as f64 / padded as f64,
-        gflops: flops / seconds / 1e9,
-        gemm_ratio: flops / seconds / 1e9 / gemm,
-    };
-    // One bare forward pass over all rows (length-sorted token-budget batches), or over shards of
-    // `shard_rows` rows one after the other as a worker gets them (0: all rows at once): seconds and
-    // padded tokens.
-    let forward = {
-        let (teacher, spec, encoded) = (teacher.clone(), spec.clone(), encoded.clone());
-        move |shard_rows: usize| -> anyhow::Result<(f64, u64)> {
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// The rows, the loaded teacher and the rows tokenized once: what every timed pass reads.
+struct Prepared {
+    rows: Vec<distill_cache::corpus::Row>,
+    teacher: Arc<Teacher>,
+    spec: OutputSpec,
+    encoded: Arc<Vec<Encoded>>,
+    budget: usize,
+    load_seconds: f64,
+    tokenize_seconds: f64,
+}
+
+impl Prepared {
+    /// Reads the first `limit` rows, loads the teacher (timed) and tokenizes the rows (timed).
+    async fn new(args: &TeacherBenchSpec) -> anyhow::Result<Self> {
+        let mut reader = CorpusReader::open(&args.corpus).await?;
+        let shard = reader
+            .next_shard(args.limit)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the corpus is empty"))?;
+        let dir = ModelDir::resolve(&args.teacher.model).await?;
+        let spec = args.output.resolve(&dir)?;
+        let loading = Instant::now();
+        let teacher = Arc::new(args.teacher.load_dir(dir).await?);
+        let load_seconds = loading.elapsed().as_secs_f64();
+        let texts: Vec<String> = shard.rows.iter().map(|r| r.text.clone()).collect();
+        let (t, topk) = (teacher.clone(), matches!(spec, OutputSpec::TokenTopk(_)));
+        let (tokenize_seconds, encoded) = tokio::task::spawn_blocking(move || {
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            let s = Instant::now();
+            let encoded = match topk {
+                true => t.tokenizer().encode(&refs)?,
+                false => t.tokenize(&refs)?,
+            };
+            anyhow::Ok((s.elapsed().as_secs_f64(), encoded))
+        })
+        .await??;
+        Ok(Self {
+            rows: shard.rows,
+            teacher,
+            spec,
+            encoded: Arc::new(encoded),
+            budget: args.teacher.max_batch_tokens,
+            load_seconds,
+            tokenize_seconds,
+        })
+    }
+
+    /// The useful work of one pass over the rows: the layers per real token, attention over each
+    /// row's own length, the output head where it runs.
+    fn work(&self, threads: usize, gemm: f64) -> Work {
+        let lengths: Vec<usize> = self.encoded.iter().map(|e| e.ids.len()).collect();
+        let real: u64 = lengths.iter().map(|&l| l as u64).sum();
+        let head_positions = match &self.spec {
+            OutputSpec::TokenTopk(_) => real,
+            _ => 0,
+        };
+        Work {
+            rows: self.encoded.len(),
+            real,
+            flops: self.teacher.shape().forward_flops(&lengths, head_positions),
+            threads,
+            gemm,
+        }
+    }
+
+    /// One bare forward pass over all rows (length-sorted token-budget batches), or over shards of
+    /// `shard_rows` rows one after the other as a worker gets them (0: all rows at once): seconds and
+    /// padded tokens.
+    async fn forward(&self, shard_rows: usize) -> anyhow::Result<(f64, u64)> {
+        let (teacher, spec, encoded) = (
+            self.teacher.clone(),
+            self.spec.clone(),
+            self.encoded.clone(),
+        );
+        let budget = self.budget;
+        tokio::task::spawn_blocking(move || {
             let s = Instant::now();
             let mut padded = 0;
             let size = if shard_rows == 0 {
@@ -185,43 +248,73 @@ pub async fn run(args: &TeacherBenchSpec) -> anyhow::Result<TeacherFigures> {
                 }
                 .padded_tokens;
             }
-            Ok((s.elapsed().as_secs_f64(), padded))
-        }
-    };
-    let forward = std::sync::Arc::new(forward);
-    let run_forward = |shard_rows: usize| {
-        let f = forward.clone();
-        async move { tokio::task::spawn_blocking(move || f(shard_rows)).await? }
-    };
-    run_forward(0).await?; // warm-up
+            anyhow::Ok((s.elapsed().as_secs_f64(), padded))
+        })
+        .await?
+    }
 
-    let unsorted = if unsorted_batch > 0 && spec.is_per_example() {
-        let (t2, encoded) = (teacher.clone(), encoded.clone());
-        let (secs, padded) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+    /// Fixed batches of `batch` rows in corpus order: seconds and padded tokens.
+    async fn unsorted(&self, batch: usize) -> anyhow::Result<(f64, u64)> {
+        let (teacher, encoded) = (self.teacher.clone(), self.encoded.clone());
+        tokio::task::spawn_blocking(move || {
             let s = Instant::now();
             let mut padded = 0u64;
-            for chunk in encoded.chunks(unsorted_batch) {
+            for chunk in encoded.chunks(batch) {
                 let rows: Vec<_> = chunk.iter().collect();
                 padded += (rows.len() * rows.iter().map(|r| r.ids.len()).max().unwrap_or(0)) as u64;
-                t2.forward(&rows)?;
+                teacher.forward(&rows)?;
             }
-            Ok((s.elapsed().as_secs_f64(), padded))
+            anyhow::Ok((s.elapsed().as_secs_f64(), padded))
         })
-        .await??;
-        Some(pass(secs, padded))
-    } else {
-        None
-    };
+        .await?
+    }
+}
 
-    // End to end: the same rows through `distill label`'s in-process coordinator and worker into a
-    // fresh local store, each run right after a bare forward pass, so the ratio of the two is taken
-    // side by side (this kind of machine's speed drifts by ±10–20% within minutes). Each run writes into a fresh store (a second run into
-    // the same store would be all cache hits); the rows make two shards, so the second is labeled
-    // while the first commits.
+/// The useful work of a pass, to turn its seconds into figures.
+struct Work {
+    rows: usize,
+    real: u64,
+    flops: f64,
+    threads: usize,
+    gemm: f64,
+}
+
+impl Work {
+    fn pass(&self, seconds: f64, padded: u64) -> Pass {
+        let real = self.real as f64;
+        Pass {
+            seconds,
+            texts_per_second: self.rows as f64 / seconds,
+            real_tokens_per_second: real / seconds,
+            real_tokens_per_second_per_thread: real / seconds / self.threads as f64,
+            padding_efficiency: real / padded as f64,
+            gflops: self.flops / seconds / 1e9,
+            gemm_ratio: self.flops / seconds / 1e9 / self.gemm,
+        }
+    }
+}
+
+/// What the rounds measured: each round's bare pass, and each end-to-end run beside its own bare
+/// pass over the same two shards.
+struct Rounds {
+    forward_seconds: Vec<f64>,
+    padded: u64,
+    rows_per_second: Vec<f64>,
+    ratios: Vec<f64>,
+    with_load: Vec<f64>,
+    bytes_per_token: f64,
+}
+
+/// End to end: the same rows through `distill label`'s in-process coordinator and worker into a
+/// fresh local store, each run right after a bare forward pass, so the ratio of the two is taken side
+/// by side (this kind of machine's speed drifts by ±10–20% within minutes). Each run writes into a
+/// fresh store (a second run into the same store would be all cache hits); the rows make two
+/// shards, so the second is labeled while the first commits. Without label runs, three bare passes.
+async fn end_to_end(args: &TeacherBenchSpec, p: &Prepared) -> anyhow::Result<Rounds> {
     let dir = tempfile_dir()?;
     let corpus_path = dir.join("bench.jsonl");
     let mut body = String::new();
-    for r in &shard.rows {
+    for r in &p.rows {
         body.push_str(&serde_json::to_string(
             &serde_json::json!({"id": r.id, "text": r.text}),
         )?);
@@ -233,19 +326,24 @@ pub async fn run(args: &TeacherBenchSpec) -> anyhow::Result<TeacherFigures> {
     } else {
         3
     };
-    let (mut forward_runs, mut padded) = (Vec::new(), 0);
-    let (mut e2e_runs, mut ratios, mut load_runs, mut bytes_per_token) =
-        (Vec::new(), Vec::new(), Vec::new(), 0.0);
-    let shard_rows = rows.div_ceil(2).max(1);
+    let mut r = Rounds {
+        forward_seconds: Vec::new(),
+        padded: 0,
+        rows_per_second: Vec::new(),
+        ratios: Vec::new(),
+        with_load: Vec::new(),
+        bytes_per_token: 0.0,
+    };
+    let shard_rows = p.encoded.len().div_ceil(2).max(1);
     for run in 0..rounds {
-        let (secs, p) = run_forward(0).await?;
-        forward_runs.push(secs);
-        padded = p;
+        let (secs, padded) = p.forward(0).await?;
+        r.forward_seconds.push(secs);
+        r.padded = padded;
         if run >= args.label_runs {
             continue;
         }
         // The baseline of the end-to-end run: the same two shards' forward passes back to back.
-        let (shard_secs, _) = run_forward(shard_rows).await?;
+        let (shard_secs, _) = p.forward(shard_rows).await?;
         let store_url = dir.join(format!("store-{run}")).display().to_string();
         let label_spec = distill_label::LabelSpec {
             teacher: args.teacher.clone(),
@@ -262,42 +360,19 @@ pub async fn run(args: &TeacherBenchSpec) -> anyhow::Result<TeacherFigures> {
         let store = distill_cache::store::open(&store_url, true)?;
         let started = Instant::now();
         let summary =
-            distill_label::local::with_teacher(&label_spec, store, teacher.clone(), false).await?;
-        let rows_per_second = summary.ledger.rows as f64 / summary.ledger.wall_seconds;
-        load_runs
-            .push(summary.ledger.rows as f64 / (started.elapsed().as_secs_f64() + load_seconds));
-        e2e_runs.push(rows_per_second);
-        ratios.push(rows_per_second * shard_secs / rows as f64);
-        bytes_per_token = summary.ledger.bytes_written as f64 / summary.ledger.tokens.max(1) as f64;
+            distill_label::local::with_teacher(&label_spec, store, p.teacher.clone(), false)
+                .await?;
+        let l = &summary.ledger;
+        let rows_per_second = l.rows as f64 / l.wall_seconds;
+        let total = started.elapsed().as_secs_f64() + p.load_seconds;
+        r.with_load.push(l.rows as f64 / total);
+        r.rows_per_second.push(rows_per_second);
+        r.ratios
+            .push(rows_per_second * shard_secs / p.encoded.len() as f64);
+        r.bytes_per_token = l.bytes_written as f64 / l.tokens.max(1) as f64;
     }
-    drop(teacher);
     let _ = std::fs::remove_dir_all(&dir);
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(|a, b| a.total_cmp(b));
-        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-    };
-    let sorted = pass(median(forward_runs), padded);
-    let (e2e, with_load) = (median(e2e_runs), median(load_runs));
-    let e2e_over_forward = median(ratios.clone());
-    Ok(TeacherFigures {
-        rows: shard.rows.len(),
-        threads,
-        output: spec.describe(),
-        parameters,
-        gemm_gflops: gemm,
-        blas_gflops: blas,
-        matmul: distill_blas::get()
-            .map(|b| b.name.clone())
-            .unwrap_or_else(|| "candle".into()),
-        tokenize_seconds,
-        end_to_end_over_forward: e2e_over_forward,
-        end_to_end_rounds: ratios,
-        end_to_end_rows_per_second: e2e,
-        end_to_end_with_load_rows_per_second: with_load,
-        cache_bytes_per_token: bytes_per_token,
-        sorted,
-        unsorted,
-    })
+    Ok(r)
 }
 
 fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {

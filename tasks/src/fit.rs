@@ -76,7 +76,8 @@ impl FitSpec {
         }
     }
 
-    fn check_c(&self) -> Result<()> {
+    /// A fixed `C` must be a positive number.
+    pub fn check_c(&self) -> Result<()> {
         match self.cv.c.filter(|c| !(c.is_finite() && *c > 0.0)) {
             Some(c) => Err(TaskError::Invalid(format!(
                 "--c {c}: must be a positive number"

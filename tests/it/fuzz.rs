@@ -325,18 +325,35 @@ fn a_tokenizer_with_a_malformed_decoder_is_an_error() {
 }
 
 /// The fuzzer's third find, in distill's own GGUF check: a tensor whose claimed shape makes its byte
-/// size overflow. Every size is now computed checked; the file is refused in one line.
+/// size overflow (the found input had `blk.0.attn_norm.weight` claim 2^62 + 64 elements). Every size
+/// is now computed checked; the file is refused in one line. The input is remade here: a tiny GGUF
+/// with that one dimension written over its tensor table.
 #[test]
 fn a_gguf_tensor_of_overflowing_shape_is_an_error() {
-    let path = repo_root().join("tests/data/fuzz/gguf-overflowing-shape.gguf");
+    let dir = tempfile::tempdir().unwrap();
+    let path = crate::decoder::tiny_llama(dir.path(), Default::default());
+    let mut bytes = std::fs::read(&path).unwrap();
+    // A tensor-table entry: the name (u64 length, bytes), u32 dimensions, u64 each.
+    let name = b"blk.0.attn_norm.weight";
+    let mut key = (name.len() as u64).to_le_bytes().to_vec();
+    key.extend_from_slice(name);
+    let at = bytes
+        .windows(key.len())
+        .position(|w| w == key.as_slice())
+        .expect("the tensor's entry")
+        + key.len();
+    assert_eq!(u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()), 1);
+    bytes[at + 4..at + 12].copy_from_slice(&((1u64 << 62) + 64).to_le_bytes());
+    std::fs::write(&path, bytes).unwrap();
     let msg = distill_cache::model_dir::ModelDir::inspect("overflow.gguf", &path)
         .map(|_| ())
         .unwrap_err()
         .to_string();
     assert!(
         msg.contains("overflow.gguf")
-            && (msg.contains("the GGUF file is damaged")
-                || msg.contains("the GGUF file is truncated")),
+            && msg
+                .contains("tensor blk.0.attn_norm.weight claims a shape of [4611686018427387968]")
+            && msg.ends_with("larger than any file: the GGUF file is damaged"),
         "{msg}"
     );
 }
