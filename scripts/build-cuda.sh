@@ -4,6 +4,8 @@
 # .cuda/ (git-ignored), links against a stub of the driver library (the real libcuda.so.1 is loaded on
 # the GPU machine), and builds `target/debug/distill` with `--features cuda`.
 #   CUDA_COMPUTE_CAP   GPU generation to compile kernels for (default 90: H100/H200)
+#   CHECK_ONLY=1       only type-check the whole workspace with --features cuda, in .cuda/target (keeps
+#                      the CPU build's target/ untouched; what a session without a GPU can verify)
 # On a machine with a CUDA toolkit, plain `cargo build --features cuda` is enough.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,5 +26,10 @@ grep -ho 'fn cu[A-Za-z0-9_]*(' "$(dirname "$CUDARC")/src/driver/sys/mod.rs" | se
 gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$CU/lib/libcuda.so" "$TK/libcuda-stub.c"
 export CUDA_HOME=$CU CUDA_PATH=$CU PATH=$CU/bin:$PATH CUDARC_CUDA_VERSION=13000
 export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
+if [ -n "${CHECK_ONLY:-}" ]; then
+  CARGO_TARGET_DIR=$TK/target cargo check --locked --workspace --all-targets --features cuda
+  echo "the workspace type-checks with CUDA (compute capability $CUDA_COMPUTE_CAP)" >&2
+  exit 0
+fi
 cargo build --locked --features cuda --bin distill
 echo "built target/debug/distill with CUDA (compute capability $CUDA_COMPUTE_CAP)" >&2

@@ -6,9 +6,12 @@
 # layers, plus the gold-only MiniLM baseline. Everything is scored on the test snippets, which no
 # student trained on, by `distill eval`; the teacher's own accuracy there is computed from the cache.
 #
-#   scripts/encoder-students.sh [TEACHER.gguf] [TRAIN_ROWS (2000)] [TEST_ROWS (500)] [DRAWS (3)]
+#   [RECIPES=1] scripts/encoder-students.sh [TEACHER.gguf] [TRAIN_ROWS (2000)] [TEST_ROWS (500)] [DRAWS (3)]
 #
-# Writes bench-out/encoder-students.json and prints a table.
+# The students train with the defaults of `distill train` (2 epochs; early stopping on a 10% held-out
+# slice of the training rows' soft labels). RECIPES=1 adds 4-epoch runs of both encoders and a
+# 3-layer run with layer-wise learning-rate decay 0.8.
+# Writes bench-out/$NAME.json (NAME: encoder-students) and prints a table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TEACHER=${1:-assets/models/qwen2.5-coder/qwen2.5-coder-0.5b-instruct.gguf}
@@ -16,7 +19,8 @@ TRAIN=${2:-2000} TEST=${3:-500} DRAWS=${4:-3}
 MINILM=assets/models/all-MiniLM-L6-v2
 cargo build --locked --bin distill
 DISTILL=$PWD/target/debug/distill
-OUT=bench-out/encoder-students
+NAME=${NAME:-encoder-students} # output folder and summary name under bench-out/
+OUT=bench-out/$NAME
 rm -rf "$OUT"
 mkdir -p "$OUT"
 python3 - "$OUT" "$TRAIN" "$TEST" "$DRAWS" <<'PY'
@@ -58,12 +62,17 @@ for d in $(seq 0 $((DRAWS - 1))); do
   train minilm6 --student transformer --init "$MINILM" --layers 6
   train minilm3 --student transformer --init "$MINILM" --layers 3
   train gold-minilm6 --student transformer --init "$MINILM" --layers 6 --gold-only
+  if [ -n "${RECIPES:-}" ]; then # the training recipes of issue 30: more epochs, layer-wise rates
+    train minilm6-e4 --student transformer --init "$MINILM" --layers 6 --epochs 4
+    train minilm3-e4 --student transformer --init "$MINILM" --layers 3 --epochs 4
+    train minilm3-e4-llrd --student transformer --init "$MINILM" --layers 3 --epochs 4 --layer-lr-decay 0.8
+  fi
 done
-python3 - "$OUT" "$DRAWS" <<'PY'
-import json, statistics, sys
+python3 - "$OUT" "$DRAWS" "$NAME" <<'PY'
+import json, os, statistics, sys
 import numpy as np
 import pyarrow.dataset as ds
-out, draws = sys.argv[1], int(sys.argv[2])
+out, draws, summary_name = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 test = [json.loads(l) for l in open(f"{out}/test.jsonl")]
 lab = json.load(open(f"{out}/label.json"))
 entry = f"{out}/store/v1/{lab['teacher_fingerprint']}/{lab['output_fingerprint']}/shards"
@@ -77,7 +86,9 @@ for d in range(draws):
     w = np.asarray(h["weight"]).reshape(h["classes"], h["dim"])
     pred = (x @ w.T + np.asarray(h["bias"])).argmax(axis=1)
     rows["teacher (prompted, calibrated)"].append({"accuracy": float(np.mean([fit["labels"][p] == g["label"] for p, g in zip(pred, test)]))})
-    for name in ["ngram", "minilm6", "minilm3", "gold-minilm6"]:
+    for name in ["ngram", "minilm6", "minilm3", "gold-minilm6", "minilm6-e4", "minilm3-e4", "minilm3-e4-llrd"]:
+        if not os.path.exists(f"{out}/{name}-{d}.eval.json"):
+            continue
         e = json.load(open(f"{out}/{name}-{d}.eval.json"))
         e["train_seconds"] = float(open(f"{out}/{name}-{d}.secs").read().split()[-1])
         rows.setdefault(name, []).append(e)
@@ -98,5 +109,5 @@ for name, es in rows.items():
     extra = ", ".join(f"{k} {r[k]:.4g}" for k in ("macro_f1", "agreement", "throughput", "latency_p50_ms", "parameters", "train_seconds") if k in r)
     print(f"{name:<32} held-out accuracy {100 * r['mean']:.1f}% ({100 * r['min']:.1f}–{100 * r['max']:.1f}) {extra}")
 json.dump({"teacher": lab["teacher"], "teacher_seconds": lab["teacher_seconds"], "rows": summary},
-          open("bench-out/encoder-students.json", "w"), indent=1)
+          open(f"bench-out/{summary_name}.json", "w"), indent=1)
 PY

@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # The fuzz campaign: every reader target of tests/it/fuzz.rs for SECONDS seconds each (default 60),
-# two at a time, printing the inputs tried per target. A panicking input is saved under
-# target/fuzz-crashes/ and fails the run with its path; keep it as a regression test.
-# Usage: scripts/fuzz.sh [SECONDS]
+# THREADS at a time (default 2), printing the inputs tried per target and the process's peak
+# memory. A panicking input, or one that takes the process past MAX_RSS_MB of resident memory
+# (default 1024), is saved under target/fuzz-crashes/ and fails the run with its path; keep it as a
+# regression test.
+# Usage: [THREADS=2] [MAX_RSS_MB=1024] scripts/fuzz.sh [SECONDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER_TARGET=${1:-60}
+THREADS=${THREADS:-2}
 cargo build --locked --tests
-DISTILL_FUZZ_SECONDS=$SECONDS_PER_TARGET cargo test --locked --test it fuzz_ -- --nocapture --test-threads 2 2>&1 |
-  grep -E '^fuzz |panicked at tests/|^test result'
+start=$(date +%s)
+DISTILL_FUZZ_SECONDS=$SECONDS_PER_TARGET DISTILL_FUZZ_MAX_RSS_MB=${MAX_RSS_MB:-1024} \
+  cargo test --locked --test it fuzz_ -- --nocapture --test-threads "$THREADS" 2>&1 |
+  grep -E '^fuzz |panicked at tests/|over the ceiling|^test result'
+echo "campaign: $(( $(date +%s) - start )) s, $THREADS at a time, $SECONDS_PER_TARGET s per target" >&2

@@ -71,6 +71,17 @@ pub struct TrainArgs {
     /// Transformer: epochs of task-agnostic embedding mimicry before distillation (0 = none).
     #[arg(long, env = "DISTILL_MIMIC_EPOCHS", default_value_t = 1)]
     pub mimic_epochs: usize,
+    /// Transformer: share of the soft-labeled rows (never gold ones) held out to score each epoch;
+    /// the best epoch's weights are exported (0: none; used with 2 epochs or more).
+    #[arg(long, env = "DISTILL_HOLDOUT", default_value_t = 0.1)]
+    pub holdout: f64,
+    /// Transformer: epochs without a better held-out score before training stops (0: never early).
+    #[arg(long, env = "DISTILL_PATIENCE", default_value_t = 2)]
+    pub patience: usize,
+    /// Transformer: layer-wise learning-rate decay — each encoder layer below the top learns at this
+    /// share of the one above it, the embeddings below the lowest (1: one rate for all).
+    #[arg(long, env = "DISTILL_LAYER_LR_DECAY", default_value_t = 1.0)]
+    pub layer_lr_decay: f64,
     /// Transformer: tokens per text (longer texts are truncated).
     #[arg(long, env = "DISTILL_MAX_SEQ", default_value_t = 128)]
     pub max_seq: usize,
@@ -272,6 +283,9 @@ impl TrainArgs {
             alpha: self.alpha(),
             seed: self.seed,
             shuffle_buffer: self.shuffle_buffer,
+            holdout: self.holdout,
+            patience: self.patience,
+            layer_lr_decay: self.layer_lr_decay,
             ngram: NgramConfig {
                 buckets: self.buckets,
                 dim: self.dim,

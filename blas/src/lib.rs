@@ -15,11 +15,17 @@
 //!
 //! [`uninit`] writes the linear layers' output buffers once, without zeroing them first.
 //!
+//! With the `cuda` feature, `cuda` holds the GPU path's one native call: bf16 products with f32
+//! outputs through cuBLAS `gemmEx`, as a candle op.
+//!
 //! This crate is the workspace's only unsafe code: calling the loaded function, with every length
-//! checked against the slices first, setting one allocator option, and handing out new buffers
-//! uninitialised only to take them back written.
+//! checked against the slices first, setting one allocator option, handing out new buffers
+//! uninitialised only to take them back written, and (`cuda`) the cuBLAS call on buffers whose sizes
+//! the shapes were checked against.
 
 pub mod alloc;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod uninit;
 
 use std::sync::OnceLock;

@@ -7,10 +7,9 @@ use crate::fingerprint::{Fingerprint, Hasher};
 use crate::layout;
 use crate::model_dir::TeacherInfo;
 use crate::spec::OutputSpec;
-use crate::store::{describe_store_error, Location};
+use crate::store::{describe_store_error, get_bounded, Location, MAX_OBJECT_BYTES};
 use crate::{CacheError, Result};
 use futures::{StreamExt, TryStreamExt};
-use object_store::ObjectStoreExt;
 use serde::{Deserialize, Serialize};
 
 /// One shard of a corpus, in corpus order.
@@ -107,25 +106,15 @@ pub(crate) async fn get_json<T: serde::de::DeserializeOwned>(
     rel: &str,
 ) -> Result<Option<T>> {
     let path = loc.child(rel);
-    match loc.store.get(&path).await {
-        Ok(g) => {
-            let b = g.bytes().await.map_err(|e| CacheError::Store {
-                url: loc.display(&path),
-                reason: describe_store_error(&e),
-            })?;
-            serde_json::from_slice(&b)
-                .map(Some)
-                .map_err(|e| CacheError::Shard {
-                    path: loc.display(&path),
-                    reason: e.to_string(),
-                })
-        }
-        Err(object_store::Error::NotFound { .. }) => Ok(None),
-        Err(e) => Err(CacheError::Store {
-            url: loc.display(&path),
-            reason: describe_store_error(&e),
-        }),
-    }
+    let Some(b) = get_bounded(loc, &path, "record", MAX_OBJECT_BYTES).await? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&b)
+        .map(Some)
+        .map_err(|e| CacheError::Shard {
+            path: loc.display(&path),
+            reason: e.to_string(),
+        })
 }
 
 /// Every object under `prefix` (a path of the store).

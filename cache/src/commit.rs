@@ -15,7 +15,7 @@
 use crate::corpus::Reject;
 use crate::format::{self, ShardData, ShardMeta};
 use crate::layout::ShardKey;
-use crate::store::{describe_store_error, Location};
+use crate::store::{describe_store_error, get_bounded, Location, MAX_OBJECT_BYTES};
 use crate::{CacheError, Result};
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
@@ -143,22 +143,20 @@ pub async fn read_meta_at(
 /// Reads a whole committed shard.
 pub async fn read_shard(loc: &Location, key: &ShardKey) -> Result<(ShardMeta, ShardData)> {
     let path = loc.child(&key.data_path());
-    let get = loc
-        .store
-        .get(&path)
-        .await
-        .map_err(|e| store_err(loc, &path, e))?;
-    let bytes = get.bytes().await.map_err(|e| store_err(loc, &path, e))?;
+    let bytes = get_bounded(loc, &path, "shard", MAX_OBJECT_BYTES)
+        .await?
+        .ok_or_else(|| CacheError::Store {
+            url: loc.display(&path),
+            reason: "not found: the shard is not in the cache".into(),
+        })?;
     format::decode(&loc.display(&path), bytes)
 }
 
 /// Reads the rejects record of a shard (empty if it has none).
 pub async fn read_rejects(loc: &Location, key: &ShardKey) -> Result<Vec<Reject>> {
     let path = loc.child(&key.rejects_path());
-    let bytes = match loc.store.get(&path).await {
-        Ok(g) => g.bytes().await.map_err(|e| store_err(loc, &path, e))?,
-        Err(object_store::Error::NotFound { .. }) => return Ok(vec![]),
-        Err(e) => return Err(store_err(loc, &path, e)),
+    let Some(bytes) = get_bounded(loc, &path, "rejects record", MAX_OBJECT_BYTES).await? else {
+        return Ok(vec![]);
     };
     bytes
         .split(|b| *b == b'\n')

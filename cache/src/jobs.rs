@@ -17,7 +17,7 @@ use crate::catalog::get_json;
 use crate::commit::put_if_absent;
 use crate::corpus::{Reject, Row, Shard};
 use crate::fingerprint::Fingerprint;
-use crate::store::{describe_store_error, Location};
+use crate::store::{describe_store_error, get_bounded, zstd_bounded, Location, MAX_OBJECT_BYTES};
 use crate::{CacheError, Result};
 use object_store::ObjectStoreExt;
 use serde::{Deserialize, Serialize};
@@ -113,25 +113,17 @@ pub async fn write_input(loc: &Location, job: &str, shard: &Shard) -> Result<Str
 pub async fn read_input(loc: &Location, rel: &str, expect: &Fingerprint) -> Result<Shard> {
     let path = loc.child(rel);
     let url = loc.display(&path);
-    let bytes = loc
-        .store
-        .get(&path)
-        .await
-        .map_err(|e| CacheError::Store {
-            url: url.clone(),
-            reason: describe_store_error(&e),
-        })?
-        .bytes()
-        .await
-        .map_err(|e| CacheError::Store {
-            url: url.clone(),
-            reason: describe_store_error(&e),
-        })?;
     let bad = |reason: String| CacheError::Shard {
         path: url.clone(),
         reason,
     };
-    let json = zstd::decode_all(bytes.as_ref()).map_err(|e| bad(format!("decompressing: {e}")))?;
+    let bytes = get_bounded(loc, &path, "staged input", MAX_OBJECT_BYTES)
+        .await?
+        .ok_or_else(|| {
+            bad("not found: the job's inputs were deleted (finished or cancelled)".into())
+        })?;
+    let json =
+        zstd_bounded(&bytes, MAX_OBJECT_BYTES).map_err(|e| bad(format!("decompressing: {e}")))?;
     let staged: StagedShard = serde_json::from_slice(&json).map_err(|e| bad(e.to_string()))?;
     if &staged.fingerprint != expect {
         return Err(bad(format!(

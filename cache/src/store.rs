@@ -231,6 +231,56 @@ pub fn is_refusal(e: &object_store::Error) -> bool {
     .any(|m| lower.contains(m))
 }
 
+/// Largest object distill reads whole from a store (a record, a manifest, a shard, a staged input
+/// compressed or not): a larger one is refused before it is read, whatever its name claims.
+pub const MAX_OBJECT_BYTES: u64 = 1 << 30;
+
+/// The whole object at `path` (`None` if absent), refused with one line naming it when it is larger
+/// than `max` bytes: checked from the object's size before its body is read.
+pub async fn get_bounded(
+    loc: &Location,
+    path: &Path,
+    what: &str,
+    max: u64,
+) -> Result<Option<bytes::Bytes>> {
+    use object_store::ObjectStoreExt;
+    let url = || loc.display(path);
+    let err = |e: object_store::Error| CacheError::Store {
+        url: url(),
+        reason: describe_store_error(&e),
+    };
+    let get = match loc.store.get(path).await {
+        Ok(g) => g,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(err(e)),
+    };
+    if get.meta.size > max {
+        return Err(CacheError::Shard {
+            path: url(),
+            reason: format!(
+                "{} bytes, more than a {what} can be ({max}): not an object distill wrote; delete or replace it",
+                get.meta.size
+            ),
+        });
+    }
+    get.bytes().await.map(Some).map_err(err)
+}
+
+/// Decompresses zstd `bytes` into at most `max` bytes, in bounded pieces: a stream that would expand
+/// further is refused (a decompression bomb costs `max`, not its claim).
+pub fn zstd_bounded(bytes: &[u8], max: u64) -> std::result::Result<Vec<u8>, String> {
+    use std::io::Read;
+    let dec = zstd::stream::read::Decoder::new(bytes).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    dec.take(max + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| e.to_string())?;
+    if out.len() as u64 > max {
+        return Err(format!("decompresses to more than {max} bytes"));
+    }
+    Ok(out)
+}
+
 /// A one-line explanation of a store error, with the likely fix.
 pub fn describe_store_error(e: &object_store::Error) -> String {
     let text = e.to_string();

@@ -223,6 +223,7 @@ pub async fn mimic_once(
                 checkpoint: Some(&ckpt),
                 device: &candle_core::Device::Cpu,
                 progress: &distill_student_trainer::progress::bars(progress),
+                validation: None,
             },
         )?;
         // Removed only on success: after a failure a rerun resumes from it.

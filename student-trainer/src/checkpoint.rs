@@ -37,6 +37,11 @@ fn bad(dir: &str, reason: String) -> StudentError {
 }
 
 impl State {
+    /// The tensor `name`, if the checkpoint has one.
+    pub fn find(&self, name: &str) -> Option<&Tensor> {
+        self.tensors.get(name)
+    }
+
     /// The tensor `name`, which must have `dims`.
     pub fn get(&self, name: &str, dims: &[usize]) -> Result<&Tensor> {
         let t = self

@@ -14,6 +14,7 @@
 //!   llama.cpp, and its held-out evaluation;
 //! - [`recipe`]: the task students' training recipes (spec, defaults, checkpoints, run
 //!   fingerprints, mimic-then-distill) that `distill train` and the quickstart run;
+//! - [`early`]: early stopping of the transformer student on a held-out slice of the soft labels;
 //! - [`checkpoint`]: training checkpoints (both students) and resuming them;
 //! - [`dir`]: model folders (the `distill.json` marker, atomic writes);
 //! - [`model`]: student directories (layout, loading, prediction);
@@ -28,6 +29,7 @@
 
 pub mod checkpoint;
 pub mod dir;
+pub mod early;
 pub mod error;
 pub mod eval;
 pub mod finetune;

@@ -109,6 +109,8 @@ struct VarSlot {
     m: candle_core::Tensor,
     v: candle_core::Tensor,
     decay: bool,
+    /// This variable's share of the learning rate (1 unless [`VarAdamW::with_rates`]).
+    rate: f64,
 }
 
 impl std::fmt::Debug for VarAdamW {
@@ -135,10 +137,20 @@ impl VarAdamW {
                     v: t.zeros_like()?,
                     var,
                     decay,
+                    rate: 1.0,
                 },
             );
         }
         Ok(Self { opt, slots })
+    }
+
+    /// Gives each variable its share of the learning rate, by name (discriminative or layer-wise
+    /// rates); the schedule scales them all.
+    pub fn with_rates(mut self, rate: impl Fn(&str) -> f64) -> Self {
+        for (name, s) in self.slots.iter_mut() {
+            s.rate = rate(name);
+        }
+        self
     }
 
     /// One update at step `t` (1-based) with learning rate `lr`, gradients clipped to a global norm of
@@ -170,6 +182,7 @@ impl VarAdamW {
         for (name, g) in gs {
             let g = (g * scale)?;
             let s = self.slots.get_mut(&name).expect("slot per variable");
+            let lr = lr * s.rate;
             s.m = ((&s.m * o.beta1)? + (&g * (1.0 - o.beta1))?)?;
             s.v = ((&s.v * o.beta2)? + (g.sqr()? * (1.0 - o.beta2))?)?;
             let p = s.var.as_tensor();

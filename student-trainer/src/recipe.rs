@@ -6,6 +6,7 @@
 
 use crate::checkpoint;
 use crate::dir::write_dir;
+use crate::early::Validation;
 use crate::kd::KdWeights;
 use crate::model::{save_ngram, StudentInfo};
 use crate::ngram::{self, NgramConfig, NgramTrainOptions, StepReport};
@@ -15,7 +16,7 @@ use crate::{Result, StudentError};
 use distill_cache::model_dir::ModelDir;
 use distill_cache::store::Location;
 use distill_cache::task::TaskRecord;
-use distill_tasks::data::{Selection, TrainData};
+use distill_tasks::data::{Holdout, Selection, Side, TrainData};
 use distill_teacher::DeviceSpec;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -92,6 +93,13 @@ pub struct TrainSpec {
     pub alpha: f32,
     pub seed: u64,
     pub shuffle_buffer: usize,
+    /// Transformer: share of the soft-labeled rows held out to score each epoch, the best epoch's
+    /// weights exported (0: none). Only with 2 epochs or more and soft labels (not `gold_only`).
+    pub holdout: f64,
+    /// Transformer: epochs without a better held-out score before training stops (0: never early).
+    pub patience: usize,
+    /// Transformer: layer-wise learning-rate decay (1: one rate for every layer).
+    pub layer_lr_decay: f64,
     pub ngram: NgramConfig,
     pub transformer: TransformerSettings,
     /// The checkpoint folder (default `<out>.checkpoint`).
@@ -113,6 +121,9 @@ impl TrainSpec {
             alpha: 0.5,
             seed: 0,
             shuffle_buffer: 4096,
+            holdout: 0.1,
+            patience: 2,
+            layer_lr_decay: 1.0,
             ngram: NgramConfig::default(),
             transformer: TransformerSettings::default(),
             checkpoint: None,
@@ -122,7 +133,7 @@ impl TrainSpec {
     /// Rejects settings that cannot train, naming the flag.
     pub fn validate(&self) -> Result<()> {
         let t = &self.transformer;
-        let checks: [(bool, &str); 7] = [
+        let checks: [(bool, &str); 9] = [
             (self.batch == 0, "--batch must be at least 1"),
             (self.ngram.buckets == 0, "--buckets must be at least 1"),
             (self.ngram.dim == 0, "--dim must be at least 1"),
@@ -131,6 +142,14 @@ impl TrainSpec {
                 "--shuffle-buffer must be at least 1",
             ),
             (t.max_seq < 2, "--max-seq must be at least 2"),
+            (
+                !(0.0..0.5).contains(&self.holdout),
+                "--holdout must be at least 0 and under 0.5",
+            ),
+            (
+                !(self.layer_lr_decay > 0.0 && self.layer_lr_decay <= 1.0),
+                "--layer-lr-decay must be above 0 and at most 1",
+            ),
             (
                 !(self.temperature.is_finite() && self.temperature > 0.0),
                 "--temperature must be a positive number",
@@ -276,6 +295,11 @@ pub async fn train(
     }
     let mut data = TrainData::open(loc, task, spec.exclude.clone(), spec.seed).await?;
     data.buffer = spec.shuffle_buffer.max(1);
+    let holdout = holdout_of(spec, data.rows);
+    let data = match holdout {
+        Some(h) => data.split(h, Side::Train),
+        None => data,
+    };
     let data = if spec.gold_only {
         data.select(Selection::Gold)
     } else {
@@ -376,7 +400,10 @@ pub async fn train(
                 init: t.init.as_ref().map(|_| dir.location.clone()),
                 soft,
                 normalize_target: task.head.as_ref().is_some_and(|h| h.normalize_input),
-                epochs: spec.epochs.unwrap_or(if spec.gold_only { 20 } else { 2 }),
+                epochs: transformer_epochs(spec),
+                holdout: holdout.map(|h| h.fraction).unwrap_or(0.0),
+                patience: holdout.map(|_| spec.patience).unwrap_or(0),
+                layer_lr_decay: spec.layer_lr_decay,
                 lr: spec.lr.unwrap_or(1e-4),
                 temperature: spec.temperature,
                 alpha,
@@ -403,6 +430,14 @@ pub async fn train(
             } else {
                 None
             };
+            let validation = match holdout {
+                Some(h) => Some(
+                    TrainData::open(loc, task, spec.exclude.clone(), spec.seed)
+                        .await?
+                        .split(h, Side::Held),
+                ),
+                None => None,
+            };
             let base = mimicked.map(|m| m.0.duplicate()).transpose()?;
             let head = task.head.clone();
             let info2 = info.clone();
@@ -419,6 +454,7 @@ pub async fn train(
                         checkpoint: Some(&checkpoint),
                         device: &device,
                         progress: &progress,
+                        validation: validation.as_ref(),
                     },
                 )?;
                 write_dir(&out, |tmp| student.save_hf(tmp, &info2))?;
@@ -432,14 +468,30 @@ pub async fn train(
     Ok(info)
 }
 
-/// What every phase of a transformer run shares: its options, run id, checkpoint folder, device and
-/// progress reporter.
+/// A transformer student's epochs: the spec's, or 2 (20 on gold labels alone).
+fn transformer_epochs(spec: &TrainSpec) -> usize {
+    spec.epochs.unwrap_or(if spec.gold_only { 20 } else { 2 })
+}
+
+/// The held-out slice of a transformer run over a corpus of `rows`: only with soft labels, a share
+/// above 0 and 2 epochs or more (one epoch has no other to choose).
+fn holdout_of(spec: &TrainSpec, rows: u64) -> Option<Holdout> {
+    let on = spec.student == TaskStudent::Transformer
+        && !spec.gold_only
+        && spec.holdout > 0.0
+        && transformer_epochs(spec) > 1;
+    on.then(|| Holdout::of(spec.holdout, rows, spec.seed))
+}
+
+/// What every phase of a transformer run shares: its options, run id, checkpoint folder, device,
+/// progress reporter and the held-out rows that score its distillation epochs.
 pub struct Phases<'a> {
     pub opts: &'a TransformerOptions,
     pub run_id: &'a str,
     pub checkpoint: Option<&'a Path>,
     pub device: &'a candle_core::Device,
     pub progress: &'a Progress,
+    pub validation: Option<&'a TrainData>,
 }
 
 /// The transformer recipe: (optionally) mimic the teacher's embeddings, put the task head on the
@@ -459,7 +511,7 @@ pub fn mimic_then_distill(
         None => TransformerStudent::new(dir, data.labels.clone(), p.opts, p.device)?,
     };
     if let Some(md) = mimic_data {
-        run_phase(&student, &tok, Phase::Mimic, md, p)?;
+        run_phase(&student, &tok, Phase::Mimic, md, None, p)?;
     }
     if let (true, Some(h)) = (mimicked, head) {
         student.set_head(h, data.labels.clone())?;
@@ -468,7 +520,18 @@ pub fn mimic_then_distill(
             "internal: a mimicked student needs the task's head".into(),
         ));
     }
-    run_phase(&student, &tok, Phase::Distill, data, p)?;
+    let held = match p.validation {
+        Some(v) => {
+            let rows = v.collect()?;
+            let val = Validation::new(&tok, &rows, data.labels.len(), p.opts.batch, p.device)?;
+            if val.is_none() {
+                tracing::warn!("the held-out slice is empty (a small corpus): no early stopping");
+            }
+            val
+        }
+        None => None,
+    };
+    run_phase(&student, &tok, Phase::Distill, data, held.as_ref(), p)?;
     Ok(student)
 }
 
@@ -476,7 +539,7 @@ pub fn mimic_then_distill(
 pub fn mimic(dir: &ModelDir, data: &TrainData, p: &Phases<'_>) -> Result<TransformerStudent> {
     let tok = transformer::tokenizer(dir, p.opts.max_seq)?;
     let student = TransformerStudent::new(dir, data.labels.clone(), p.opts, p.device)?;
-    run_phase(&student, &tok, Phase::Mimic, data, p)?;
+    run_phase(&student, &tok, Phase::Mimic, data, None, p)?;
     Ok(student)
 }
 
@@ -487,6 +550,7 @@ fn run_phase(
     tok: &transformer::Tokenizer,
     phase: Phase,
     data: &TrainData,
+    validation: Option<&Validation>,
     p: &Phases<'_>,
 ) -> Result<()> {
     let (name, epochs, lr) = match phase {
@@ -507,6 +571,7 @@ fn run_phase(
         lr,
         run_id: &run_id,
         checkpoint: checkpoint.as_deref(),
+        validation,
     };
     transformer::train_phase(student, tok, data, p.opts, run, step)
 }

@@ -17,6 +17,7 @@
 //! resumes from the last one.
 
 use crate::checkpoint::{self, Position};
+use crate::early::{Tracker, Validation};
 use crate::kd::KdWeights;
 use crate::model::StudentInfo;
 use crate::ngram::StepReport;
@@ -58,6 +59,33 @@ pub struct TransformerOptions {
     /// absent from the options of earlier releases, which keep their run ids.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init: Option<String>,
+    /// Share of the soft-labeled rows held out to score each distillation epoch (0: none, every epoch
+    /// trains and the last one is kept); absent from earlier releases' options.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub holdout: f64,
+    /// Epochs without a lower held-out loss before distillation stops (0: never stops early).
+    #[serde(default, skip_serializing_if = "is_zero_usize")]
+    pub patience: usize,
+    /// Layer-wise learning-rate decay: encoder layer `i` of `L` learns at `decay^(L−1−i)` of the rate,
+    /// the embeddings at `decay^L`, the pooler and classifier at the full rate (1: one rate for all).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub layer_lr_decay: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+fn is_one(x: &f64) -> bool {
+    *x == 1.0
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
+}
+
+fn is_zero_usize(x: &usize) -> bool {
+    *x == 0
 }
 
 impl Default for TransformerOptions {
@@ -81,6 +109,9 @@ impl Default for TransformerOptions {
             seed: 0,
             checkpoint_every: 200,
             init: None,
+            holdout: 0.0,
+            patience: 0,
+            layer_lr_decay: 1.0,
         }
     }
 }
@@ -600,16 +631,20 @@ pub fn tokenizer(teacher: &ModelDir, max_seq: usize) -> Result<tokenizers::Token
 }
 
 /// A training batch as tensors.
-struct Batch {
-    ids: Tensor,
-    mask: Tensor,
+pub(crate) struct Batch {
+    pub(crate) ids: Tensor,
+    pub(crate) mask: Tensor,
     soft: Tensor,
     gold: Tensor,
     gold_mask: Tensor,
     emb: Option<Tensor>,
 }
 
-fn make_batch(rows: &[(Vec<u32>, &Example)], classes: usize, device: &Device) -> Result<Batch> {
+pub(crate) fn make_batch(
+    rows: &[(Vec<u32>, &Example)],
+    classes: usize,
+    device: &Device,
+) -> Result<Batch> {
     let b = rows.len();
     let t = rows.iter().map(|r| r.0.len()).max().unwrap_or(1);
     let mut ids = vec![0u32; b * t];
@@ -648,7 +683,7 @@ fn make_batch(rows: &[(Vec<u32>, &Example)], classes: usize, device: &Device) ->
 }
 
 /// The KD loss of a batch ([`crate::kd::kd_loss_tensor`]).
-fn kd_loss(logits: &Tensor, batch: &Batch, kd: KdWeights) -> Result<Tensor> {
+pub(crate) fn kd_loss(logits: &Tensor, batch: &Batch, kd: KdWeights) -> Result<Tensor> {
     Ok(crate::kd::kd_loss_tensor(
         logits,
         &batch.soft,
@@ -709,6 +744,24 @@ impl TransformerStudent {
         })
     }
 
+    /// A copy of every weight (the best epoch's, for early stopping).
+    pub fn snapshot(&self) -> Result<HashMap<String, Tensor>> {
+        self.vars
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), v.as_tensor().copy()?)))
+            .collect()
+    }
+
+    /// Sets the weights named in `weights` (a [`TransformerStudent::snapshot`]).
+    pub fn load_snapshot(&self, weights: &HashMap<String, Tensor>) -> Result<()> {
+        for (k, v) in &self.vars {
+            if let Some(t) = weights.get(k) {
+                v.set(t)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Replaces the classifier by a task's head (same width as the pooled output), for a student whose
     /// pooled output mimics the teacher's embeddings.
     pub fn set_head(&mut self, head: &LinearHead, labels: Vec<String>) -> Result<()> {
@@ -745,6 +798,8 @@ pub struct PhaseRun<'a> {
     /// Checkpoints of another run id are not resumed from.
     pub run_id: &'a str,
     pub checkpoint: Option<&'a Path>,
+    /// Held-out rows scoring each epoch, for early stopping (distillation only).
+    pub validation: Option<&'a Validation>,
 }
 
 /// Runs one training phase over `data`. With a checkpoint folder, saves there as it goes and
@@ -763,7 +818,10 @@ pub fn train_phase(
         lr,
         run_id,
         checkpoint,
+        validation,
     } = run;
+    let validation = validation.filter(|_| phase == Phase::Distill);
+    let layers = student.layers;
     let classes = student.labels.len();
     let device = student.device.clone();
     let mut optimizer = VarAdamW::new(
@@ -775,11 +833,14 @@ pub fn train_phase(
                 !(n.ends_with("bias") || n.contains("LayerNorm")),
             )
         }),
-    )?;
+    )?
+    .with_rates(|name| layer_rate(name, layers, opts.layer_lr_decay));
     let (mut start_epoch, mut skip, mut step) = (0usize, 0u64, 0u64);
+    let mut tracker = Tracker::default();
     if let Some(dir) = checkpoint {
         if let Some((pos, state)) = checkpoint::load(dir, run_id, &device)? {
             optimizer.restore(&state)?;
+            tracker = Tracker::load(&state, student)?;
             tracing::info!(
                 phase = phase.name(),
                 epoch = pos.epoch,
@@ -794,11 +855,12 @@ pub fn train_phase(
     let per_epoch = count_batches(data, opts.batch)?;
     let total = per_epoch * epochs as u64;
     let warmup = (total as f64 * opts.warmup) as u64;
-    let kd = KdWeights {
-        temperature: opts.temperature,
-        soft: opts.soft,
-        alpha: opts.alpha,
-    };
+    // A run interrupted after it decided to stop (before its export) stops again.
+    if let (Some(b), true) = (tracker.best, validation.is_some() && opts.patience > 0) {
+        if start_epoch >= b.epoch + opts.patience {
+            start_epoch = epochs;
+        }
+    }
     for epoch in start_epoch..epochs {
         let mut done = 0u64;
         let mut it = data.epoch(epoch as u64).peekable();
@@ -809,16 +871,7 @@ pub fn train_phase(
                 .by_ref()
                 .take(opts.batch * 16)
                 .collect::<distill_tasks::Result<_>>()?;
-            let texts: Vec<&str> = window.iter().map(|e| e.text.as_str()).collect();
-            let enc = tok
-                .encode_batch(texts, true)
-                .map_err(|e| StudentError::Invalid(format!("tokenizer: {e}")))?;
-            let mut rows: Vec<(Vec<u32>, &Example)> = enc
-                .iter()
-                .map(|e| e.get_ids().to_vec())
-                .zip(window.iter())
-                .collect();
-            rows.sort_by_key(|r| r.0.len());
+            let rows = tokenized(tok, &window)?;
             let mut batches: Vec<&[(Vec<u32>, &Example)]> = rows.chunks(opts.batch).collect();
             wrng.shuffle(&mut batches);
             for rows in batches {
@@ -827,20 +880,7 @@ pub fn train_phase(
                     continue;
                 }
                 let batch = make_batch(rows, classes, &device)?;
-                let (pooled, logits) = student.forward(&batch.ids, &batch.mask)?;
-                let loss = match phase {
-                    Phase::Mimic => {
-                        let target = batch.emb.as_ref().ok_or_else(|| {
-                            StudentError::Invalid("mimicry needs cached embeddings".into())
-                        })?;
-                        if opts.normalize_target {
-                            mimic_loss(&pooled, &distill_teacher::outputs::l2_normalize(target)?)?
-                        } else {
-                            mimic_loss(&pooled, target)?
-                        }
-                    }
-                    Phase::Distill => kd_loss(&logits, &batch, kd)?,
-                };
+                let loss = batch_loss(student, &batch, phase, opts)?;
                 let grads = loss.backward()?;
                 step += 1;
                 let rate = lr_at(lr, step - 1, warmup, total);
@@ -862,11 +902,15 @@ pub fn train_phase(
                         batch: done,
                         step,
                     };
-                    checkpoint::save(dir, &optimizer.state()?, &pos)?;
+                    checkpoint::save(dir, &state_of(&optimizer, &tracker)?, &pos)?;
                 }
             }
         }
         skip = 0;
+        let stop = match validation {
+            Some(v) => tracker.score(v, student, epoch + 1, opts.patience)?,
+            None => false,
+        };
         if let Some(dir) = checkpoint {
             let pos = Position {
                 run: run_id.into(),
@@ -874,10 +918,88 @@ pub fn train_phase(
                 batch: 0,
                 step,
             };
-            checkpoint::save(dir, &optimizer.state()?, &pos)?;
+            checkpoint::save(dir, &state_of(&optimizer, &tracker)?, &pos)?;
+        }
+        if stop {
+            break;
         }
     }
-    Ok(())
+    tracker.restore(student)
+}
+
+/// The share of the learning rate of the variable `name` in a student of `layers` encoder layers
+/// under layer-wise decay `decay` (see [`TransformerOptions::layer_lr_decay`]).
+fn layer_rate(name: &str, layers: usize, decay: f64) -> f64 {
+    let depth = if let Some(rest) = name.strip_prefix("encoder.layer.") {
+        let i: usize = rest
+            .split('.')
+            .next()
+            .and_then(|i| i.parse().ok())
+            .unwrap_or(0);
+        layers.saturating_sub(1 + i)
+    } else if name.starts_with("embeddings.") {
+        layers
+    } else {
+        0
+    };
+    decay.powi(depth as i32)
+}
+
+/// A window of examples tokenized, sorted by length (batches cut from it carry little padding).
+pub(crate) fn tokenized<'a>(
+    tok: &tokenizers::Tokenizer,
+    examples: &'a [Example],
+) -> Result<Vec<(Vec<u32>, &'a Example)>> {
+    let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
+    let enc = tok
+        .encode_batch(texts, true)
+        .map_err(|e| StudentError::Invalid(format!("tokenizer: {e}")))?;
+    let mut rows: Vec<(Vec<u32>, &Example)> = enc
+        .iter()
+        .map(|e| e.get_ids().to_vec())
+        .zip(examples)
+        .collect();
+    rows.sort_by_key(|r| r.0.len());
+    Ok(rows)
+}
+
+/// One batch's loss in `phase`: embedding mimicry, or the KD loss on the task's logits.
+fn batch_loss(
+    student: &TransformerStudent,
+    batch: &Batch,
+    phase: Phase,
+    opts: &TransformerOptions,
+) -> Result<Tensor> {
+    let (pooled, logits) = student.forward(&batch.ids, &batch.mask)?;
+    Ok(match phase {
+        Phase::Mimic => {
+            let target = batch
+                .emb
+                .as_ref()
+                .ok_or_else(|| StudentError::Invalid("mimicry needs cached embeddings".into()))?;
+            if opts.normalize_target {
+                mimic_loss(&pooled, &distill_teacher::outputs::l2_normalize(target)?)?
+            } else {
+                mimic_loss(&pooled, target)?
+            }
+        }
+        Phase::Distill => kd_loss(
+            &logits,
+            batch,
+            KdWeights {
+                temperature: opts.temperature,
+                soft: opts.soft,
+                alpha: opts.alpha,
+            },
+        )?,
+    })
+}
+
+/// What a checkpoint holds: the optimiser's weights and moments, and the best epoch's weights.
+fn state_of(optimizer: &VarAdamW, tracker: &Tracker) -> Result<HashMap<String, Tensor>> {
+    let mut state = optimizer.state()?;
+    tracker.save_into(&mut state)?;
+    Ok(state)
 }
 
 /// Batches of one epoch: batches are cut per window of `batch × 16` examples.
@@ -948,6 +1070,95 @@ mod tests {
             })
             .collect();
         make_batch(&rows, 3, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn layer_wise_rates_decay_from_the_top_layer_down() {
+        let r = |n: &str| layer_rate(n, 3, 0.5);
+        assert_eq!(r("classifier.weight"), 1.0);
+        assert_eq!(r("pooler.dense.weight"), 1.0);
+        assert_eq!(r("encoder.layer.2.output.dense.weight"), 1.0);
+        assert_eq!(r("encoder.layer.1.attention.self.query.weight"), 0.5);
+        assert_eq!(r("encoder.layer.0.intermediate.dense.bias"), 0.25);
+        assert_eq!(r("embeddings.LayerNorm.weight"), 0.125);
+        assert_eq!(layer_rate("embeddings.LayerNorm.weight", 3, 1.0), 1.0);
+    }
+
+    #[test]
+    fn early_stopping_keeps_the_best_epoch_and_resumes_it() {
+        use crate::early::{Tracker, Validation};
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tiny_teacher(&tmp.path().join("t"));
+        let dev = Device::Cpu;
+        let s = TransformerStudent::new(&dir, labels(), &opts(), &dev).unwrap();
+        let tok = tokenizer(&dir, 24).unwrap();
+        let held: Vec<Example> = ["a good film", "dull and long", "fine"]
+            .iter()
+            .zip([[3.0f32, 0.0, -3.0], [-2.0, 0.0, 2.0], [0.0, 1.0, 0.0]])
+            .map(|(t, soft)| Example {
+                id: t.to_string(),
+                text: t.to_string(),
+                soft: soft.to_vec(),
+                gold: None,
+                embedding: None,
+            })
+            .collect();
+        let v = Validation::new(&tok, &held, 3, 2, &dev).unwrap().unwrap();
+        assert!(Validation::new(&tok, &[], 3, 2, &dev).unwrap().is_none());
+        let first = v.loss(&s).unwrap();
+        assert!(first.is_finite() && first > 0.0, "KL {first}");
+        let mut tr = Tracker::default();
+        assert!(!tr.observe(&s, 1, first, 2).unwrap());
+        let best = s.snapshot().unwrap();
+        // Worse epochs: the weights move, the best stays, and the second worse one stops.
+        let w = &s.vars["classifier.bias"];
+        w.set(&Tensor::new(&[5f32, -5.0, 0.0], &dev).unwrap())
+            .unwrap();
+        let worse = v.loss(&s).unwrap();
+        assert!(worse > first, "{worse} vs {first}");
+        assert!(!tr.observe(&s, 2, worse, 2).unwrap());
+        assert!(
+            tr.observe(&s, 3, worse, 2).unwrap(),
+            "2 epochs without a better score"
+        );
+        // Saved in a checkpoint's tensors and read back: the same best epoch and weights.
+        let mut tensors = HashMap::new();
+        tr.save_into(&mut tensors).unwrap();
+        let ck = tmp.path().join("ck");
+        let pos = Position {
+            run: "r".into(),
+            epoch: 3,
+            batch: 0,
+            step: 9,
+        };
+        checkpoint::save(&ck, &tensors, &pos).unwrap();
+        let (_, state) = checkpoint::load(&ck, "r", &dev).unwrap().unwrap();
+        let back = Tracker::load(&state, &s).unwrap();
+        assert_eq!(back.best, tr.best);
+        back.restore(&s).unwrap();
+        for (k, t) in &best {
+            let now = s.vars[k]
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            assert_eq!(
+                now,
+                t.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                "{k}"
+            );
+        }
+        assert!((v.loss(&s).unwrap() - first).abs() < 1e-9);
+        // A checkpoint without a best epoch (an earlier release's, or no holdout) holds none.
+        checkpoint::save(&ck, &HashMap::new(), &pos).unwrap();
+        let (_, state) = checkpoint::load(&ck, "r", &dev).unwrap().unwrap();
+        assert_eq!(Tracker::load(&state, &s).unwrap().best, None);
+        // No patience: never stops.
+        let mut tr = Tracker::default();
+        for e in 1..6 {
+            assert!(!tr.observe(&s, e, 1.0 + e as f64, 0).unwrap());
+        }
     }
 
     #[test]

@@ -40,6 +40,48 @@ pub enum Selection {
     Ids(HashSet<String>),
 }
 
+/// A held-out slice of the soft-labeled rows, for early stopping: each row without a gold label is in
+/// it with probability `fraction`, decided by a seeded hash of its id (so the same rows whatever the
+/// cache order). Gold rows always train: there are few and they are the task's ground truth.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Holdout {
+    pub fraction: f64,
+    pub seed: u64,
+}
+
+/// Largest held-out slice: the fraction is lowered so a corpus of any size holds out about this many
+/// rows (they are kept in memory, tokenized, for the validation passes).
+pub const HOLDOUT_MAX_ROWS: u64 = 4096;
+
+/// The index that makes the held-out draw independent of the other draws seeded from an id.
+const HOLDOUT_STREAM: u64 = 0x401d;
+
+impl Holdout {
+    /// `fraction` of a corpus of `rows` rows, at most [`HOLDOUT_MAX_ROWS`] of them on average.
+    pub fn of(fraction: f64, rows: u64, seed: u64) -> Self {
+        let cap = HOLDOUT_MAX_ROWS as f64 / rows.max(1) as f64;
+        Self {
+            fraction: fraction.clamp(0.0, 1.0).min(cap),
+            seed,
+        }
+    }
+
+    /// Whether the row `id` is held out.
+    pub fn holds(&self, id: &str) -> bool {
+        let x = Rng::derive(self.seed, id, HOLDOUT_STREAM).next_u64();
+        (x as f64) < self.fraction * u64::MAX as f64
+    }
+}
+
+/// Which side of a [`Holdout`] an epoch yields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// The rows trained on (gold rows and soft rows outside the slice).
+    Train,
+    /// The held-out soft rows alone.
+    Held,
+}
+
 /// A task's cached data, ready to stream.
 pub struct TrainData {
     loc: Location,
@@ -51,6 +93,7 @@ pub struct TrainData {
     gold: HashMap<String, usize>,
     exclude: HashSet<String>,
     selection: Selection,
+    split: Option<(Holdout, Side)>,
     pub labels: Vec<String>,
     pub buffer: usize,
     pub seed: u64,
@@ -124,6 +167,7 @@ impl TrainData {
             gold,
             exclude,
             selection: Selection::All,
+            split: None,
             labels: task.labels.clone(),
             buffer: 4096,
             seed,
@@ -153,6 +197,13 @@ impl TrainData {
         self
     }
 
+    /// Yields one side of a held-out slice (with any selection).
+    pub fn split(mut self, holdout: Holdout, side: Side) -> Self {
+        self.split = Some((holdout, side));
+        *self.kept.lock().expect("not poisoned") = None;
+        self
+    }
+
     pub fn gold_count(&self) -> usize {
         self.gold.len()
     }
@@ -160,6 +211,12 @@ impl TrainData {
     fn wanted(&self, id: &str) -> bool {
         if self.exclude.contains(id) {
             return false;
+        }
+        if let Some((h, side)) = self.split {
+            let held = !self.gold.contains_key(id) && h.holds(id);
+            if held != (side == Side::Held) {
+                return false;
+            }
         }
         match &self.selection {
             Selection::All => true,
@@ -340,5 +397,30 @@ impl Iterator for Epoch<'_> {
         }
         let i = self.rng.below(self.buffer.len());
         Some(Ok(self.buffer.swap_remove(i)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_holdout_takes_its_share_by_id_and_is_bounded() {
+        let h = Holdout::of(0.1, 20_000, 7);
+        let ids: Vec<String> = (0..20_000).map(|i| format!("row-{i}")).collect();
+        let held: Vec<&String> = ids.iter().filter(|id| h.holds(id)).collect();
+        let share = held.len() as f64 / ids.len() as f64;
+        assert!((0.09..0.11).contains(&share), "{share}");
+        // The same rows for the same seed, others for another.
+        assert!(held.iter().all(|id| Holdout::of(0.1, 20_000, 7).holds(id)));
+        let other = held
+            .iter()
+            .filter(|id| Holdout::of(0.1, 20_000, 8).holds(id));
+        assert!(other.count() < held.len() / 3);
+        // A billion-row corpus holds out about HOLDOUT_MAX_ROWS rows, not a hundred million.
+        let big = Holdout::of(0.1, 1_000_000_000, 7);
+        assert!(big.fraction * 1e9 <= HOLDOUT_MAX_ROWS as f64 + 1.0);
+        assert_eq!(Holdout::of(0.0, 100, 7).fraction, 0.0);
+        assert!(!Holdout::of(0.0, 100, 7).holds("row-1"));
     }
 }

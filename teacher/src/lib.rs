@@ -8,6 +8,8 @@
 //!   rotary embeddings);
 //! - [`linear`]: linear layers, on the CPU through the BLAS loaded at run time where there is one,
 //!   with the op that follows (GELU, SwiGLU, a norm) applied to each thread's rows in cache;
+//! - [`bf16`]: products of bf16 inputs with f32 outputs (cuBLAS `gemmEx` on CUDA, the same numbers on
+//!   the CPU) for `--precision bf16`;
 //! - [`packed`]: weight matrices kept in their file's encoding (GGML blocks, f16, bf16), dequantized
 //!   one matrix or slice at a time right before their product;
 //! - [`memory`]: the memory a decoder will take, from its header, against what the machine has;
@@ -26,6 +28,7 @@
 
 pub mod batching;
 pub mod bert;
+pub mod bf16;
 pub mod cpu;
 pub mod device;
 pub mod error;

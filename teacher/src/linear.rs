@@ -245,8 +245,12 @@ impl Linear {
         }
         let y = match &self.weights {
             Weights::Dense(wt) if wt.dtype() == x.dtype() => x.matmul(wt)?,
-            // Half-precision weights: the input rounded to their dtype, the product (accumulated in
-            // f32 by the device's GEMM) back in the activations' dtype.
+            // bf16 weights: the input rounded to bf16, the product accumulated and returned in f32.
+            Weights::Dense(wt) if wt.dtype() == DType::BF16 => {
+                crate::bf16::matmul_f32_out(&x.to_dtype(DType::BF16)?, wt)?.to_dtype(x.dtype())?
+            }
+            // Other half-precision weights: the input rounded to their dtype, the product back in
+            // the activations' dtype.
             Weights::Dense(wt) => x.to_dtype(wt.dtype())?.matmul(wt)?.to_dtype(x.dtype())?,
             Weights::Packed { .. } => x.matmul(&self.dense_wt()?)?,
         };

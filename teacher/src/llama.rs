@@ -1273,8 +1273,8 @@ mod tests {
 
     #[test]
     fn bf16_products_stay_close_to_f32() {
-        // The GPU's path (bf16 weights and product inputs, f32 accumulation, norms, softmax and
-        // blocked attention through candle's ops) run on the CPU against the f32 reference.
+        // The GPU's path (bf16 weights and product inputs, f32 products, norms, softmax and blocked
+        // attention through candle's ops) run on the CPU against the f32 reference.
         use crate::Resident;
         let tmp = tempfile::tempdir().unwrap();
         let spec = TinyLlama {
@@ -1333,9 +1333,10 @@ mod tests {
             "{clear} of {positions}"
         );
         // The random tiny model has near-ties (top two within 0.05 nats) at a few positions: a flip
-        // there is rounding, not error; every other position agrees (asserted above).
+        // there is rounding, not error; every other position agrees (asserted above). The real
+        // SmolLM2 holds the 99% (`tests/it/decoder.rs`).
         assert!(
-            agree >= 0.95 && mean_kl <= 0.01,
+            agree >= 0.97 && mean_kl <= 0.01,
             "top-1 {agree}, mean KL {mean_kl} nats"
         );
         eprintln!("bf16 against f32: top-1 {agree:.4} ({positions} positions), mean KL {mean_kl:.2e} nats");
@@ -1368,6 +1369,58 @@ mod tests {
             memory_limit: Some(1 << 30),
         };
         assert!(Teacher::load_with(&dir, &DeviceSpec::Cpu, &o).is_ok());
+    }
+
+    #[test]
+    fn an_hf_checkpoint_larger_than_the_memory_is_refused_before_loading() {
+        use crate::fixtures::{write_tiny_bert, TinyKind};
+        use crate::{LoadOptions, Resident};
+        let tmp = tempfile::tempdir().unwrap();
+        let hf = tmp.path().join("hf");
+        write_tiny_llama_hf(&hf, &TinyLlama::default(), candle_core::DType::F32).unwrap();
+        let bert = tmp.path().join("bert");
+        let kind = TinyKind::SentenceEncoder {
+            pooling: "mean",
+            normalize: true,
+        };
+        write_tiny_bert(&bert, &kind, 5).unwrap();
+        let options = |limit| LoadOptions {
+            resident: Resident::Compact,
+            memory_limit: Some(limit),
+        };
+        for (name, path) in [("hf", &hf), ("bert", &bert)] {
+            let dir = ModelDir::inspect(name, path).unwrap();
+            let e = Teacher::load_with(&dir, &DeviceSpec::Cpu, &options(100 << 20))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with(&format!("model {name}: needs about "))
+                    && e.contains("kept f32")
+                    && e.contains("100 MB are available")
+                    && !e.contains('\n'),
+                "{e}"
+            );
+            assert!(Teacher::load_with(&dir, &DeviceSpec::Cpu, &options(1 << 30)).is_ok());
+        }
+        // A header that declares a tensor of 10^12 values is refused from the header alone.
+        let file = hf.join("model.safetensors");
+        let bytes = std::fs::read(&file).unwrap();
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+        header["model.norm.weight"]["shape"] = serde_json::json!([1_000_000, 1_000_000]);
+        let h = serde_json::to_vec(&header).unwrap();
+        let mut out = (h.len() as u64).to_le_bytes().to_vec();
+        out.extend(h);
+        out.extend(&bytes[8 + n..]);
+        std::fs::write(&file, out).unwrap();
+        let dir = ModelDir::inspect("hf", &hf).unwrap();
+        let e = Teacher::load_with(&dir, &DeviceSpec::Cpu, &options(1 << 30))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("needs about 7629") && e.contains("MB are available"),
+            "{e}"
+        );
     }
 
     #[test]

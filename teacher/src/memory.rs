@@ -122,3 +122,64 @@ pub fn check(
         ),
     })
 }
+
+/// Largest safetensors header read (the JSON listing the tensors); a larger claim is a damaged file.
+const MAX_HEADER_BYTES: u64 = 100 * MB;
+
+/// The memory an HF checkpoint (safetensors files) takes loaded as f32 (or bf16 where `resident`
+/// says so), from each file's header alone: every tensor's elements at the resident width, plus the
+/// largest tensor once more for the copy a load makes.
+pub fn safetensors_needs(files: &[std::path::PathBuf], resident: Resident) -> Result<Needs> {
+    let width = if resident == Resident::Bf16 { 2 } else { 4 };
+    let (mut weights, mut largest) = (0u64, 0u64);
+    for f in files {
+        for elems in safetensors_elems(f)? {
+            weights = weights.saturating_add(elems.saturating_mul(width));
+            largest = largest.max(elems);
+        }
+    }
+    Ok(Needs {
+        weights,
+        scratch: largest.saturating_mul(4),
+    })
+}
+
+/// The element count of each tensor a safetensors file's header lists (the header's length checked
+/// against the file's size before it is read).
+fn safetensors_elems(path: &std::path::Path) -> Result<Vec<u64>> {
+    use std::io::Read;
+    let bad = |reason: String| TeacherError::Model {
+        location: path.display().to_string(),
+        reason,
+    };
+    let mut f = std::fs::File::open(path).map_err(|e| bad(format!("cannot open: {e}")))?;
+    let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)
+        .map_err(|_| bad("shorter than a safetensors header".into()))?;
+    let n = u64::from_le_bytes(len);
+    if n > size.saturating_sub(8) || n > MAX_HEADER_BYTES {
+        return Err(bad(format!(
+            "its safetensors header claims {n} bytes in a file of {size}: a damaged file"
+        )));
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header)
+        .map_err(|e| bad(format!("cannot read its header: {e}")))?;
+    let json: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header)
+        .map_err(|e| bad(format!("its safetensors header is not JSON: {e}")))?;
+    Ok(json
+        .iter()
+        .filter(|(k, _)| k.as_str() != "__metadata__")
+        .map(|(_, v)| {
+            v["shape"]
+                .as_array()
+                .map(|d| {
+                    d.iter()
+                        .map(|x| x.as_u64().unwrap_or(0))
+                        .fold(1u64, u64::saturating_mul)
+                })
+                .unwrap_or(0)
+        })
+        .collect())
+}

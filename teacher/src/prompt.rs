@@ -47,13 +47,50 @@ fn chat_format(tok: &TextTokenizer) -> Option<ChatFormat> {
     }
 }
 
-/// The system message a chat template inserts when there is none (`<|im_start|>system\n…<|im_end|>`
-/// written in ChatML templates such as SmolLM2's).
+/// The system message a chat template inserts when there is none: the first
+/// `<|im_start|>system` + newline + `…<|im_end|>` written as plain text in one Jinja string literal
+/// (SmolLM2 writes the newline as is, Qwen2.5 as the escape `\n`, which is decoded, as are `\'`, `\"`
+/// and `\\`). A candidate holding template syntax (a quote, `{{`, `{%`: a message built from the
+/// conversation, as Qwen's tool branch does) is passed over.
 pub fn default_system(chat_template: Option<&str>) -> Option<String> {
+    const OPEN: &str = "<|im_start|>system";
     let t = chat_template?;
-    let start = t.find("<|im_start|>system\n")? + "<|im_start|>system\n".len();
-    let end = t[start..].find("<|im_end|>")?;
-    Some(t[start..start + end].to_owned())
+    let mut from = 0;
+    while let Some(at) = t[from..].find(OPEN) {
+        let rest = &t[from + at + OPEN.len()..];
+        from += at + OPEN.len();
+        let body = rest.strip_prefix('\n').or_else(|| rest.strip_prefix("\\n"));
+        let Some(body) = body else { continue };
+        let Some(end) = body.find("<|im_end|>") else {
+            continue;
+        };
+        if let Some(message) = jinja_literal_text(&body[..end]) {
+            return Some(message);
+        }
+    }
+    None
+}
+
+/// The text of a stretch inside a Jinja string literal, escapes decoded; `None` where it holds an
+/// unescaped quote or template syntax (so it is not one literal's plain text).
+fn jinja_literal_text(raw: &str) -> Option<String> {
+    if raw.contains("{{") || raw.contains("{%") || raw.contains("}}") || raw.contains("%}") {
+        return None;
+    }
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next()? {
+                'n' => out.push('\n'),
+                't' => out.push('\t'),
+                other => out.push(other),
+            },
+            '\'' | '"' => return None,
+            other => out.push(other),
+        }
+    }
+    Some(out)
 }
 
 /// The full template text (chat-wrapped, with the answer prefix), `{text}` still in it.
@@ -304,6 +341,38 @@ mod tests {
             )),
             Some("You are helpful".into())
         );
+    }
+
+    #[test]
+    fn the_default_system_message_is_found_written_plain_or_escaped() {
+        use super::default_system;
+        // SmolLM2: the newline as is.
+        let smol = "{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM<|im_end|>\n' }}{% endif %}";
+        assert_eq!(
+            default_system(Some(smol)).as_deref(),
+            Some("You are a helpful AI assistant named SmolLM")
+        );
+        // Qwen2.5: escaped newlines, and a tool branch first whose system turn is built from the
+        // conversation (passed over).
+        let qwen = r#"{%- if tools %}
+    {{- '<|im_start|>system\n' }}
+    {%- if messages[0]['role'] == 'system' %}{{- messages[0]['content'] }}{%- endif %}
+    {{- "\n</tools><|im_end|>\n" }}
+{%- else %}
+    {%- if messages[0]['role'] == 'system' %}
+        {{- '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}
+    {%- else %}
+        {{- '<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You\'re \"helpful\".<|im_end|>\n' }}
+    {%- endif %}
+{%- endif %}"#;
+        assert_eq!(
+            default_system(Some(qwen)).as_deref(),
+            Some("You are Qwen, created by Alibaba Cloud. You're \"helpful\".")
+        );
+        // Only a system turn built from the conversation: no default.
+        let built = "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}";
+        assert_eq!(default_system(Some(built)), None);
+        assert_eq!(default_system(None), None);
     }
 
     #[test]

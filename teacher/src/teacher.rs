@@ -147,6 +147,20 @@ impl Teacher {
     /// Loads a teacher from an inspected model. Fails with a message naming the model if its files do
     /// not fit together (tokenizer vocabulary vs the model's, weights vs the config), or if it would
     /// need more memory than there is.
+    /// Refuses an HF checkpoint whose tensors (as their safetensors headers declare them) need more
+    /// memory than there is, before any weight is read. Its weights load as f32 (bf16 for a decoder
+    /// of that precision): only GGUF weights stay in their file's encoding.
+    fn check_memory(dir: &ModelDir, options: &LoadOptions) -> Result<()> {
+        use crate::packed::Resident;
+        let resident = match (dir.family, options.resident) {
+            (Family::Llama, Resident::Bf16) => Resident::Bf16,
+            _ => Resident::F32,
+        };
+        let needs = crate::memory::safetensors_needs(&dir.weights, resident)?;
+        let available = options.memory_limit.or_else(crate::memory::available);
+        crate::memory::check(&dir.location, needs, resident, available)
+    }
+
     pub fn load_with(dir: &ModelDir, device: &DeviceSpec, options: &LoadOptions) -> Result<Self> {
         let loc = dir.location.as_str();
         let model_err = |reason: String| TeacherError::Model {
@@ -154,6 +168,9 @@ impl Teacher {
             reason,
         };
         let device_handle = device.open()?;
+        if dir.format == ModelFormat::Hf && device_handle.is_cpu() {
+            Self::check_memory(dir, options)?;
+        }
         let (model, tokenizer): (Box<dyn Model>, TextTokenizer) = match dir.family {
             Family::Bert => {
                 let cfg_bytes = std::fs::read(dir.hf_config()?)

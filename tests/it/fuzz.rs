@@ -87,6 +87,7 @@ fn campaign(name: &str, seed: &[u8], path: &Path, target: &dyn Fn(&Path)) -> u64
     let until = Instant::now() + Duration::from_secs_f64(seconds);
     let mut rng = Rng::derive(7, name, 0);
     let mut tried = 0u64;
+    let ceiling = rss_ceiling_mb();
     quiet_caught_panics();
     // The seed itself must pass.
     std::fs::write(path, seed).unwrap();
@@ -97,22 +98,57 @@ fn campaign(name: &str, seed: &[u8], path: &Path, target: &dyn Fn(&Path)) -> u64
         FUZZING.with(|f| f.set(true));
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| target(path)));
         FUZZING.with(|f| f.set(false));
-        if let Err(e) = outcome {
+        let save = || {
             let dir = repo_root().join("target/fuzz-crashes");
             std::fs::create_dir_all(&dir).unwrap();
             let saved = dir.join(format!("{name}-{tried}.bin"));
             std::fs::write(&saved, &input).unwrap();
+            saved
+        };
+        if let Err(e) = outcome {
             let why = e
                 .downcast_ref::<String>()
                 .cloned()
                 .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_default();
-            panic!("{name}: input {} panicked: {why}", saved.display());
+            panic!("{name}: input {} panicked: {why}", save().display());
+        }
+        let peak = peak_rss_mb();
+        if let Some(ceiling) = ceiling.filter(|c| peak > *c) {
+            panic!(
+                "{name}: input {} took the process's peak memory to {peak} MB, over the ceiling of {ceiling} MB",
+                save().display()
+            );
         }
         tried += 1;
     }
-    println!("fuzz {name}: {tried} inputs tried, 0 panics");
+    let ceiling = ceiling.map(|c| format!("{c} MB")).unwrap_or("none".into());
+    println!(
+        "fuzz {name}: {tried} inputs tried, 0 panics, process peak RSS {} MB (ceiling {ceiling})",
+        peak_rss_mb()
+    );
     tried
+}
+
+/// The memory no fuzz input may take the test process past (`DISTILL_FUZZ_MAX_RSS_MB`, set by
+/// `scripts/fuzz.sh`, where only fuzz targets share the process; unset in the test command, where
+/// other tests' models do): every reader bounds what it allocates by the file's size and fixed
+/// limits, so a crafted length field must not show up here.
+fn rss_ceiling_mb() -> Option<u64> {
+    std::env::var("DISTILL_FUZZ_MAX_RSS_MB")
+        .ok()
+        .and_then(|s| s.parse().ok())
+}
+
+/// The process's peak resident memory so far (`VmHWM`), in MB (0 where /proc is absent).
+fn peak_rss_mb() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb / 1024)
+        .unwrap_or(0)
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -239,6 +275,83 @@ fn fuzz_cache_shard_reader() {
         let bytes = bytes::Bytes::from(std::fs::read(p).unwrap());
         let _ = distill_cache::format::decode("fuzz.parquet", bytes);
     });
+}
+
+#[test]
+fn fuzz_job_records_and_staged_inputs() {
+    // The coordinator's durable state as a real labeling run leaves it (job.json, result.json), and a
+    // staged shard input as the planner writes it, each read back the way a restarted coordinator
+    // or a worker reads it: through the store.
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_encoder(dir.path());
+    let corpus = dir.path().join("corpus.jsonl");
+    write_corpus(&corpus, 12);
+    let store = dir.path().join("cache");
+    label_with(
+        corpus.to_str().unwrap(),
+        model.to_str().unwrap(),
+        store.to_str().unwrap(),
+        &[],
+    );
+    let rt = runtime();
+    let loc = distill_cache::store::open(store.to_str().unwrap(), false).unwrap();
+    let job = find_file(&store, "job.json").expect("a job record");
+    let result = find_file(&store, "result.json").expect("a result record");
+    let rel = |p: &Path| p.strip_prefix(&store).unwrap().to_str().unwrap().to_owned();
+    let (job_rel, result_rel) = (rel(&job), rel(&result));
+    use distill_cache::jobs;
+    use distill_coordinator::{job::JobRecord, records::ResultRecord};
+    campaign("job-record", &std::fs::read(&job).unwrap(), &job, &|_| {
+        if let Ok(Some(r)) = rt.block_on(jobs::read_json::<JobRecord>(&loc, &job_rel)) {
+            let _ = (
+                r.output_spec().fingerprint(),
+                r.spec.compute_dtype(),
+                r.same_work(&r),
+            );
+        }
+    });
+    campaign(
+        "result-record",
+        &std::fs::read(&result).unwrap(),
+        &result,
+        &|_| {
+            let _ = rt.block_on(jobs::read_json::<ResultRecord>(&loc, &result_rel));
+        },
+    );
+    let shard = rt.block_on(async {
+        let spec = distill_cache::corpus::CorpusSpec::new(corpus.to_str().unwrap());
+        let mut r = distill_cache::corpus::CorpusReader::open(&spec)
+            .await
+            .unwrap();
+        r.next_shard(64).await.unwrap().unwrap()
+    });
+    let staged_rel = rt
+        .block_on(jobs::write_input(&loc, "fuzz", &shard))
+        .unwrap();
+    let staged = store.join(&staged_rel);
+    campaign(
+        "staged-input",
+        &std::fs::read(&staged).unwrap(),
+        &staged,
+        &|_| {
+            let _ = rt.block_on(jobs::read_input(&loc, &staged_rel, &shard.fingerprint));
+        },
+    );
+}
+
+#[test]
+fn a_staged_input_that_decompresses_past_the_bound_is_refused() {
+    // A zstd bomb: 64 MB of zeros compresses to a few kB; read with a 1 MB bound it costs 1 MB.
+    let bomb = zstd::encode_all(vec![0u8; 64 << 20].as_slice(), 19).unwrap();
+    assert!(bomb.len() < 64 << 10, "{}", bomb.len());
+    let err = distill_cache::store::zstd_bounded(&bomb, 1 << 20).unwrap_err();
+    assert!(err.contains("more than 1048576 bytes"), "{err}");
+    assert_eq!(
+        distill_cache::store::zstd_bounded(&bomb[..], 64 << 20)
+            .unwrap()
+            .len(),
+        64 << 20
+    );
 }
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -143,7 +143,13 @@ fn a_prompted_task_labels_calibrates_and_trains_a_student() {
             "--layers",
             "1",
             "--epochs",
+            "2",
+            "--holdout",
+            "0.4",
+            "--patience",
             "1",
+            "--layer-lr-decay",
+            "0.8",
             "--out",
             encoder.to_str().unwrap(),
         ]);
@@ -164,6 +170,18 @@ fn a_prompted_task_labels_calibrates_and_trains_a_student() {
                 .unwrap()
                 .contains("MiniLM"),
             "{info}"
+        );
+        // Early stopping on a held-out slice of the soft rows, layer-wise rates: both recorded.
+        let t = &info["training"];
+        assert_eq!(
+            (t["holdout"].as_f64(), t["patience"].as_u64()),
+            (Some(0.4), Some(1)),
+            "{t}"
+        );
+        assert_eq!(t["layer_lr_decay"].as_f64(), Some(0.8), "{t}");
+        assert!(
+            !dir.path().join("encoder.checkpoint").exists(),
+            "the checkpoint (with the best epoch's weights) is removed once the model is written"
         );
         crate::students::hf_compatible(encoder.to_str().unwrap());
     }
