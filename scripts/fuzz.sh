@@ -11,7 +11,10 @@ SECONDS_PER_TARGET=${1:-60}
 THREADS=${THREADS:-2}
 cargo build --locked --tests
 start=$(date +%s)
+# The whole output goes to target/fuzz-campaign.log; the summary lines (which the test harness may
+# print after a test's name on the same line) are picked out of it.
 DISTILL_FUZZ_SECONDS=$SECONDS_PER_TARGET DISTILL_FUZZ_MAX_RSS_MB=${MAX_RSS_MB:-1024} \
   cargo test --locked --test it fuzz_ -- --nocapture --test-threads "$THREADS" 2>&1 |
-  grep -E '^fuzz |panicked at tests/|over the ceiling|^test result'
+  tee target/fuzz-campaign.log |
+  grep -oE 'fuzz [^ ]+: [0-9]+ inputs tried.*|panicked at .*|.*over the ceiling.*|test result.*'
 echo "campaign: $(( $(date +%s) - start )) s, $THREADS at a time, $SECONDS_PER_TARGET s per target" >&2

@@ -108,25 +108,27 @@ impl Tracker {
         Ok(patience > 0 && since >= patience)
     }
 
-    /// Scores the student after `epoch` epochs on `v` and records it (logged); true when training
-    /// should stop.
+    /// Scores the student after `epoch` epochs on `v` and records it: the held-out loss, whether it
+    /// is the best so far, and whether training should stop.
     pub fn score(
         &mut self,
         v: &Validation,
         student: &TransformerStudent,
         epoch: usize,
         patience: usize,
-    ) -> Result<bool> {
+    ) -> Result<(f64, bool, bool)> {
         let loss = v.loss(student)?;
         let stop = self.observe(student, epoch, loss, patience)?;
+        let best = self.best.is_some_and(|b| b.epoch == epoch);
         tracing::info!(
             epoch,
             held_out_kl = loss,
             rows = v.rows,
+            best,
             stop,
             "held-out score"
         );
-        Ok(stop)
+        Ok((loss, best, stop))
     }
 
     /// Puts the best weights back into the student (nothing if none were recorded).

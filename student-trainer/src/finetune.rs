@@ -373,6 +373,7 @@ pub fn finetune(
                 epoch,
                 loss: loss.to_scalar::<f32>()?,
                 lr: rate,
+                held_out: None,
             });
             if let (Some(dir), true) = (
                 checkpoint,

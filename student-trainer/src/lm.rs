@@ -941,6 +941,7 @@ pub fn train(
                 epoch,
                 loss: loss.to_scalar::<f32>()?,
                 lr: rate,
+                held_out: None,
             });
             let boundary = done == batches.len() as u64 || step == total;
             if let (Some(dir), true) = (

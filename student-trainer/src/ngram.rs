@@ -243,7 +243,8 @@ impl Default for NgramTrainOptions {
     }
 }
 
-/// What training reports after each batch.
+/// What training reports after each batch, and (transformer students with a held-out slice) after
+/// each epoch.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct StepReport {
     pub step: u64,
@@ -251,6 +252,9 @@ pub struct StepReport {
     pub epoch: usize,
     pub loss: f32,
     pub lr: f64,
+    /// At an epoch's end: the held-out score, and whether it is the best so far (the report of no
+    /// batch: `loss` and `lr` are the epoch's last).
+    pub held_out: Option<(f64, bool)>,
 }
 
 const BLOCKS: [&str; 3] = ["embeddings", "weight", "bias"];
@@ -362,6 +366,7 @@ pub fn train(
                 epoch,
                 loss,
                 lr,
+                held_out: None,
             });
         }
         if let Some((dir, run)) = checkpoint {

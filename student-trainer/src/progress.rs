@@ -34,6 +34,19 @@ impl TrainBar {
     }
 
     pub fn step(&mut self, r: StepReport) {
+        if let Some((kl, best)) = r.held_out {
+            let line = format!(
+                "  {} epoch {}: held-out KL {kl:.4}{}",
+                self.what,
+                r.epoch + 1,
+                if best { " (best so far: kept)" } else { "" }
+            );
+            match self.lines {
+                true => eprintln!("{line}"),
+                false => self.bar.println(line),
+            }
+            return;
+        }
         self.smooth = if r.step == 1 {
             r.loss
         } else {

@@ -855,6 +855,7 @@ pub fn train_phase(
     let per_epoch = count_batches(data, opts.batch)?;
     let total = per_epoch * epochs as u64;
     let warmup = (total as f64 * opts.warmup) as u64;
+    let mut last = StepReport::default();
     // A run interrupted after it decided to stop (before its export) stops again.
     if let (Some(b), true) = (tracker.best, validation.is_some() && opts.patience > 0) {
         if start_epoch >= b.epoch + opts.patience {
@@ -885,13 +886,15 @@ pub fn train_phase(
                 step += 1;
                 let rate = lr_at(lr, step - 1, warmup, total);
                 optimizer.step(&grads, opts.clip, rate, step)?;
-                on_step(StepReport {
+                last = StepReport {
                     step,
                     total,
                     epoch,
                     loss: loss.to_scalar::<f32>()?,
                     lr: rate,
-                });
+                    held_out: None,
+                };
+                on_step(last);
                 if let (Some(dir), true) = (
                     checkpoint,
                     opts.checkpoint_every > 0 && step % opts.checkpoint_every == 0,
@@ -908,7 +911,15 @@ pub fn train_phase(
         }
         skip = 0;
         let stop = match validation {
-            Some(v) => tracker.score(v, student, epoch + 1, opts.patience)?,
+            Some(v) => {
+                let (score, best, stop) = tracker.score(v, student, epoch + 1, opts.patience)?;
+                on_step(StepReport {
+                    epoch,
+                    held_out: Some((score, best)),
+                    ..last
+                });
+                stop
+            }
             None => false,
         };
         if let Some(dir) = checkpoint {

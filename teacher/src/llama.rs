@@ -353,7 +353,9 @@ impl Source {
         let size = encoding
             .row_bytes(cols)
             .and_then(|r| r.checked_mul(rows))
-            .ok_or_else(|| format!("{rows}×{cols} is not a whole number of {encoding:?} blocks"))?;
+            .ok_or_else(|| {
+                format!("a {rows}×{cols} matrix of {encoding:?} blocks cannot be (a row is not whole blocks, or larger than any file): the file is damaged")
+            })?;
         let mut bytes = vec![0u8; size];
         let at = content.tensor_data_offset + info.offset;
         std::os::unix::fs::FileExt::read_exact_at(file, &mut bytes, at)

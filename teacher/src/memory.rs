@@ -56,24 +56,29 @@ pub struct Needs {
 
 impl Needs {
     pub fn total(&self) -> u64 {
-        self.weights + self.scratch + WORKING_BYTES
+        self.weights
+            .saturating_add(self.scratch)
+            .saturating_add(WORKING_BYTES)
     }
 }
 
 /// The memory a GGUF decoder takes with its weights resident as `resident` (on the CPU).
 pub fn gguf_needs(content: &Content, resident: Resident) -> Needs {
+    // Saturating arithmetic throughout: the header's shapes are checked against the file's size,
+    // but a matrix with a zero dimension holds no bytes whatever its other dimension claims.
     let (mut weights, mut largest, mut embed, mut tied) = (0u64, 0u64, 0u64, true);
     for (name, info) in &content.tensor_infos {
-        let elems = info.shape.elem_count() as u64;
         let dims = info.shape.dims();
-        weights += match (resident, Encoding::of_ggml(info.ggml_dtype), dims) {
+        let elems = dims.iter().fold(1u64, |n, &d| n.saturating_mul(d as u64));
+        let bytes = match (resident, Encoding::of_ggml(info.ggml_dtype), dims) {
             (Resident::Compact, Some(e), &[rows, cols]) => e
                 .row_bytes(cols)
-                .map(|r| r as u64 * rows as u64)
-                .unwrap_or(elems * 4),
-            (Resident::Bf16, _, &[_, _]) => elems * 2,
-            _ => elems * 4,
+                .map(|r| (r as u64).saturating_mul(rows as u64))
+                .unwrap_or(elems.saturating_mul(4)),
+            (Resident::Bf16, _, &[_, _]) => elems.saturating_mul(2),
+            _ => elems.saturating_mul(4),
         };
+        weights = weights.saturating_add(bytes);
         match name.as_str() {
             "output.weight" => tied = false,
             "token_embd.weight" => embed = elems,
@@ -83,15 +88,17 @@ pub fn gguf_needs(content: &Content, resident: Resident) -> Needs {
     }
     let scratch = match resident {
         // gate and up are fused: twice the largest matrix; the head goes in slices.
-        Resident::Compact => (8 * largest).max(crate::linear::SLICE_VALUES as u64 * 4),
+        Resident::Compact => largest
+            .saturating_mul(8)
+            .max(crate::linear::SLICE_VALUES as u64 * 4),
         // A tied head is a transposed copy of the embeddings; loading holds one f32 matrix and a
         // fused copy at a time.
         Resident::F32 | Resident::Bf16 => {
             let width = if resident == Resident::F32 { 4 } else { 2 };
             if tied {
-                weights += embed * width;
+                weights = weights.saturating_add(embed.saturating_mul(width));
             }
-            4 * embed.max(2 * largest)
+            embed.max(largest.saturating_mul(2)).saturating_mul(4)
         }
     };
     Needs { weights, scratch }

@@ -68,10 +68,13 @@ impl Encoding {
         }
     }
 
-    /// Bytes of a row of `cols` values, `None` when `cols` is not a whole number of blocks.
+    /// Bytes of a row of `cols` values, `None` when `cols` is not a whole number of blocks or the
+    /// size does not fit a `usize` (a damaged header's claim).
     pub fn row_bytes(self, cols: usize) -> Option<usize> {
         let (n, b) = self.block();
-        cols.is_multiple_of(n).then(|| cols / n * b)
+        cols.is_multiple_of(n)
+            .then(|| (cols / n).checked_mul(b))
+            .flatten()
     }
 
     /// Dequantizes whole blocks: `src` holds `dst.len() / block values` blocks.

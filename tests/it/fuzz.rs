@@ -470,3 +470,44 @@ fn a_gguf_tensor_of_overflowing_shape_is_an_error() {
         "{msg}"
     );
 }
+
+#[test]
+fn a_gguf_matrix_with_a_zero_dimension_and_a_huge_one_is_an_error() {
+    // Found by the hour-long campaign: a matrix of 0 rows holds no bytes, so the file-size check
+    // passes, but its row size (2^63 f32 values) overflowed in the memory estimate.
+    let dir = tempfile::tempdir().unwrap();
+    let path = crate::decoder::tiny_llama(dir.path(), Default::default());
+    let mut bytes = std::fs::read(&path).unwrap();
+    let name = b"blk.0.ffn_down.weight";
+    let mut key = (name.len() as u64).to_le_bytes().to_vec();
+    key.extend_from_slice(name);
+    let at = bytes
+        .windows(key.len())
+        .position(|w| w == key.as_slice())
+        .expect("the tensor's entry")
+        + key.len();
+    assert_eq!(u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()), 2);
+    bytes[at + 4..at + 12].copy_from_slice(&(1u64 << 63).to_le_bytes());
+    bytes[at + 12..at + 20].copy_from_slice(&0u64.to_le_bytes());
+    std::fs::write(&path, bytes).unwrap();
+    let md = distill_cache::model_dir::ModelDir::inspect("zero.gguf", &path).unwrap();
+    for resident in [
+        distill_teacher::Resident::Compact,
+        distill_teacher::Resident::F32,
+    ] {
+        let o = distill_teacher::LoadOptions {
+            resident,
+            memory_limit: None,
+        };
+        let msg = distill_teacher::Teacher::load_with(&md, &distill_teacher::DeviceSpec::Cpu, &o)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.starts_with("model zero.gguf: ")
+                && msg.contains("blk.0.ffn_down.weight")
+                && !msg.contains('\n'),
+            "{msg}"
+        );
+    }
+}
