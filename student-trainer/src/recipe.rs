@@ -305,7 +305,7 @@ pub async fn train(
     } else {
         data
     };
-    let mut info = StudentInfo {
+    let info = StudentInfo {
         kind: spec.student.name().into(),
         task: task.name.clone(),
         labels: task.labels.clone(),
@@ -315,156 +315,193 @@ pub async fn train(
         created_unix: now(),
         training: serde_json::Value::Null,
     };
-    let out = spec.out.clone();
-    let checkpoint = spec.checkpoint_dir();
-    let alpha = if spec.gold_only { 1.0 } else { spec.alpha };
-    let soft = if spec.gold_only { 0.0 } else { 1.0 };
     match spec.student {
-        TaskStudent::Ngram => {
-            let cfg = spec.ngram;
-            let opts = NgramTrainOptions {
-                epochs: spec.epochs.unwrap_or(if spec.gold_only { 60 } else { 10 }),
-                batch: spec.batch,
-                lr: spec.lr.unwrap_or(0.01),
-                kd: KdWeights {
-                    temperature: spec.temperature,
-                    soft,
-                    alpha,
-                },
-                seed: spec.seed,
-                ..Default::default()
-            };
-            info.training = serde_json::json!({
-                "epochs": opts.epochs, "batch": opts.batch, "lr": opts.lr, "temperature": spec.temperature,
-                "alpha": opts.kd.alpha, "gold_only": spec.gold_only, "buckets": cfg.buckets, "dim": cfg.dim,
-                "seed": spec.seed, "excluded_ids": spec.exclude.len(),
-            });
-            let info2 = info.clone();
-            checkpoint::prepare(&checkpoint)?;
-            let run_id = run_fingerprint(task, &format!("{cfg:?}-{opts:?}"), spec, "");
-            tokio::task::spawn_blocking(move || -> Result<()> {
-                let mut step = progress("n-gram");
-                let model = ngram::train(
-                    &data,
-                    cfg,
-                    &opts,
-                    Some((&checkpoint.join("ngram"), &run_id)),
-                    &mut step,
-                )?;
-                drop(step);
-                write_dir(&out, |tmp| save_ngram(&model, &info2, tmp))?;
-                checkpoint::remove(&checkpoint);
-                Ok(())
-            })
-            .await
-            .map_err(join_err)??;
-        }
+        TaskStudent::Ngram => train_ngram(task, spec, data, info, progress).await,
         TaskStudent::Transformer => {
-            let t = &spec.transformer;
-            // The encoder the student starts from, and whether it is the task's teacher (then its
-            // embeddings live in the student's space and the mimic phase applies).
-            let (dir, own_teacher) = match &t.init {
-                Some(init) => {
-                    let dir = init_dir(init).await?;
-                    let fp = dir.fingerprint(distill_teacher::teacher::COMPUTE_DTYPE)?;
-                    let own = fp.to_string() == task.teacher.to_string();
-                    (dir, own)
-                }
-                None => {
-                    let dir = teacher_dir(loc, task, t.teacher.as_deref()).await?;
-                    if dir.family != distill_cache::model_dir::Family::Bert {
-                        return Err(StudentError::Invalid(format!(
-                            "task {} was labeled by {} ({}), a decoder: give the transformer student a pretrained encoder to start from with --init (e.g. all-MiniLM-L6-v2), or use --student ngram",
-                            task.name, dir.location, dir.architecture
-                        )));
-                    }
-                    (dir, true)
-                }
-            };
-            let mimicked = mimicked.filter(|_| own_teacher);
-            let device = t.device.open()?;
-            let opts = TransformerOptions {
-                layers: t.layers,
-                from_teacher: !t.random_init,
-                max_seq: t.max_seq,
-                batch: spec.batch,
-                mimic_epochs: if !own_teacher
-                    || mimicked.is_some()
-                    || task.head.is_none()
-                    || spec.gold_only
-                {
-                    0
-                } else {
-                    t.mimic_epochs
-                },
-                init: t.init.as_ref().map(|_| dir.location.clone()),
-                soft,
-                normalize_target: task.head.as_ref().is_some_and(|h| h.normalize_input),
-                epochs: transformer_epochs(spec),
-                holdout: holdout.map(|h| h.fraction).unwrap_or(0.0),
-                patience: holdout.map(|_| spec.patience).unwrap_or(0),
-                layer_lr_decay: spec.layer_lr_decay,
-                lr: spec.lr.unwrap_or(1e-4),
-                temperature: spec.temperature,
-                alpha,
-                seed: spec.seed,
-                adamw: AdamW::default(),
-                checkpoint_every: t.checkpoint_every,
-                ..Default::default()
-            };
-            info.training = serde_json::to_value(&opts).expect("serialisable");
-            info.training["excluded_ids"] = spec.exclude.len().into();
-            checkpoint::prepare(&checkpoint)?;
-            let run_id = run_fingerprint(
-                task,
-                &serde_json::to_string(&opts).expect("serialisable"),
-                spec,
-                mimicked.map(|m| m.1).unwrap_or(""),
-            );
-            let mimic_data = if opts.mimic_epochs > 0 && mimicked.is_none() {
-                let mut d = TrainData::open(loc, task, spec.exclude.clone(), spec.seed)
-                    .await?
-                    .with_embeddings(task)?;
-                d.buffer = spec.shuffle_buffer.max(1);
-                Some(d)
-            } else {
-                None
-            };
-            let validation = match holdout {
-                Some(h) => Some(
-                    TrainData::open(loc, task, spec.exclude.clone(), spec.seed)
-                        .await?
-                        .split(h, Side::Held),
-                ),
-                None => None,
-            };
-            let base = mimicked.map(|m| m.0.duplicate()).transpose()?;
-            let head = task.head.clone();
-            let info2 = info.clone();
-            tokio::task::spawn_blocking(move || -> Result<()> {
-                let student = mimic_then_distill(
-                    &dir,
-                    &data,
-                    mimic_data.as_ref(),
-                    base,
-                    head.as_ref(),
-                    &Phases {
-                        opts: &opts,
-                        run_id: &run_id,
-                        checkpoint: Some(&checkpoint),
-                        device: &device,
-                        progress: &progress,
-                        validation: validation.as_ref(),
-                    },
-                )?;
-                write_dir(&out, |tmp| student.save_hf(tmp, &info2))?;
-                checkpoint::remove(&checkpoint);
-                Ok(())
-            })
-            .await
-            .map_err(join_err)??;
+            let held = TransformerRun { holdout, mimicked };
+            train_transformer(loc, task, spec, data, info, held, progress).await
         }
     }
+}
+
+/// The soft-label and gold weights of a run: gold labels alone with `gold_only`.
+fn blend(spec: &TrainSpec) -> (f32, f32) {
+    match spec.gold_only {
+        true => (1.0, 0.0),
+        false => (spec.alpha, 1.0),
+    }
+}
+
+/// What a transformer run brings beside the data: its held-out slice and a shared mimicked start.
+struct TransformerRun<'a> {
+    holdout: Option<Holdout>,
+    mimicked: Option<(&'a TransformerStudent, &'a str)>,
+}
+
+/// The n-gram student: trains on a blocking thread and writes its directory.
+async fn train_ngram(
+    task: &TaskRecord,
+    spec: &TrainSpec,
+    data: TrainData,
+    mut info: StudentInfo,
+    progress: Progress,
+) -> Result<StudentInfo> {
+    let (out, checkpoint) = (spec.out.clone(), spec.checkpoint_dir());
+    let (alpha, soft) = blend(spec);
+    let cfg = spec.ngram;
+    let opts = NgramTrainOptions {
+        epochs: spec.epochs.unwrap_or(if spec.gold_only { 60 } else { 10 }),
+        batch: spec.batch,
+        lr: spec.lr.unwrap_or(0.01),
+        kd: KdWeights {
+            temperature: spec.temperature,
+            soft,
+            alpha,
+        },
+        seed: spec.seed,
+        ..Default::default()
+    };
+    info.training = serde_json::json!({
+        "epochs": opts.epochs, "batch": opts.batch, "lr": opts.lr, "temperature": spec.temperature,
+        "alpha": opts.kd.alpha, "gold_only": spec.gold_only, "buckets": cfg.buckets, "dim": cfg.dim,
+        "seed": spec.seed, "excluded_ids": spec.exclude.len(),
+    });
+    let info2 = info.clone();
+    checkpoint::prepare(&checkpoint)?;
+    let run_id = run_fingerprint(task, &format!("{cfg:?}-{opts:?}"), spec, "");
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        let mut step = progress("n-gram");
+        let model = ngram::train(
+            &data,
+            cfg,
+            &opts,
+            Some((&checkpoint.join("ngram"), &run_id)),
+            &mut step,
+        )?;
+        drop(step);
+        write_dir(&out, |tmp| save_ngram(&model, &info2, tmp))?;
+        checkpoint::remove(&checkpoint);
+        Ok(())
+    })
+    .await
+    .map_err(join_err)??;
+    Ok(info)
+}
+
+/// The transformer student: its starting encoder, options and run id, then mimicry (where the
+/// task's embeddings live in its space) and distillation on a blocking thread.
+async fn train_transformer(
+    loc: &Location,
+    task: &TaskRecord,
+    spec: &TrainSpec,
+    data: TrainData,
+    mut info: StudentInfo,
+    run: TransformerRun<'_>,
+    progress: Progress,
+) -> Result<StudentInfo> {
+    let TransformerRun { holdout, mimicked } = run;
+    let (out, checkpoint) = (spec.out.clone(), spec.checkpoint_dir());
+    let (alpha, soft) = blend(spec);
+    let t = &spec.transformer;
+    // The encoder the student starts from, and whether it is the task's teacher (then its
+    // embeddings live in the student's space and the mimic phase applies).
+    let (dir, own_teacher) = match &t.init {
+        Some(init) => {
+            let dir = init_dir(init).await?;
+            let fp = dir.fingerprint(distill_teacher::teacher::COMPUTE_DTYPE)?;
+            let own = fp.to_string() == task.teacher.to_string();
+            (dir, own)
+        }
+        None => {
+            let dir = teacher_dir(loc, task, t.teacher.as_deref()).await?;
+            if dir.family != distill_cache::model_dir::Family::Bert {
+                return Err(StudentError::Invalid(format!(
+                    "task {} was labeled by {} ({}), a decoder: give the transformer student a pretrained encoder to start from with --init (e.g. all-MiniLM-L6-v2), or use --student ngram",
+                    task.name, dir.location, dir.architecture
+                )));
+            }
+            (dir, true)
+        }
+    };
+    let mimicked = mimicked.filter(|_| own_teacher);
+    let device = t.device.open()?;
+    let opts = TransformerOptions {
+        layers: t.layers,
+        from_teacher: !t.random_init,
+        max_seq: t.max_seq,
+        batch: spec.batch,
+        mimic_epochs: if !own_teacher || mimicked.is_some() || task.head.is_none() || spec.gold_only
+        {
+            0
+        } else {
+            t.mimic_epochs
+        },
+        init: t.init.as_ref().map(|_| dir.location.clone()),
+        soft,
+        normalize_target: task.head.as_ref().is_some_and(|h| h.normalize_input),
+        epochs: transformer_epochs(spec),
+        holdout: holdout.map(|h| h.fraction).unwrap_or(0.0),
+        patience: holdout.map(|_| spec.patience).unwrap_or(0),
+        layer_lr_decay: spec.layer_lr_decay,
+        lr: spec.lr.unwrap_or(1e-4),
+        temperature: spec.temperature,
+        alpha,
+        seed: spec.seed,
+        adamw: AdamW::default(),
+        checkpoint_every: t.checkpoint_every,
+        ..Default::default()
+    };
+    info.training = serde_json::to_value(&opts).expect("serialisable");
+    info.training["excluded_ids"] = spec.exclude.len().into();
+    checkpoint::prepare(&checkpoint)?;
+    let run_id = run_fingerprint(
+        task,
+        &serde_json::to_string(&opts).expect("serialisable"),
+        spec,
+        mimicked.map(|m| m.1).unwrap_or(""),
+    );
+    let mimic_data = if opts.mimic_epochs > 0 && mimicked.is_none() {
+        let mut d = TrainData::open(loc, task, spec.exclude.clone(), spec.seed)
+            .await?
+            .with_embeddings(task)?;
+        d.buffer = spec.shuffle_buffer.max(1);
+        Some(d)
+    } else {
+        None
+    };
+    let validation = match holdout {
+        Some(h) => Some(
+            TrainData::open(loc, task, spec.exclude.clone(), spec.seed)
+                .await?
+                .split(h, Side::Held),
+        ),
+        None => None,
+    };
+    let base = mimicked.map(|m| m.0.duplicate()).transpose()?;
+    let head = task.head.clone();
+    let info2 = info.clone();
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        let student = mimic_then_distill(
+            &dir,
+            &data,
+            mimic_data.as_ref(),
+            base,
+            head.as_ref(),
+            &Phases {
+                opts: &opts,
+                run_id: &run_id,
+                checkpoint: Some(&checkpoint),
+                device: &device,
+                progress: &progress,
+                validation: validation.as_ref(),
+            },
+        )?;
+        write_dir(&out, |tmp| student.save_hf(tmp, &info2))?;
+        checkpoint::remove(&checkpoint);
+        Ok(())
+    })
+    .await
+    .map_err(join_err)??;
     Ok(info)
 }
 

@@ -441,20 +441,23 @@ fn a_tokenizer_with_a_malformed_decoder_is_an_error() {
 /// size overflow (the found input had `blk.0.attn_norm.weight` claim 2^62 + 64 elements). Every size
 /// is now computed checked; the file is refused in one line. The input is remade here: a tiny GGUF
 /// with that one dimension written over its tensor table.
+/// Where a GGUF tensor-table entry's dimensions start: after its name (u64 length, bytes); then a
+/// u32 count of dimensions and a u64 each.
+fn tensor_entry(gguf: &[u8], name: &str) -> usize {
+    let mut key = (name.len() as u64).to_le_bytes().to_vec();
+    key.extend_from_slice(name.as_bytes());
+    gguf.windows(key.len())
+        .position(|w| w == key.as_slice())
+        .expect("the tensor's entry")
+        + key.len()
+}
+
 #[test]
 fn a_gguf_tensor_of_overflowing_shape_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let path = crate::decoder::tiny_llama(dir.path(), Default::default());
     let mut bytes = std::fs::read(&path).unwrap();
-    // A tensor-table entry: the name (u64 length, bytes), u32 dimensions, u64 each.
-    let name = b"blk.0.attn_norm.weight";
-    let mut key = (name.len() as u64).to_le_bytes().to_vec();
-    key.extend_from_slice(name);
-    let at = bytes
-        .windows(key.len())
-        .position(|w| w == key.as_slice())
-        .expect("the tensor's entry")
-        + key.len();
+    let at = tensor_entry(&bytes, "blk.0.attn_norm.weight");
     assert_eq!(u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()), 1);
     bytes[at + 4..at + 12].copy_from_slice(&((1u64 << 62) + 64).to_le_bytes());
     std::fs::write(&path, bytes).unwrap();
@@ -478,14 +481,7 @@ fn a_gguf_matrix_with_a_zero_dimension_and_a_huge_one_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let path = crate::decoder::tiny_llama(dir.path(), Default::default());
     let mut bytes = std::fs::read(&path).unwrap();
-    let name = b"blk.0.ffn_down.weight";
-    let mut key = (name.len() as u64).to_le_bytes().to_vec();
-    key.extend_from_slice(name);
-    let at = bytes
-        .windows(key.len())
-        .position(|w| w == key.as_slice())
-        .expect("the tensor's entry")
-        + key.len();
+    let at = tensor_entry(&bytes, "blk.0.ffn_down.weight");
     assert_eq!(u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()), 2);
     bytes[at + 4..at + 12].copy_from_slice(&(1u64 << 63).to_le_bytes());
     bytes[at + 12..at + 20].copy_from_slice(&0u64.to_le_bytes());
