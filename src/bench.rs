@@ -13,6 +13,8 @@ pub enum BenchCommand {
     Teacher(Box<TeacherBenchArgs>),
     /// Coordinator throughput: simulated workers leasing and completing shards of a huge job.
     Coordinator(crate::bench_coord::CoordBenchArgs),
+    /// Planning speed: a generated JSONL corpus planned against a store, cold, warm and reused.
+    Plan(PlanBenchArgs),
     /// The coordinator process of `bench coordinator` (started by it).
     #[command(hide = true)]
     CoordinatorServer(crate::bench_coord::CoordServerArgs),
@@ -49,7 +51,59 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Teacher(args) => teacher(*args).await,
         BenchCommand::Coordinator(args) => crate::bench_coord::run(args).await,
         BenchCommand::CoordinatorServer(args) => crate::bench_coord::server(args).await,
+        BenchCommand::Plan(args) => plan(args).await,
     }
+}
+
+#[derive(Debug, Args)]
+pub struct PlanBenchArgs {
+    /// Rows of the generated JSONL corpus.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub rows: usize,
+    /// The store: a local folder or an object-store URL (each run writes under a fresh prefix).
+    #[arg(long, env = "DISTILL_STORE")]
+    pub store: String,
+    #[arg(long, default_value_t = 1000)]
+    pub shard_size: u64,
+    /// Runs of each case; the median is printed.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Where the corpus and the tiny teacher are written (a temporary folder, removed after, if not
+    /// given).
+    #[arg(long)]
+    pub work_dir: Option<std::path::PathBuf>,
+    /// Print the figures as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+async fn plan(args: PlanBenchArgs) -> anyhow::Result<()> {
+    let scratch = std::env::temp_dir().join(format!("distill-bench-plan-{}", std::process::id()));
+    let spec = distill_bench::plan::PlanBenchSpec {
+        rows: args.rows,
+        store: args.store.clone(),
+        shard_size: args.shard_size,
+        runs: args.runs.max(1),
+        work_dir: args.work_dir.clone().unwrap_or_else(|| scratch.clone()),
+    };
+    let figures = distill_bench::plan::run(&spec).await;
+    let _ = std::fs::remove_dir_all(&scratch);
+    let figures = figures?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&figures)?);
+        return Ok(());
+    }
+    println!(
+        "planning {} rows ({} shards) against {}",
+        args.rows, figures[0].shards, args.store
+    );
+    for f in &figures {
+        println!(
+            "  {:<7} {:>7.2} s  {:>10.0} rows/s  {:>7.1} MB/s",
+            f.case, f.seconds, f.rows_per_second, f.mb_per_second
+        );
+    }
+    Ok(())
 }
 
 async fn teacher(args: TeacherBenchArgs) -> anyhow::Result<()> {

@@ -298,8 +298,10 @@ pub(crate) fn print_summary(s: &JobSummary) {
         s.padding_efficiency()
     );
     println!(
-        "  teacher     {:.1} s spent, {:.1} s saved by cache hits",
-        s.ledger.teacher_seconds, s.ledger.teacher_seconds_saved
+        "  teacher     {:.1} s spent, {:.1} s saved by the cache ({} rows of new shards copied from it)",
+        s.ledger.teacher_seconds,
+        s.ledger.teacher_seconds_saved,
+        count(s.ledger.rows_reused)
     );
     println!(
         "  written     {} to {}",

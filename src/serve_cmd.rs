@@ -47,6 +47,9 @@ pub struct CoordinatorArgs {
     /// Shards staged for workers ahead of completion, per job.
     #[arg(long, env = "DISTILL_PLAN_AHEAD", default_value_t = 1024)]
     pub plan_ahead: usize,
+    /// Store lookups (and, apart, staged writes) in flight at once while a job is planned.
+    #[arg(long, env = "DISTILL_PLAN_CONCURRENCY", default_value_t = distill_coordinator::PLAN_CONCURRENCY)]
+    pub plan_concurrency: usize,
     /// After a restart with unfinished jobs: seconds workers get to re-state their leases.
     #[arg(long, env = "DISTILL_RECOVERY_WINDOW_SECONDS")]
     pub recovery_window_seconds: Option<f64>,
@@ -91,6 +94,7 @@ impl CoordinatorArgs {
             },
             resume: true,
             plan_ahead: self.plan_ahead.max(1),
+            plan_concurrency: self.plan_concurrency.max(1),
             store_lease: Some(seconds("store-lease-seconds", self.store_lease_seconds)?)
                 .filter(|d| !d.is_zero())
                 .ok_or_else(|| anyhow::anyhow!("--store-lease-seconds must be above 0"))

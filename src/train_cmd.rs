@@ -34,7 +34,9 @@ pub struct TrainArgs {
     /// Output directory (written aside and renamed into place when complete).
     #[arg(long, env = "DISTILL_OUT")]
     pub out: PathBuf,
-    /// Ids never to train on (a held-out test set): JSONL with an `id` field or one id per line.
+    /// Ids never to train on (a held-out test set): JSONL with an `id` field or one id per line, or
+    /// a corpus of several files (a folder, a glob or an object-store prefix or URL): the ids of its
+    /// rows, as `distill label` read them.
     #[arg(long, env = "DISTILL_EXCLUDE")]
     pub exclude: Option<PathBuf>,
     /// Train on the task's gold labels alone (no teacher soft labels): the few-shot baseline.
@@ -180,10 +182,7 @@ pub async fn run(args: TrainArgs) -> anyhow::Result<()> {
         );
     };
     let task = distill_cache::task::read_task(&loc, name).await?;
-    let exclude = match &args.exclude {
-        Some(p) => distill_tasks::labels::read_ids(p)?,
-        None => HashSet::new(),
-    };
+    let exclude = excluded(args.exclude.as_deref()).await?;
     let started = std::time::Instant::now();
     let info = recipe::train(&loc, &task, &args.spec(exclude)?, None, bars(true)).await?;
     println!(
@@ -218,10 +217,7 @@ async fn run_lm(loc: &Location, args: &TrainArgs) -> anyhow::Result<()> {
         teacher_fingerprint: args.teacher_fingerprint.clone(),
         output: args.output.clone(),
         teacher: args.teacher.clone(),
-        exclude: match &args.exclude {
-            Some(p) => distill_tasks::labels::read_ids(p)?,
-            None => HashSet::new(),
-        },
+        exclude: excluded(args.exclude.as_deref()).await?,
         options: LmOptions {
             layers: args.layers(),
             from_teacher: !args.random_init,
@@ -314,4 +310,17 @@ impl TrainArgs {
         }
         Ok(self.spec(HashSet::new())?.validate()?)
     }
+}
+
+/// The ids `--exclude` names: an ids file, or the rows of a corpus of several files.
+async fn excluded(path: Option<&std::path::Path>) -> anyhow::Result<HashSet<String>> {
+    let Some(p) = path else {
+        return Ok(HashSet::new());
+    };
+    let name = p.to_string_lossy();
+    if p.is_dir() || name.contains("://") || name.contains(['*', '?', '[']) {
+        let spec = distill_cache::corpus::CorpusSpec::new(name.as_ref());
+        return Ok(distill_cache::corpus::ids(&spec).await?);
+    }
+    Ok(distill_tasks::labels::read_ids(p)?)
 }

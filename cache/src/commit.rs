@@ -197,6 +197,7 @@ mod tests {
             line: 3,
             id: None,
             reason: "empty text".into(),
+            file: None,
         }];
         assert!(matches!(
             commit_shard(&loc, &k, &meta, &data, &rejects)

@@ -1,16 +1,22 @@
 //! Corpus readers and deterministic sharding.
 //!
-//! A corpus is one object (local path or object-store URL) in one of three formats:
-//! JSONL (`--text-field`, `--id-field`, default `text` and `id`), plain text (one text per line) or
-//! Parquet (a text column and an optional id column). JSONL and text may be gzip- or zstd-compressed
-//! (detected from the magic bytes, whatever the extension).
+//! A corpus is one file, every file under a folder or object-store prefix, or the files a glob
+//! matches (`s3://b/data/`, `data/part-*.parquet`; `*`, `?` and `[..]` within a path segment), read
+//! in the order of their names as one stream of entries. Hidden files and the markers data-set
+//! writers leave (`.crc`, `_SUCCESS`, any segment starting with `.` or `_`) are passed over. Files
+//! are in one of three formats: JSONL (`--text-field`, `--id-field`, default `text` and `id`), plain
+//! text (one text per line) or Parquet (a text column and an optional id column); `--format` applies
+//! to every file, else each file's name tells, and a corpus of two formats is refused, naming one file
+//! of each. JSONL and text may be gzip- or zstd-compressed (detected from the magic bytes, whatever
+//! the extension).
 //!
 //! Every non-blank line (every Parquet row) is one *entry*, in file order. An entry is either a row
 //! (`id`, `text`) or a reject (a malformed line, a missing or non-string text field, invalid UTF-8, an
 //! empty text, a duplicate id) with its reason; rejects never stop the read, the caller decides
 //! (`--strict`). Shard `i` holds entries `i*N .. (i+1)*N`, so the same input always yields the same shards
 //! and the same fingerprints. Rows without an id get one from their position: `line-<n>` (1-based line)
-//! for JSONL and text, `row-<n>` (0-based row) for Parquet.
+//! for JSONL and text, `row-<n>` (0-based row) for Parquet, prefixed with the file's name
+//! (`part-0.jsonl:line-3`) in a corpus of several files.
 //!
 //! Reading streams: memory holds one shard plus a bounded read-ahead, whatever the corpus size. A
 //! JSONL or text line longer than the spec's row limit ([`DEFAULT_MAX_ROW_BYTES`] unless set) is a
@@ -134,6 +140,29 @@ pub struct Reject {
     pub line: u64,
     pub id: Option<String>,
     pub reason: String,
+    /// The file it is in, for a corpus of several files (relative to the corpus's folder or prefix).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+}
+
+impl Reject {
+    /// Where it is, for a message: `corpus:line` (`corpus/file:line` in a corpus of several files),
+    /// or `corpus row n` for Parquet.
+    pub fn place(&self, corpus: &str, locator: &str) -> String {
+        let url = self.file_url(corpus);
+        match locator {
+            "line" => format!("{url}:{}", self.line),
+            _ => format!("{url} {locator} {}", self.line),
+        }
+    }
+
+    /// The file it is in: the corpus itself, or `corpus/file` in a corpus of several files.
+    pub fn file_url(&self, corpus: &str) -> String {
+        match &self.file {
+            Some(f) => format!("{}/{f}", split_glob(corpus).0.trim_end_matches('/')),
+            None => corpus.to_owned(),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -174,16 +203,29 @@ fn fingerprint_entries(entries: &[Entry]) -> Fingerprint {
     h.finish()
 }
 
+/// Entries read from one file, and the progress mark at their end.
+struct Batch {
+    entries: Vec<Entry>,
+    mark: u64,
+    /// The file's place in [`CorpusFiles::files`].
+    file: usize,
+}
+
+type Sender = mpsc::Sender<Result<Batch>>;
+
 /// Streams shards of a corpus.
 pub struct CorpusReader {
-    rx: mpsc::Receiver<Result<(Vec<Entry>, u64)>>,
-    pending: std::collections::VecDeque<(Entry, u64)>,
+    rx: mpsc::Receiver<Result<Batch>>,
+    pending: std::collections::VecDeque<(Entry, u64, usize)>,
     total: u64,
     done: bool,
     next_index: u64,
-    seen_ids: HashMap<u64, u64>,
+    /// Where each id was first seen: (file, line).
+    seen_ids: HashMap<u64, (usize, u64)>,
     url: String,
     locator: &'static str,
+    /// File names, for a corpus of several files (empty for one file).
+    names: Vec<String>,
 }
 
 impl std::fmt::Debug for CorpusReader {
@@ -194,111 +236,272 @@ impl std::fmt::Debug for CorpusReader {
     }
 }
 
-/// Splits a corpus URL or path into its store and object path.
-pub fn locate_object(url: &str) -> Result<(Location, Path)> {
+/// One file of a corpus, in the corpus's order.
+#[derive(Clone, Debug)]
+pub struct CorpusFile {
+    pub path: Path,
+    pub size: u64,
+    /// Its name relative to the corpus's folder or prefix (the file name for a one-file corpus): what
+    /// generated ids and messages name.
+    pub name: String,
+    pub format: Format,
+}
+
+/// The files a corpus URL names: one file, every file under a folder or prefix, or those a glob
+/// matches (`*` and `?` within a path segment), in the order of their names.
+#[derive(Clone, Debug)]
+pub struct CorpusFiles {
+    pub location: Location,
+    pub files: Vec<CorpusFile>,
+    /// The URL named one file (ids `line-<n>` / `row-<n>`, as every earlier release made them).
+    pub single: bool,
+}
+
+impl CorpusFiles {
+    /// The display name of a file: the corpus URL itself for a one-file corpus.
+    pub fn display(&self, file: &CorpusFile) -> String {
+        self.location.display(&file.path)
+    }
+}
+
+/// Whether a path segment is a glob pattern.
+fn is_glob(segment: &str) -> bool {
+    segment.contains(['*', '?', '['])
+}
+
+/// `*` any run of characters but `/`, `?` one such character, `[abc]` / `[a-z]` one of a set; the rest
+/// literally.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    fn class(p: &[char], c: char) -> Option<(bool, usize)> {
+        let end = p.iter().position(|&x| x == ']')?;
+        let set = &p[1..end];
+        let mut hit = false;
+        let mut i = 0;
+        while i < set.len() {
+            if i + 2 < set.len() && set[i + 1] == '-' {
+                hit |= set[i] <= c && c <= set[i + 2];
+                i += 3;
+            } else {
+                hit |= set[i] == c;
+                i += 1;
+            }
+        }
+        Some((hit, end + 1))
+    }
+    fn go(p: &[char], n: &[char]) -> bool {
+        match p.first() {
+            None => n.is_empty(),
+            Some('*') => (0..=n.len())
+                .take_while(|&i| i == 0 || n[i - 1] != '/')
+                .any(|i| go(&p[1..], &n[i..])),
+            Some('?') => n.first().is_some_and(|&c| c != '/') && go(&p[1..], &n[1..]),
+            Some('[') => match (n.first(), class(p, n.first().copied().unwrap_or('/'))) {
+                (Some(&c), Some((hit, len))) => c != '/' && hit && go(&p[len..], &n[1..]),
+                (_, None) => n.first() == Some(&'[') && go(&p[1..], &n[1..]),
+                (None, Some(_)) => false,
+            },
+            Some(&c) => n.first() == Some(&c) && go(&p[1..], &n[1..]),
+        }
+    }
+    go(&p, &n)
+}
+
+/// A file the listing of a folder passes over: hidden, or a marker of the tool that wrote the data set
+/// (`_SUCCESS`, `_delta_log/`, `.crc` files).
+fn skipped(name: &str) -> bool {
+    name.split('/')
+        .any(|s| s.starts_with('.') || s.starts_with('_'))
+}
+
+/// Splits a URL or path into the part before its first glob segment and the pattern after it.
+fn split_glob(url: &str) -> (String, Option<String>) {
+    let (scheme, rest) = match url.find("://") {
+        Some(i) => url.split_at(i + 3),
+        None => ("", url),
+    };
+    let segments: Vec<&str> = rest.split('/').collect();
+    match segments.iter().position(|s| is_glob(s)) {
+        None => (url.to_owned(), None),
+        Some(i) => (
+            format!("{scheme}{}", segments[..i].join("/")),
+            Some(segments[i..].join("/")),
+        ),
+    }
+}
+
+/// Lists the files a corpus URL names. Fails, naming the URL or the file, when nothing is there, a
+/// file's format cannot be told, or the files are of more than one format.
+pub async fn list_files(spec: &CorpusSpec) -> Result<CorpusFiles> {
+    let url = spec.url.as_str();
+    let corpus_err = |reason: String| CacheError::Corpus {
+        url: url.to_owned(),
+        reason,
+    };
+    let (base, pattern) = split_glob(url);
+    let (location, found) = locate(&base, pattern.is_some()).await?;
+    let single = matches!(found, Found::File(_));
+    let mut files = match found {
+        Found::File(size) => vec![(location.prefix.clone(), size, file_name(url))],
+        Found::Folder => list_folder(&location, pattern.as_deref())
+            .await
+            .map_err(&corpus_err)?,
+    };
+    if files.is_empty() {
+        let what = match &pattern {
+            Some(p) => format!("no file matches {p:?}"),
+            None => "no files in this folder or prefix".to_owned(),
+        };
+        return Err(corpus_err(what));
+    }
+    files.sort_by(|a, b| a.2.cmp(&b.2));
+    let mut out: Vec<CorpusFile> = Vec::with_capacity(files.len());
+    for (path, size, name) in files {
+        let format = match spec.format.or_else(|| Format::from_name(&name)) {
+            Some(f) => f,
+            None if single => {
+                return Err(corpus_err(
+                    "cannot tell the format from the name: pass --format jsonl|text|parquet".into(),
+                ))
+            }
+            None => {
+                return Err(corpus_err(format!(
+                    "cannot tell the format of {name} from its name: pass --format jsonl|text|parquet, or a glob that leaves it out"
+                )))
+            }
+        };
+        if let Some(first) = out.first().filter(|f| f.format != format) {
+            return Err(corpus_err(format!(
+                "holds files of two formats: {} ({}) and {name} ({}); a corpus is of one format: name the files of one with a glob",
+                first.name,
+                first.format.name(),
+                format.name()
+            )));
+        }
+        out.push(CorpusFile {
+            path,
+            size,
+            name,
+            format,
+        });
+    }
+    Ok(CorpusFiles {
+        location,
+        files: out,
+        single,
+    })
+}
+
+fn file_name(url: &str) -> String {
+    url.trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or(url)
+        .to_owned()
+}
+
+enum Found {
+    /// One object of this size, at the location's prefix.
+    File(u64),
+    /// A folder or prefix to list.
+    Folder,
+}
+
+/// The store and path a corpus URL (without its glob) names, and whether it is a file or a folder.
+async fn locate(url: &str, folder: bool) -> Result<(Location, Found)> {
     let corpus_err = |reason: String| CacheError::Corpus {
         url: url.to_owned(),
         reason,
     };
     if !url.contains("://") || url.starts_with("file://") {
-        let p = if let Some(rest) = url.strip_prefix("file://") {
-            rest
-        } else {
-            url
-        };
+        let p = url.strip_prefix("file://").unwrap_or(url);
+        let p = if p.is_empty() { "." } else { p };
         let abs = std::fs::canonicalize(p).map_err(|e| corpus_err(format!("cannot open: {e}")))?;
-        if !abs.is_file() {
-            return Err(corpus_err("not a file".into()));
-        }
+        let meta = std::fs::metadata(&abs).map_err(|e| corpus_err(format!("cannot open: {e}")))?;
         let store: std::sync::Arc<dyn object_store::ObjectStore> =
             std::sync::Arc::new(object_store::local::LocalFileSystem::new());
-        let path = Path::from_filesystem_path(&abs).map_err(|e| corpus_err(e.to_string()))?;
-        return Ok((
-            Location {
-                store,
-                prefix: Path::default(),
-                url: url.to_owned(),
-            },
-            path,
-        ));
+        let prefix = Path::from_filesystem_path(&abs).map_err(|e| corpus_err(e.to_string()))?;
+        let location = Location {
+            store,
+            prefix,
+            url: url.to_owned(),
+        };
+        return Ok(match (meta.is_dir(), folder) {
+            (true, _) => (location, Found::Folder),
+            (false, false) => (location, Found::File(meta.len())),
+            (false, true) => return Err(corpus_err("not a folder".into())),
+        });
     }
-    let loc = store::open(url, false)?;
-    let path = loc.prefix.clone();
-    Ok((loc, path))
+    let loc = store::open(url.trim_end_matches('/'), false)?;
+    if folder || url.ends_with('/') {
+        return Ok((loc, Found::Folder));
+    }
+    match loc.store.head(&loc.prefix).await {
+        Ok(meta) => Ok((loc, Found::File(meta.size))),
+        // No object of that name: a prefix, if anything is under it.
+        Err(object_store::Error::NotFound { .. }) => Ok((loc, Found::Folder)),
+        Err(e) => Err(corpus_err(store::describe_store_error(&e))),
+    }
+}
+
+/// The files under a location's prefix (those the pattern matches), hidden ones and tool markers
+/// passed over: `(path, size, name relative to the prefix)`.
+async fn list_folder(
+    loc: &Location,
+    pattern: Option<&str>,
+) -> std::result::Result<Vec<(Path, u64, String)>, String> {
+    use futures::TryStreamExt;
+    let prefix = loc.prefix.clone();
+    let base = prefix.as_ref().to_owned();
+    let objects: Vec<object_store::ObjectMeta> = loc
+        .store
+        .list(Some(&prefix))
+        .try_collect()
+        .await
+        .map_err(|e| match e {
+            object_store::Error::NotFound { .. } => "not found".to_owned(),
+            e => store::describe_store_error(&e),
+        })?;
+    Ok(objects
+        .into_iter()
+        .filter_map(|o| {
+            let full = o.location.as_ref();
+            let name = if base.is_empty() {
+                full.to_owned()
+            } else {
+                full.strip_prefix(&base)?.strip_prefix('/')?.to_owned()
+            };
+            let keep = !skipped(&name) && pattern.is_none_or(|p| glob_match(p, &name));
+            keep.then_some((o.location, o.size, name))
+        })
+        .collect())
 }
 
 const READ_AHEAD_BATCHES: usize = 8;
 const BATCH_ENTRIES: usize = 1024;
 
 impl CorpusReader {
-    /// Opens a corpus. Fails at once, with the URL, if it cannot be found or its format is unknown.
+    /// Opens a corpus: one file, a folder or prefix, or a glob. Fails at once, with the URL, if
+    /// nothing is found, a format is unknown or the first Parquet file is unreadable.
     pub async fn open(spec: &CorpusSpec) -> Result<Self> {
-        let url = spec.url.clone();
-        let corpus_err = |reason: String| CacheError::Corpus {
-            url: url.clone(),
-            reason,
+        let files = list_files(spec).await?;
+        let format = files.files[0].format;
+        let first = match format {
+            Format::Parquet => Some(parquet_builder(&files, 0).await?),
+            _ => None,
         };
-        let format = match spec.format {
-            Some(f) => f,
-            None => Format::from_name(&url).ok_or_else(|| {
-                corpus_err(
-                    "cannot tell the format from the name: pass --format jsonl|text|parquet".into(),
-                )
-            })?,
+        // Progress units: stored bytes, or rows for a one-file Parquet corpus (as before).
+        let total = match (&first, files.single) {
+            (Some(b), true) => b.metadata().file_metadata().num_rows().max(0) as u64,
+            _ => files.files.iter().map(|f| f.size).sum(),
         };
-        let (loc, path) = locate_object(&url)?;
-        let meta = loc.store.head(&path).await.map_err(|e| match e {
-            object_store::Error::NotFound { .. } => corpus_err("not found".into()),
-            e => corpus_err(store::describe_store_error(&e)),
-        })?;
+        let names = if files.single {
+            vec![]
+        } else {
+            files.files.iter().map(|f| f.name.clone()).collect()
+        };
         let (tx, rx) = mpsc::channel(READ_AHEAD_BATCHES);
-        let locator = match format {
-            Format::Parquet => "row",
-            _ => "line",
-        };
-        let total = match format {
-            Format::Jsonl | Format::Text => {
-                let get = loc
-                    .store
-                    .get(&path)
-                    .await
-                    .map_err(|e| corpus_err(store::describe_store_error(&e)))?;
-                let stream =
-                    futures::TryStreamExt::map_err(get.into_stream(), std::io::Error::other);
-                let reader =
-                    tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
-                let spec = spec.clone();
-                tokio::task::spawn_blocking(move || read_lines(reader, format, &spec, tx));
-                meta.size
-            }
-            Format::Parquet => {
-                let reader =
-                    crate::parquet_io::ObjectReader::new(loc.store.clone(), path, meta.size);
-                let builder = parquet::arrow::ParquetRecordBatchStreamBuilder::new(reader)
-                    .await
-                    .map_err(|e| corpus_err(format!("not a readable Parquet file: {e}")))?;
-                let rows = builder.metadata().file_metadata().num_rows().max(0) as u64;
-                let spec = spec.clone();
-                tokio::spawn(async move {
-                    // A panic inside the parquet crate (a damaged file) must end the read with an
-                    // error, not close the channel as if the corpus ended there.
-                    use futures::FutureExt;
-                    let failed = tx.clone();
-                    let read = std::panic::AssertUnwindSafe(read_parquet(builder, &spec, tx));
-                    if let Err(e) = read.catch_unwind().await {
-                        let why = crate::format::panic_message(e.as_ref()).to_owned();
-                        let reason = format!("a damaged Parquet file ({why})");
-                        let _ = failed
-                            .send(Err(CacheError::Corpus {
-                                url: spec.url,
-                                reason,
-                            }))
-                            .await;
-                    }
-                });
-                rows
-            }
-        };
+        tokio::spawn(read_files(spec.clone(), files, first, tx));
         Ok(Self {
             rx,
             pending: Default::default(),
@@ -306,8 +509,12 @@ impl CorpusReader {
             done: false,
             next_index: 0,
             seen_ids: HashMap::new(),
-            url,
-            locator,
+            url: spec.url.clone(),
+            locator: match format {
+                Format::Parquet => "row",
+                _ => "line",
+            },
+            names,
         })
     }
 
@@ -327,8 +534,13 @@ impl CorpusReader {
         while self.pending.len() < size && !self.done {
             match self.rx.recv().await {
                 Some(batch) => {
-                    let (entries, mark) = batch?;
-                    self.pending.extend(entries.into_iter().map(|e| (e, mark)));
+                    let Batch {
+                        entries,
+                        mark,
+                        file,
+                    } = batch?;
+                    self.pending
+                        .extend(entries.into_iter().map(|e| (e, mark, file)));
                 }
                 None => self.done = true,
             }
@@ -337,11 +549,15 @@ impl CorpusReader {
             return Ok(None);
         }
         let n = size.min(self.pending.len());
-        let marked: Vec<(Entry, u64)> = self.pending.drain(..n).collect();
-        let progress = marked.last().map(|(_, m)| *m).unwrap_or(0);
-        let mut entries: Vec<Entry> = marked.into_iter().map(|(e, _)| e).collect();
-        for e in &mut entries {
-            self.check_duplicate(e);
+        let marked: Vec<(Entry, u64, usize)> = self.pending.drain(..n).collect();
+        let progress = marked.last().map(|(_, m, _)| *m).unwrap_or(0);
+        let mut entries = Vec::with_capacity(n);
+        for (mut e, _, file) in marked {
+            self.check_duplicate(&mut e, file);
+            if let (Entry::Reject(r), Some(name)) = (&mut e, self.names.get(file)) {
+                r.file = Some(name.clone());
+            }
+            entries.push(e);
         }
         let fingerprint = fingerprint_entries(&entries);
         let (mut rows, mut rejects) = (Vec::new(), Vec::new());
@@ -363,24 +579,197 @@ impl CorpusReader {
     }
 
     /// Ids are unique across the corpus: a repeated id is rejected, naming where it was first seen.
-    fn check_duplicate(&mut self, e: &mut Entry) {
+    fn check_duplicate(&mut self, e: &mut Entry, file: usize) {
         let Entry::Row(r) = e else { return };
         use std::hash::{Hash, Hasher as _};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         r.id.hash(&mut h);
         let key = h.finish();
-        if let Some(first) = self.seen_ids.get(&key) {
-            let reason = format!(
-                "duplicate id {:?} (first at {} {first})",
-                r.id, self.locator
-            );
+        if let Some(&(first_file, first)) = self.seen_ids.get(&key) {
+            let place = match self.names.get(first_file) {
+                Some(name) => format!("{name} {} {first}", self.locator),
+                None => format!("{} {first}", self.locator),
+            };
+            let reason = format!("duplicate id {:?} (first at {place})", r.id);
             *e = Entry::Reject(Reject {
                 line: r.line,
                 id: Some(r.id.clone()),
                 reason,
+                file: None,
             });
         } else {
-            self.seen_ids.insert(key, r.line);
+            self.seen_ids.insert(key, (file, r.line));
+        }
+    }
+}
+
+/// The ids of a corpus's rows (rejects left out), as a job reads them.
+pub async fn ids(spec: &CorpusSpec) -> Result<std::collections::HashSet<String>> {
+    let mut reader = CorpusReader::open(spec).await?;
+    let mut out = std::collections::HashSet::new();
+    while let Some(shard) = reader.next_shard(BATCH_ENTRIES).await? {
+        out.extend(shard.rows.into_iter().map(|r| r.id));
+    }
+    Ok(out)
+}
+
+/// Opens a Parquet file of a corpus for reading (the text and id columns are chosen later).
+async fn parquet_builder(files: &CorpusFiles, i: usize) -> Result<Builder> {
+    let f = &files.files[i];
+    let reader =
+        crate::parquet_io::ObjectReader::new(files.location.store.clone(), f.path.clone(), f.size);
+    parquet::arrow::ParquetRecordBatchStreamBuilder::new(reader)
+        .await
+        .map_err(|e| CacheError::Corpus {
+            url: files.display(f),
+            reason: format!("not a readable Parquet file: {e}"),
+        })
+}
+
+/// What a file's reader needs to know of its place in the corpus.
+struct FileCtx {
+    /// The file's URL, for errors.
+    url: String,
+    /// Its place in the corpus's file list.
+    index: usize,
+    /// Prefixed to generated ids: empty for a one-file corpus, `<name>:` otherwise.
+    id_prefix: String,
+    /// Progress units before this file.
+    base: u64,
+    /// Progress units of this file (stored bytes; rows for a one-file Parquet corpus).
+    units: u64,
+}
+
+/// Files read at once in a corpus of several: their entries are passed on in file order.
+const FILES_AHEAD: usize = 4;
+
+type Builder = parquet::arrow::ParquetRecordBatchStreamBuilder<crate::parquet_io::ObjectReader>;
+
+/// Reads every file of a corpus into the channel, in file order, up to [`FILES_AHEAD`] files at once;
+/// stops at the first error (passed on) or when the reader is dropped.
+async fn read_files(spec: CorpusSpec, files: CorpusFiles, first: Option<Builder>, tx: Sender) {
+    let files = std::sync::Arc::new(files);
+    let mut first = first;
+    let mut base = 0u64;
+    let mut next = 0;
+    let mut running: std::collections::VecDeque<mpsc::Receiver<Result<Batch>>> = Default::default();
+    loop {
+        while running.len() < FILES_AHEAD && next < files.files.len() {
+            let (file_tx, file_rx) = mpsc::channel(READ_AHEAD_BATCHES);
+            let builder = if next == 0 { first.take() } else { None };
+            let read = read_file(spec.clone(), files.clone(), next, base, builder, file_tx);
+            tokio::spawn(read);
+            base += files.files[next].size;
+            running.push_back(file_rx);
+            next += 1;
+        }
+        let Some(mut rx) = running.pop_front() else {
+            return;
+        };
+        while let Some(batch) = rx.recv().await {
+            let failed = batch.is_err();
+            if tx.send(batch).await.is_err() || failed {
+                return;
+            }
+        }
+    }
+}
+
+/// Reads one file of a corpus into its channel (an error is sent there).
+async fn read_file(
+    spec: CorpusSpec,
+    files: std::sync::Arc<CorpusFiles>,
+    index: usize,
+    base: u64,
+    builder: Option<Builder>,
+    tx: Sender,
+) {
+    let file = &files.files[index];
+    let ctx = FileCtx {
+        url: files.display(file),
+        index,
+        id_prefix: if files.single {
+            String::new()
+        } else {
+            format!("{}:", file.name)
+        },
+        base,
+        units: file.size,
+    };
+    match file.format {
+        Format::Jsonl | Format::Text => {
+            let get = match files.location.store.get(&file.path).await {
+                Ok(g) => g,
+                Err(e) => {
+                    let reason = store::describe_store_error(&e);
+                    let err = CacheError::Corpus {
+                        url: ctx.url,
+                        reason,
+                    };
+                    let _ = tx.send(Err(err)).await;
+                    return;
+                }
+            };
+            // A local file is read as a file: object_store would hand it over in 8 KiB pieces,
+            // each a hop through the blocking pool.
+            let reader: Box<dyn Read + Send> = match get.payload {
+                object_store::GetResultPayload::File(file, _) => Box::new(file),
+                object_store::GetResultPayload::Stream(stream) => {
+                    let stream = futures::TryStreamExt::map_err(stream, std::io::Error::other);
+                    let reader = tokio_util::io::StreamReader::new(stream);
+                    Box::new(tokio_util::io::SyncIoBridge::new(reader))
+                }
+            };
+            let format = file.format;
+            let _ =
+                tokio::task::spawn_blocking(move || read_lines(reader, format, &spec, &ctx, &tx))
+                    .await;
+        }
+        Format::Parquet => {
+            let builder = match builder {
+                Some(b) => b,
+                None => match parquet_builder(&files, index).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                },
+            };
+            let ctx = FileCtx {
+                units: if files.single {
+                    builder.metadata().file_metadata().num_rows().max(0) as u64
+                } else {
+                    file.size
+                },
+                ..ctx
+            };
+            read_parquet_guarded(builder, &spec, &ctx, &tx).await;
+        }
+    }
+}
+
+/// [`read_parquet`], with a panic inside the parquet crate (a damaged file) ending the read with an
+/// error rather than closing the channel as if the corpus ended there.
+async fn read_parquet_guarded(
+    builder: Builder,
+    spec: &CorpusSpec,
+    ctx: &FileCtx,
+    tx: &Sender,
+) -> bool {
+    use futures::FutureExt;
+    let read = std::panic::AssertUnwindSafe(read_parquet(builder, spec, ctx, tx));
+    match read.catch_unwind().await {
+        Ok(went_on) => went_on,
+        Err(e) => {
+            let why = crate::format::panic_message(e.as_ref()).to_owned();
+            let _ = tx
+                .send(Err(CacheError::Corpus {
+                    url: ctx.url.clone(),
+                    reason: format!("a damaged Parquet file ({why})"),
+                }))
+                .await;
+            false
         }
     }
 }
@@ -419,18 +808,29 @@ impl<R: Read> Read for Counting<R> {
     }
 }
 
+/// Reads one JSONL or text file into the channel; `false` when it failed (the error sent) or the
+/// reader was dropped.
 fn read_lines(
     reader: impl Read + Send,
     format: Format,
     spec: &CorpusSpec,
-    tx: mpsc::Sender<Result<(Vec<Entry>, u64)>>,
-) {
+    ctx: &FileCtx,
+    tx: &Sender,
+) -> bool {
     let fail = |reason: String| CacheError::Corpus {
-        url: spec.url.clone(),
+        url: ctx.url.clone(),
         reason,
     };
     let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let mark = || count.load(std::sync::atomic::Ordering::Relaxed);
+    let mark = || ctx.base + count.load(std::sync::atomic::Ordering::Relaxed);
+    let send = |entries: Vec<Entry>, mark: u64| {
+        let batch = Batch {
+            entries,
+            mark,
+            file: ctx.index,
+        };
+        tx.blocking_send(Ok(batch)).is_ok()
+    };
     let mut input = match decompress(Counting {
         inner: reader,
         count: count.clone(),
@@ -438,7 +838,7 @@ fn read_lines(
         Ok(r) => r,
         Err(e) => {
             let _ = tx.blocking_send(Err(fail(format!("cannot read: {e}"))));
-            return;
+            return false;
         }
     };
     let mut batch = Vec::with_capacity(BATCH_ENTRIES);
@@ -452,7 +852,7 @@ fn read_lines(
             Err(e) => {
                 let _ =
                     tx.blocking_send(Err(fail(format!("read failed after line {line_no}: {e}"))));
-                return;
+                return false;
             }
         };
         line_no += 1;
@@ -470,21 +870,15 @@ fn read_lines(
                 continue;
             }
             batch.push(match format {
-                Format::Text => parse_text_line(raw, line_no),
-                _ => parse_json_line(raw, line_no, spec),
+                Format::Text => parse_text_line(raw, line_no, &ctx.id_prefix),
+                _ => parse_json_line(raw, line_no, spec, &ctx.id_prefix),
             });
         }
-        if batch.len() == BATCH_ENTRIES
-            && tx
-                .blocking_send(Ok((std::mem::take(&mut batch), mark())))
-                .is_err()
-        {
-            return; // the reader was dropped
+        if batch.len() == BATCH_ENTRIES && !send(std::mem::take(&mut batch), mark()) {
+            return false; // the reader was dropped
         }
     }
-    if !batch.is_empty() {
-        let _ = tx.blocking_send(Ok((batch, mark())));
-    }
+    batch.is_empty() || send(batch, mark())
 }
 
 /// What [`read_line_bounded`] read.
@@ -553,14 +947,15 @@ fn reject(line: u64, id: Option<String>, reason: impl Into<String>) -> Entry {
         line,
         id,
         reason: reason.into(),
+        file: None,
     })
 }
 
-fn parse_text_line(raw: &[u8], line: u64) -> Entry {
+fn parse_text_line(raw: &[u8], line: u64, id_prefix: &str) -> Entry {
     match std::str::from_utf8(raw) {
         Ok(text) => Entry::Row(Row {
             line,
-            id: format!("line-{line}"),
+            id: format!("{id_prefix}line-{line}"),
             text: text.trim().to_owned(),
         }),
         Err(e) => reject(
@@ -571,7 +966,7 @@ fn parse_text_line(raw: &[u8], line: u64) -> Entry {
     }
 }
 
-fn parse_json_line(raw: &[u8], line: u64, spec: &CorpusSpec) -> Entry {
+fn parse_json_line(raw: &[u8], line: u64, spec: &CorpusSpec, id_prefix: &str) -> Entry {
     let s = match std::str::from_utf8(raw) {
         Ok(s) => s,
         Err(e) => {
@@ -582,14 +977,23 @@ fn parse_json_line(raw: &[u8], line: u64, spec: &CorpusSpec) -> Entry {
             )
         }
     };
-    let obj: serde_json::Map<String, serde_json::Value> = match serde_json::from_str(s) {
-        Ok(serde_json::Value::Object(o)) => o,
-        Ok(_) => return reject(line, None, "not a JSON object"),
+    let seed = Fields {
+        text: &spec.text_field,
+        id: &spec.id_field,
+    };
+    let mut de = serde_json::Deserializer::from_str(s);
+    let parsed = serde::de::DeserializeSeed::deserialize(seed, &mut de).and_then(|f| {
+        de.end()?;
+        Ok(f)
+    });
+    let (text, id) = match parsed {
+        Ok(Some(fields)) => fields,
+        Ok(None) => return reject(line, None, "not a JSON object"),
         Err(e) => return reject(line, None, format!("invalid JSON: {e}")),
     };
-    let id = match obj.get(&spec.id_field) {
-        None | Some(serde_json::Value::Null) => format!("line-{line}"),
-        Some(serde_json::Value::String(s)) if !s.is_empty() => s.clone(),
+    let id = match id {
+        None | Some(serde_json::Value::Null) => format!("{id_prefix}line-{line}"),
+        Some(serde_json::Value::String(s)) if !s.is_empty() => s,
         Some(serde_json::Value::Number(n)) => n.to_string(),
         Some(other) => {
             return reject(
@@ -602,7 +1006,7 @@ fn parse_json_line(raw: &[u8], line: u64, spec: &CorpusSpec) -> Entry {
             )
         }
     };
-    match obj.get(&spec.text_field) {
+    match text {
         Some(serde_json::Value::String(t)) => text_row(line, id, t),
         None => reject(
             line,
@@ -615,9 +1019,119 @@ fn parse_json_line(raw: &[u8], line: u64, spec: &CorpusSpec) -> Entry {
             format!(
                 "field {:?} is not a string: {}",
                 spec.text_field,
-                kind(other)
+                kind(&other)
             ),
         ),
+    }
+}
+
+/// Reads a JSON line's text and id fields only (the rest is skipped, not built): `None` when the
+/// line is not an object. A field given twice takes its last value.
+struct Fields<'a> {
+    text: &'a str,
+    id: &'a str,
+}
+
+type TextAndId = Option<(Option<serde_json::Value>, Option<serde_json::Value>)>;
+
+/// Which field a key names, compared without allocating it.
+#[derive(Clone, Copy)]
+struct Key<'a> {
+    text: &'a str,
+    id: &'a str,
+}
+
+enum Which {
+    Text,
+    Id,
+    Other,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Key<'_> {
+    type Value = Which;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Which, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Key<'_> {
+    type Value = Which;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a field name")
+    }
+
+    fn visit_str<E>(self, key: &str) -> Result<Which, E> {
+        Ok(if key == self.text {
+            Which::Text
+        } else if key == self.id {
+            Which::Id
+        } else {
+            Which::Other
+        })
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Fields<'_> {
+    type Value = TextAndId;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Fields<'_> {
+    type Value = TextAndId;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let (mut text, mut id) = (None, None);
+        let names = Key {
+            text: self.text,
+            id: self.id,
+        };
+        while let Some(key) = map.next_key_seed(names)? {
+            match key {
+                Which::Text => {
+                    let v: serde_json::Value = map.next_value()?;
+                    if self.text == self.id {
+                        id = Some(v.clone());
+                    }
+                    text = Some(v);
+                }
+                Which::Id => id = Some(map.next_value()?),
+                Which::Other => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Some((text, id)))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
     }
 }
 
@@ -632,28 +1146,24 @@ fn kind(v: &serde_json::Value) -> &'static str {
     }
 }
 
-fn text_row(line: u64, id: String, text: &str) -> Entry {
+fn text_row(line: u64, id: String, text: String) -> Entry {
     if text.trim().is_empty() {
         reject(line, Some(id), "empty text")
     } else {
-        Entry::Row(Row {
-            line,
-            id,
-            text: text.to_owned(),
-        })
+        Entry::Row(Row { line, id, text })
     }
 }
 
-async fn read_parquet(
-    builder: parquet::arrow::ParquetRecordBatchStreamBuilder<crate::parquet_io::ObjectReader>,
-    spec: &CorpusSpec,
-    tx: mpsc::Sender<Result<(Vec<Entry>, u64)>>,
-) {
+/// Reads one Parquet file into the channel; `false` when it failed (the error sent) or the reader
+/// was dropped.
+async fn read_parquet(builder: Builder, spec: &CorpusSpec, ctx: &FileCtx, tx: &Sender) -> bool {
     use futures::StreamExt;
     let fail = |reason: String| CacheError::Corpus {
-        url: spec.url.clone(),
+        url: ctx.url.clone(),
         reason,
     };
+    let rows_in_file = builder.metadata().file_metadata().num_rows().max(1) as u64;
+    let mark = |row: u64| ctx.base + ctx.units.saturating_mul(row) / rows_in_file;
     let schema = builder.schema().clone();
     let Some((text_idx, _)) = schema.column_with_name(&spec.text_field) else {
         let cols: Vec<_> = schema.fields().iter().map(|f| f.name().as_str()).collect();
@@ -664,7 +1174,7 @@ async fn read_parquet(
                 cols.join(", ")
             ))))
             .await;
-        return;
+        return false;
     };
     let id_idx = schema.column_with_name(&spec.id_field).map(|(i, _)| i);
     let mut leaves = vec![text_idx];
@@ -678,7 +1188,7 @@ async fn read_parquet(
         Ok(s) => s,
         Err(e) => {
             let _ = tx.send(Err(fail(e.to_string()))).await;
-            return;
+            return false;
         }
     };
     let mut row = 0u64;
@@ -689,7 +1199,7 @@ async fn read_parquet(
                 let _ = tx
                     .send(Err(fail(format!("read failed after row {row}: {e}"))))
                     .await;
-                return;
+                return false;
             }
         };
         let texts = batch.column_by_name(&spec.text_field).expect("projected");
@@ -703,7 +1213,7 @@ async fn read_parquet(
                         texts.data_type()
                     ))))
                     .await;
-                return;
+                return false;
             }
         };
         let ids: Option<Vec<Option<String>>> = match batch.column_by_name(&spec.id_field) {
@@ -717,7 +1227,7 @@ async fn read_parquet(
                             spec.id_field
                         ))))
                         .await;
-                    return;
+                    return false;
                 }
             },
         };
@@ -726,9 +1236,9 @@ async fn read_parquet(
             let id = ids
                 .as_ref()
                 .and_then(|v| v[i].clone())
-                .unwrap_or_else(|| format!("row-{row}"));
+                .unwrap_or_else(|| format!("{}row-{row}", ctx.id_prefix));
             out.push(match text {
-                Some(t) => text_row(row, id, &t),
+                Some(t) => text_row(row, id, t),
                 None => reject(
                     row,
                     Some(id),
@@ -737,10 +1247,16 @@ async fn read_parquet(
             });
             row += 1;
         }
-        if tx.send(Ok((out, row))).await.is_err() {
-            return;
+        let batch = Batch {
+            entries: out,
+            mark: mark(row),
+            file: ctx.index,
+        };
+        if tx.send(Ok(batch)).await.is_err() {
+            return false;
         }
     }
+    true
 }
 
 /// The values of a string column (utf8, large utf8 or utf8 view); `None` for any other type.
@@ -892,6 +1408,83 @@ mod tests {
         assert_eq!(read(&mut buf, 1 << 20), Line::Read);
         assert_eq!(buf, b"last");
         assert_eq!(read(&mut buf, 1 << 20), Line::End);
+    }
+
+    #[test]
+    fn globs_match_within_a_segment() {
+        assert!(glob_match("part-*.parquet", "part-00.parquet"));
+        assert!(!glob_match("part-*.parquet", "sub/part-00.parquet"));
+        assert!(glob_match("*/part-?.jsonl", "a/part-1.jsonl"));
+        assert!(glob_match("part-[0-2].txt", "part-2.txt"));
+        assert!(!glob_match("part-[0-2].txt", "part-3.txt"));
+        assert!(glob_match("a[b", "a[b"), "an unclosed class is literal");
+        assert_eq!(
+            split_glob("s3://b/data/part-*.parquet"),
+            ("s3://b/data".to_owned(), Some("part-*.parquet".to_owned()))
+        );
+        assert_eq!(split_glob("/x/y.jsonl"), ("/x/y.jsonl".to_owned(), None));
+    }
+
+    /// A folder is one corpus: its files in name order (hidden files and markers passed over), ids
+    /// made from file and line, rejects naming their file, ids unique across files.
+    #[tokio::test]
+    async fn a_folder_of_files_reads_as_one_corpus() {
+        let dir = tempfile::tempdir().unwrap();
+        let gz = {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(
+                b"{\"id\":\"b1\",\"text\":\"second file\"}\n{\"id\":\"a1\",\"text\":\"dup\"}\n",
+            )
+            .unwrap();
+            e.finish().unwrap()
+        };
+        write(&dir, "b.jsonl.gz", &gz);
+        let a = b"{\"id\":\"a1\",\"text\":\"first\"}\n{\"text\":\"no id\"}\nbad\n";
+        write(&dir, "a.jsonl", a);
+        write(&dir, "_SUCCESS", b"");
+        write(&dir, ".a.jsonl.crc", b"junk");
+        let spec = CorpusSpec::new(dir.path().to_str().unwrap());
+        let mut r = CorpusReader::open(&spec).await.unwrap();
+        assert_eq!(r.total(), (gz.len() + a.len()) as u64, "stored bytes");
+        let s = r.next_shard(10).await.unwrap().unwrap();
+        let rows: Vec<_> = s.rows.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(rows, ["a1", "a.jsonl:line-2", "b1"]);
+        let rejects: Vec<_> = s
+            .rejects
+            .iter()
+            .map(|r| (r.file.as_deref(), r.line, r.reason.as_str()))
+            .collect();
+        assert_eq!(rejects[0].0, Some("a.jsonl"));
+        assert_eq!(rejects[0].1, 3);
+        assert_eq!(
+            rejects[1],
+            (
+                Some("b.jsonl.gz"),
+                2,
+                "duplicate id \"a1\" (first at a.jsonl line 1)"
+            )
+        );
+        let place = s.rejects[0].place("data/", "line");
+        assert_eq!(place, "data/a.jsonl:3");
+        let all = ids(&spec).await.unwrap();
+        assert_eq!(all.len(), 3);
+        // A glob picks files; nothing matched, or two formats, is refused naming them.
+        let glob = CorpusSpec::new(format!("{}/b.*", dir.path().display()));
+        let mut r = CorpusReader::open(&glob).await.unwrap();
+        assert_eq!(r.next_shard(10).await.unwrap().unwrap().rows[0].id, "b1");
+        let none = CorpusSpec::new(format!("{}/*.parquet", dir.path().display()));
+        let err = CorpusReader::open(&none).await.unwrap_err().to_string();
+        assert!(err.contains("no file matches"), "{err}");
+        write(&dir, "c.txt", b"plain\n");
+        let err = CorpusReader::open(&spec).await.unwrap_err().to_string();
+        assert!(
+            err.contains("two formats") && err.contains("c.txt"),
+            "{err}"
+        );
+        std::fs::remove_file(dir.path().join("c.txt")).unwrap();
+        write(&dir, "d.csv", b"x\n");
+        let err = CorpusReader::open(&spec).await.unwrap_err().to_string();
+        assert!(err.contains("d.csv") && err.contains("--format"), "{err}");
     }
 
     #[tokio::test]

@@ -83,8 +83,13 @@ impl Hasher {
     }
 
     pub fn finish(self) -> Fingerprint {
+        Fingerprint(hex::encode(self.finish_u128().to_be_bytes()))
+    }
+
+    /// The same 128 bits as a number (a fingerprint is its 32 hex digits).
+    pub fn finish_u128(self) -> u128 {
         let digest = self.0.finalize();
-        Fingerprint(hex::encode(&digest[..16]))
+        u128::from_be_bytes(digest[..16].try_into().expect("16 bytes"))
     }
 }
 

@@ -17,6 +17,7 @@ use crate::catalog::get_json;
 use crate::commit::put_if_absent;
 use crate::corpus::{Reject, Row, Shard};
 use crate::fingerprint::Fingerprint;
+use crate::rows::Source;
 use crate::store::{describe_store_error, get_bounded, zstd_bounded, Location, MAX_OBJECT_BYTES};
 use crate::{CacheError, Result};
 use object_store::ObjectStoreExt;
@@ -65,10 +66,13 @@ pub struct StagedShard {
     /// `(line, id, text)` per row.
     pub rows: Vec<(u64, String, String)>,
     pub rejects: Vec<Reject>,
+    /// Per row, where its outputs are already ([`crate::rows`]); empty: every row is labeled.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<Option<Source>>,
 }
 
 impl StagedShard {
-    pub fn from_shard(s: &Shard) -> Self {
+    pub fn from_shard(s: &Shard, sources: &[Option<Source>]) -> Self {
         Self {
             index: s.index,
             fingerprint: s.fingerprint.clone(),
@@ -79,6 +83,11 @@ impl StagedShard {
                 .map(|r| (r.line, r.id.clone(), r.text.clone()))
                 .collect(),
             rejects: s.rejects.clone(),
+            sources: if sources.iter().any(Option::is_some) {
+                sources.to_vec()
+            } else {
+                vec![]
+            },
         }
     }
 
@@ -97,11 +106,16 @@ impl StagedShard {
     }
 }
 
-/// Writes a staged input (overwriting: its content is a function of the shard).
-pub async fn write_input(loc: &Location, job: &str, shard: &Shard) -> Result<String> {
+/// Writes a staged input (overwriting: its content is a function of the shard and of the cache).
+pub async fn write_input(
+    loc: &Location,
+    job: &str,
+    shard: &Shard,
+    sources: &[Option<Source>],
+) -> Result<String> {
     let rel = input_path(job, shard.index);
-    let json = serde_json::to_vec(&StagedShard::from_shard(shard)).expect("serialisable");
-    let bytes = zstd::encode_all(json.as_slice(), 3).map_err(|e| CacheError::Store {
+    let json = serde_json::to_vec(&StagedShard::from_shard(shard, sources)).expect("serialisable");
+    let bytes = zstd::encode_all(json.as_slice(), 1).map_err(|e| CacheError::Store {
         url: loc.display(&loc.child(&rel)),
         reason: format!("compressing: {e}"),
     })?;
@@ -109,8 +123,13 @@ pub async fn write_input(loc: &Location, job: &str, shard: &Shard) -> Result<Str
     Ok(rel)
 }
 
-/// Reads a staged input and checks it is the shard the lease names.
-pub async fn read_input(loc: &Location, rel: &str, expect: &Fingerprint) -> Result<Shard> {
+/// Reads a staged input and checks it is the shard the lease names: the shard, and where its rows'
+/// outputs are already (empty: nowhere).
+pub async fn read_input(
+    loc: &Location,
+    rel: &str,
+    expect: &Fingerprint,
+) -> Result<(Shard, Vec<Option<Source>>)> {
     let path = loc.child(rel);
     let url = loc.display(&path);
     let bad = |reason: String| CacheError::Shard {
@@ -124,7 +143,7 @@ pub async fn read_input(loc: &Location, rel: &str, expect: &Fingerprint) -> Resu
         })?;
     let json =
         zstd_bounded(&bytes, MAX_OBJECT_BYTES).map_err(|e| bad(format!("decompressing: {e}")))?;
-    let staged: StagedShard = serde_json::from_slice(&json).map_err(|e| bad(e.to_string()))?;
+    let mut staged: StagedShard = serde_json::from_slice(&json).map_err(|e| bad(e.to_string()))?;
     if &staged.fingerprint != expect {
         return Err(bad(format!(
             "holds shard {} but the lease names {}: the job's inputs were overwritten",
@@ -132,7 +151,15 @@ pub async fn read_input(loc: &Location, rel: &str, expect: &Fingerprint) -> Resu
             expect.short()
         )));
     }
-    Ok(staged.into_shard())
+    let sources = std::mem::take(&mut staged.sources);
+    if !sources.is_empty() && sources.len() != staged.rows.len() {
+        return Err(bad(format!(
+            "{} sources for {} rows",
+            sources.len(),
+            staged.rows.len()
+        )));
+    }
+    Ok((staged.into_shard(), sources))
 }
 
 /// Writes a JSON record (overwriting).
@@ -250,12 +277,14 @@ mod tests {
                 line: 4,
                 id: None,
                 reason: "empty text".into(),
+                file: None,
             }],
             fingerprint: crate::fingerprint::Hasher::new("t").finish(),
         };
-        let rel = write_input(&loc, "job-1", &shard).await.unwrap();
+        let rel = write_input(&loc, "job-1", &shard, &[]).await.unwrap();
         assert_eq!(rel, "v1/jobs/job-1/inputs/00000007.json.zst");
-        let back = read_input(&loc, &rel, &shard.fingerprint).await.unwrap();
+        let (back, sources) = read_input(&loc, &rel, &shard.fingerprint).await.unwrap();
+        assert!(sources.is_empty());
         assert_eq!((back.index, back.progress), (7, 99));
         assert_eq!(back.rows, shard.rows);
         assert_eq!(back.rejects, shard.rejects);

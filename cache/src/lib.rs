@@ -36,6 +36,7 @@ pub mod layout;
 pub mod lease;
 pub mod model_dir;
 pub mod parquet_io;
+pub mod rows;
 pub mod spec;
 pub mod store;
 pub mod task;

@@ -106,6 +106,29 @@ impl TokenTopk {
         self.offsets[i]..self.offsets[i + 1]
     }
 
+    /// Row `i` alone.
+    pub fn row(&self, i: usize) -> TokenTopk {
+        let p = self.row_positions(i);
+        let k = self.k;
+        TokenTopk {
+            k,
+            offsets: vec![0, p.len()],
+            token_ids: self.token_ids[p.clone()].to_vec(),
+            topk_ids: self.topk_ids[p.start * k..p.end * k].to_vec(),
+            topk_logprobs: self.topk_logprobs[p.start * k..p.end * k].to_vec(),
+            tail_logprob: self.tail_logprob[p.clone()].to_vec(),
+            log_partition: self.log_partition[p.clone()].to_vec(),
+            samples: self.samples.as_ref().map(|s| {
+                let (a, b) = (s.offsets[p.start], s.offsets[p.end]);
+                Samples {
+                    offsets: s.offsets[p.start..=p.end].iter().map(|o| o - a).collect(),
+                    ids: s.ids[a..b].to_vec(),
+                    counts: s.counts[a..b].to_vec(),
+                }
+            }),
+        }
+    }
+
     /// Appends the rows of `other` (same `k`, same sampling).
     pub fn extend(&mut self, other: &TokenTopk) {
         assert_eq!(self.k, other.k, "top-k values of different k");

@@ -31,4 +31,4 @@ pub mod wire;
 
 pub use job::{JobRecord, JobSpec};
 pub use ledger::JobSummary;
-pub use service::{Coordinator, Settings};
+pub use service::{Coordinator, Settings, PLAN_CONCURRENCY};

@@ -3,16 +3,12 @@
 
 use crate::job::{JobRecord, JobSpec};
 use crate::records::{unix_ms, ResultRecord};
-use crate::sched::{
-    Config, Effect, FailedShard, Held, JobState, JobView, PlannedShard, PlannedStatus, Refusal,
-    Scheduler, ShardStats, FIRST_REJECTS,
-};
+use crate::sched::{Config, Effect, Held, JobState, JobView, PlannedShard, Refusal, Scheduler};
 use distill_cache::catalog::{self, CorpusManifest, ManifestShard};
-use distill_cache::commit;
 use distill_cache::corpus::{CorpusReader, Format};
 use distill_cache::format::OutputRequest;
 use distill_cache::jobs;
-use distill_cache::layout::{self, ShardKey};
+use distill_cache::layout;
 use distill_cache::lease::{self, StoreLease, Take, Watch};
 use distill_cache::model_dir::{self, ModelDir};
 use distill_cache::store::Location;
@@ -22,6 +18,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
+mod plan;
+pub use plan::PLAN_CONCURRENCY;
+
 /// Coordinator settings beyond scheduling.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -30,6 +29,8 @@ pub struct Settings {
     pub resume: bool,
     /// Shards staged for workers but not yet done, per job: bounds the staged copy of the corpus.
     pub plan_ahead: usize,
+    /// Store lookups (and, apart, staged writes) in flight at once while a job is planned.
+    pub plan_concurrency: usize,
     /// Hold the store's coordinator lease ([`distill_cache::lease`]) with this time to live: a second
     /// coordinator on the store stands by until this one is gone. `None`: no lease (the in-process
     /// coordinator of `distill label`, which resumes nothing).
@@ -42,6 +43,7 @@ impl Default for Settings {
             sched: Config::default(),
             resume: true,
             plan_ahead: 1024,
+            plan_concurrency: PLAN_CONCURRENCY,
             store_lease: None,
         }
     }
@@ -89,26 +91,6 @@ pub const STORE_REFUSALS: u32 = 5;
 
 /// Failed probes in a row before a store counts as out of reach (the coordinator not ready).
 const PROBE_MISSES: u32 = 3;
-
-/// Why planning a job failed (recorded as the job's error).
-#[derive(Debug, thiserror::Error)]
-enum PlanError {
-    #[error(transparent)]
-    Cache(#[from] distill_cache::CacheError),
-    #[error("{0}: this cached shard is damaged; delete it and run the job again to relabel it")]
-    Damaged(distill_cache::CacheError),
-    #[error("corpus {corpus}, {locator} {line}: {reason} (run without --strict to record it as a reject and go on)")]
-    Strict {
-        corpus: String,
-        locator: &'static str,
-        line: u64,
-        reason: String,
-    },
-    #[error("job record {job}: bad fingerprint {value:?}")]
-    BadFingerprint { job: String, value: String },
-    #[error("failed-shard record {0} vanished")]
-    FailedRecordVanished(u64),
-}
 
 fn invalid(field: &str, reason: impl std::fmt::Display) -> Refusal {
     Refusal::InvalidArgument(format!("{field}: {reason}"))
@@ -604,137 +586,6 @@ impl Coordinator {
             let effects = me.sched().planning_done(&id, result, Instant::now());
             me.apply(effects);
         });
-    }
-
-    /// Reads the corpus into shards: cache hits are done at once, the rest staged for workers.
-    async fn plan(
-        &self,
-        rec: &JobRecord,
-        reader: Option<CorpusReader>,
-        resumed: bool,
-        permits: Arc<Semaphore>,
-    ) -> Result<(), PlanError> {
-        let store = &self.store;
-        let mut reader = match reader {
-            Some(r) => r,
-            None => CorpusReader::open(&rec.spec.corpus).await?,
-        };
-        let id = rec.job_id.as_str();
-        self.sched().set_progress_total(id, reader.total());
-        let locator = reader.locator();
-        let parse = |s: &str| {
-            distill_cache::fingerprint::Fingerprint::parse(s).ok_or_else(|| {
-                PlanError::BadFingerprint {
-                    job: id.to_owned(),
-                    value: s.to_owned(),
-                }
-            })
-        };
-        let (teacher, output) = (
-            parse(&rec.teacher_fingerprint)?,
-            parse(&rec.output_fingerprint)?,
-        );
-        let failed_before: Vec<u64> = if resumed {
-            patiently("reading failed shards", || jobs::failed_shards(store, id)).await?
-        } else {
-            Vec::new()
-        };
-        let created_s = (rec.created_unix_ms / 1000) as u64;
-        let mut previous_progress = 0;
-        loop {
-            if !self.sched().is_running(id) {
-                return Ok(());
-            }
-            let shard = match reader.next_shard(rec.spec.shard_size as usize).await {
-                Ok(Some(s)) => s,
-                Ok(None) => break,
-                Err(e) => return Err(e.into()),
-            };
-            if rec.spec.strict {
-                if let Some(r) = shard.rejects.first() {
-                    return Err(PlanError::Strict {
-                        corpus: rec.spec.corpus.url.clone(),
-                        locator,
-                        line: r.line,
-                        reason: r.reason.clone(),
-                    });
-                }
-            }
-            let key = ShardKey {
-                teacher: teacher.clone(),
-                output: output.clone(),
-                shard: shard.fingerprint.clone(),
-            };
-            let progress = shard.progress.saturating_sub(previous_progress);
-            previous_progress = shard.progress;
-            let status = match patiently("looking up a shard", || commit::shard_meta(store, &key))
-                .await
-                .map_err(|e| match e {
-                    distill_cache::CacheError::Parquet { .. }
-                    | distill_cache::CacheError::Shard { .. } => PlanError::Damaged(e),
-                    e => e.into(),
-                })? {
-                Some((meta, size)) if resumed && meta.created_unix >= created_s => {
-                    PlannedStatus::DoneEarlier(ShardStats {
-                        rows: meta.rows,
-                        tokens: meta.tokens,
-                        padded_tokens: meta.tokens,
-                        truncated_rows: meta.truncated_rows,
-                        device_seconds: meta.device_seconds,
-                        bytes_written: size,
-                    })
-                }
-                Some((meta, _)) => PlannedStatus::Hit {
-                    truncated_rows: meta.truncated_rows,
-                    device_seconds: meta.device_seconds,
-                },
-                None if failed_before.contains(&shard.index) => {
-                    let path = jobs::failed_path(id, shard.index);
-                    let f: Option<FailedShard> =
-                        patiently("reading a failed shard", || jobs::read_json(store, &path))
-                            .await?;
-                    match f {
-                        Some(f) => PlannedStatus::FailedEarlier(f),
-                        None => return Err(PlanError::FailedRecordVanished(shard.index)),
-                    }
-                }
-                None => {
-                    // Bound the staged copy of the corpus: wait for a permit.
-                    match permits.acquire().await {
-                        Ok(p) => p.forget(),
-                        Err(_) => return Ok(()), // job ended
-                    }
-                    patiently("staging a shard", || jobs::write_input(store, id, &shard)).await?;
-                    if !self.sched().is_running(id) {
-                        // Cancelled while this input was written: it must not outlive the job.
-                        let _ = jobs::delete_rel(store, &jobs::input_path(id, shard.index)).await;
-                        return Ok(());
-                    }
-                    PlannedStatus::ToLabel
-                }
-            };
-            let planned = PlannedShard {
-                index: shard.index,
-                fingerprint: shard.fingerprint.clone(),
-                rows: shard.rows.len() as u64,
-                rejects: shard.rejects.len() as u64,
-                progress,
-                rejects_file: (!shard.rejects.is_empty())
-                    .then(|| store.display(&store.child(&key.rejects_path()))),
-                first_rejects: shard
-                    .rejects
-                    .iter()
-                    .take(FIRST_REJECTS)
-                    .map(|r| match locator {
-                        "line" => format!("{}:{}: {}", rec.spec.corpus.url, r.line, r.reason),
-                        _ => format!("{} {locator} {}: {}", rec.spec.corpus.url, r.line, r.reason),
-                    })
-                    .collect(),
-                status,
-            };
-            self.sched().add_shard(id, planned);
-        }
-        Ok(())
     }
 
     /// Adds a job whose shards are already planned, without reading a corpus or writing records:

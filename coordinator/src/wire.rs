@@ -105,6 +105,8 @@ impl ShardStats {
             truncated_rows: s.truncated_rows,
             device_seconds: s.device_seconds,
             bytes_written: s.bytes_written,
+            rows_reused: s.rows_reused,
+            seconds_saved: s.seconds_saved,
         }
     }
 }

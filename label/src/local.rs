@@ -111,6 +111,7 @@ fn settings() -> distill_coordinator::Settings {
         resume: false,
         plan_ahead: 64,
         store_lease: None,
+        ..Default::default()
     }
 }
 

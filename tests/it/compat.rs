@@ -85,6 +85,41 @@ fn a_store_of_the_first_release_is_all_cache_hits() {
     assert!(out.join("config.json").is_file() || out.read_dir().unwrap().next().is_some());
 }
 
+/// The first release wrote no row keys: the planner rebuilds them from its shards' texts, so its rows
+/// are reused by a corpus that holds them in another order under other ids.
+#[test]
+fn rows_of_the_first_release_are_reused_in_a_new_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, corpus) = old_store(dir.path());
+    let encoder = tiny_encoder(dir.path());
+    let body = std::fs::read_to_string(&corpus).unwrap();
+    let reordered: String = body
+        .lines()
+        .rev()
+        .map(|l| l.replace("\"doc-", "\"old-") + "\n")
+        .collect();
+    let other = dir.path().join("reordered.jsonl");
+    std::fs::write(&other, reordered).unwrap();
+    let s = label_with(
+        other.to_str().unwrap(),
+        encoder.to_str().unwrap(),
+        &store,
+        &["--shard-size", "5"],
+    );
+    assert_eq!(s["cache_hits"], 0);
+    assert_eq!(s["rows_reused"], s["rows"], "every row copied: {s}");
+    assert_eq!(s["teacher_seconds"], 0.0);
+    // The three shards of the old f32 entry got their row keys, and the three new shards theirs.
+    let entry = Path::new(&store).join("v1").join(ENCODER);
+    let keys: usize = std::fs::read_dir(&entry)
+        .unwrap()
+        .flatten()
+        .filter_map(|o| std::fs::read_dir(o.path().join("rows")).ok())
+        .map(|r| r.count())
+        .sum();
+    assert_eq!(keys, 6);
+}
+
 fn refs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }

@@ -326,7 +326,7 @@ fn fuzz_job_records_and_staged_inputs() {
         r.next_shard(64).await.unwrap().unwrap()
     });
     let staged_rel = rt
-        .block_on(jobs::write_input(&loc, "fuzz", &shard))
+        .block_on(jobs::write_input(&loc, "fuzz", &shard, &[]))
         .unwrap();
     let staged = store.join(&staged_rel);
     campaign(

@@ -58,7 +58,7 @@ async fn second_label_of_the_same_corpus_is_all_cache_hits() {
         );
     }
 
-    // A new shard size is a new set of shards; a changed row re-labels only its shard.
+    // A changed row re-labels only its shard, and only that row of it.
     let changed = dir.path().join("changed.jsonl");
     let body = std::fs::read_to_string(&corpus)
         .unwrap()
@@ -72,6 +72,10 @@ async fn second_label_of_the_same_corpus_is_all_cache_hits() {
     );
     assert_eq!(third["cache_hits"], 3);
     assert_eq!(third["shards_labeled"], 1);
+    assert_eq!(
+        third["rows_reused"], 15,
+        "the changed shard's other rows are copied"
+    );
 }
 
 #[tokio::test]

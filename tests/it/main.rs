@@ -20,5 +20,6 @@ mod lm;
 mod prompted;
 mod pyarrow;
 mod reference;
+mod reuse;
 mod s3;
 mod students;

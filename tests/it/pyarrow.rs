@@ -126,8 +126,9 @@ async fn pyarrow_reads_the_documented_schema_and_metadata() {
 }
 
 /// Every snippet of docs/cache-format.md's "Reading the cache elsewhere", run with pyarrow, DuckDB and
-/// polars on a store that holds two kinds of entry (embeddings, and a task's derived logits): the
-/// per-entry paths read one entry, the union by name reads both.
+/// polars on a store that holds two kinds of entry (embeddings, and a task's derived logits) and two
+/// corpora of the same rows: the per-entry paths read one entry (both corpora), the union by name
+/// reads both entries, the manifest one corpus.
 #[test]
 fn the_cache_format_pages_snippets_run_with_pyarrow_duckdb_and_polars() {
     let Some(python) = python_with("pyarrow, duckdb, polars") else {
@@ -144,6 +145,25 @@ fn the_cache_format_pages_snippets_run_with_pyarrow_duckdb_and_polars() {
         &store,
         &["--shard-size", "16"],
     );
+    // The same rows in another order: new shards of copied rows, so the entry holds each text twice
+    // and only the manifest says which rows are the first corpus's.
+    let body = std::fs::read_to_string(&corpus).unwrap();
+    let reversed = dir.path().join("reversed.jsonl");
+    let lines: String = body.lines().rev().map(|l| format!("{l}\n")).collect();
+    std::fs::write(&reversed, lines).unwrap();
+    let again = label_with(
+        reversed.to_str().unwrap(),
+        encoder.to_str().unwrap(),
+        &store,
+        &["--shard-size", "16"],
+    );
+    assert_eq!(again["rows_reused"], 30);
+    let manifest = job["manifest"].as_str().unwrap();
+    let corpus_fp = manifest
+        .rsplit('/')
+        .next()
+        .and_then(|f| f.strip_suffix(".json"))
+        .unwrap();
     let gold = dir.path().join("gold.jsonl");
     let lines: String = (0..30)
         .map(|i| {
@@ -161,6 +181,8 @@ fn the_cache_format_pages_snippets_run_with_pyarrow_duckdb_and_polars() {
         &store,
         "--name",
         "docs",
+        "--corpus",
+        "corpus.jsonl",
         "--labels",
         gold.to_str().unwrap(),
         "--json",
@@ -178,8 +200,10 @@ fn the_cache_format_pages_snippets_run_with_pyarrow_duckdb_and_polars() {
             &store,
             job["teacher_fingerprint"].as_str().unwrap(),
             job["output_fingerprint"].as_str().unwrap(),
-            "30",
             "60",
+            "90",
+            corpus_fp,
+            "30",
         ])
         .output()
         .unwrap();
@@ -191,7 +215,7 @@ fn the_cache_format_pages_snippets_run_with_pyarrow_duckdb_and_polars() {
     );
     assert_eq!(
         said.lines().filter(|l| l.starts_with("ok ")).count(),
-        5,
+        7,
         "{said}"
     );
 }

@@ -12,5 +12,6 @@
 pub mod device;
 pub mod error;
 pub mod pull;
+pub mod reuse;
 
 pub use error::{Result, WorkerError};

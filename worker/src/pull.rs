@@ -18,12 +18,14 @@
 //! - An unreachable coordinator is retried with exponential backoff (0.5 s to 30 s), saying so.
 
 use crate::device::DeviceThread;
+use crate::reuse::Reused;
 use crate::{Result, WorkerError};
 use distill_cache::commit::{self, CommitOutcome};
 use distill_cache::corpus::Shard;
 use distill_cache::fingerprint::Fingerprint;
 use distill_cache::layout::ShardKey;
 use distill_cache::model_dir::ModelDir;
+use distill_cache::rows::Reuse;
 use distill_cache::spec::{Dtype, OutputKind, OutputSpec};
 use distill_cache::store::Location;
 use distill_proto::retry::Backoff;
@@ -133,6 +135,7 @@ pub struct WorkerMetrics {
     pub shards_already_present: AtomicU64,
     pub shards_failed: AtomicU64,
     pub rows: AtomicU64,
+    pub rows_reused: AtomicU64,
     pub tokens: AtomicU64,
     pub device_micros: AtomicU64,
     pub leases_held: AtomicU64,
@@ -169,8 +172,14 @@ impl WorkerMetrics {
         c(
             &mut p,
             "distill_worker_rows_total",
-            "Rows labeled (rate() gives rows/s).",
+            "Rows of the shards this worker committed, copied rows included (rate() gives rows/s).",
             &self.rows,
+        );
+        c(
+            &mut p,
+            "distill_worker_rows_reused_total",
+            "Rows of labeled shards copied from the cache instead (not through the teacher).",
+            &self.rows_reused,
         );
         c(
             &mut p,
@@ -222,7 +231,10 @@ pub const COMMITS_IN_FLIGHT: usize = 2;
 /// A lease with its input read and tokenized, and its teacher ready.
 struct Prepared {
     lease: v1::ShardLease,
+    /// The rows the teacher labels: the whole shard, or its rows the cache does not hold.
     shard: Shard,
+    /// What the shard copies from the cache, if anything.
+    reused: Option<Reused>,
     input: Tokenized,
     store: Location,
     teacher: Arc<Teacher>,
@@ -236,6 +248,9 @@ struct Labeled {
     store: Location,
     output: Fingerprint,
     labeled: LabeledShard,
+    /// Device-seconds this worker spent on it (the fresh rows').
+    spent_seconds: f64,
+    reuse: Reuse,
 }
 
 /// What the heartbeat and the main loop share.
@@ -507,6 +522,7 @@ impl Shared {
                 device_seconds: meta.device_seconds,
                 bytes_written: size,
                 already_present: true,
+                ..Default::default()
             };
             self.complete(lease, stats).await;
             return Ok(None);
@@ -520,7 +536,9 @@ impl Shared {
                 &self.cfg.load.for_precision(&lease.precision),
             )
             .await?;
-        let shard = distill_cache::jobs::read_input(&store, &lease.input, &shard_fp).await?;
+        let (shard, sources) =
+            distill_cache::jobs::read_input(&store, &lease.input, &shard_fp).await?;
+        let (shard, reused) = crate::reuse::split(&store, &key, shard, sources).await?;
         let (shard, input) = tokio::task::spawn_blocking({
             let (teacher, spec) = (teacher.clone(), spec.clone());
             move || {
@@ -533,6 +551,7 @@ impl Shared {
         Ok(Some(Prepared {
             lease: lease.clone(),
             shard,
+            reused,
             input: input?,
             store,
             teacher,
@@ -557,6 +576,7 @@ impl Shared {
         let max_tokens = self.cfg.max_batch_tokens;
         let Prepared {
             shard,
+            reused,
             input,
             store,
             teacher,
@@ -573,13 +593,22 @@ impl Shared {
             })
             .await;
         match labeled {
-            Ok((shard, Ok(labeled))) => Some(Labeled {
-                lease,
-                shard,
-                store,
-                output,
-                labeled,
-            }),
+            Ok((shard, Ok(labeled))) => {
+                let spent_seconds = labeled.meta.device_seconds;
+                let (shard, labeled, reuse) = match reused {
+                    Some(r) => r.assemble(labeled),
+                    None => (shard, labeled, Reuse::default()),
+                };
+                Some(Labeled {
+                    lease,
+                    shard,
+                    store,
+                    output,
+                    labeled,
+                    spent_seconds,
+                    reuse,
+                })
+            }
             Ok((_, Err(e))) => {
                 self.fail(&lease, e.to_string(), false).await;
                 None
@@ -606,6 +635,8 @@ impl Shared {
             store,
             output,
             labeled,
+            spent_seconds,
+            reuse,
         } = l;
         let key = ShardKey {
             teacher: labeled.meta.teacher.fingerprint.clone(),
@@ -631,19 +662,29 @@ impl Shared {
             Ok(o) => o,
             Err(e) => return self.fail(&lease, e.to_string(), false).await,
         };
+        // The row keys beside the shard, for later jobs' reuse (derived data: a planner rebuilds
+        // them if this write is lost).
+        let texts = labeled.data.texts.iter().map(String::as_str);
+        if let Err(e) = distill_cache::rows::write_keys(&store, &key, texts).await {
+            tracing::warn!(
+                "cannot write the shard's row keys: {e}; the next planner rebuilds them"
+            );
+        }
         let m = &self.metrics;
         m.shards_labeled.fetch_add(1, Relaxed);
         m.rows.fetch_add(labeled.meta.rows, Relaxed);
+        m.rows_reused.fetch_add(reuse.rows, Relaxed);
         m.tokens.fetch_add(labeled.meta.tokens, Relaxed);
         m.device_micros
-            .fetch_add((labeled.meta.device_seconds * 1e6) as u64, Relaxed);
+            .fetch_add((spent_seconds * 1e6) as u64, Relaxed);
         let bytes_written = match outcome {
             CommitOutcome::Committed { bytes } => bytes,
             CommitOutcome::AlreadyPresent => 0,
         };
         tracing::info!(
             rows = labeled.meta.rows,
-            device_s = labeled.meta.device_seconds,
+            rows_reused = reuse.rows,
+            device_s = spent_seconds,
             committed = bytes_written > 0,
             "shard labeled"
         );
@@ -652,9 +693,11 @@ impl Shared {
             tokens: labeled.meta.tokens,
             padded_tokens: labeled.padded_tokens,
             truncated_rows: labeled.meta.truncated_rows,
-            device_seconds: labeled.meta.device_seconds,
+            device_seconds: spent_seconds,
             bytes_written,
             already_present: false,
+            rows_reused: reuse.rows,
+            seconds_saved: reuse.seconds,
         };
         if outcome == CommitOutcome::AlreadyPresent {
             // Another copy won the commit: report the shard the cache holds, so the job's ledger
@@ -668,6 +711,7 @@ impl Shared {
                     device_seconds: meta.device_seconds,
                     bytes_written: size,
                     already_present: true,
+                    ..Default::default()
                 };
             }
         }

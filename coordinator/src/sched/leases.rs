@@ -258,6 +258,9 @@ impl Scheduler {
         if stats.device_seconds.is_finite() && stats.device_seconds >= 0.0 {
             self.counters.teacher_seconds += stats.device_seconds;
         }
+        if stats.seconds_saved.is_finite() && stats.seconds_saved >= 0.0 {
+            self.counters.teacher_seconds_saved += stats.seconds_saved;
+        }
         let mut effects = vec![Effect::DeleteInput {
             job: job.info.job_id.clone(),
             index: index as u64,

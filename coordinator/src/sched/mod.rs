@@ -116,6 +116,9 @@ pub struct ShardStats {
     pub truncated_rows: u64,
     pub device_seconds: f64,
     pub bytes_written: u64,
+    /// Rows copied from the cache instead of labeled, and the device-seconds they cost before.
+    pub rows_reused: u64,
+    pub seconds_saved: f64,
 }
 
 /// Rejected entries a job keeps to show on the console (all of them are in its reject files).
@@ -421,6 +424,10 @@ fn add_stats(l: &mut Ledger, s: &ShardStats) {
         l.teacher_seconds += s.device_seconds;
     }
     l.bytes_written = l.bytes_written.saturating_add(s.bytes_written);
+    l.rows_reused = l.rows_reused.saturating_add(s.rows_reused);
+    if s.seconds_saved.is_finite() && s.seconds_saved >= 0.0 {
+        l.teacher_seconds_saved += s.seconds_saved;
+    }
 }
 
 #[cfg(test)]
