@@ -99,8 +99,8 @@ async fn plan(args: PlanBenchArgs) -> anyhow::Result<()> {
     );
     for f in &figures {
         println!(
-            "  {:<7} {:>7.2} s  {:>10.0} rows/s  {:>7.1} MB/s",
-            f.case, f.seconds, f.rows_per_second, f.mb_per_second
+            "  {:<20} {:>7.2} s  {:>10.0} rows/s  {:>7.1} MB/s  peak RSS {:>6.0} MiB",
+            f.case, f.seconds, f.rows_per_second, f.mb_per_second, f.peak_rss_mib_after
         );
     }
     Ok(())

@@ -52,6 +52,9 @@ pub struct PlanFigures {
     pub seconds: f64,
     pub rows_per_second: f64,
     pub mb_per_second: f64,
+    /// The process's peak resident memory after this case's runs (cases run in the order listed,
+    /// cold first; the warm cache is made between cold and warm), MiB.
+    pub peak_rss_mib_after: f64,
 }
 
 const WORDS: &[&str] = &[
@@ -118,6 +121,7 @@ pub async fn run(spec: &PlanBenchSpec) -> anyhow::Result<Vec<PlanFigures>> {
     let (mut cold, mut warm, mut reused) = (times("cold"), times("warm"), times("reused"));
     let mut one = times("warm, one at a time");
     let mut read = times("read only");
+    let mut peaks = [0.0f64; 5];
     let n = spec.shard_size;
     let wide = distill_coordinator::PLAN_CONCURRENCY;
     for run in 0..spec.runs {
@@ -129,17 +133,22 @@ pub async fn run(spec: &PlanBenchSpec) -> anyhow::Result<Vec<PlanFigures>> {
         let empty = distill_cache::store::open(&format!("{base}/cold"), true)?;
         cold.1
             .push(plan_once(&empty, &corpus, &teacher, n, wide).await?);
+        peaks[0] = peak_rss_mib();
         let full = distill_cache::store::open(&format!("{base}/warm"), true)?;
         fill(&full, &corpus, &teacher, n).await?;
         warm.1
             .push(plan_once(&full, &corpus, &teacher, n, wide).await?);
+        peaks[1] = peak_rss_mib();
+        let reuse = plan_once(&full, &shuffled, &teacher, n, wide).await?;
+        reused.1.push(reuse);
+        peaks[2] = peak_rss_mib();
         one.1.push(plan_once(&full, &corpus, &teacher, n, 1).await?);
-        reused
-            .1
-            .push(plan_once(&full, &shuffled, &teacher, n, wide).await?);
+        peaks[3] = peak_rss_mib();
         read.1.push(read_once(&corpus, n).await?);
+        peaks[4] = peak_rss_mib();
     }
-    for (case, mut t) in [cold, warm, reused, one, read] {
+    let cases = [cold, warm, reused, one, read];
+    for ((case, mut t), peak) in cases.into_iter().zip(peaks) {
         t.sort_by(|a, b| a.0.total_cmp(&b.0));
         let (seconds, shards) = t[t.len() / 2];
         out.push(PlanFigures {
@@ -150,6 +159,7 @@ pub async fn run(spec: &PlanBenchSpec) -> anyhow::Result<Vec<PlanFigures>> {
             seconds,
             rows_per_second: spec.rows as f64 / seconds,
             mb_per_second: bytes as f64 / 1e6 / seconds,
+            peak_rss_mib_after: peak,
         });
     }
     Ok(out)
@@ -211,6 +221,16 @@ async fn plan_once(
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+}
+
+/// This process's peak resident memory so far (`VmHWM`), MiB; 0 where /proc is not there.
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// Reads the corpus into shards: (seconds, shards).

@@ -220,8 +220,8 @@ pub struct CorpusReader {
     total: u64,
     done: bool,
     next_index: u64,
-    /// Where each id was first seen: (file, line).
-    seen_ids: HashMap<u64, (usize, u64)>,
+    /// Where each id (by a 64-bit hash) was first seen: [`place`] of (file, line), 16 bytes an id.
+    seen_ids: HashMap<u64, u64>,
     url: String,
     locator: &'static str,
     /// File names, for a corpus of several files (empty for one file).
@@ -585,7 +585,7 @@ impl CorpusReader {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         r.id.hash(&mut h);
         let key = h.finish();
-        if let Some(&(first_file, first)) = self.seen_ids.get(&key) {
+        if let Some(&(first_file, first)) = self.seen_ids.get(&key).map(unplace).as_ref() {
             let place = match self.names.get(first_file) {
                 Some(name) => format!("{name} {} {first}", self.locator),
                 None => format!("{} {first}", self.locator),
@@ -598,7 +598,7 @@ impl CorpusReader {
                 file: None,
             });
         } else {
-            self.seen_ids.insert(key, (file, r.line));
+            self.seen_ids.insert(key, place(file, r.line));
         }
     }
 }
@@ -612,6 +612,19 @@ pub async fn ids(spec: &CorpusSpec) -> Result<std::collections::HashSet<String>>
     }
     Ok(out)
 }
+
+/// A (file, line) in one number: the file's place in the top 20 bits, the line below (a later file or
+/// line than those bits hold is shown as the last they can).
+fn place(file: usize, line: u64) -> u64 {
+    ((file.min(LAST_FILE) as u64) << LINE_BITS) | line.min((1 << LINE_BITS) - 1)
+}
+
+fn unplace(p: &u64) -> (usize, u64) {
+    ((p >> LINE_BITS) as usize, p & ((1 << LINE_BITS) - 1))
+}
+
+const LINE_BITS: u32 = 44;
+const LAST_FILE: usize = (1 << (64 - LINE_BITS)) - 1;
 
 /// Opens a Parquet file of a corpus for reading (the text and id columns are chosen later).
 async fn parquet_builder(files: &CorpusFiles, i: usize) -> Result<Builder> {

@@ -147,9 +147,10 @@ pub struct ShardMeta {
     pub rows: u64,
     pub rejected_rows: u64,
     pub truncated_rows: u64,
-    /// Real tokens the teacher processed (no padding).
+    /// Real tokens of the shard's rows as the teacher reads them (no padding; copied rows included).
     pub tokens: u64,
-    /// Seconds of the device spent on the teacher forward passes of this shard.
+    /// What the shard's rows cost the teacher in device-seconds: its forward passes, plus each row
+    /// copied from another shard's share of that shard's ([`crate::rows`]).
     pub device_seconds: f64,
     pub device: String,
     pub created_unix: u64,

@@ -89,7 +89,8 @@ pub async fn write_keys<'a>(
 #[derive(Debug, Default)]
 pub struct RowIndex {
     shards: Vec<Fingerprint>,
-    rows: HashMap<RowKey, (u32, u32)>,
+    /// Row key (as two words: 24 bytes an entry, where a `u128` key would align to 32) → (shard, row).
+    rows: HashMap<[u64; 2], (u32, u32)>,
     /// Shards whose keys were rebuilt from their text columns while loading.
     pub rebuilt: usize,
 }
@@ -156,7 +157,7 @@ impl RowIndex {
 
     /// Where a row key's outputs are, if anywhere.
     pub fn get(&self, key: RowKey) -> Option<Source> {
-        self.rows.get(&key).map(|&(s, row)| Source {
+        self.rows.get(&words(key)).map(|&(s, row)| Source {
             shard: self.shards[s as usize].clone(),
             row,
         })
@@ -164,14 +165,14 @@ impl RowIndex {
 
     /// Records where a row key's outputs are (or will be); the first place recorded stays.
     pub fn insert(&mut self, key: RowKey, shard: &Fingerprint, row: u32) {
-        if self.rows.contains_key(&key) {
+        if self.rows.contains_key(&words(key)) {
             return;
         }
         if self.shards.last() != Some(shard) {
             self.shards.push(shard.clone());
         }
         let s = (self.shards.len() - 1) as u32;
-        self.rows.insert(key, (s, row));
+        self.rows.insert(words(key), (s, row));
     }
 
     /// The sources of a missed shard's rows, from their keys ([`row_keys`]): where each text is
@@ -189,6 +190,10 @@ impl RowIndex {
             })
             .collect()
     }
+}
+
+fn words(key: RowKey) -> [u64; 2] {
+    [(key >> 64) as u64, key as u64]
 }
 
 /// The keys of a shard's rows.

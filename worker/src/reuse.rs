@@ -61,6 +61,7 @@ impl Reused {
     pub fn assemble(self, fresh: LabeledShard) -> (Shard, LabeledShard, Reuse) {
         let ids = self.whole.rows.iter().map(|r| r.id.clone()).collect();
         let texts = self.whole.rows.iter().map(|r| r.text.clone()).collect();
+        let fresh_tokens = fresh.meta.tokens;
         let (meta, data, reuse) = rows::assemble(
             &self.gathered,
             &self.sources,
@@ -70,10 +71,13 @@ impl Reused {
             texts,
             fresh.data,
         );
+        // Copied rows count as their tokens, unpadded: the ledger's padding efficiency stays that
+        // of the teacher's batches over the shard.
+        let padded_tokens = fresh.padded_tokens + (meta.tokens - fresh_tokens);
         let labeled = LabeledShard {
             meta,
             data,
-            padded_tokens: fresh.padded_tokens,
+            padded_tokens,
         };
         (self.whole, labeled, reuse)
     }
