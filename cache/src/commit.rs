@@ -98,15 +98,25 @@ pub async fn commit_encoded(
     })
 }
 
-/// The metadata of a committed shard, read from its footer only; `None` if it is not committed.
+/// The bytes read from a shard's end to find its footer in one request (a shard's footer is a few KB).
+const FOOTER_GUESS: u64 = 64 * 1024;
+
+/// The metadata of a committed shard, read from its footer only; `None` if it is not committed. One
+/// store request (a read of the file's last bytes, which also gives its size) in the usual case.
 pub async fn shard_meta(loc: &Location, key: &ShardKey) -> Result<Option<(ShardMeta, u64)>> {
     let path = loc.child(&key.data_path());
-    let size = match loc.store.head(&path).await {
-        Ok(m) => m.size,
+    let opts = object_store::GetOptions {
+        range: Some(object_store::GetRange::Suffix(FOOTER_GUESS)),
+        ..Default::default()
+    };
+    let got = match loc.store.get_opts(&path, opts).await {
+        Ok(g) => g,
         Err(object_store::Error::NotFound { .. }) => return Ok(None),
         Err(e) => return Err(store_err(loc, &path, e)),
     };
-    let meta = read_meta_at(loc, &path, size).await?;
+    let size = got.meta.size;
+    let tail = got.bytes().await.map_err(|e| store_err(loc, &path, e))?;
+    let meta = meta_from_tail(loc, &path, size, tail).await?;
     // The address must agree with the content: a file copied to the wrong place is not a hit.
     if meta.shard_fingerprint != key.shard
         || meta.output_fingerprint != key.output
@@ -118,6 +128,50 @@ pub async fn shard_meta(loc: &Location, key: &ShardKey) -> Result<Option<(ShardM
         });
     }
     Ok(Some((meta, size)))
+}
+
+/// A shard's metadata from the last bytes of its file, reading more from the store if the footer is
+/// longer.
+async fn meta_from_tail(
+    loc: &Location,
+    path: &object_store::path::Path,
+    size: u64,
+    tail: bytes::Bytes,
+) -> Result<ShardMeta> {
+    use parquet::errors::ParquetError;
+    use parquet::file::metadata::ParquetMetaDataReader;
+    let name = loc.display(path);
+    let damaged = |source| CacheError::Parquet {
+        path: name.clone(),
+        source,
+    };
+    let mut reader = ParquetMetaDataReader::new();
+    match catch_parquet(|| reader.try_parse_sized(&tail, size)) {
+        Err(ParquetError::NeedMoreData(needed)) if (needed as u64) <= size => {
+            let start = size - needed as u64;
+            let more = loc
+                .store
+                .get_range(path, start..size)
+                .await
+                .map_err(|e| store_err(loc, path, e))?;
+            catch_parquet(|| reader.try_parse_sized(&more, size)).map_err(damaged)?;
+        }
+        r => r.map_err(damaged)?,
+    }
+    let metadata = reader.finish().map_err(damaged)?;
+    format::decode_meta(&name, metadata.file_metadata().key_value_metadata())
+}
+
+/// Runs a parse of the parquet crate, a panic in it (a damaged footer) turned into an error.
+fn catch_parquet<T>(
+    f: impl FnOnce() -> parquet::errors::Result<T>,
+) -> parquet::errors::Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|e| {
+        let why = format::panic_message(e.as_ref()).to_owned();
+        Err(parquet::errors::ParquetError::General(format!(
+            "a damaged footer ({why})"
+        )))
+    })
 }
 
 /// Reads the footer metadata of a shard file of known size.

@@ -220,38 +220,75 @@ async fn rebuild_keys(loc: &Location, key: ShardKey) -> Result<()> {
     write_keys(loc, &key, data.texts.iter().map(String::as_str)).await
 }
 
-/// The committed outputs of rows found elsewhere, read for one shard.
+/// The committed outputs of rows found elsewhere, read for one shard: of each source shard, only the
+/// rows it is asked for (memory: about one shard's worth, whatever the sources hold).
 #[derive(Debug, Default)]
 pub struct Gathered {
-    /// Source shards read, by fingerprint: their metadata and rows.
-    shards: HashMap<Fingerprint, (ShardMeta, ShardData)>,
+    shards: HashMap<Fingerprint, Taken>,
+}
+
+/// Rows taken from one source shard.
+#[derive(Debug)]
+struct Taken {
+    /// The rows, in the order asked.
+    data: ShardData,
+    /// Source row → its place in `data`.
+    at: HashMap<u32, usize>,
+    /// Each row's share of the source's device-seconds (by tokens).
+    shares: Vec<f64>,
+}
+
+impl Taken {
+    fn new(meta: &ShardMeta, source: &ShardData, rows: &[u32]) -> Self {
+        let rows: Vec<usize> = rows
+            .iter()
+            .map(|&r| r as usize)
+            .filter(|&r| r < source.rows())
+            .collect();
+        let parts: Vec<(&ShardData, usize)> = rows.iter().map(|&r| (source, r)).collect();
+        let data = ShardData {
+            ids: rows.iter().map(|&r| source.ids[r].clone()).collect(),
+            texts: rows.iter().map(|&r| source.texts[r].clone()).collect(),
+            tokens: rows.iter().map(|&r| source.tokens[r]).collect(),
+            truncated: rows.iter().map(|&r| source.truncated[r]).collect(),
+            values: gather_values(&parts),
+        };
+        Self {
+            shares: rows.iter().map(|&r| share(meta, source, r)).collect(),
+            at: rows
+                .iter()
+                .enumerate()
+                .map(|(i, &r)| (r as u32, i))
+                .collect(),
+            data,
+        }
+    }
 }
 
 /// Reads the source shards a staged shard's rows name (not the shard itself: rows pointing into it
-/// are copied from its own new rows). A source that is gone is passed over: its rows are labeled.
+/// are copied from its own new rows) and keeps the rows named. A source that is gone is passed over:
+/// its rows are labeled.
 pub async fn gather(
     loc: &Location,
     key: &ShardKey,
     sources: &[Option<Source>],
 ) -> Result<Gathered> {
-    let wanted: HashSet<&Fingerprint> = sources
-        .iter()
-        .flatten()
-        .map(|s| &s.shard)
-        .filter(|s| **s != key.shard)
-        .collect();
-    let read = |shard: Fingerprint| async move {
+    let mut wanted: HashMap<Fingerprint, Vec<u32>> = HashMap::new();
+    for s in sources.iter().flatten().filter(|s| s.shard != key.shard) {
+        wanted.entry(s.shard.clone()).or_default().push(s.row);
+    }
+    let read = |(shard, rows): (Fingerprint, Vec<u32>)| async move {
         let k = ShardKey {
             shard: shard.clone(),
             ..key.clone()
         };
         match commit::read_shard(loc, &k).await {
-            Ok(found) => Ok(Some((shard, found))),
+            Ok((meta, data)) => Ok(Some((shard, Taken::new(&meta, &data, &rows)))),
             Err(CacheError::Store { reason, .. }) if reason.starts_with("not found") => Ok(None),
             Err(e) => Err(e),
         }
     };
-    let found: Vec<Option<_>> = futures::stream::iter(wanted.into_iter().cloned().map(read))
+    let found: Vec<Option<_>> = futures::stream::iter(wanted.into_iter().map(read))
         .buffer_unordered(8)
         .try_collect()
         .await?;
@@ -287,8 +324,9 @@ impl Gathered {
                         _ => None,
                     });
                 }
-                let (_, data) = self.shards.get(&s.shard)?;
-                (data.texts.get(row).map(String::as_str) == Some(*text)).then_some(Plan::Copy)
+                let taken = self.shards.get(&s.shard)?;
+                let at = *taken.at.get(&(row as u32))?;
+                (taken.data.texts[at] == *text).then_some(Plan::Copy)
             });
             plans.push(usable.unwrap_or_else(|| {
                 fresh += 1;
@@ -337,10 +375,11 @@ pub fn assemble(
             },
             Plan::Copy => {
                 let s = sources[i].as_ref().expect("a copied row has a source");
-                let (m, data) = &gathered.shards[&s.shard];
+                let taken = &gathered.shards[&s.shard];
+                let at = taken.at[&s.row];
                 reuse.rows += 1;
-                reuse.seconds += share(m, data, s.row as usize);
-                (data, s.row as usize)
+                reuse.seconds += taken.shares[at];
+                (&taken.data, at)
             }
         });
     }
@@ -460,10 +499,14 @@ mod tests {
         let mut meta = tests_support::meta(crate::spec::Dtype::F32, 2);
         meta.device_seconds = 2.0;
         let source = data(&["old", "older"], topk(&[(100, 2), (200, 3)]));
+        let taken = Taken::new(&meta, &source, &[1, 0]);
+        assert_eq!(
+            taken.data.texts,
+            ["older", "old"],
+            "only the rows asked, in that order"
+        );
         let gathered = Gathered {
-            shards: [(src.clone(), (meta.clone(), source))]
-                .into_iter()
-                .collect(),
+            shards: [(src.clone(), taken)].into_iter().collect(),
         };
         // Rows: new, copy of "older", duplicate of "new", "gone" whose source text differs.
         let texts = ["new", "older", "new", "gone"];
