@@ -163,9 +163,7 @@ async fn meta_from_tail(
 }
 
 /// Runs a parse of the parquet crate, a panic in it (a damaged footer) turned into an error.
-fn catch_parquet<T>(
-    f: impl FnOnce() -> parquet::errors::Result<T>,
-) -> parquet::errors::Result<T> {
+fn catch_parquet<T>(f: impl FnOnce() -> parquet::errors::Result<T>) -> parquet::errors::Result<T> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|e| {
         let why = format::panic_message(e.as_ref()).to_owned();
         Err(parquet::errors::ParquetError::General(format!(

@@ -18,7 +18,9 @@
 //! for JSONL and text, `row-<n>` (0-based row) for Parquet, prefixed with the file's name
 //! (`part-0.jsonl:line-3`) in a corpus of several files.
 //!
-//! Reading streams: memory holds one shard plus a bounded read-ahead, whatever the corpus size. A
+//! Reading streams: memory holds one shard plus a bounded read-ahead (of up to four files at once,
+//! each a bounded queue of entries), and the ids seen so far (16 bytes each, for the duplicate-id
+//! check: the one part that grows with the corpus). A
 //! JSONL or text line longer than the spec's row limit ([`DEFAULT_MAX_ROW_BYTES`] unless set) is a
 //! reject, read past without being held: one line of gigabytes inside a small compressed file costs
 //! the limit, not the line.
