@@ -116,6 +116,7 @@ pub async fn server(shards: u64) -> anyhow::Result<()> {
             rejects_file: None,
             first_rejects: Vec::new(),
             status: PlannedStatus::ToLabel,
+            after: None,
         }),
     );
     coord.start();

@@ -204,6 +204,51 @@ pub async fn read_shard(loc: &Location, key: &ShardKey) -> Result<(ShardMeta, Sh
     format::decode(&loc.display(&path), bytes)
 }
 
+/// The `text` column of a committed shard alone (its other columns are not read).
+pub async fn read_texts(loc: &Location, key: &ShardKey) -> Result<Vec<String>> {
+    use futures::TryStreamExt;
+    let path = loc.child(&key.data_path());
+    let name = loc.display(&path);
+    let damaged = |source| CacheError::Parquet {
+        path: name.clone(),
+        source,
+    };
+    let size = loc
+        .store
+        .head(&path)
+        .await
+        .map_err(|e| store_err(loc, &path, e))?
+        .size;
+    let reader = crate::parquet_io::ObjectReader::new(loc.store.clone(), path.clone(), size);
+    let builder = parquet::arrow::ParquetRecordBatchStreamBuilder::new(reader)
+        .await
+        .map_err(damaged)?;
+    let mask = parquet::arrow::ProjectionMask::columns(builder.parquet_schema(), ["text"]);
+    let batches: Vec<arrow_array::RecordBatch> = builder
+        .with_projection(mask)
+        .build()
+        .map_err(damaged)?
+        .try_collect()
+        .await
+        .map_err(damaged)?;
+    let mut texts = Vec::new();
+    for b in &batches {
+        let col = b.column_by_name("text").ok_or_else(|| CacheError::Shard {
+            path: name.clone(),
+            reason: "no text column".into(),
+        })?;
+        let strings = col
+            .as_any()
+            .downcast_ref::<arrow_array::StringArray>()
+            .ok_or_else(|| CacheError::Shard {
+                path: name.clone(),
+                reason: format!("text column is {}, not utf8", col.data_type()),
+            })?;
+        texts.extend(strings.iter().map(|t| t.unwrap_or_default().to_owned()));
+    }
+    Ok(texts)
+}
+
 /// Reads the rejects record of a shard (empty if it has none).
 pub async fn read_rejects(loc: &Location, key: &ShardKey) -> Result<Vec<Reject>> {
     let path = loc.child(&key.rejects_path());

@@ -17,8 +17,9 @@
 //! shard a [`Source`] when some committed shard holds its text (or an earlier row of this job will);
 //! the worker copies those rows' outputs ([`gather`], [`assemble`]) and runs the teacher only on the
 //! rest. The new shard is committed whole, as any other: readers, manifests and the commit protocol
-//! do not change. Exact duplicates within a shard are labeled once; a duplicate of a row in an earlier
-//! shard of the same job is copied if that shard is committed by the time its copy is labeled.
+//! do not change. Exact duplicates within a shard are labeled once; a shard with a duplicate of a row
+//! an earlier shard of the same job labels waits for that shard ([`RowIndex::sources`] names it, the
+//! scheduler leases it after), then copies it.
 
 use crate::commit::{self, put_if_absent};
 use crate::fingerprint::{Fingerprint, Hasher};
@@ -91,6 +92,9 @@ pub struct RowIndex {
     shards: Vec<Fingerprint>,
     /// Row key (as two words: 24 bytes an entry, where a `u128` key would align to 32) → (shard, row).
     rows: HashMap<[u64; 2], (u32, u32)>,
+    /// Shards of the running job whose new rows are recorded here (by place in `shards`), with
+    /// their index in the job: they are not committed yet.
+    staged: HashMap<u32, u64>,
     /// Shards whose keys were rebuilt from their text columns while loading.
     pub rebuilt: usize,
 }
@@ -177,18 +181,37 @@ impl RowIndex {
 
     /// The sources of a missed shard's rows, from their keys ([`row_keys`]): where each text is
     /// already, or, for the first of duplicates within the shard or the job, `None` — it is labeled,
-    /// and recorded for those after it.
-    pub fn sources(&mut self, shard: &Fingerprint, keys: &[RowKey]) -> Vec<Option<Source>> {
-        keys.iter()
+    /// and recorded for those after it. Also the latest earlier shard of the job (`index`: this
+    /// one's) that a row copies from, which must be done first.
+    pub fn sources(
+        &mut self,
+        shard: &Fingerprint,
+        index: u64,
+        keys: &[RowKey],
+    ) -> (Vec<Option<Source>>, Option<u64>) {
+        let mut after = None;
+        let sources = keys
+            .iter()
             .enumerate()
-            .map(|(row, &key)| {
-                let found = self.get(key);
-                if found.is_none() {
-                    self.insert(key, shard, row as u32);
+            .map(|(row, &key)| match self.rows.get(&words(key)).copied() {
+                Some((s, r)) => {
+                    if let Some(&i) = self.staged.get(&s).filter(|&&i| i != index) {
+                        after = after.max(Some(i));
+                    }
+                    Some(Source {
+                        shard: self.shards[s as usize].clone(),
+                        row: r,
+                    })
                 }
-                found
+                None => {
+                    self.insert(key, shard, row as u32);
+                    let s = (self.shards.len() - 1) as u32;
+                    self.staged.insert(s, index);
+                    None
+                }
             })
-            .collect()
+            .collect();
+        (sources, after)
     }
 }
 
@@ -214,10 +237,10 @@ async fn read_keys(loc: &Location, key: ShardKey) -> Result<(Fingerprint, Vec<Ro
     Ok((key.shard, keys))
 }
 
-/// Writes a shard's missing row-key object from its text column.
+/// Writes a shard's missing row-key object from its text column (read alone).
 async fn rebuild_keys(loc: &Location, key: ShardKey) -> Result<()> {
-    let (_, data) = commit::read_shard(loc, &key).await?;
-    write_keys(loc, &key, data.texts.iter().map(String::as_str)).await
+    let texts = commit::read_texts(loc, &key).await?;
+    write_keys(loc, &key, texts.iter().map(String::as_str)).await
 }
 
 /// The committed outputs of rows found elsewhere, read for one shard: of each source shard, only the
@@ -448,7 +471,11 @@ mod tests {
         let mut index = RowIndex::default();
         let (a, b) = (fp("a"), fp("b"));
         let keys: Vec<RowKey> = ["x", "y", "x"].iter().map(|t| row_key(t)).collect();
-        let first = index.sources(&a, &keys);
+        let (first, after) = index.sources(&a, 0, &keys);
+        assert_eq!(
+            after, None,
+            "a duplicate in its own shard waits for nothing"
+        );
         assert_eq!(first[..2], [None, None]);
         assert_eq!(
             first[2],
@@ -458,8 +485,13 @@ mod tests {
             }),
             "a duplicate in the shard"
         );
-        let second = index.sources(&b, &[row_key("y"), row_key("z")]);
+        let (second, after) = index.sources(&b, 1, &[row_key("y"), row_key("z")]);
         assert_eq!(second, [Some(Source { shard: a, row: 1 }), None]);
+        assert_eq!(
+            after,
+            Some(0),
+            "a row of shard 0, staged by this job: shard 0 goes first"
+        );
         assert_eq!(index.len(), 3);
         assert_ne!(row_key("x"), row_key("x "));
     }

@@ -183,6 +183,23 @@ async fn reuse_cases(store: &str, place: Place) {
     }
     let got = outputs_by_text(store, &s, &texts).await;
     assert_eq!(got.len(), 8);
+
+    // Duplicates across shards of one job: the second shard waits for the first and copies it.
+    let cross: Vec<_> = (0..48)
+        .map(|i| {
+            (
+                format!("cross-{i}"),
+                format!("a review seen in two shards {}", i % 16),
+            )
+        })
+        .collect();
+    let s = label(&place.put("cross.jsonl", jsonl(&cross)).await);
+    assert_eq!(num(&s, "shards_labeled"), 3);
+    assert_eq!(
+        num(&s, "rows_reused"),
+        32,
+        "shards 1 and 2 copy shard 0: {s}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

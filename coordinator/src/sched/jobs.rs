@@ -120,6 +120,7 @@ impl Scheduler {
             last_error: String::new(),
             leases: Vec::new(),
             speculated: false,
+            after: p.after.map(|a| a as u32),
         };
         match p.status {
             PlannedStatus::ToLabel => {

@@ -43,8 +43,15 @@ impl Scheduler {
 
     pub(super) fn next_ready(&mut self, seq: u64, now: Instant) -> Option<u32> {
         let job = self.jobs.get_mut(&seq)?;
-        while let Some(i) = job.ready.pop_front() {
-            if job.slots[i as usize].state == SlotState::Pending {
+        // Entries no longer pending go; a shard waiting for another keeps its place.
+        let mut k = 0;
+        while let Some(&i) = job.ready.get(k) {
+            if job.slots[i as usize].state != SlotState::Pending {
+                job.ready.remove(k);
+            } else if job.waits(i) {
+                k += 1;
+            } else {
+                job.ready.remove(k);
                 return Some(i);
             }
         }

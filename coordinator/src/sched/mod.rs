@@ -138,6 +138,9 @@ pub struct PlannedShard {
     /// Its first rejected entries as `corpus:line: reason` (at most [`FIRST_REJECTS`]).
     pub first_rejects: Vec<String>,
     pub status: PlannedStatus,
+    /// A shard of the same job, planned before, whose new rows this one copies: it is leased only
+    /// once that one is done (or has failed), so a text is labeled once in the job.
+    pub after: Option<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -209,6 +212,8 @@ struct Slot {
     last_error: String,
     leases: Vec<u64>,
     speculated: bool,
+    /// [`PlannedShard::after`].
+    after: Option<u32>,
 }
 
 #[derive(Debug)]
@@ -415,6 +420,19 @@ impl Scheduler {
 }
 
 /// Adds a shard's figures (saturating: a worker's report cannot overflow the ledger).
+impl Job {
+    /// Whether slot `i` waits for the shard it copies from (still pending or leased).
+    fn waits(&self, i: u32) -> bool {
+        let after = self.slots[i as usize].after;
+        after.is_some_and(|a| {
+            matches!(
+                self.slots.get(a as usize).map(|s| s.state),
+                Some(SlotState::Pending | SlotState::Leased)
+            )
+        })
+    }
+}
+
 fn add_stats(l: &mut Ledger, s: &ShardStats) {
     l.shards_labeled += 1;
     l.tokens = l.tokens.saturating_add(s.tokens);

@@ -23,6 +23,11 @@ fn sched(speculate: Option<u64>) -> (Scheduler, Instant) {
 }
 
 fn job(s: &mut Scheduler, id: &str, teacher: &str, shards: u64, now: Instant) {
+    job_after(s, id, teacher, &vec![None; shards as usize], now);
+}
+
+/// A job of `after.len()` shards, shard `i` planned to wait for shard `after[i]`.
+fn job_after(s: &mut Scheduler, id: &str, teacher: &str, after: &[Option<u64>], now: Instant) {
     s.add_job(
         JobRecord::new(
             id.into(),
@@ -50,7 +55,8 @@ fn job(s: &mut Scheduler, id: &str, teacher: &str, shards: u64, now: Instant) {
         ),
         now,
     );
-    for i in 0..shards {
+    for (i, &after) in after.iter().enumerate() {
+        let i = i as u64;
         s.add_shard(
             id,
             PlannedShard {
@@ -62,6 +68,7 @@ fn job(s: &mut Scheduler, id: &str, teacher: &str, shards: u64, now: Instant) {
                 rejects_file: None,
                 first_rejects: Vec::new(),
                 status: PlannedStatus::ToLabel,
+                after,
             },
         );
     }
@@ -99,6 +106,28 @@ fn every_shard_is_leased_once_and_the_job_finalizes_after_the_last() {
         (3, 300, 15)
     );
     assert_eq!(v.ledger.teacher_seconds, 4.5);
+}
+
+/// A shard that copies rows another shard of the job labels waits for it; the shards behind it do not.
+#[test]
+fn a_shard_that_copies_from_an_earlier_one_waits_for_it() {
+    let (mut s, t) = sched(None);
+    job_after(&mut s, "k", "T", &[None, None, Some(0), None], t);
+    let (w, _) = s.register("a".into(), vec![], vec![], t);
+    let first = s.lease(&w, &[], t).unwrap().unwrap();
+    let second = s.lease(&w, &[], t).unwrap().unwrap();
+    let third = s.lease(&w, &[], t).unwrap().unwrap();
+    assert_eq!(
+        (first.index, second.index, third.index),
+        (0, 1, 3),
+        "2 waits for 0"
+    );
+    assert!(
+        s.lease(&w, &[], t).unwrap().is_none(),
+        "only 2 is left, and 0 is not done"
+    );
+    s.complete(&w, &first.lease_id, stats(), t).unwrap();
+    assert_eq!(s.lease(&w, &[], t).unwrap().unwrap().index, 2);
 }
 
 #[test]
@@ -389,6 +418,7 @@ fn a_lease_restated_before_its_shard_is_planned_again_is_kept_for_its_worker() {
                 rejects_file: None,
                 first_rejects: Vec::new(),
                 status: PlannedStatus::ToLabel,
+                after: None,
             },
         );
     }

@@ -126,8 +126,8 @@ impl Coordinator {
                         Some(i) => i,
                         None => index.insert(self.load_index(job).await?),
                     };
-                    let sources = index.sources(&shard.fingerprint, &keys);
-                    self.stage(job, shard, sources, progress).boxed()
+                    let (sources, after) = index.sources(&shard.fingerprint, shard.index, &keys);
+                    self.stage(job, shard, sources, progress, after).boxed()
                 }
             };
             queue.push_back(planned);
@@ -245,6 +245,7 @@ impl Coordinator {
         shard: Shard,
         sources: Vec<Option<distill_cache::rows::Source>>,
         progress: u64,
+        after: Option<u64>,
     ) -> Result<Option<PlannedShard>, PlanError> {
         let store = &self.store;
         patiently("staging a shard", || {
@@ -256,7 +257,8 @@ impl Coordinator {
             let _ = jobs::delete_rel(store, &jobs::input_path(job.id, shard.index)).await;
             return Ok(None);
         }
-        Ok(Some(job.planned(&shard, progress, PlannedStatus::ToLabel)))
+        let planned = job.planned(&shard, progress, PlannedStatus::ToLabel);
+        Ok(Some(PlannedShard { after, ..planned }))
     }
 }
 
@@ -315,6 +317,7 @@ impl Job<'_> {
                 .map(|r| format!("{}: {}", r.place(url, self.locator), r.reason))
                 .collect(),
             status,
+            after: None,
         }
     }
 }
