@@ -1,6 +1,7 @@
 //! Row reuse and corpora of many files, against the local filesystem and SeaweedFS S3: rows labeled
 //! once are copied into the shards of a corpus that holds them prepended to, shuffled, sampled, split
-//! over files or renamed; only new rows go through the teacher.
+//! over files or renamed; only new rows go through the teacher. And planning with writes in flight,
+//! cancelled midway.
 
 use crate::common::*;
 use std::collections::HashMap;
@@ -360,4 +361,75 @@ fn a_pyarrow_parquet_dataset_labels_as_one_corpus() {
     let none = format!("{}/*.txt", data.display());
     let err = expect_error(&label_args(&none, model, &store, &[]));
     assert!(err.contains("no file matches \"*.txt\""), "{err}");
+}
+
+/// A job cancelled while it is being planned — lookups and staged writes in flight — leaves no
+/// staged input behind once it has ended.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_cancelled_while_planning_leaves_no_staged_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_encoder(dir.path());
+    let corpus = dir.path().join("big.jsonl");
+    let rows: Vec<_> = (0..20_000)
+        .map(|i| {
+            (
+                format!("b{i}"),
+                format!("row {i} of a corpus cancelled early"),
+            )
+        })
+        .collect();
+    std::fs::write(&corpus, jsonl(&rows)).unwrap();
+    let store =
+        distill_cache::store::open(dir.path().join("cache").to_str().unwrap(), true).unwrap();
+    let settings = distill_coordinator::Settings {
+        resume: false,
+        ..Default::default()
+    };
+    let coord = distill_coordinator::Coordinator::new(store.clone(), settings);
+    coord.start();
+    while !coord.is_ready() {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let mut spec = distill_coordinator::JobSpec {
+        corpus: distill_cache::corpus::CorpusSpec::new(corpus.to_str().unwrap()),
+        teacher: model.to_str().unwrap().into(),
+        store: String::new(),
+        output: "embeddings".into(),
+        dtype: "f32".into(),
+        top_k: 0,
+        samples: 0,
+        window: 0,
+        stride: 0,
+        prompt: None,
+        shard_size: 2,
+        strict: false,
+        max_attempts: 3,
+        precision: String::new(),
+    };
+    spec.store = store.url.clone();
+    let id = coord.submit(spec).await.unwrap().info.job_id;
+    // Cancel once some shards are staged, while the rest are being planned.
+    while coord.view(&id).unwrap().ledger.shards < 20 {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    let view = coord.cancel(&id).await.unwrap();
+    assert!(!view.planned, "cancelled before planning ended");
+    let inputs = store.child(&distill_cache::jobs::inputs_dir(&id));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let v = coord.view(&id).unwrap();
+        let left = distill_cache::catalog::list_under(&store, &inputs)
+            .await
+            .unwrap();
+        if v.finished_unix_ms > 0 && v.planned && left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "staged inputs left after the cancelled job ended: {} (planned {})",
+            left.len(),
+            v.planned
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }

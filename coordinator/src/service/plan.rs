@@ -99,7 +99,8 @@ impl Coordinator {
         let mut previous_progress = 0;
         while let Some((shard, found)) = looked.try_next().await? {
             if !self.sched().is_running(id) {
-                return Ok(());
+                // Cancelled: the writes in flight finish (and delete what they staged) first.
+                return self.flush(id, &mut queue, 0).await;
             }
             job.check_strict(&shard)?;
             let progress = shard.progress.saturating_sub(previous_progress);
@@ -120,7 +121,7 @@ impl Coordinator {
                     }
                     match permits.acquire().await {
                         Ok(p) => p.forget(),
-                        Err(_) => return Ok(()), // job ended
+                        Err(_) => return self.flush(id, &mut queue, 0).await, // job ended
                     }
                     let index = match &mut index {
                         Some(i) => i,
@@ -136,7 +137,8 @@ impl Coordinator {
         self.flush(id, &mut queue, 0).await
     }
 
-    /// Adds finished shards to the scheduler, in order, until at most `left` are in flight.
+    /// Adds finished shards to the scheduler, in order, until at most `left` are in flight (a job
+    /// that ended takes none: they are only waited for).
     async fn flush(
         &self,
         id: &str,
@@ -144,9 +146,8 @@ impl Coordinator {
         left: usize,
     ) -> Result<(), PlanError> {
         while queue.len() > left {
-            match queue.next().await.expect("not empty")? {
-                Some(planned) => self.sched().add_shard(id, planned),
-                None => return Ok(()), // cancelled
+            if let Some(planned) = queue.next().await.expect("not empty")? {
+                self.sched().add_shard(id, planned);
             }
         }
         Ok(())
