@@ -78,17 +78,14 @@ pub struct PlanBenchArgs {
 }
 
 async fn plan(args: PlanBenchArgs) -> anyhow::Result<()> {
-    let scratch = std::env::temp_dir().join(format!("distill-bench-plan-{}", std::process::id()));
     let spec = distill_bench::plan::PlanBenchSpec {
         rows: args.rows,
         store: args.store.clone(),
         shard_size: args.shard_size,
         runs: args.runs.max(1),
-        work_dir: args.work_dir.clone().unwrap_or_else(|| scratch.clone()),
+        work_dir: args.work_dir.clone(),
     };
-    let figures = distill_bench::plan::run(&spec).await;
-    let _ = std::fs::remove_dir_all(&scratch);
-    let figures = figures?;
+    let figures = distill_bench::plan::run(&spec).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&figures)?);
         return Ok(());

@@ -3,11 +3,10 @@
 
 use crate::remote::RemoteArgs;
 use crate::report::{bytes, count};
-use anyhow::Context;
 use clap::Args;
 use distill_cache::corpus::{CorpusSpec, Format};
 use distill_cache::format::OutputRequest;
-use distill_cache::spec::{Choice, Dtype, OutputKind, PromptSpec};
+use distill_cache::spec::{Dtype, OutputKind, PromptSpec};
 use distill_coordinator::JobSummary;
 use distill_label::{LabelSpec, TeacherSpec};
 use distill_teacher::{DeviceSpec, Resident};
@@ -132,47 +131,15 @@ pub struct OutputArgs {
 impl OutputArgs {
     /// The prompt of `--prompt`/`--choice` (the template read from @FILE), or `None`.
     pub fn prompt_spec(&self) -> anyhow::Result<Option<PromptSpec>> {
-        let Some(t) = &self.prompt else {
-            if !self.choices.is_empty()
-                || self.chat
-                || self.system.is_some()
-                || !self.answer_prefix.is_empty()
-                || self.length_normalize
-            {
-                anyhow::bail!(
-                    "--choice, --chat, --system, --answer-prefix and --length-normalize need --prompt"
-                );
-            }
-            return Ok(None);
-        };
-        if self.system.is_some() && !self.chat {
-            anyhow::bail!("--system is the chat's system message: it needs --chat");
-        }
-        let template = match t.strip_prefix('@') {
-            Some(path) => std::fs::read_to_string(path)
-                .with_context(|| format!("--prompt @{path}: cannot read the file"))?,
-            None => t.clone(),
-        };
-        let choices = self
-            .choices
-            .iter()
-            .map(|c| {
-                c.split_once('=')
-                    .map(|(l, t)| Choice {
-                        label: l.to_owned(),
-                        continuation: t.to_owned(),
-                    })
-                    .ok_or_else(|| anyhow::anyhow!("--choice {c:?}: write LABEL=CONTINUATION"))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        Ok(Some(PromptSpec {
-            template,
-            choices,
+        let flags = distill_cache::spec::PromptFlags {
+            prompt: self.prompt.as_deref(),
+            choices: &self.choices,
             chat: self.chat,
-            system: self.system.clone(),
-            answer_prefix: self.answer_prefix.clone(),
+            system: self.system.as_deref(),
+            answer_prefix: &self.answer_prefix,
             length_normalize: self.length_normalize,
-        }))
+        };
+        flags.spec().map_err(anyhow::Error::msg)
     }
 
     /// The request, with 0 for what the teacher decides.

@@ -330,25 +330,12 @@ async fn suggest(args: &SuggestArgs) -> anyhow::Result<()> {
     let loc = store::open(&args.cache, false)?;
     let record = distill_cache::task::read_task(&loc, &args.task).await?;
     let student = match &args.student {
-        Some(dir) => {
-            let (dir, device, t) = (dir.clone(), args.device.clone(), record.clone());
-            Some(
-                tokio::task::spawn_blocking(move || Predictor::load_for_task(&dir, &device, &t))
-                    .await??,
-            )
-        }
+        Some(dir) => Some(Predictor::load_for_task_async(dir, &args.device, &record).await?),
         None => None,
     };
     let student = student.map(|s| Box::new(s) as Box<dyn distill_tasks::suggest::Classifier>);
     let found = distill_tasks::suggest::for_task(&loc, &record, args.n, student, None).await?;
-    let lines = found
-        .iter()
-        .map(|s| {
-            let mut v = serde_json::to_value(s)?;
-            v["label"] = "".into();
-            Ok(serde_json::to_string(&v)?)
-        })
-        .collect::<anyhow::Result<Vec<String>>>()?;
+    let lines = distill_tasks::suggest::to_jsonl(&found);
     distill_student_trainer::predict::write_lines(&args.out, &lines)?;
     eprintln!(
         "{} suggestions for task {}{}: fill in each \"label\" and add them with `distill task fit --cache {} --name {} --add --labels FILE`",

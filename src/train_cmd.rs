@@ -182,7 +182,7 @@ pub async fn run(args: TrainArgs) -> anyhow::Result<()> {
         );
     };
     let task = distill_cache::task::read_task(&loc, name).await?;
-    let exclude = excluded(args.exclude.as_deref()).await?;
+    let exclude = distill_tasks::labels::excluded(args.exclude.as_deref()).await?;
     let started = std::time::Instant::now();
     let info = recipe::train(&loc, &task, &args.spec(exclude)?, None, bars(true)).await?;
     println!(
@@ -217,7 +217,7 @@ async fn run_lm(loc: &Location, args: &TrainArgs) -> anyhow::Result<()> {
         teacher_fingerprint: args.teacher_fingerprint.clone(),
         output: args.output.clone(),
         teacher: args.teacher.clone(),
-        exclude: excluded(args.exclude.as_deref()).await?,
+        exclude: distill_tasks::labels::excluded(args.exclude.as_deref()).await?,
         options: LmOptions {
             layers: args.layers(),
             from_teacher: !args.random_init,
@@ -310,17 +310,4 @@ impl TrainArgs {
         }
         Ok(self.spec(HashSet::new())?.validate()?)
     }
-}
-
-/// The ids `--exclude` names: an ids file, or the rows of a corpus of several files.
-async fn excluded(path: Option<&std::path::Path>) -> anyhow::Result<HashSet<String>> {
-    let Some(p) = path else {
-        return Ok(HashSet::new());
-    };
-    let name = p.to_string_lossy();
-    if p.is_dir() || name.contains("://") || name.contains(['*', '?', '[']) {
-        let spec = distill_cache::corpus::CorpusSpec::new(name.as_ref());
-        return Ok(distill_cache::corpus::ids(&spec).await?);
-    }
-    Ok(distill_tasks::labels::read_ids(p)?)
 }

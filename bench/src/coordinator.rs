@@ -86,20 +86,13 @@ pub async fn server(shards: u64) -> anyhow::Result<()> {
         JobRecord::new(
             "job-bench".into(),
             JobSpec {
-                corpus: distill_cache::corpus::CorpusSpec::new("bench.jsonl"),
-                teacher: "bench-teacher".into(),
                 store: coord.store().url.clone(),
-                output: "embeddings".into(),
-                dtype: "f32".into(),
-                top_k: 0,
-                samples: 0,
-                window: 0,
-                stride: 0,
-                prompt: None,
-                shard_size: 1000,
-                strict: false,
                 max_attempts: 3,
-                precision: String::new(),
+                ..JobSpec::embeddings(
+                    distill_cache::corpus::CorpusSpec::new("bench.jsonl"),
+                    "bench-teacher",
+                    1000,
+                )
             },
             distill_cache::spec::OutputSpec::Embeddings {
                 dtype: distill_cache::spec::Dtype::F32,

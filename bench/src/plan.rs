@@ -37,8 +37,8 @@ pub struct PlanBenchSpec {
     pub shard_size: u64,
     /// Runs of each case (the median is reported).
     pub runs: usize,
-    /// Where the corpus and the tiny teacher are written.
-    pub work_dir: std::path::PathBuf,
+    /// Where the corpus and the tiny teacher are written (`None`: a temporary folder, removed after).
+    pub work_dir: Option<std::path::PathBuf>,
 }
 
 /// One case's figures.
@@ -100,10 +100,21 @@ fn gcd(a: usize, b: usize) -> usize {
     }
 }
 
-/// Runs the three cases.
+/// Runs every case.
 pub async fn run(spec: &PlanBenchSpec) -> anyhow::Result<Vec<PlanFigures>> {
-    std::fs::create_dir_all(&spec.work_dir)?;
-    let teacher = spec.work_dir.join("tiny-encoder");
+    let scratch = std::env::temp_dir().join(format!("distill-bench-plan-{}", std::process::id()));
+    let work_dir = spec.work_dir.clone().unwrap_or_else(|| scratch.clone());
+    let figures = run_in(spec, &work_dir).await;
+    let _ = std::fs::remove_dir_all(&scratch);
+    figures
+}
+
+async fn run_in(
+    spec: &PlanBenchSpec,
+    work_dir: &std::path::Path,
+) -> anyhow::Result<Vec<PlanFigures>> {
+    std::fs::create_dir_all(work_dir)?;
+    let teacher = work_dir.join("tiny-encoder");
     distill_teacher::fixtures::write_tiny_bert(
         &teacher,
         &distill_teacher::fixtures::TinyKind::SentenceEncoder {
@@ -114,7 +125,7 @@ pub async fn run(spec: &PlanBenchSpec) -> anyhow::Result<Vec<PlanFigures>> {
     )
     .map_err(|e| anyhow::anyhow!("the tiny teacher: {e}"))?;
     let teacher = teacher.display().to_string();
-    let (corpus, shuffled) = write_corpora(&spec.work_dir, spec.rows)?;
+    let (corpus, shuffled) = write_corpora(work_dir, spec.rows)?;
     let bytes = std::fs::metadata(&corpus)?.len();
     let mut out = vec![];
     let times = |case| (case, Vec::with_capacity(spec.runs));
@@ -165,25 +176,6 @@ pub async fn run(spec: &PlanBenchSpec) -> anyhow::Result<Vec<PlanFigures>> {
     Ok(out)
 }
 
-fn job_spec(corpus: &str, teacher: &str, shard_size: u64) -> JobSpec {
-    JobSpec {
-        corpus: CorpusSpec::new(corpus),
-        teacher: teacher.into(),
-        store: String::new(),
-        output: "embeddings".into(),
-        dtype: "f32".into(),
-        top_k: 0,
-        samples: 0,
-        window: 0,
-        stride: 0,
-        prompt: None,
-        shard_size,
-        strict: false,
-        max_attempts: 3,
-        precision: String::new(),
-    }
-}
-
 /// Submits one job to a coordinator without workers and waits until it is planned: (seconds, shards).
 async fn plan_once(
     store: &Location,
@@ -205,7 +197,11 @@ async fn plan_once(
     }
     let started = Instant::now();
     let view = coord
-        .submit(job_spec(corpus, teacher, shard_size))
+        .submit(JobSpec::embeddings(
+            CorpusSpec::new(corpus),
+            teacher,
+            shard_size,
+        ))
         .await
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let id = view.info.job_id;

@@ -222,6 +222,63 @@ pub struct Choice {
     pub continuation: String,
 }
 
+/// A prompt as `distill label`'s flags give it: `--prompt` (a template, or `@FILE`), each `--choice
+/// LABEL=CONTINUATION`, `--chat`, `--system`, `--answer-prefix`, `--length-normalize`.
+#[derive(Clone, Copy, Debug)]
+pub struct PromptFlags<'a> {
+    pub prompt: Option<&'a str>,
+    pub choices: &'a [String],
+    pub chat: bool,
+    pub system: Option<&'a str>,
+    pub answer_prefix: &'a str,
+    pub length_normalize: bool,
+}
+
+impl PromptFlags<'_> {
+    /// The prompt they describe (the template read from `@FILE`), `None` without `--prompt`; an
+    /// error naming the flag when they do not fit together.
+    pub fn spec(&self) -> std::result::Result<Option<PromptSpec>, String> {
+        let Some(t) = self.prompt else {
+            let prompted = !self.choices.is_empty()
+                || self.chat
+                || self.system.is_some()
+                || !self.answer_prefix.is_empty()
+                || self.length_normalize;
+            return match prompted {
+                true => Err("--choice, --chat, --system, --answer-prefix and --length-normalize need --prompt".into()),
+                false => Ok(None),
+            };
+        };
+        if self.system.is_some() && !self.chat {
+            return Err("--system is the chat's system message: it needs --chat".into());
+        }
+        let template = match t.strip_prefix('@') {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|e| format!("--prompt @{path}: cannot read the file: {e}"))?,
+            None => t.to_owned(),
+        };
+        let choices = self
+            .choices
+            .iter()
+            .map(|c| match c.split_once('=') {
+                Some((l, t)) => Ok(Choice {
+                    label: l.to_owned(),
+                    continuation: t.to_owned(),
+                }),
+                None => Err(format!("--choice {c:?}: write LABEL=CONTINUATION")),
+            })
+            .collect::<std::result::Result<Vec<_>, String>>()?;
+        Ok(Some(PromptSpec {
+            template,
+            choices,
+            chat: self.chat,
+            system: self.system.map(str::to_owned),
+            answer_prefix: self.answer_prefix.to_owned(),
+            length_normalize: self.length_normalize,
+        }))
+    }
+}
+
 impl PromptSpec {
     /// Checks what can be checked without a tokenizer; the message names the flag.
     pub fn validate(&self) -> Result<(), SpecError> {

@@ -38,6 +38,29 @@ pub struct JobSpec {
     pub precision: String,
 }
 
+impl JobSpec {
+    /// f32 embeddings of `corpus` by `teacher`, in shards of `shard_size`, into the coordinator's
+    /// store with its default attempts: the other fields as `distill label` leaves them.
+    pub fn embeddings(corpus: CorpusSpec, teacher: impl Into<String>, shard_size: u64) -> Self {
+        Self {
+            corpus,
+            teacher: teacher.into(),
+            store: String::new(),
+            output: "embeddings".into(),
+            dtype: "f32".into(),
+            top_k: 0,
+            samples: 0,
+            window: 0,
+            stride: 0,
+            prompt: None,
+            shard_size,
+            strict: false,
+            max_attempts: 0,
+            precision: String::new(),
+        }
+    }
+}
+
 /// The precisions a job can ask for ("" is f32).
 pub const PRECISIONS: &[&str] = &["", "bf16"];
 

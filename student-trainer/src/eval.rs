@@ -424,12 +424,7 @@ pub struct EvalOutcome {
 /// Evaluates the spec's model on its task's labeled examples.
 pub async fn evaluate_model(loc: &Location, spec: &EvalSpec) -> Result<EvalOutcome> {
     let task = distill_cache::task::read_task(loc, &spec.task).await?;
-    let model = {
-        let (dir, device, t) = (spec.model.clone(), spec.device.clone(), task.clone());
-        tokio::task::spawn_blocking(move || Predictor::load_for_task(&dir, &device, &t))
-            .await
-            .map_err(|e| StudentError::Invalid(format!("loading the model: {e}")))??
-    };
+    let model = Predictor::load_for_task_async(&spec.model, &spec.device, &task).await?;
     if model.labels() != task.labels.as_slice() {
         return Err(StudentError::Invalid(format!(
             "model {} predicts [{}] but task {} has labels [{}]: evaluate it on its own task",

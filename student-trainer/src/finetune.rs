@@ -229,6 +229,57 @@ fn padded(rows: &[&Vec<u32>], device: &Device) -> Result<(Tensor, Tensor)> {
     ))
 }
 
+/// The classifier objective's head: zeros (its first step moves the head alone), with its own
+/// optimiser (and rate).
+fn classifier_head(
+    classes: usize,
+    hidden: usize,
+    adamw: AdamW,
+    device: &Device,
+) -> Result<((Var, Var), VarAdamW)> {
+    let w = Var::zeros((classes, hidden), candle_core::DType::F32, device)?;
+    let b = Var::zeros(classes, candle_core::DType::F32, device)?;
+    let opt = VarAdamW::new(
+        adamw,
+        [
+            ("head.weight".to_owned(), w.clone(), true),
+            ("head.bias".to_owned(), b.clone(), false),
+        ],
+    )?;
+    Ok(((w, b), opt))
+}
+
+/// One batch's loss: cosine on pairs `(a, b, target)` without a head, cross-entropy on examples
+/// `(row, class, _)` through the classifier head `vars`.
+fn batch_loss(
+    student: &TransformerStudent,
+    vars: Option<&(Var, Var)>,
+    chunk: &[(usize, usize, f32)],
+    ids: &[Vec<u32>],
+    (pooling, normalize): (distill_cache::model_dir::Pooling, bool),
+    device: &Device,
+) -> Result<Tensor> {
+    let Some(vars) = vars else {
+        // The pairs' first sentences, then their second ones.
+        let rows: Vec<&Vec<u32>> = chunk
+            .iter()
+            .map(|p| &ids[p.0])
+            .chain(chunk.iter().map(|p| &ids[p.1]))
+            .collect();
+        let (ids_t, mask_t) = padded(&rows, device)?;
+        let emb = student.embed(&ids_t, &mask_t, pooling, normalize)?;
+        let p = chunk.len();
+        let target = Tensor::from_vec(chunk.iter().map(|c| c.2).collect(), p, device)?;
+        return cosine_loss(&emb.narrow(0, 0, p)?, &emb.narrow(0, p, p)?, &target);
+    };
+    let rows: Vec<&Vec<u32>> = chunk.iter().map(|e| &ids[e.0]).collect();
+    let (ids_t, mask_t) = padded(&rows, device)?;
+    let emb = student.embed(&ids_t, &mask_t, pooling, normalize)?;
+    let classes: Vec<u32> = chunk.iter().map(|e| e.1 as u32).collect();
+    let y_t = Tensor::from_vec(classes, chunk.len(), device)?;
+    classifier_loss(&emb, vars, &y_t)
+}
+
 /// Fine-tunes the encoder of `teacher` (a sentence encoder) on `texts` with classes `y`. With a
 /// checkpoint folder, saves there every `checkpoint_every` steps and resumes from it when its run id
 /// matches. Blocking.
@@ -287,25 +338,14 @@ pub fn finetune(
         ..AdamW::default()
     };
     let mut optimizer = VarAdamW::new(adamw, student.trainable(true))?;
-    // The classifier's head: zeros (its first step moves the head alone), its own optimiser and rate.
     let mut head = match opts.objective {
         Objective::Contrastive => None,
-        Objective::Classifier => {
-            let w = Var::zeros(
-                (classes, teacher.hidden_size),
-                candle_core::DType::F32,
-                device,
-            )?;
-            let b = Var::zeros(classes, candle_core::DType::F32, device)?;
-            let opt = VarAdamW::new(
-                adamw,
-                [
-                    ("head.weight".to_owned(), w.clone(), true),
-                    ("head.bias".to_owned(), b.clone(), false),
-                ],
-            )?;
-            Some(((w, b), opt))
-        }
+        Objective::Classifier => Some(classifier_head(
+            classes,
+            teacher.hidden_size,
+            adamw,
+            device,
+        )?),
     };
     let head_lr = opts.head_lr.unwrap_or(1e-2);
     let per_epoch = all.len().div_ceil(opts.batch.max(1)) as u64;
@@ -334,32 +374,8 @@ pub fn finetune(
             if done <= skip {
                 continue;
             }
-            let loss = match &head {
-                None => {
-                    // The pairs' first sentences, then their second ones.
-                    let rows: Vec<&Vec<u32>> = chunk
-                        .iter()
-                        .map(|p| &ids[p.0])
-                        .chain(chunk.iter().map(|p| &ids[p.1]))
-                        .collect();
-                    let (ids_t, mask_t) = padded(&rows, device)?;
-                    let emb = student.embed(&ids_t, &mask_t, pooling, normalize)?;
-                    let p = chunk.len();
-                    let target = Tensor::from_vec(chunk.iter().map(|c| c.2).collect(), p, device)?;
-                    cosine_loss(&emb.narrow(0, 0, p)?, &emb.narrow(0, p, p)?, &target)?
-                }
-                Some((vars, _)) => {
-                    let rows: Vec<&Vec<u32>> = chunk.iter().map(|e| &ids[e.0]).collect();
-                    let (ids_t, mask_t) = padded(&rows, device)?;
-                    let emb = student.embed(&ids_t, &mask_t, pooling, normalize)?;
-                    let y_t = Tensor::from_vec(
-                        chunk.iter().map(|e| e.1 as u32).collect(),
-                        chunk.len(),
-                        device,
-                    )?;
-                    classifier_loss(&emb, vars, &y_t)?
-                }
-            };
+            let vars = head.as_ref().map(|(vars, _)| vars);
+            let loss = batch_loss(&student, vars, chunk, &ids, (pooling, normalize), device)?;
             let grads = loss.backward()?;
             step += 1;
             let rate = lr_at(opts.lr, step - 1, warmup, total);

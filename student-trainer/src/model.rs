@@ -186,6 +186,18 @@ impl Predictor {
         Ok(Self::Bert(Box::new(teacher), labels))
     }
 
+    /// [`Self::load_for_task`] on the blocking pool.
+    pub async fn load_for_task_async(
+        dir: &Path,
+        device: &DeviceSpec,
+        task: &distill_cache::task::TaskRecord,
+    ) -> Result<Self> {
+        let (dir, device, task) = (dir.to_owned(), device.clone(), task.clone());
+        tokio::task::spawn_blocking(move || Self::load_for_task(&dir, &device, &task))
+            .await
+            .map_err(|e| StudentError::Invalid(format!("loading thread: {e}")))?
+    }
+
     /// Loads a model for a task: a student or classifier directory, or — when `dir` is the embedding
     /// teacher the task was fitted on — the teacher with the task's head (teacher + head).
     pub fn load_for_task(

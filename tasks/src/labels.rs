@@ -163,6 +163,21 @@ pub fn merge(
 }
 
 /// Reads a list of ids: JSONL objects with an `id` field, or one id per line.
+/// The ids a student's `--exclude` names (none without one): an ids file ([`read_ids`]), or a corpus
+/// of several files — a folder, a glob or an object-store prefix or URL — whose rows' ids are read as
+/// a job reads them.
+pub async fn excluded(path: Option<&Path>) -> Result<HashSet<String>> {
+    let Some(p) = path else {
+        return Ok(HashSet::new());
+    };
+    let name = p.to_string_lossy();
+    if p.is_dir() || name.contains("://") || name.contains(['*', '?', '[']) {
+        let spec = distill_cache::corpus::CorpusSpec::new(name.as_ref());
+        return Ok(distill_cache::corpus::ids(&spec).await?);
+    }
+    read_ids(p)
+}
+
 pub fn read_ids(path: &Path) -> Result<HashSet<String>> {
     let text = std::fs::read_to_string(path).map_err(TaskError::io(path))?;
     let mut out = HashSet::new();

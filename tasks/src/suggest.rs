@@ -82,6 +82,18 @@ pub async fn for_task(
     .map_err(|e| crate::TaskError::Invalid(format!("suggesting panicked: {e}")))?
 }
 
+/// Suggestions as the JSONL lines `task suggest` writes: each with an empty `label` to fill in.
+pub fn to_jsonl(found: &[Suggestion]) -> Vec<String> {
+    found
+        .iter()
+        .map(|s| {
+            let mut v = serde_json::to_value(s).expect("serialisable");
+            v["label"] = "".into();
+            v.to_string()
+        })
+        .collect()
+}
+
 /// One example worth labeling.
 #[derive(Clone, Debug, Serialize)]
 pub struct Suggestion {

@@ -390,23 +390,8 @@ async fn a_job_cancelled_while_planning_leaves_no_staged_input() {
     while !coord.is_ready() {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    let mut spec = distill_coordinator::JobSpec {
-        corpus: distill_cache::corpus::CorpusSpec::new(corpus.to_str().unwrap()),
-        teacher: model.to_str().unwrap().into(),
-        store: String::new(),
-        output: "embeddings".into(),
-        dtype: "f32".into(),
-        top_k: 0,
-        samples: 0,
-        window: 0,
-        stride: 0,
-        prompt: None,
-        shard_size: 2,
-        strict: false,
-        max_attempts: 3,
-        precision: String::new(),
-    };
-    spec.store = store.url.clone();
+    let corpus = distill_cache::corpus::CorpusSpec::new(corpus.to_str().unwrap());
+    let spec = distill_coordinator::JobSpec::embeddings(corpus, model.to_str().unwrap(), 2);
     let id = coord.submit(spec).await.unwrap().info.job_id;
     // Cancel once some shards are staged, while the rest are being planned.
     while coord.view(&id).unwrap().ledger.shards < 20 {

@@ -32,20 +32,9 @@ fn job_after(s: &mut Scheduler, id: &str, teacher: &str, after: &[Option<u64>], 
         JobRecord::new(
             id.into(),
             JobSpec {
-                corpus: distill_cache::corpus::CorpusSpec::new("c"),
-                teacher: "t".into(),
                 store: "memory://x".into(),
-                output: "embeddings".into(),
-                dtype: "f32".into(),
-                top_k: 0,
-                samples: 0,
-                window: 0,
-                stride: 0,
-                prompt: None,
-                shard_size: 10,
-                strict: false,
                 max_attempts: 2,
-                precision: String::new(),
+                ..JobSpec::embeddings(distill_cache::corpus::CorpusSpec::new("c"), "t", 10)
             },
             distill_cache::spec::OutputSpec::Embeddings {
                 dtype: distill_cache::spec::Dtype::F32,
